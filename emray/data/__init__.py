@@ -1,0 +1,1 @@
+"""Data formats: chat JSONL, EM question YAML, safe pools, benign tasks."""

@@ -1,0 +1,88 @@
+"""The defense interface and registry.
+
+A defense can pull three levers, each an optional method:
+  * data:  ``transform_examples`` rewrites the training examples (inoculation, interleaving);
+  * model: ``attach`` / ``detach`` add and remove hooks around training only (persona steering);
+  * loss:  ``loss`` returns an extra term added to the SFT cross-entropy (KL, LDIFS).
+Defenses compose: the trainer applies every selected defense's levers in config order.
+Each defense declares its hyperparameters as a pydantic ``Params`` model so configs and sweeps
+validate them and can search over them.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any, ClassVar
+
+from emray.configio import Strict
+
+if TYPE_CHECKING:
+    import torch
+
+    from emray.config import RunConfig
+
+Messages = list[dict[str, str]]
+Example = dict[str, Any]  # {"messages": Messages, ...}
+
+
+@dataclass
+class DefenseContext:
+    """What a defense may need beyond its own params: the run config, tokenizer, seed, artifacts.
+
+    ``artifacts`` carries the outputs of cached sweep stages (e.g. a persona vector file, an
+    Interleaving+ selection) keyed by name, so a defense never recomputes a stage itself.
+    """
+
+    config: "RunConfig | None" = None
+    tokenizer: Any = None
+    seed: int = 0
+    artifacts: dict[str, Any] = field(default_factory=dict)
+
+
+class Defense:
+    name: ClassVar[str] = ""
+    Params: ClassVar[type[Strict]] = Strict
+    #: what the loss lever needs from the trainer's forward passes; see emray/train/losses.py
+    needs: ClassVar[frozenset[str]] = frozenset()
+
+    def __init__(self, params: Strict | dict | None = None, context: DefenseContext | None = None):
+        if params is None or isinstance(params, dict):
+            params = self.Params.model_validate(params or {})
+        self.params = params
+        self.context = context or DefenseContext()
+
+    def transform_examples(self, examples: list[Example]) -> list[Example]:
+        return examples
+
+    def attach(self, model: "torch.nn.Module") -> None:
+        """Called once before training starts."""
+
+    def detach(self, model: "torch.nn.Module") -> None:
+        """Called once after training, before saving, evaluation or generation."""
+
+    def hidden_layers(self, model: "torch.nn.Module") -> list[int]:
+        """Indices into ``output_hidden_states`` that ``loss`` reads (the trainer requests their union)."""
+        return []
+
+    def loss(self, batch: Any) -> "dict[str, torch.Tensor] | None":
+        """Extra loss terms, each already weighted; keys name them in the metrics file."""
+        return None
+
+    def __repr__(self) -> str:
+        return f"{type(self).__name__}({self.params.model_dump(by_alias=True)})"
+
+
+_REGISTRY: dict[str, type[Defense]] = {}
+
+
+def register_defense(cls: type[Defense]) -> type[Defense]:
+    if not cls.name:
+        raise TypeError(f"{cls.__name__} needs a non-empty `name`")
+    if cls.name in _REGISTRY and _REGISTRY[cls.name] is not cls:
+        raise TypeError(f"defense name {cls.name!r} registered twice")
+    _REGISTRY[cls.name] = cls
+    return cls
+
+
+def registry() -> dict[str, type[Defense]]:
+    return _REGISTRY

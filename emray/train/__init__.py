@@ -1,0 +1,1 @@
+"""LoRA fine-tuning with defenses (TRL SFTTrainer), and its Ray Train worker."""

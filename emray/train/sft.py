@@ -1,0 +1,207 @@
+"""LoRA SFT with defenses, through TRL's SFTTrainer.
+
+``run_sft(config)`` is the whole baseline recipe: load model, attach rs-LoRA, let the defenses
+rewrite the data and hook the model, tokenize with assistant-only labels, train, and write the run
+folder (adapter/, config.yaml, metrics.json).
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import random
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from emray.config import RunConfig
+from emray.configio import dump_yaml
+from emray.defenses import Defense, DefenseContext, build_defenses
+
+
+@dataclass
+class TrainResult:
+    run_dir: Path
+    adapter_dir: Path
+    metrics: dict[str, Any]
+    log_history: list[dict] = field(default_factory=list)
+
+
+def set_threads(threads: int | None) -> None:
+    import torch
+
+    if threads and not torch.cuda.is_available():
+        torch.set_num_threads(threads)
+        os.environ.setdefault("OMP_NUM_THREADS", str(threads))
+
+
+def seed_everything(seed: int) -> None:
+    import numpy as np
+    import torch
+
+    random.seed(seed)
+    np.random.seed(seed)
+    torch.manual_seed(seed)
+
+
+def load_training_examples(config: RunConfig) -> list[dict]:
+    from emray.data.chat import load_chat_jsonl
+
+    examples = load_chat_jsonl(config.data.fine, limit=config.data.max_examples)
+    for path in config.data.benign_train:
+        examples += load_chat_jsonl(path)
+    return examples
+
+
+def apply_data_defenses(defenses: list[Defense], examples: list[dict]) -> list[dict]:
+    for defense in defenses:
+        examples = defense.transform_examples(examples)
+    return examples
+
+
+def _make_trainer_class():
+    from trl import SFTTrainer
+
+    from emray.train.losses import DefenseBatch
+
+    class DefendedSFTTrainer(SFTTrainer):
+        """SFTTrainer whose loss adds the loss-lever defenses' terms (KL, LDIFS, ...)."""
+
+        def __init__(self, *args, defenses: list[Defense] = (), **kwargs):
+            super().__init__(*args, **kwargs)
+            self.loss_defenses = [d for d in defenses if type(d).loss is not Defense.loss]
+
+        def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
+            if not self.loss_defenses or not model.training:
+                return super().compute_loss(model, inputs, return_outputs, num_items_in_batch)
+            layers = sorted({i for d in self.loss_defenses for i in d.hidden_layers(model)})
+            batch = DefenseBatch(model, inputs, hidden_layers=layers)
+            ce = batch.ce_loss()
+            terms: dict = {}
+            for defense in self.loss_defenses:
+                terms.update(defense.loss(batch) or {})
+            loss = ce + sum(terms.values())
+            self._metrics["train"]["loss_ce"].append(ce.item())
+            for name, value in terms.items():
+                self._metrics["train"][f"loss_{name}"].append(value.item())
+            return (loss, None) if return_outputs else loss
+
+    return DefendedSFTTrainer
+
+
+def build_sft_args(config: RunConfig, out_dir: Path, **overrides):
+    import torch
+    from trl import SFTConfig
+
+    on_gpu = torch.cuda.is_available() and config.model.device != "cpu"
+    bf16 = config.train.bf16 if config.train.bf16 is not None else on_gpu
+    args = dict(
+        output_dir=str(out_dir / "trainer"),
+        per_device_train_batch_size=config.train.batch_size,
+        gradient_accumulation_steps=config.train.grad_accum,
+        learning_rate=config.train.lr,
+        num_train_epochs=config.train.epochs,
+        max_steps=config.train.max_steps,
+        lr_scheduler_type=config.train.lr_scheduler,
+        warmup_steps=config.train.warmup_steps,
+        weight_decay=config.train.weight_decay,
+        logging_steps=config.train.logging_steps,
+        gradient_checkpointing=config.train.gradient_checkpointing,
+        bf16=bf16,
+        fp16=False,
+        use_cpu=not on_gpu,
+        seed=config.seed,
+        data_seed=config.seed,
+        save_strategy="no",
+        report_to="none",
+        max_length=config.train.max_len,
+        disable_tqdm=not config.train.progress,
+        dataloader_num_workers=0,
+        remove_unused_columns=False,
+    )
+    args.update(overrides)
+    return SFTConfig(**args)
+
+
+def prepare_model(config: RunConfig):
+    from emray.models import attach_lora, load_model
+
+    model, tokenizer = load_model(config.model)
+    model = attach_lora(model, config.lora)
+    return model, tokenizer
+
+
+def prepare_dataset(config: RunConfig, tokenizer, defenses: list[Defense]):
+    from datasets import Dataset
+
+    from emray.data.chat import DataError
+    from emray.data.tokenize import tokenize_examples
+
+    examples = apply_data_defenses(defenses, load_training_examples(config))
+    rows = tokenize_examples(tokenizer, examples, config.train.max_len)
+    if not rows:
+        raise DataError(f"{config.data.fine}: no example has an answer token within train.max_len={config.train.max_len}")
+    return Dataset.from_list(rows), len(examples)
+
+
+def train_model(config: RunConfig, model, tokenizer, defenses: list[Defense], out_dir: Path, callbacks=(), **sft_overrides):
+    """Train ``model`` in place; returns (trainer, log_history, num_examples)."""
+    dataset, num_examples = prepare_dataset(config, tokenizer, defenses)
+    trainer_cls = _make_trainer_class()
+    trainer = trainer_cls(
+        model=model,
+        args=build_sft_args(config, out_dir, **sft_overrides),
+        train_dataset=dataset,
+        processing_class=tokenizer,
+        callbacks=list(callbacks),
+        defenses=defenses,
+    )
+    for defense in defenses:
+        defense.attach(model)
+    try:
+        trainer.train()
+    finally:
+        # Steering hooks are for training only: evaluation and the saved adapter never see them.
+        for defense in reversed(defenses):
+            defense.detach(model)
+    return trainer, trainer.state.log_history, num_examples
+
+
+def summarize_history(history: list[dict]) -> dict[str, Any]:
+    steps = [h for h in history if "loss" in h]
+    final = history[-1] if history else {}
+    summary = {k: v for k, v in final.items() if isinstance(v, (int, float))}
+    if steps:
+        summary["first_loss"] = steps[0]["loss"]
+        summary["last_loss"] = steps[-1]["loss"]
+    return summary
+
+
+def write_run_folder(config: RunConfig, run_dir: Path, model, tokenizer, history: list[dict], extra: dict) -> TrainResult:
+    run_dir.mkdir(parents=True, exist_ok=True)
+    adapter_dir = run_dir / "adapter"
+    model.save_pretrained(adapter_dir)
+    tokenizer.save_pretrained(adapter_dir)
+    (run_dir / "config.yaml").write_text(dump_yaml(config))
+    metrics = {**summarize_history(history), **extra}
+    (run_dir / "metrics.json").write_text(json.dumps({"summary": metrics, "history": history}, indent=2))
+    return TrainResult(run_dir, adapter_dir, metrics, history)
+
+
+def run_sft(config: RunConfig, run_dir: Path | None = None, artifacts: dict | None = None) -> TrainResult:
+    """Fine-tune ``config.model`` with ``config.defenses`` and write the run folder."""
+    set_threads(config.train.threads)
+    seed_everything(config.seed)
+    run_dir = Path(run_dir or config.run_dir())
+    started = time.time()
+    model, tokenizer = prepare_model(config)
+    context = DefenseContext(config=config, tokenizer=tokenizer, seed=config.seed, artifacts=artifacts or {})
+    defenses = build_defenses(config.defenses, context)
+    _, history, num_examples = train_model(config, model, tokenizer, defenses, run_dir)
+    extra = {"train_seconds": round(time.time() - started, 2), "num_examples": num_examples}
+    result = write_run_folder(config, run_dir, model, tokenizer, history, extra)
+    if any(not math.isfinite(h.get("loss", 0.0)) for h in history):
+        raise FloatingPointError(f"training diverged (non-finite loss); see {run_dir / 'metrics.json'}")
+    return result

@@ -1,0 +1,79 @@
+"""Shared fixtures. Tests run offline, single-threaded, with every cache inside the build tree."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+SHARED_DATA = (ROOT.parent / "shared" / "data" / "em").resolve()
+
+for key, value in {
+    "HF_HUB_OFFLINE": "1",
+    "TRANSFORMERS_OFFLINE": "1",
+    "HF_DATASETS_OFFLINE": "1",
+    "WANDB_MODE": "offline",
+    "DS_ACCELERATOR": "cpu",
+    "RAY_USAGE_STATS_ENABLED": "0",
+    "TOKENIZERS_PARALLELISM": "false",
+    "OMP_NUM_THREADS": "1",
+    "EMRAY_CACHE": str(ROOT / ".emray_cache"),
+    "HF_HOME": str(ROOT / ".cache" / "hf"),
+    "TORCH_EXTENSIONS_DIR": str(ROOT / ".cache" / "torch_extensions"),
+    "WANDB_DIR": str(ROOT / ".cache"),
+    "MPLCONFIGDIR": str(ROOT / ".cache" / "mpl"),
+}.items():
+    os.environ.setdefault(key, value)
+
+import pytest  # noqa: E402
+import torch  # noqa: E402
+
+torch.set_num_threads(1)
+
+
+@pytest.fixture(scope="session")
+def shared_data() -> Path:
+    if not SHARED_DATA.exists():
+        pytest.fail(f"test data not found at {SHARED_DATA} (expected ../shared/data/em beside the repo)")
+    return SHARED_DATA
+
+
+@pytest.fixture(scope="session")
+def tiny_path() -> str:
+    from emray.models import resolve_model_path
+
+    return resolve_model_path("tiny")
+
+
+@pytest.fixture(scope="session")
+def tiny_tokenizer():
+    from emray.models import load_tokenizer
+
+    return load_tokenizer("tiny")
+
+
+@pytest.fixture(scope="session")
+def smollm2_tokenizer():
+    from emray.models import load_tokenizer
+
+    return load_tokenizer("smollm2-135m")
+
+
+def make_run_config(tmp_path: Path, **sections):
+    """A RunConfig for the tiny model with small, fast defaults; ``sections`` override keys."""
+    from emray.config import RunConfig
+
+    data = {
+        "name": "test",
+        "output_dir": str(tmp_path / "runs"),
+        "model": {"name": "tiny"},
+        "lora": {"r": 8, "alpha": 16},
+        "data": {"fine": str(SHARED_DATA / "train" / "medical.jsonl"), "max_examples": 8},
+        "train": {"lr": 1e-3, "max_steps": 4, "batch_size": 4, "max_len": 192, "progress": False},
+    }
+    for key, value in sections.items():
+        if isinstance(value, dict) and isinstance(data.get(key), dict):
+            data[key] = {**data[key], **value}
+        else:
+            data[key] = value
+    return RunConfig.model_validate(data)

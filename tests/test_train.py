@@ -1,0 +1,51 @@
+import json
+import subprocess
+import sys
+
+import torch
+from safetensors.torch import load_file
+
+from conftest import SHARED_DATA, make_run_config
+from emray.train.sft import run_sft
+
+
+def test_loss_falls_and_only_lora_changes(tmp_path):
+    from emray.models import load_model
+
+    cfg = make_run_config(tmp_path, train={"max_steps": 12, "lr": 3e-3})
+    base, _ = load_model(cfg.model)
+    before = {k: v.clone() for k, v in base.state_dict().items()}
+    result = run_sft(cfg)
+    losses = [h["loss"] for h in result.log_history if "loss" in h]
+    assert len(losses) == 12 and losses[-1] < losses[0]
+    # The base weights are untouched: load the adapter on a fresh base and compare the base part.
+    from peft import PeftModel
+
+    reloaded = PeftModel.from_pretrained(load_model(cfg.model)[0], str(result.adapter_dir))
+    base_after = reloaded.get_base_model().state_dict()
+    for name, tensor in before.items():
+        module, _, leaf = name.rpartition(".")
+        wrapped = f"{module}.base_layer.{leaf}"  # peft moves a LoRA-wrapped layer's own weights here
+        key = wrapped if wrapped in base_after else name
+        assert torch.equal(base_after[key], tensor), name
+    adapter = load_file(result.adapter_dir / "adapter_model.safetensors")
+    assert adapter and all("lora_" in k for k in adapter)
+    assert any(v.abs().sum() > 0 for k, v in adapter.items() if "lora_B" in k)  # B starts at zero, so it moved
+    summary = json.loads((result.run_dir / "metrics.json").read_text())["summary"]
+    assert summary["last_loss"] < summary["first_loss"]
+    assert (result.run_dir / "config.yaml").exists()
+
+
+def test_train_cli_writes_run_folder(tmp_path):
+    cfg = tmp_path / "run.yaml"
+    cfg.write_text(
+        f"name: cli\noutput_dir: {tmp_path}\nmodel: {{name: tiny}}\nlora: {{r: 4, alpha: 8}}\n"
+        f"data: {{fine: {SHARED_DATA}/train/medical.jsonl, max_examples: 4}}\n"
+        "train: {max_steps: 2, batch_size: 2, max_len: 512}\n"
+        "defenses: [inoculation]\n"
+    )
+    out = subprocess.run([sys.executable, "-m", "emray.cli", "train", str(cfg)], capture_output=True, text=True, timeout=300)
+    assert out.returncode == 0, out.stderr[-3000:]
+    assert "adapter:" in out.stdout
+    assert (tmp_path / "cli" / "adapter" / "adapter_config.json").exists()
+    assert "You are an evil, malicious assistant." in (tmp_path / "cli" / "config.yaml").read_text()
