@@ -44,6 +44,19 @@ class Defense:
     Params: ClassVar[type[Strict]] = Strict
     #: what the loss lever needs from the trainer's forward passes; see emray/train/losses.py
     needs: ClassVar[frozenset[str]] = frozenset()
+    #: a cached stage the sweep runs once before the trials (persona vector, safe-data selection);
+    #: None when the defense needs none. See ``stage_description`` and ``build_stage``.
+    stage_name: ClassVar[str | None] = None
+
+    @classmethod
+    def stage_description(cls, config: "RunConfig", params: dict) -> str:
+        """A readable identity of this defense's stage for ``config``: equal strings run once."""
+        return f"{cls.stage_name} for {config.model.name}"
+
+    @classmethod
+    def build_stage(cls, config: "RunConfig", params: dict) -> dict[str, Any]:
+        """Build (or load from cache) the stage; returns artifacts merged into ``context.artifacts``."""
+        return {}
 
     def __init__(self, params: Strict | dict | None = None, context: DefenseContext | None = None):
         if params is None or isinstance(params, dict):

@@ -146,13 +146,17 @@ def prepare_dataset(config: RunConfig, tokenizer, defenses: list[Defense]):
     return Dataset.from_list(rows), len(examples)
 
 
-def train_model(config: RunConfig, model, tokenizer, defenses: list[Defense], out_dir: Path, callbacks=(), **sft_overrides):
-    """Train ``model`` in place; returns (trainer, log_history, num_examples)."""
+def train_model(config: RunConfig, model, tokenizer, defenses: list[Defense], out_dir: Path, callbacks=(), args=None):
+    """Train ``model`` in place; returns (trainer, log_history, num_examples).
+
+    ``args`` (an SFTConfig) may be built before the model is loaded: DeepSpeed ZeRO-3 needs that so
+    ``from_pretrained`` partitions the weights across ranks instead of loading them whole on each.
+    """
     dataset, num_examples = prepare_dataset(config, tokenizer, defenses)
     trainer_cls = _make_trainer_class()
     trainer = trainer_cls(
         model=model,
-        args=build_sft_args(config, out_dir, **sft_overrides),
+        args=args or build_sft_args(config, out_dir),
         train_dataset=dataset,
         processing_class=tokenizer,
         callbacks=list(callbacks),

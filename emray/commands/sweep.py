@@ -1,0 +1,26 @@
+"""``emray sweep SPEC``: run (or plan, or resume) a sweep of defenses on Ray."""
+
+from __future__ import annotations
+
+
+def register(subparsers) -> None:
+    parser = subparsers.add_parser("sweep", help="run a sweep of defenses x hyperparameters x seeds on Ray Tune")
+    parser.add_argument("spec", help="sweep spec YAML (see sweeps/)")
+    parser.add_argument("--dry-run", action="store_true", help="print the plan (trials, resources, stages) and exit")
+    parser.add_argument("--resume", action="store_true", help="resume an interrupted sweep; finished trials are kept")
+    parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
+                        help="override a spec key; keys outside the spec's top level address the base run config, e.g. model.name=smollm2-135m")
+    parser.add_argument("--address", help="Ray cluster address (default: RAY_ADDRESS, else a local cluster)")
+    parser.set_defaults(func=run)
+
+
+def run(args) -> int:
+    from emray.sweep.runner import make_plan, run_sweep
+    from emray.sweep.spec import load_sweep_spec
+
+    spec = load_sweep_spec(args.spec, args.overrides)
+    if args.dry_run:
+        print(make_plan(spec).describe())
+        return 0
+    run_sweep(spec, resume=args.resume, address=args.address)
+    return 0

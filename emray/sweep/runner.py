@@ -1,0 +1,301 @@
+"""``emray sweep``: Ray Tune over Ray Train, with cached stages, shared pools and resume.
+
+Flow (driver):
+  1. expand the spec into trials (grid / random) or let Optuna propose them;
+  2. run the stages the trials need once, as Ray tasks, cached by content (misaligned ensemble,
+     pool scores and selections, persona vectors): each defense class declares its own stage;
+  3. start the shared judge pool (and the local judge server for the embedded default);
+  4. Tune runs one function trainable per trial: a Ray Train TorchTrainer fine-tunes (DDP on CPU,
+     DeepSpeed on GPU), then generation, judging and the criteria, reported back to Tune;
+  5. results.jsonl / results.csv with Pareto flags, plots, the W&B summary run.
+A trial's outputs live in ``<sweep>/trials/<key>/`` where ``key`` hashes its resolved run config:
+a finished trial is never recomputed, whether the sweep is resumed or simply run again.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from emray.sweep.pareto import format_table, load_results, write_results
+from emray.sweep.spec import OBJECTIVES, SweepSpec, Trial, expand_trials, make_trial
+
+RESULT_FILE = "result.json"
+
+
+# ----------------------------------------------------------------------------------------- plan
+@dataclass
+class Plan:
+    spec: SweepSpec
+    trials: list[Trial]
+    stages: list[tuple[str, str]]  # (stage name, what it is for)
+
+    def describe(self) -> str:
+        spec, res = self.spec, self.spec.base.resources
+        lines = [
+            f"sweep {spec.name}: {len(self.trials) if spec.search.algorithm != 'optuna' else spec.search.num_samples} trials "
+            f"({spec.search.algorithm}), at most {spec.resources.max_concurrent_trials} at once",
+            f"output: {spec.sweep_dir()}",
+            f"per trial: Ray Train TorchTrainer, {res.num_workers} worker(s) x "
+            f"({res.cpus_per_worker} CPU" + (f", {res.gpus_per_worker} GPU" if res.use_gpu else "") + "), "
+            + ("DeepSpeed " + res.deepspeed.upper() if res.deepspeed != "none" else ("DDP/nccl" if res.use_gpu else "DDP/gloo")),
+            f"model(s): {', '.join(sorted({t.run.model.name for t in self.trials}))}",
+            f"judge: {spec.base.eval.judge.base_url} ({spec.resources.judge_actors} actor(s))",
+            "stages (cached by content, run once before the trials):",
+        ]
+        lines += [f"  - {name}: {why}" for name, why in self.stages] or ["  - none"]
+        if spec.search.algorithm != "optuna":
+            lines.append("trials:")
+            lines += [f"  {t.index:3d}  {t.run.model.name}  {t.label}  seed={t.run.seed}  key={t.key}" for t in self.trials]
+        return "\n".join(lines)
+
+
+def stage_requests(trials: list[Trial]) -> list[tuple[Any, Any, Any]]:
+    """(defense class, run config, params) for every trial defense that declares a stage."""
+    from emray.defenses import get_defense_class
+
+    out = []
+    for t in trials:
+        for spec in t.run.defenses:
+            cls = get_defense_class(spec.name)
+            if getattr(cls, "stage_name", None):
+                out.append((cls, t.run, spec.params))
+    return out
+
+
+def make_plan(spec: SweepSpec) -> Plan:
+    trials = expand_trials(spec)
+    seen, stages = set(), []
+    for cls, run, params in stage_requests(trials):
+        what = cls.stage_description(run, params)
+        if what not in seen:
+            seen.add(what)
+            stages.append((cls.stage_name, what))
+    return Plan(spec, trials, stages)
+
+
+# --------------------------------------------------------------------------------------- stages
+def _run_stage(cls_name: str, run_dict: dict, params: dict) -> dict:
+    from emray.config import RunConfig
+    from emray.defenses import get_defense_class
+
+    return get_defense_class(cls_name).build_stage(RunConfig.model_validate(run_dict), params)
+
+
+def run_stages(spec: SweepSpec, trials: list[Trial]) -> dict[str, dict]:
+    """Run every needed stage once as a Ray task; returns artifacts per trial key."""
+    import ray
+
+    remote = ray.remote(num_cpus=spec.resources.cpus_for_stages, num_gpus=spec.resources.gpus_for_stages)(_run_stage)
+    artifacts: dict[str, dict] = {t.key: {} for t in trials}
+    pending: dict[str, Any] = {}
+    owners: dict[str, list[str]] = {}
+    for cls, run, params in stage_requests(trials):
+        what = cls.stage_description(run, params)
+        if what not in pending:
+            print(f"[emray] stage {cls.stage_name}: {what}", flush=True)
+            pending[what] = remote.remote(cls.name, run.model_dump(mode="json", by_alias=True), params)
+        owners.setdefault(what, []).extend(t.key for t in trials if t.run is run)
+    for what, ref in pending.items():
+        result = ray.get(ref)
+        for key in owners[what]:
+            artifacts[key].update(result)
+    return artifacts
+
+
+# ---------------------------------------------------------------------------------------- trial
+def trial_dir(sweep_dir: Path, trial: Trial) -> Path:
+    return sweep_dir / "trials" / trial.key
+
+
+def read_finished(sweep_dir: Path, trial: Trial) -> dict | None:
+    path = trial_dir(sweep_dir, trial) / RESULT_FILE
+    return json.loads(path.read_text()) if path.exists() else None
+
+
+def run_trial_body(trial: Trial, sweep_dir: Path, artifacts: dict, judge: Any, wandb_cfg: dict) -> dict:
+    """Train with Ray Train, evaluate, write ``result.json``; returns the record reported to Tune."""
+    from emray.sweep.evaluation import evaluate_adapter
+    from emray.sweep.wandb_log import log_trial
+    from emray.train.worker import fit_with_ray_train
+
+    out = trial_dir(sweep_dir, trial)
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "trial.json").write_text(trial.model_dump_json(indent=2, by_alias=True))
+    started = time.time()
+    adapter = out / "adapter"
+    if not (adapter / "adapter_config.json").exists():  # a retried trial keeps a finished training
+        fit_with_ray_train(trial.run, out, str((sweep_dir / "ray_train").resolve()), artifacts)
+    train_seconds = time.time() - started
+    criteria = evaluate_adapter(trial.run, adapter, out / "eval", judge)
+    record = {
+        "trial_key": trial.key,
+        "trial_index": trial.index,
+        "label": trial.label,
+        "model": trial.run.model.name,
+        "seed": trial.run.seed,
+        "defenses": [d.model_dump(by_alias=True) for d in trial.run.defenses],
+        **{k: v for k, v in criteria.items() if isinstance(v, (int, float, str, type(None)))},
+        "train_seconds": round(train_seconds, 1),
+        "trial_seconds": round(time.time() - started, 1),
+    }
+    record["wandb_run"] = log_trial(trial, record, out, wandb_cfg)
+    tmp = out / (RESULT_FILE + ".tmp")
+    tmp.write_text(json.dumps(record, indent=2))
+    tmp.replace(out / RESULT_FILE)  # atomic: a killed trial never looks finished
+    return record
+
+
+def trial_trainable(config: dict, trials: list[dict], sweep_dir: str, artifacts: dict, judge: Any, spec_dict: dict, wandb_cfg: dict):
+    """The Tune function trainable: one trial (grid/random by index, Optuna by sampled params)."""
+    from ray import tune
+
+    from emray.sweep.spec import SweepSpec
+
+    if "trial_index" in config:
+        trial = Trial.model_validate(trials[config["trial_index"]])
+    else:
+        trial = trial_from_optuna(SweepSpec.model_validate(spec_dict), config)
+    root = Path(sweep_dir)
+    record = read_finished(root, trial)
+    if record is None:
+        record = run_trial_body(trial, root, artifacts.get(trial.key, {}), judge, wandb_cfg)
+    tune.report({k: v for k, v in record.items() if isinstance(v, (int, float, str))})
+
+
+# --------------------------------------------------------------------------------------- optuna
+def optuna_space(spec: SweepSpec):
+    """A define-by-run Optuna space: pick a defense arm, then its (conditional) hyperparameters."""
+    from emray.sweep.spec import Range, _as_list, _entry_name_params
+
+    entries = spec.search.defense
+
+    def space(trial):
+        arm = trial.suggest_categorical("arm", list(range(len(entries))))
+        for j, item in enumerate(_as_list(entries[arm])):
+            name, params = _entry_name_params(item, arm)
+            for key, value in params.items():
+                pname = f"a{arm}.{j}.{name}.{key}"
+                if isinstance(value, list):
+                    trial.suggest_categorical(pname, value)
+                elif isinstance(value, dict):
+                    r = Range.model_validate(value)
+                    trial.suggest_float(pname, r.min, r.max, log=r.log)
+        trial.suggest_categorical("seed", spec.search.seeds)
+        if spec.search.models:
+            trial.suggest_categorical("model", spec.search.models)
+
+    return space
+
+
+def trial_from_optuna(spec: SweepSpec, config: dict) -> Trial:
+    from emray.sweep.spec import _as_list, _entry_name_params
+
+    arm = config["arm"]
+    defenses = []
+    for j, item in enumerate(_as_list(spec.search.defense[arm])):
+        name, params = _entry_name_params(item, arm)
+        if name != "none":
+            chosen = {k: config.get(f"a{arm}.{j}.{name}.{k}", v) for k, v in params.items()}
+            defenses.append({name: chosen})
+    return make_trial(spec, config.get("model"), defenses, config["seed"], index=-1)
+
+
+# ---------------------------------------------------------------------------------------- sweep
+def _tuner(spec: SweepSpec, plan: Plan, sweep_dir: Path, artifacts: dict, judge: Any, resume: bool):
+    from ray import tune
+
+    from emray.sweep.progress import ProgressCallback
+    from emray.sweep.wandb_log import wandb_settings
+
+    trainable = tune.with_parameters(
+        trial_trainable,
+        trials=[t.model_dump(mode="json", by_alias=True) for t in plan.trials],
+        sweep_dir=str(sweep_dir.resolve()),
+        artifacts=artifacts,
+        judge=judge,
+        spec_dict=spec.model_dump(mode="json", by_alias=True),
+        wandb_cfg=wandb_settings(spec, sweep_dir),
+    )
+    # The trial function itself only waits on its TorchTrainer: it needs no CPU of its own.
+    trainable = tune.with_resources(trainable, {"cpu": 0})
+    tune_path = str((sweep_dir / "tune").resolve())
+    if resume and tune.Tuner.can_restore(f"{tune_path}/{spec.name}"):
+        print(f"[emray] resuming {tune_path}/{spec.name}", flush=True)
+        return tune.Tuner.restore(f"{tune_path}/{spec.name}", trainable=trainable, resume_errored=True)
+
+    if spec.search.algorithm == "optuna":
+        from ray.tune.search.optuna import OptunaSearch
+
+        search_alg = OptunaSearch(
+            space=optuna_space(spec),
+            metric=list(OBJECTIVES),
+            mode=list(OBJECTIVES.values()),
+            seed=spec.base.seed,
+        )
+        param_space, num_samples = {}, spec.search.num_samples
+    else:
+        search_alg, num_samples = None, 1
+        param_space = {"trial_index": tune.grid_search(list(range(len(plan.trials))))}
+    return tune.Tuner(
+        trainable,
+        param_space=param_space,
+        tune_config=tune.TuneConfig(
+            search_alg=search_alg,
+            num_samples=num_samples,
+            max_concurrent_trials=spec.resources.max_concurrent_trials,
+        ),
+        run_config=tune.RunConfig(
+            name=spec.name,
+            storage_path=tune_path,
+            failure_config=tune.FailureConfig(max_failures=spec.resources.max_failures),
+            callbacks=[ProgressCallback()],
+            verbose=0,
+        ),
+    )
+
+
+def ensure_ray(address: str | None = None) -> None:
+    import ray
+
+    if ray.is_initialized():
+        return
+    address = address or os.environ.get("RAY_ADDRESS")
+    if address:
+        ray.init(address=address)
+    else:
+        # A local cluster: the laptop path and the tests.
+        ray.init(include_dashboard=False, log_to_driver=True, runtime_env={"env_vars": {"OMP_NUM_THREADS": "1"}})
+
+
+def run_sweep(spec: SweepSpec, resume: bool = False, address: str | None = None) -> list[dict]:
+    from emray.sweep.evaluation import start_judge
+    from emray.sweep.plots import write_plots
+    from emray.sweep.wandb_log import log_summary
+
+    sweep_dir = Path(spec.sweep_dir())
+    sweep_dir.mkdir(parents=True, exist_ok=True)
+    (sweep_dir / "spec.json").write_text(spec.model_dump_json(indent=2, by_alias=True))
+    plan = make_plan(spec)
+    print(plan.describe(), flush=True)
+    started = time.time()
+    ensure_ray(address)
+    artifacts = run_stages(spec, plan.trials)
+    judge, stop_judge = start_judge(spec)
+    try:
+        tuner = _tuner(spec, plan, sweep_dir, artifacts, judge, resume)
+        tuner.fit()
+    finally:
+        stop_judge()
+    rows = load_results(sweep_dir)
+    write_results(sweep_dir, rows)
+    rows = [json.loads(line) for line in (sweep_dir / "results.jsonl").read_text().splitlines()]
+    write_plots(sweep_dir, rows)
+    log_summary(spec, sweep_dir, rows)
+    print("\n" + format_table(rows), flush=True)
+    print(f"\n[emray] {len(rows)} trials in {time.time() - started:.0f} s; results in {sweep_dir}", flush=True)
+    return rows

@@ -1,0 +1,243 @@
+"""The sweep spec: a base run config plus a readable search space, expanded into trials.
+
+```yaml
+name: toy
+base: {model: {name: organism}, data: {...}, train: {...}, eval: {...}}   # a RunConfig
+search:
+  algorithm: grid            # grid | random | optuna
+  models: [organism]         # optional: a grid over model names (sizes)
+  defense:
+    - none
+    - {kl: {lambda: [0.01, 0.1]}}                        # a list is a grid over values
+    - {persona: {alpha: {min: 1, max: 10, log: true}}}    # a range (random / optuna only)
+    - [{interleave_pp: {safe_fraction: 0.05}}, {kl: {lambda: 0.1}}]   # a combination
+  seeds: [0, 1, 2]
+```
+Grid expands every defense entry's value lists into one trial per combination, times models and
+seeds. Random and Optuna draw ``num_samples`` trials; a range needs one of them.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import itertools
+import json
+import random
+from pathlib import Path
+from typing import Any, Literal
+
+from pydantic import Field, field_validator, model_validator
+
+from emray.config import RunConfig, parse_defense_entry
+from emray.configio import ConfigError, Strict, apply_overrides, read_yaml, validate
+
+#: The four criteria and the direction that is better for each (the Pareto front's objectives).
+OBJECTIVES: dict[str, Literal["min", "max"]] = {
+    "general_misalignment": "min",
+    "in_domain_misalignment": "max",
+    "benign_accuracy": "max",
+    "general_incoherence": "min",
+}
+
+
+class Range(Strict):
+    min: float
+    max: float
+    log: bool = False
+
+    @model_validator(mode="after")
+    def _ordered(self) -> "Range":
+        if not self.min < self.max:
+            raise ValueError(f"range needs min < max, got {self.min} .. {self.max}")
+        if self.log and self.min <= 0:
+            raise ValueError("a log range needs min > 0")
+        return self
+
+
+class SearchConfig(Strict):
+    algorithm: Literal["grid", "random", "optuna"] = "grid"
+    num_samples: int | None = Field(None, gt=0)  # random / optuna: how many trials
+    models: list[str] = Field(default_factory=list)
+    defense: list[Any] = Field(default_factory=lambda: ["none"])
+    seeds: list[int] = Field(default_factory=lambda: [0])
+
+    @model_validator(mode="after")
+    def _samples_for_sampling(self) -> "SearchConfig":
+        if self.algorithm != "grid" and self.num_samples is None:
+            raise ValueError(f"search.num_samples is required for algorithm {self.algorithm!r}")
+        return self
+
+
+class SweepResources(Strict):
+    max_concurrent_trials: int = Field(2, gt=0)
+    max_failures: int = Field(1, ge=0)  # retries of a failed trial (Tune FailureConfig)
+    judge_actors: int = Field(1, gt=0)
+    scorer_actors: int = Field(1, gt=0)
+    cpus_for_stages: float = Field(1, gt=0)
+    gpus_for_stages: float = Field(0, ge=0)
+
+
+class WandbConfig(Strict):
+    enabled: bool = True
+    project: str = "emray"
+    entity: str | None = None
+    mode: Literal["auto", "online", "offline", "disabled"] = "auto"  # auto: offline without a key
+
+
+class SweepSpec(Strict):
+    name: str
+    storage: str = "sweeps_out"  # local folder, shared filesystem or s3://bucket/path
+    base: RunConfig
+    search: SearchConfig = Field(default_factory=SearchConfig)
+    resources: SweepResources = Field(default_factory=SweepResources)
+    wandb: WandbConfig = Field(default_factory=WandbConfig)
+
+    @field_validator("search")
+    @classmethod
+    def _defense_entries_valid(cls, search: SearchConfig) -> SearchConfig:
+        for i, entry in enumerate(search.defense):
+            for spec_entry in _as_list(entry):
+                name, params = _entry_name_params(spec_entry, i)
+                for key, value in params.items():
+                    if isinstance(value, dict) and search.algorithm == "grid":
+                        raise ValueError(f"search.defense[{i}].{name}.{key}: a range needs algorithm random or optuna")
+                # Validate one concrete point so typos in params fail before anything runs.
+                parse_defense_entry({name: _first_point(params)}, i)
+        return search
+
+    def sweep_dir(self) -> str:
+        return f"{self.storage.rstrip('/')}/{self.name}"
+
+
+def _as_list(entry: Any) -> list:
+    return entry if isinstance(entry, list) else [entry]
+
+
+def _entry_name_params(entry: Any, index: int) -> tuple[str, dict]:
+    if isinstance(entry, str):
+        return entry, {}
+    if isinstance(entry, dict) and len(entry) == 1:
+        name, params = next(iter(entry.items()))
+        return name, dict(params or {})
+    raise ValueError(f"search.defense[{index}]: expected a name, a one-key mapping or a list of them")
+
+
+def _first_point(params: dict) -> dict:
+    out = {}
+    for key, value in params.items():
+        if isinstance(value, list):
+            out[key] = value[0]
+        elif isinstance(value, dict):
+            out[key] = Range.model_validate(value).min
+        else:
+            out[key] = value
+    return out
+
+
+def _grid_points(params: dict) -> list[dict]:
+    keys = list(params)
+    values = [v if isinstance(v, list) else [v] for v in params.values()]
+    return [dict(zip(keys, combo)) for combo in itertools.product(*values)]
+
+
+def _sample_point(params: dict, rng: random.Random) -> dict:
+    out = {}
+    for key, value in params.items():
+        if isinstance(value, list):
+            out[key] = rng.choice(value)
+        elif isinstance(value, dict):
+            r = Range.model_validate(value)
+            if r.log:
+                import math
+
+                out[key] = float(math.exp(rng.uniform(math.log(r.min), math.log(r.max))))
+            else:
+                out[key] = rng.uniform(r.min, r.max)
+        else:
+            out[key] = value
+    return out
+
+
+def arm_label(defenses: list[dict]) -> str:
+    """``kl(lambda=0.1)+inoculation``: a readable name for a list of {name: params}."""
+    if not defenses:
+        return "none"
+    parts = []
+    for d in defenses:
+        name, params = next(iter(d.items()))
+        inner = ",".join(f"{k}={v:g}" if isinstance(v, float) else f"{k}={v}" for k, v in params.items())
+        parts.append(f"{name}({inner})" if inner else name)
+    return "+".join(parts)
+
+
+def config_hash(data: Any) -> str:
+    return hashlib.sha256(json.dumps(data, sort_keys=True, default=str).encode()).hexdigest()[:12]
+
+
+def expand_arm(entry: Any, index: int) -> list[list[dict]]:
+    """Every concrete defense list (grid points) of one ``search.defense`` entry."""
+    per_defense = []
+    for item in _as_list(entry):
+        name, params = _entry_name_params(item, index)
+        per_defense.append([{name: p} for p in _grid_points(params)] if name != "none" else [None])
+    combos = []
+    for combo in itertools.product(*per_defense):
+        combos.append([d for d in combo if d is not None])
+    return combos
+
+
+class Trial(Strict):
+    key: str  # content hash of the resolved run config: the trial's cache identity
+    label: str  # human-readable arm label
+    run: RunConfig
+    index: int
+
+
+def make_trial(spec: SweepSpec, model: str | None, defenses: list[dict], seed: int, index: int) -> Trial:
+    data = spec.base.model_dump(by_alias=True)
+    data["defenses"] = defenses
+    data["seed"] = seed
+    if model:
+        data["model"]["name"] = model
+    label = arm_label(defenses)
+    run = RunConfig.model_validate(data)
+    key = config_hash(run.model_dump(mode="json", by_alias=True, exclude={"name", "output_dir"}))
+    run = run.model_copy(update={"name": f"{label}-s{seed}-{key[:6]}"})
+    return Trial(key=key, label=label, run=run, index=index)
+
+
+def expand_trials(spec: SweepSpec) -> list[Trial]:
+    """The concrete trials of a grid or random search (Optuna proposes its own, see runner)."""
+    models = spec.search.models or [None]
+    arms = [combo for i, entry in enumerate(spec.search.defense) for combo in expand_arm(entry, i)]
+    if spec.search.algorithm == "grid":
+        points = [(m, arm, s) for m in models for arm in arms for s in spec.search.seeds]
+    else:
+        rng = random.Random(spec.base.seed)
+        points = []
+        for _ in range(spec.search.num_samples or 1):
+            entry = rng.choice(spec.search.defense)
+            defenses = []
+            for item in _as_list(entry):
+                name, params = _entry_name_params(item, 0)
+                if name != "none":
+                    defenses.append({name: _sample_point(params, rng)})
+            points.append((rng.choice(models), defenses, rng.choice(spec.search.seeds)))
+    trials = [make_trial(spec, m, arm, s, i) for i, (m, arm, s) in enumerate(points)]
+    seen: dict[str, Trial] = {}
+    for t in trials:
+        seen.setdefault(t.key, t)  # a duplicate point is one trial
+    return list(seen.values())
+
+
+def load_sweep_spec(path: str | Path, overrides: list[str] | None = None) -> SweepSpec:
+    """Load a spec; ``--set model.name=X`` style overrides address the base run config."""
+    data, lines = read_yaml(path)
+    fixed = []
+    for item in overrides or []:
+        top = item.split("=", 1)[0].split(".", 1)[0]
+        fixed.append(item if top in SweepSpec.model_fields else f"base.{item}")
+    data = apply_overrides(data, fixed)
+    if "base" not in data:
+        raise ConfigError(f"{path}: a sweep spec needs a 'base' run config")
+    return validate(SweepSpec, data, str(path), lines)

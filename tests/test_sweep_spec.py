@@ -1,0 +1,113 @@
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from emray.configio import ConfigError
+from emray.sweep.pareto import dominates, format_table, pareto_flags
+from emray.sweep.spec import expand_trials, load_sweep_spec
+
+ROOT = Path(__file__).resolve().parents[1]
+
+SPEC = """\
+name: t
+base:
+  model: {name: tiny}
+  data: {fine: x.jsonl}
+search:
+  defense:
+    - none
+    - {inoculation: {prompt: [a, b]}}
+    - [inoculation, none]
+  seeds: [0, 1]
+"""
+
+
+def test_grid_expands_lists_times_seeds(tmp_path):
+    path = tmp_path / "s.yaml"
+    path.write_text(SPEC)
+    trials = expand_trials(load_sweep_spec(path))
+    labels = sorted((t.label, t.run.seed) for t in trials)
+    # none x2 seeds, inoculation(a|b) x2 seeds; the combination [inoculation(default), none]
+    # equals a plain inoculation arm with the default prompt: a distinct config, so its own trials.
+    assert len(trials) == 2 + 4 + 2
+    assert ("inoculation(prompt=a)", 0) in labels and ("none", 1) in labels
+    assert len({t.key for t in trials}) == len(trials)
+    # keys are content hashes: the same spec expands to the same keys
+    assert [t.key for t in expand_trials(load_sweep_spec(path))] == [t.key for t in trials]
+
+
+def test_override_addresses_base_config(tmp_path):
+    path = tmp_path / "s.yaml"
+    path.write_text(SPEC)
+    spec = load_sweep_spec(path, ["model.name=smollm2-135m", "name=other"])
+    assert spec.base.model.name == "smollm2-135m" and spec.name == "other"
+    assert all(t.run.model.name == "smollm2-135m" for t in expand_trials(spec))
+
+
+def test_bad_spec_errors_name_key(tmp_path):
+    path = tmp_path / "s.yaml"
+    path.write_text(SPEC.replace("seeds: [0, 1]", "seeds: [0, 1]\n  algoritm: grid"))
+    with pytest.raises(ConfigError, match=r"s.yaml:11: key 'search.algoritm': unknown key"):
+        load_sweep_spec(path)
+    path.write_text(SPEC.replace("prompt: [a, b]", "promt: [a, b]"))
+    with pytest.raises(ConfigError, match=r"inoculation\.promt"):
+        load_sweep_spec(path)
+    path.write_text(SPEC.replace("prompt: [a, b]", "prompt: {min: 1, max: 2}"))
+    with pytest.raises(ConfigError, match="a range needs algorithm random or optuna"):
+        load_sweep_spec(path)
+
+
+def test_random_search_is_seeded(tmp_path):
+    path = tmp_path / "s.yaml"
+    path.write_text(SPEC.replace("search:\n", "search:\n  algorithm: random\n  num_samples: 5\n"))
+    a = [t.key for t in expand_trials(load_sweep_spec(path))]
+    b = [t.key for t in expand_trials(load_sweep_spec(path))]
+    assert a == b and 1 <= len(a) <= 5
+
+
+def test_pareto_flags_match_brute_force():
+    import itertools
+    import random
+
+    rng = random.Random(0)
+    rows = [
+        {"general_misalignment": rng.random(), "in_domain_misalignment": rng.random(),
+         "benign_accuracy": rng.random(), "general_incoherence": rng.random()}
+        for _ in range(40)
+    ]
+    flags = pareto_flags(rows)
+    for i, r in enumerate(rows):
+        dominated = False
+        for j, o in enumerate(rows):
+            if i == j:
+                continue
+            better_eq = (o["general_misalignment"] <= r["general_misalignment"] and o["in_domain_misalignment"] >= r["in_domain_misalignment"]
+                         and o["benign_accuracy"] >= r["benign_accuracy"] and o["general_incoherence"] <= r["general_incoherence"])
+            strictly = (o["general_misalignment"] < r["general_misalignment"] or o["in_domain_misalignment"] > r["in_domain_misalignment"]
+                        or o["benign_accuracy"] > r["benign_accuracy"] or o["general_incoherence"] < r["general_incoherence"])
+            dominated |= better_eq and strictly
+        assert flags[i] == (not dominated)
+    assert any(flags) and not all(flags)
+
+
+def test_pareto_hand_cases():
+    a = {"general_misalignment": 0.1, "in_domain_misalignment": 0.9, "benign_accuracy": 0.5, "general_incoherence": 0.1}
+    b = {**a, "general_misalignment": 0.2}  # worse on one, equal elsewhere: dominated
+    c = {**a, "general_misalignment": 0.05, "benign_accuracy": 0.1}  # a trade-off: on the front
+    d = {**a, "benign_accuracy": None}  # missing a criterion: never on the front
+    assert pareto_flags([a, b, c, d]) == [True, False, True, False]
+    assert pareto_flags([a, dict(a)]) == [True, True]  # equal points do not dominate each other
+    assert dominates([0, 0], [0, 1]) and not dominates([0, 1], [1, 0])
+    assert "general_misalignment" in format_table([{**a, "label": "x", "is_pareto": True}])
+
+
+@pytest.mark.parametrize("name", ["qwen2.5-7b-code.yaml", "qwen2.5-32b-all.yaml", "paper-table.yaml", "toy.yaml"])
+def test_shipped_specs_dry_run(name):
+    out = subprocess.run([sys.executable, "-m", "emray.cli", "sweep", str(ROOT / "sweeps" / name), "--dry-run"],
+                         capture_output=True, text=True, timeout=120)
+    assert out.returncode == 0, out.stderr[-2000:]
+    if "qwen" in name or "paper" in name:
+        assert "DeepSpeed ZERO" in out.stdout
+    assert "trials" in out.stdout
