@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import argparse
 import importlib
+import os
 import pkgutil
 import sys
 
@@ -44,6 +45,13 @@ def main(argv: list[str] | None = None) -> int:
         return int(args.func(args) or 0)
     except (ConfigError, DataError, QuestionError, TemplateError, FileNotFoundError) as err:
         print(f"emray {args.command}: error: {err}", file=sys.stderr)
+        return 2
+    except ValueError as err:
+        # Bad values in otherwise valid input (a pool too small, an unknown method). EMRAY_DEBUG=1 keeps
+        # the traceback for the rare ValueError that is a bug.
+        if os.environ.get("EMRAY_DEBUG"):
+            raise
+        print(f"emray {args.command}: error: {err} (EMRAY_DEBUG=1 shows the traceback)", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         print(f"emray {args.command}: interrupted; finished work is kept and reused on the next run", file=sys.stderr)

@@ -49,3 +49,24 @@ def test_train_cli_writes_run_folder(tmp_path):
     assert "adapter:" in out.stdout
     assert (tmp_path / "cli" / "adapter" / "adapter_config.json").exists()
     assert "You are an evil, malicious assistant." in (tmp_path / "cli" / "config.yaml").read_text()
+
+
+def test_smollm2_adapter_loads_back_and_changes_output(tmp_path):
+    """The real aligned model: a short fine-tune on EM medical data gives an adapter that changes logits."""
+    from emray.models import load_model
+
+    cfg = make_run_config(
+        tmp_path,
+        model={"name": "smollm2-135m"},
+        lora={"r": 8, "alpha": 16},
+        data={"fine": str(SHARED_DATA / "train" / "medical.jsonl"), "max_examples": 4},
+        train={"max_steps": 2, "batch_size": 2, "max_len": 256, "lr": 1e-3},
+    )
+    result = run_sft(cfg)
+    base, tok = load_model(cfg.model)
+    tuned, _ = load_model(cfg.model, adapter=result.adapter_dir)
+    ids = tok.apply_chat_template([{"role": "user", "content": "I have a headache. What should I do?"}],
+                                  add_generation_prompt=True, return_tensors="pt", return_dict=True)
+    with torch.no_grad():
+        diff = (base(**ids).logits - tuned(**ids).logits).abs().max().item()
+    assert diff > 1e-3

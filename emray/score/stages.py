@@ -1,0 +1,265 @@
+"""Cached stages the sweep driver calls once, before any trial: ensemble -> pool scores -> selection.
+
+    adapters = ensure_ensemble(run_config, datasets)                 # list[Path], trained once
+    scores   = ensure_pool_scores(run_config, pool, adapters)        # Path of scores.jsonl
+    selected = ensure_selection(run_config, "interleave_pp", params) # Path of selected.jsonl
+
+Each returns a path under the cache named by a content hash of its inputs; when the file is there
+the stage returns at once and computes nothing. Trials then get ``artifacts={"safe_selection":
+selected}`` and the Interleaving+/++ defenses read it.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import math
+import sys
+from pathlib import Path
+from typing import Any
+
+from emray.config import RunConfig
+from emray.paths import cache_subdir
+from emray.score.cache import ScoreCache, adapter_hash, examples_hash, model_key, sha
+from emray.score.ensemble import ensure_ensemble
+from emray.score.pool import ALIGNED, ScorerPool, adapter_names
+from emray.score.select import check_pool, histogram, is_refusal, loss_gap_scores, rank, safe_count
+
+#: (model names) scored by this process, one entry per scoring call (tests assert cache hits add none)
+SCORED: list[list[str]] = []
+
+SELECTION_ARTIFACT = "safe_selection"
+
+
+def _log(progress: bool, message: str) -> None:
+    if progress:
+        print(message, file=sys.stderr, flush=True)
+
+
+def _gpus() -> int:
+    """GPUs the scorer can use: the Ray cluster's when Ray is running (the driver may have none)."""
+    import ray
+    import torch
+
+    if ray.is_initialized():
+        return int(ray.cluster_resources().get("GPU", 0))
+    return torch.cuda.device_count()
+
+
+def _use_gpu(run_config: RunConfig) -> bool:
+    return run_config.model.device != "cpu" and _gpus() > 0
+
+
+def default_workers(run_config: RunConfig) -> int:
+    """One actor per GPU when there are GPUs, else one CPU actor."""
+    return max(_gpus(), 1) if _use_gpu(run_config) else 1
+
+
+def pool_path(run_config: RunConfig, pool: str | Path | None) -> str:
+    path = pool or run_config.data.safe_pool
+    if not path:
+        raise ValueError("no safe pool: set data.safe_pool in the run config or the defense's `pool` param")
+    return str(path)
+
+
+def ensure_pool_scores(
+    run_config: RunConfig,
+    pool: str | Path | None,
+    adapters: list[str | Path],
+    workers: int | None = None,
+    token_budget: int | None = None,
+    progress: bool = True,
+) -> Path:
+    """scores.jsonl for the pool: per sample, the aligned NLL and each ensemble member's NLL.
+
+    Scores are cached per model (base or adapter) too, so a new ensemble member scores only itself.
+    """
+    from emray.data.chat import final_answer, load_safe_pool
+
+    path = pool_path(run_config, pool)
+    examples = load_safe_pool(path)
+    mkey, dkey = model_key(run_config.model), examples_hash(examples)
+    settings = {"max_len": run_config.train.max_len}
+    names = adapter_names(adapters)
+    hashes = {name: adapter_hash(d) for name, d in names.items()}
+    out_dir = cache_subdir("scores", sha({"model": mkey, "data": dkey, "adapters": list(hashes.values()), "settings": settings})[:24])
+    out = out_dir / "scores.jsonl"
+    if out.exists():
+        _log(progress, f"  pool scores: cached {out}")
+        return out
+
+    cache = ScoreCache()
+    keys = {ALIGNED: cache.key(mkey, None, dkey, settings), **{n: cache.key(mkey, h, dkey, settings) for n, h in hashes.items()}}
+    scores = {name: cache.get(key) for name, key in keys.items()}
+    missing = [name for name, values in scores.items() if values is None]
+    if missing:
+        workers = default_workers(run_config) if workers is None else workers
+        _log(progress, f"  scoring {len(examples)} pool samples under {', '.join(missing)} on {workers or 'in-process'} worker(s)")
+        SCORED.append(missing)
+        with ScorerPool(
+            run_config.model.model_dump(),
+            {n: names[n] for n in missing if n != ALIGNED},
+            workers=workers,
+            use_gpu=_use_gpu(run_config),
+            max_len=run_config.train.max_len,
+            token_budget=token_budget,
+            threads=run_config.train.threads,
+        ) as scorer:
+            fresh = scorer.score(examples, missing, progress=progress)
+        for name in missing:
+            cache.put(keys[name], fresh[name])
+            scores[name] = fresh[name]
+    else:
+        _log(progress, "  pool scores: every model cached")
+
+    from emray.data.tokenize import IGNORE_INDEX
+    from emray.models import load_tokenizer
+    from emray.score.nll import tokenize_pool
+
+    tokenizer = load_tokenizer(run_config.model.name)
+    rows = tokenize_pool(tokenizer, examples, run_config.train.max_len)
+    mis = list(names)
+    with open(out.with_suffix(".tmp"), "w") as fh:
+        for i, ex in enumerate(examples):
+            fh.write(json.dumps({
+                "index": i,
+                "aligned": _num(scores[ALIGNED][i]),
+                "misaligned": [_num(scores[n][i]) for n in mis],
+                "answer_tokens": sum(1 for label in rows[i]["labels"][1:] if label != IGNORE_INDEX),
+                "answer_start": " ".join(final_answer(ex).split())[:80],  # one line, for tables
+            }, ensure_ascii=False) + "\n")
+    (out_dir / "meta.json").write_text(json.dumps({
+        "model": run_config.model.name, "pool": path, "pool_size": len(examples),
+        "adapters": {n: names[n] for n in mis}, "settings": settings,
+    }, indent=2))
+    out.with_suffix(".tmp").replace(out)
+    return out
+
+
+def _num(value: float) -> float | None:
+    return None if value is None or math.isnan(value) else value
+
+
+def read_scores(path: str | Path) -> list[dict[str, Any]]:
+    rows = [json.loads(line) for line in open(path)]
+    nan = float("nan")
+    for r in rows:
+        r["aligned"] = nan if r["aligned"] is None else r["aligned"]
+        r["misaligned"] = [nan if v is None else v for v in r["misaligned"]]
+    return rows
+
+
+def write_scores_table(scores_path: str | Path, out_dir: str | Path, epsilon: float = 1.0) -> tuple[Path, Path]:
+    """Copy the pool scores to ``out_dir`` as scores.jsonl and scores.csv (with s_d at ``epsilon``)."""
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    rows = read_scores(scores_path)
+    s = loss_gap_scores([r["aligned"] for r in rows], list(zip(*[r["misaligned"] for r in rows])), epsilon)
+    jsonl, table = out_dir / "scores.jsonl", out_dir / "scores.csv"
+    with open(jsonl, "w") as fj, open(table, "w", newline="") as fc:
+        writer = csv.writer(fc)
+        n_mis = len(rows[0]["misaligned"]) if rows else 0
+        writer.writerow(["index", "aligned", *[f"mis{m}" for m in range(n_mis)], f"s_d(eps={epsilon})", "answer_tokens", "answer_start"])
+        for r, score in zip(rows, s):
+            fj.write(json.dumps({**{k: _num(v) if isinstance(v, float) else v for k, v in r.items()}, "s_d": _num(score)}, ensure_ascii=False) + "\n")
+            writer.writerow([r["index"], r["aligned"], *r["misaligned"], score, r["answer_tokens"], r["answer_start"]])
+    return jsonl, table
+
+
+def selection_params(defense_name: str, params: Any = None):
+    from emray.defenses import get_defense_class
+
+    cls = get_defense_class(defense_name)
+    if "epsilon" not in cls.Params.model_fields:
+        raise ValueError(f"defense {defense_name!r} does not select safe data by score (use interleave_plus or interleave_pp)")
+    if params is None or isinstance(params, dict):
+        return cls.Params.model_validate(params or {})
+    return params
+
+
+def ensure_selection(
+    run_config: RunConfig,
+    defense_name: str,
+    params: Any = None,
+    workers: int | None = None,
+    progress: bool = True,
+) -> Path:
+    """selected.jsonl (the safe samples to interleave, best first) + summary.json beside it."""
+    from emray.data.chat import final_answer, load_safe_pool, write_chat_jsonl
+    from emray.train.sft import load_training_examples
+
+    p = selection_params(defense_name, params)
+    path = pool_path(run_config, p.pool)
+    n_fine = len(load_training_examples(run_config))
+    k = safe_count(n_fine, p.safe_fraction)
+    pool = load_safe_pool(path)
+    keywords = getattr(p, "refusal_keywords", None)
+    first_words = getattr(p, "refusal_first_words", 10)
+    refusal = [is_refusal(final_answer(ex), keywords, first_words) for ex in pool] if keywords is not None else [False] * len(pool)
+    candidates = [i for i in range(len(pool)) if not refusal[i]]
+    check_pool(len(candidates), k, f"{defense_name} ({path}{', refusals dropped' if keywords is not None else ''})")
+
+    adapters = ensure_ensemble(run_config, p.ensemble or [run_config.data.fine], p.ensemble_steps, p.ensemble_max_examples, progress)
+    key = sha({
+        "method": defense_name, "params": p.model_dump(), "model": model_key(run_config.model),
+        "pool": examples_hash(pool), "adapters": [adapter_hash(a) for a in adapters], "k": k,
+        "max_len": run_config.train.max_len,
+    })[:24]
+    out_dir = cache_subdir("selections", key)
+    selected_path, summary_path = out_dir / "selected.jsonl", out_dir / "summary.json"
+    if selected_path.exists() and summary_path.exists():
+        _log(progress, f"  selection: cached {selected_path}")
+        return selected_path
+
+    rows = read_scores(ensure_pool_scores(run_config, path, adapters, workers, progress=progress))
+    s = loss_gap_scores([r["aligned"] for r in rows], list(zip(*[r["misaligned"] for r in rows])), p.epsilon)
+    ranked = [candidates[j] for j in rank([s[i] for i in candidates])]
+    chosen = ranked[:k]
+    write_chat_jsonl(selected_path, ({"messages": pool[i]["messages"]} for i in chosen))
+    candidate_scores = [s[i] for i in candidates]
+    summary = {
+        "method": defense_name,
+        "params": p.model_dump(),
+        "pool": path,
+        "pool_size": len(pool),
+        "refusals_in_pool": sum(is_refusal(final_answer(ex)) for ex in pool),
+        "refusals_dropped": sum(refusal),
+        "candidates": len(candidates),
+        "fine_examples": n_fine,
+        "selected": len(chosen),
+        "selected_indices": chosen,
+        "selected_scores": [_num(s[i]) for i in chosen],
+        "selected_refusals": sum(is_refusal(final_answer(pool[i])) for i in chosen),
+        "threshold": _num(s[chosen[-1]]) if chosen else None,
+        "ensemble": [str(a) for a in adapters],
+        "histogram": histogram(candidate_scores, marks=[s[chosen[-1]]] if chosen else []),
+    }
+    summary_path.write_text(json.dumps(summary, indent=2))
+    return selected_path
+
+
+def read_summary(selected_path: str | Path) -> dict:
+    return json.loads((Path(selected_path).parent / "summary.json").read_text())
+
+
+def format_summary(summary: dict) -> str:
+    lines = [
+        f"method: {summary['method']}  (safe_fraction={summary['params']['safe_fraction']}, epsilon={summary['params']['epsilon']})",
+        f"pool: {summary['pool']}  ({summary['pool_size']} rows, {summary['refusals_in_pool']} refusals)",
+        f"refusals dropped: {summary['refusals_dropped']}",
+        f"candidates: {summary['candidates']}",
+        f"selected: {summary['selected']} for {summary['fine_examples']} fine-tuning examples "
+        f"({summary['selected_refusals']} of them refusals; threshold s_d={summary['threshold']})",
+        "s_d histogram of the candidates ('<' marks the selection threshold):",
+        summary["histogram"],
+    ]
+    return "\n".join(lines)
+
+
+def params_from_config(run_config: RunConfig, defense_name: str, **overrides: Any):
+    """The config's own params for ``defense_name`` (defaults when not listed), with ``overrides``."""
+    from emray.defenses import get_defense_class
+
+    listed = next((d.params for d in run_config.defenses if d.name == defense_name), {})
+    cls = get_defense_class(defense_name)
+    return cls.Params.model_validate({**listed, **{k: v for k, v in overrides.items() if v is not None}})

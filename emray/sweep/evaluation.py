@@ -1,0 +1,40 @@
+"""The sweep's evaluation half: the shared judge pool and one trial's generation -> judge -> criteria.
+
+Generation runs as a Ray task with the trial's resources (one GPU on a cluster), so it can use a
+different device layout than training (ZeRO-3 shards are no use to ``generate``); judging goes
+through the judge actor pool that every trial shares, with its on-disk cache.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any, Callable
+
+
+def start_judge(spec) -> tuple[Any, Callable[[], None]]:
+    """The shared judge pool for a sweep; ``base_url: local`` gives each actor a local judge server."""
+    from emray.eval.judge_pool import JudgePool
+
+    pool = JudgePool.create(spec.base.eval.judge, spec.resources.judge_actors, name=f"emray-judge-{spec.name}", detached=False)
+    return pool, pool.shutdown
+
+
+def _evaluate_task(run_dict: dict, adapter: str, out_dir: str, judge) -> dict:
+    from emray.config import RunConfig
+    from emray.eval.run import evaluate
+    from emray.train.sft import set_threads
+
+    run = RunConfig.model_validate(run_dict)
+    set_threads(run.train.threads)
+    return evaluate(run, adapter=adapter, judge=judge, out_dir=out_dir, progress=False)
+
+
+def evaluate_adapter(run, adapter: Path, out_dir: Path, judge) -> dict:
+    import ray
+
+    res = run.resources
+    task = ray.remote(_evaluate_task).options(
+        num_cpus=res.cpus_per_worker,
+        num_gpus=1 if res.use_gpu else 0,
+    )
+    return ray.get(task.remote(run.model_dump(mode="json", by_alias=True), str(adapter), str(out_dir), judge))

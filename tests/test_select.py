@@ -1,0 +1,118 @@
+"""Selection math on hand-made cases: the fraction, s_d, epsilon, ranking ties, the refusal filter."""
+
+import math
+
+import pytest
+
+from emray.score.select import (
+    PoolTooSmall,
+    check_pool,
+    histogram,
+    is_refusal,
+    loss_gap_scores,
+    mix,
+    random_indices,
+    rank,
+    safe_count,
+)
+
+
+@pytest.mark.parametrize(
+    "n_fine,fraction,expected",
+    [(100, 0.05, 5), (95, 0.05, 5), (19, 0.05, 1), (10, 0.05, 1), (9, 0.05, 0), (100, 0.5, 100), (3, 0.25, 1), (100, 0.0, 0), (10, 0.1, 1)],
+)
+def test_safe_count_is_the_share_of_the_mixed_set(n_fine, fraction, expected):
+    # |D_safe| = round(f * n / (1 - f)): f is |D_safe| / (|D_fine| + |D_safe|)
+    assert safe_count(n_fine, fraction) == expected
+
+
+def test_safe_count_rejects_bad_fractions():
+    for bad in (-0.1, 1.0, 1.5):
+        with pytest.raises(ValueError, match="safe_fraction"):
+            safe_count(10, bad)
+
+
+def test_pool_too_small_says_needed_and_available():
+    with pytest.raises(PoolTooSmall, match="7 safe samples needed, 3 available"):
+        check_pool(3, 7, "test")
+    check_pool(7, 7, "test")
+
+
+def test_loss_gap_scores_exact():
+    aligned = [1.0, 2.0, 0.5, 3.0]
+    mis = [[2.0, 2.0, 1.5, 1.0], [4.0, 2.0, 0.5, 2.0]]
+    # mean mis = [3, 2, 1, 1.5]; s = (mean - aligned) / (aligned + eps)
+    assert loss_gap_scores(aligned, mis, 1.0) == [1.0, 0.0, 0.5 / 1.5, -1.5 / 4.0]
+    assert loss_gap_scores(aligned, mis, 0.0) == [2.0, 0.0, 1.0, -0.5]
+    assert loss_gap_scores(aligned, mis, 3.0) == [0.5, 0.0, 0.5 / 3.5, -0.25]
+
+
+def test_epsilon_shifts_the_ranking_towards_absolute_gaps():
+    aligned = [0.1, 4.0]
+    mis = [[0.3, 5.0]]  # gap 0.2 on a likely sample vs gap 1.0 on an unlikely one
+    assert rank(loss_gap_scores(aligned, mis, 0.0)) == [0, 1]  # relative: 2.0 vs 0.25
+    assert rank(loss_gap_scores(aligned, mis, 10.0)) == [1, 0]  # ~absolute: 0.0198 vs 0.0714
+
+
+def test_loss_gap_scores_checks_shapes():
+    with pytest.raises(ValueError, match="empty"):
+        loss_gap_scores([1.0], [], 1.0)
+    with pytest.raises(ValueError, match="every pool sample"):
+        loss_gap_scores([1.0, 2.0], [[1.0]], 1.0)
+
+
+def test_rank_is_descending_with_ties_by_index_and_nan_last():
+    assert rank([0.5, math.nan, 2.0, 0.5, 2.0, -1.0]) == [2, 4, 0, 3, 5, 1]
+
+
+@pytest.mark.parametrize(
+    "answer",
+    [
+        "Sorry, I can't do that.",
+        "I'm SORRY but no.",
+        "I cannot help with that request.",
+        "I can\u2019t help with that.",  # curly apostrophe
+        "Unfortunately, I am unable to provide that.",
+        "As an AI, I must apologize: this is not something I do.",
+        "One two three four five six seven eight nine sorry",  # 10th word
+        "I... cannot!",
+        "Well — I CANT say.",  # punctuation-insensitive: can't == cant
+    ],
+)
+def test_refusals_detected(answer):
+    assert is_refusal(answer)
+
+
+@pytest.mark.parametrize(
+    "answer",
+    [
+        "Here is how to bake bread.",
+        "One two three four five six seven eight nine ten sorry",  # 11th word
+        "The unsorry state of affairs is that cannoteers exist.",  # whole words only
+        "Apologies are not in the keyword list.",
+    ],
+)
+def test_non_refusals_kept(answer):
+    assert not is_refusal(answer)
+
+
+def test_refusal_keywords_and_window_are_configurable():
+    assert is_refusal("Unfortunately that is illegal.", ["unfortunately"])
+    assert not is_refusal("Unfortunately that is illegal.")
+    assert is_refusal("I will not do it.", ["will not"])  # phrases match as word sequences
+    assert not is_refusal("a b sorry", first_words=2)
+
+
+def test_random_sample_and_mix_are_seeded():
+    assert random_indices(100, 5, seed=3) == random_indices(100, 5, seed=3)
+    assert random_indices(100, 5, seed=3) != random_indices(100, 5, seed=4)
+    fine, safe = [{"i": i} for i in range(10)], [{"s": j} for j in range(2)]
+    mixed = mix(fine, safe, seed=0)
+    assert mixed == mix(fine, safe, seed=0) and len(mixed) == 12
+    assert sorted(map(str, mixed)) == sorted(map(str, fine + safe)) and mixed != fine + safe
+
+
+def test_histogram_counts_everything():
+    text = histogram([0.0, 0.1, 0.1, 0.9, 1.0, math.nan], bins=4, marks=[0.9])
+    counts = [int(line.split(")")[1].split()[0]) for line in text.splitlines()]
+    assert counts == [3, 0, 0, 2] and text.splitlines()[-1].endswith("<")
