@@ -32,9 +32,13 @@ def _evaluate_task(run_dict: dict, adapter: str, out_dir: str, judge) -> dict:
 def evaluate_adapter(run, adapter: Path, out_dir: Path, judge) -> dict:
     import ray
 
+    from ray.util.scheduling_strategies import PlacementGroupSchedulingStrategy
+
     res = run.resources
     task = ray.remote(_evaluate_task).options(
         num_cpus=res.cpus_per_worker,
         num_gpus=1 if res.use_gpu else 0,
+        # Outside the trial's token placement group: this task holds real resources of its own.
+        scheduling_strategy=PlacementGroupSchedulingStrategy(placement_group=None),
     )
     return ray.get(task.remote(run.model_dump(mode="json", by_alias=True), str(adapter), str(out_dir), judge))

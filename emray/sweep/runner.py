@@ -221,8 +221,9 @@ def _tuner(spec: SweepSpec, plan: Plan, sweep_dir: Path, artifacts: dict, judge:
         spec_dict=spec.model_dump(mode="json", by_alias=True),
         wandb_cfg=wandb_settings(spec, sweep_dir),
     )
-    # The trial function itself only waits on its TorchTrainer: it needs no CPU of its own.
-    trainable = tune.with_resources(trainable, {"cpu": 0})
+    # The trial function only waits on its TorchTrainer and evaluation task, which hold the real
+    # resources; a token CPU share (Tune rejects an empty bundle) keeps it from starving them.
+    trainable = tune.with_resources(trainable, {"cpu": 0.01})
     tune_path = str((sweep_dir / "tune").resolve())
     if resume and tune.Tuner.can_restore(f"{tune_path}/{spec.name}"):
         print(f"[emray] resuming {tune_path}/{spec.name}", flush=True)
