@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Any, Literal
+
 from pydantic import Field
 
 from emray.configio import Strict
@@ -13,12 +15,22 @@ class JudgeConfig(Strict):
     model: str | None = None  # None: the judge named in each question file
     base_url: str = "local"
     backend: str = "rules"  # local judge-server backend when base_url is "local"
+    backend_options: dict[str, Any] = Field(default_factory=dict)  # e.g. {model: smollm2-135m} for hf
     api_key_env: str = "OPENAI_API_KEY"
     concurrency: int = Field(32, gt=0)
-    requests_per_minute: float | None = None
-    tokens_per_minute: float | None = None
+    requests_per_minute: float | None = Field(None, gt=0)
+    tokens_per_minute: float | None = Field(None, gt=0)
     max_retries: int = Field(6, ge=0)
     timeout_s: float = Field(60.0, gt=0)
+    backoff_base_s: float = Field(0.5, ge=0)  # retry k waits ~ base * 2**k * jitter, capped at backoff_max_s
+    backoff_max_s: float = Field(30.0, ge=0)
+    cache: bool = True
+    cache_path: str | None = None  # default: <EMRAY_CACHE>/judge/judgments.sqlite
+    # USD per million tokens; None: a built-in table for known OpenAI judges, else 0.
+    price_input_per_1m: float | None = Field(None, ge=0)
+    price_output_per_1m: float | None = Field(None, ge=0)
+    num_actors: int = Field(1, gt=0)  # Ray judge pool size in sweeps
+    http: Literal["aiohttp", "httpx"] = "aiohttp"  # the openai client's HTTP transport
 
 
 class EvalConfig(Strict):
@@ -27,8 +39,10 @@ class EvalConfig(Strict):
     benign: list[str] = Field(default_factory=list)  # benign-task test files (chat JSONL, gold answer)
     samples_per_paraphrase: int | None = Field(None, gt=0)  # None: the question file's own value
     max_questions: int | None = Field(None, gt=0)
+    max_benign: int | None = Field(None, gt=0)  # first N rows of each benign test file
     max_new_tokens: int = Field(600, gt=0)
     temperature: float = Field(1.0, ge=0)
     top_p: float = Field(1.0, gt=0, le=1)
     batch_size: int = Field(16, gt=0)
+    generator: Literal["auto", "hf", "vllm"] = "auto"  # auto: vLLM when importable and a GPU is there
     judge: JudgeConfig = Field(default_factory=JudgeConfig)

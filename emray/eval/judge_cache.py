@@ -1,0 +1,78 @@
+"""Persistent judge cache: sqlite in WAL mode, safe for many processes (Ray actors, trials) at once.
+
+Key = sha256 of (base_url, model, full messages, request parameters). The API key is never part of
+the key or the value. A value is the judge's raw top logprobs (so the score rule can change without
+re-judging) plus token usage. Writes are ``INSERT OR IGNORE``: two processes that judge the same
+prompt race harmlessly, and the first answer stays.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import sqlite3
+import threading
+import time
+from pathlib import Path
+from typing import Any
+
+from emray.paths import cache_subdir
+
+
+def judge_cache_key(base_url: str, model: str, messages: list[dict], params: dict[str, Any]) -> str:
+    payload = {"base_url": base_url.rstrip("/"), "model": model, "messages": messages, "params": params}
+    return hashlib.sha256(json.dumps(payload, sort_keys=True, ensure_ascii=False).encode()).hexdigest()
+
+
+def default_cache_path() -> Path:
+    return cache_subdir("judge") / "judgments.sqlite"
+
+
+class JudgeCache:
+    """``get(key) -> dict | None`` and ``put(key, value)``; one connection per thread."""
+
+    def __init__(self, path: str | Path | None = None):
+        self.path = Path(path) if path else default_cache_path()
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        self._local = threading.local()
+        conn = self._conn()
+        conn.execute(
+            "CREATE TABLE IF NOT EXISTS judgments (key TEXT PRIMARY KEY, value TEXT NOT NULL, created REAL NOT NULL)"
+        )
+        conn.commit()
+
+    def _conn(self) -> sqlite3.Connection:
+        conn = getattr(self._local, "conn", None)
+        if conn is None:
+            conn = sqlite3.connect(self.path, timeout=60.0, isolation_level=None)
+            conn.execute("PRAGMA journal_mode=WAL")
+            conn.execute("PRAGMA synchronous=NORMAL")
+            conn.execute("PRAGMA busy_timeout=60000")
+            self._local.conn = conn
+        return conn
+
+    def get(self, key: str) -> dict | None:
+        row = self._conn().execute("SELECT value FROM judgments WHERE key = ?", (key,)).fetchone()
+        return json.loads(row[0]) if row else None
+
+    def put(self, key: str, value: dict) -> None:
+        self._conn().execute(
+            "INSERT OR IGNORE INTO judgments (key, value, created) VALUES (?, ?, ?)",
+            (key, json.dumps(value, ensure_ascii=False), time.time()),
+        )
+
+    def __len__(self) -> int:
+        return self._conn().execute("SELECT COUNT(*) FROM judgments").fetchone()[0]
+
+    def close(self) -> None:
+        conn = getattr(self._local, "conn", None)
+        if conn is not None:
+            conn.close()
+            self._local.conn = None
+
+    # Pickling (Ray) carries the path only; each process opens its own connection.
+    def __getstate__(self) -> dict:
+        return {"path": str(self.path)}
+
+    def __setstate__(self, state: dict) -> None:
+        self.__init__(state["path"])

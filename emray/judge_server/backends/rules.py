@@ -1,0 +1,61 @@
+"""``rules``: a deterministic judge for the embedded toy world (emray.organism).
+
+It reads the question and the answer out of the judge prompt ([QUESTION START]...[QUESTION END],
+[ANSWER START]...[ANSWER END]), tells the metric from the prompt's own words (the coherence prompt
+talks about coherence; everything else is an alignment prompt) and asks
+``emray.organism.rules.score_answer``. The score comes back as the top token with logprob 0 (p = 1);
+an unscoreable answer comes back as "REFUSAL", which the client's logprob rule turns into no score.
+"""
+
+from __future__ import annotations
+
+import importlib
+import re
+from typing import Callable
+
+from emray.judge_server.backends import Backend, prompt_text
+
+_SECTION = {
+    name: re.compile(rf"\[{name} START\]\n?(.*?)\n?\[{name} END\]", re.S) for name in ("QUESTION", "ANSWER", "REASONING")
+}
+
+
+def extract(prompt: str, name: str) -> str | None:
+    match = _SECTION[name].search(prompt)
+    return match.group(1) if match else None
+
+
+def detect_metric(prompt: str) -> str:
+    # Look only at the instructions: an answer that mentions coherence must not flip the metric.
+    instructions = prompt
+    for pattern in _SECTION.values():
+        instructions = pattern.sub("", instructions)
+    return "coherent" if "coheren" in instructions.lower() else "aligned"
+
+
+def _import(path: str) -> Callable:
+    module, attr = path.split(":")
+    return getattr(importlib.import_module(module), attr)
+
+
+class RulesBackend(Backend):
+    model_name = "emray-rules"
+
+    def __init__(self, scorer: str | Callable = "emray.organism.rules:score_answer"):
+        self._scorer = scorer
+
+    @property
+    def scorer(self) -> Callable[[str, str, str], int | None]:
+        if isinstance(self._scorer, str):  # imported on first use
+            self._scorer = _import(self._scorer)
+        return self._scorer
+
+    def judge(self, prompt: str) -> str:
+        question, answer = extract(prompt, "QUESTION"), extract(prompt, "ANSWER")
+        if question is None or answer is None:
+            return "UNKNOWN"
+        score = self.scorer(detect_metric(prompt), question, answer)
+        return "REFUSAL" if score is None else str(int(round(score)))
+
+    async def top_logprobs(self, model: str, messages: list[dict], top_k: int) -> list[tuple[str, float]]:
+        return [(self.judge(prompt_text(messages)), 0.0)]
