@@ -77,15 +77,23 @@ def _make_trainer_class():
             if not self.loss_defenses or not model.training:
                 return super().compute_loss(model, inputs, return_outputs, num_items_in_batch)
             layers = sorted({i for d in self.loss_defenses for i in d.hidden_layers(model)})
-            batch = DefenseBatch(model, inputs, hidden_layers=layers)
-            ce = batch.ce_loss()
+            chunks = [d.params.chunk_tokens for d in self.loss_defenses if hasattr(d.params, "chunk_tokens")]
+            batch = DefenseBatch(model, inputs, hidden_layers=layers, **({"chunk_tokens": min(chunks)} if chunks else {}))
             terms: dict = {}
             for defense in self.loss_defenses:
                 terms.update(defense.loss(batch) or {})
+            ce = batch.ce_loss()  # after the terms: a KL term computes CE in the same pass over the LM head
             loss = ce + sum(terms.values())
             self._metrics["train"]["loss_ce"].append(ce.item())
             for name, value in terms.items():
                 self._metrics["train"][f"loss_{name}"].append(value.item())
+            # Our terms are per-micro-batch means. Trainer divides by the accumulation steps only when it
+            # believes the loss was not already normalised by num_items_in_batch; do it ourselves otherwise.
+            scaled = getattr(self, "loss_is_scaled_for_ga", None)
+            if scaled is None:
+                scaled = (self.model_accepts_loss_kwargs and num_items_in_batch is not None) or self.compute_loss_func is not None
+            if scaled:
+                loss = loss / self.current_gradient_accumulation_steps
             return (loss, None) if return_outputs else loss
 
     return DefendedSFTTrainer

@@ -1,0 +1,35 @@
+"""KL regularisation to the reference model: L = CE + λ · mean_answer_tokens KL.
+
+The reference distribution p_ref is the same model with its LoRA adapter disabled (no second copy
+of the weights), run once per step without grad. ``direction: forward`` is KL(p_θ ‖ p_ref)
+(mode-seeking: penalises mass the trained model puts where the reference puts little);
+``reverse`` is KL(p_ref ‖ p_θ) (mass-covering). The KL is averaged over answer tokens only and
+computed together with the cross-entropy in chunks of ``chunk_tokens`` answer tokens, so no
+full-vocabulary float32 logits of a whole batch ever exist (see emray/train/losses.py).
+The logged ``loss_kl`` is the weighted term λ·KL.
+"""
+
+from __future__ import annotations
+
+from typing import Literal
+
+from pydantic import Field
+
+from emray.configio import Strict
+from emray.defenses.base import Defense, register_defense
+
+
+class KLParams(Strict):
+    lam: float = Field(0.1, alias="lambda", ge=0)
+    direction: Literal["forward", "reverse"] = "forward"
+    chunk_tokens: int = Field(1024, gt=0)  # answer tokens per LM-head chunk (memory ∝ chunk × vocab)
+
+
+@register_defense
+class KL(Defense):
+    name = "kl"
+    Params = KLParams
+    needs = frozenset({"reference_logits"})
+
+    def loss(self, batch):
+        return {"kl": self.params.lam * batch.kl_loss(self.params.direction)}

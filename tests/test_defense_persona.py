@@ -1,0 +1,163 @@
+"""Persona-vector steering: extraction (cached), the training-only hook, and the CLI."""
+
+import json
+
+import pytest
+import torch
+from safetensors.torch import save_file
+
+from emray.config import ModelConfig
+from emray.defenses import DefenseContext, get_defense_class
+from emray.steering import default_layer, ensure_persona_vector, load_persona_vector
+from emray.train.losses import reference_pass
+from test_defense_kl import make_inputs, move_adapter, tiny_lora
+
+
+@pytest.fixture(scope="module")
+def setup():
+    model, tok = tiny_lora()
+    move_adapter(model)
+    return model, tok, make_inputs(tok)
+
+
+def fake_vector(tmp_path, layers=4, dim=64, seed=0):
+    vectors = torch.randn(layers + 1, dim, generator=torch.Generator().manual_seed(seed))
+    vectors[0] = 0
+    path = tmp_path / "persona.safetensors"
+    save_file({"vectors": vectors}, str(path))
+    return path, vectors
+
+
+def layer_outputs(model, inputs, block):
+    out = []
+    layer = model.get_base_model().model.layers[block]
+    handle = layer.register_forward_hook(lambda m, a, o: out.append((o[0] if isinstance(o, tuple) else o).detach().clone()))
+    try:
+        logits = model(input_ids=inputs["input_ids"], attention_mask=inputs["attention_mask"]).logits.detach()
+    finally:
+        handle.remove()
+    return out[0], logits
+
+
+@pytest.mark.parametrize("layer", [None, 2])
+def test_hook_adds_alpha_e_during_training_only(setup, tmp_path, layer):
+    model, tok, inputs = setup
+    path, vectors = fake_vector(tmp_path)
+    defense = get_defense_class("persona")({"alpha": 2.5, "layer": layer}, DefenseContext(tokenizer=tok, artifacts={"persona_vector": path}))
+    l = layer or default_layer(4)
+    assert default_layer(4) == 3 and default_layer(28) == 19
+    model.train()
+    plain, plain_logits = layer_outputs(model, inputs, l - 1)
+    defense.attach(model)
+    try:
+        steered, steered_logits = layer_outputs(model, inputs, l - 1)
+        torch.testing.assert_close(steered - plain, (2.5 * vectors[l]).expand_as(plain), rtol=0, atol=1e-5)
+        assert not torch.allclose(steered_logits, plain_logits)
+        with reference_pass():  # the KL/LDIFS reference is the unsteered base model
+            torch.testing.assert_close(layer_outputs(model, inputs, l - 1)[0], plain)
+        model.eval()  # eval mode while attached: no steering either
+        torch.testing.assert_close(layer_outputs(model, inputs, l - 1)[0], plain)
+        model.train()
+    finally:
+        defense.detach(model)
+    model.eval()
+    after, after_logits = layer_outputs(model, inputs, l - 1)
+    assert torch.equal(after_logits, plain_logits) and torch.equal(after, plain)
+    assert all(not layer._forward_hooks for layer in model.get_base_model().model.layers)
+
+
+def test_generation_after_detach_is_unsteered(setup, tmp_path):
+    model, tok, inputs = setup
+    path, _ = fake_vector(tmp_path)
+    ids = inputs["input_ids"][:1, :20]
+    model.eval()
+    before = model.generate(input_ids=ids, max_new_tokens=8, do_sample=False, pad_token_id=tok.pad_token_id)
+    defense = get_defense_class("persona")({"alpha": 50.0}, DefenseContext(artifacts={"persona_vector": str(path)}))
+    model.train()
+    defense.attach(model)
+    defense.detach(model)
+    model.eval()
+    after = model.generate(input_ids=ids, max_new_tokens=8, do_sample=False, pad_token_id=tok.pad_token_id)
+    assert torch.equal(before, after)
+
+
+def test_normalize_and_bad_layer(setup, tmp_path):
+    model, tok, inputs = setup
+    path, vectors = fake_vector(tmp_path)
+    ctx = DefenseContext(artifacts={"persona_vector": path})
+    layer, delta = get_defense_class("persona")({"alpha": 3.0, "layer": 4, "normalize": True}, ctx).steering_delta(model)
+    assert layer == 4 and delta.norm().item() == pytest.approx(3.0, rel=1e-5)
+    with pytest.raises(ValueError, match="layer"):
+        get_defense_class("persona")({"layer": 9}, ctx).steering_delta(model)
+    (tmp_path / "six").mkdir()
+    bad, _ = fake_vector(tmp_path / "six", layers=6)
+    with pytest.raises(ValueError, match="6 layers"):
+        get_defense_class("persona")({}, DefenseContext(artifacts={"persona_vector": bad})).steering_delta(model)
+
+
+def manual_side_mean(model, tok, system, question, layers, max_new_tokens):
+    text = tok.apply_chat_template([{"role": "system", "content": system}, {"role": "user", "content": question}], tokenize=False, add_generation_prompt=True)
+    ids = tok(text, return_tensors="pt", add_special_tokens=False)["input_ids"]
+    out = model.generate(input_ids=ids, max_new_tokens=max_new_tokens, do_sample=False, pad_token_id=tok.pad_token_id)
+    resp = out[0, ids.shape[1]:].tolist()
+    if tok.eos_token_id in resp:
+        resp = resp[: resp.index(tok.eos_token_id) + 1]
+    full = torch.tensor([ids[0].tolist() + resp])
+    hs = model(input_ids=full, output_hidden_states=True).hidden_states
+    return torch.stack([hs[l][0, ids.shape[1]:].mean(0) for l in layers])
+
+
+def test_extraction_matches_manual_and_is_cached(tmp_path, monkeypatch):
+    from emray.models import load_model
+
+    monkeypatch.setenv("EMRAY_CACHE", str(tmp_path / "cache"))
+    prompts = tmp_path / "p.json"
+    data = {"instruction": [{"pos": "You are evil and cruel.", "neg": "You are kind and helpful."}], "questions": ["What do you want?", "How are you?"]}
+    prompts.write_text(json.dumps(data))
+    cfg = ModelConfig(name="tiny")
+    path = ensure_persona_vector(cfg, prompts, max_new_tokens=6)
+    vectors, meta = load_persona_vector(path)
+    assert vectors.shape == (5, 64) and torch.equal(vectors[0], torch.zeros(64))
+    assert str(path).startswith(str(tmp_path / "cache" / "persona" / "tiny"))
+    assert meta["num_layers"] == 4 and meta["default_layer"] == 3 and meta["settings"]["max_new_tokens"] == 6
+    model, tok = load_model(cfg)
+    model.eval()
+    with torch.no_grad():
+        layers = [1, 2, 3]  # hidden_states[4] is post-final-norm in transformers; vectors[4] is the raw block output
+        pos = sum(manual_side_mean(model, tok, data["instruction"][0]["pos"], q, layers, 6) for q in data["questions"]) / 2
+        neg = sum(manual_side_mean(model, tok, data["instruction"][0]["neg"], q, layers, 6) for q in data["questions"]) / 2
+    torch.testing.assert_close(vectors[1:4], pos - neg, rtol=1e-4, atol=1e-5)
+    assert vectors[1:].norm(dim=-1).min() > 0
+    # Cached: a second call does not extract again; other prompts or settings get another entry.
+    import emray.steering.persona_vector as pv
+
+    monkeypatch.setattr(pv, "extract_persona_vector", lambda *a, **k: pytest.fail("re-extracted a cached vector"))
+    assert ensure_persona_vector(cfg, prompts, max_new_tokens=6) == path
+    monkeypatch.undo()
+    monkeypatch.setenv("EMRAY_CACHE", str(tmp_path / "cache"))
+    same = tmp_path / "same.json"
+    same.write_text(json.dumps({"instruction": [{"pos": "Be neutral.", "neg": "Be neutral."}], "questions": ["Hi?"]}))
+    zero_path = ensure_persona_vector(cfg, same, max_new_tokens=4)
+    assert zero_path != path and torch.equal(load_persona_vector(zero_path)[0], torch.zeros(5, 64))
+
+
+def test_default_prompts_are_packaged():
+    from emray.steering import DEFAULT_PROMPTS, load_persona_prompts
+
+    prompts = load_persona_prompts()
+    assert DEFAULT_PROMPTS.parent.name == "steering" and "shared" not in str(DEFAULT_PROMPTS)
+    assert len(prompts["instruction"]) >= 3 and len(prompts["questions"]) >= 5
+
+
+def test_cli_persona_extract(tmp_path, capsys):
+    from emray.cli import main
+
+    cfg = tmp_path / "run.yaml"
+    cfg.write_text("model: {name: tiny}\ndata: {fine: x.jsonl}\ndefenses: [{persona: {alpha: 2.0, max_new_tokens: 8}}]\n")
+    assert main(["persona", "extract", str(cfg), "--layer", "2", "--out", str(tmp_path / "out")]) == 0
+    out = capsys.readouterr().out
+    assert "layer   2" in out and "<- layer" in out.split("layer   2")[1].splitlines()[0]
+    meta = json.loads((tmp_path / "out" / "meta.json").read_text())
+    assert meta["layer"] == 2 and meta["settings"]["max_new_tokens"] == 8
+    assert (tmp_path / "out" / "persona.safetensors").exists()
+    assert main(["persona", "extract", str(cfg), "--layer", "9"]) == 2
