@@ -6,9 +6,22 @@ any other string is a path on disk.
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 ORGANISM_SCHEME = "organism:"
+ORGANISM_PRESETS = ("full", "quick")
+
+
+def organism_config():
+    """The organism world configs resolve to: ``EMRAY_ORGANISM=quick`` picks the small test world
+    (about a minute to build, weak EM) for CI; the default is the full world."""
+    from emray.organism import OrganismConfig
+
+    preset = os.environ.get("EMRAY_ORGANISM", "full")
+    if preset not in ORGANISM_PRESETS:
+        raise ValueError(f"EMRAY_ORGANISM={preset!r}: expected one of {', '.join(ORGANISM_PRESETS)}")
+    return OrganismConfig.quick() if preset == "quick" else OrganismConfig()
 
 
 def resolve_data_path(path: str | Path) -> Path:
@@ -16,5 +29,5 @@ def resolve_data_path(path: str | Path) -> Path:
     if text.startswith(ORGANISM_SCHEME):
         from emray.organism import resolve
 
-        return resolve(text[len(ORGANISM_SCHEME):])
+        return resolve(text[len(ORGANISM_SCHEME):], organism_config())
     return Path(text).expanduser()

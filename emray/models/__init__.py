@@ -22,9 +22,10 @@ def _builtin_path(name: str) -> Path:
     from filelock import FileLock
 
     if name == "organism":
+        from emray.data.paths import organism_config
         from emray.organism import ensure_built
 
-        return ensure_built() / "model"
+        return ensure_built(organism_config()) / "model"
     root = cache_subdir("models")
     out = root / name
     # A lock so parallel Ray workers build a builtin once.

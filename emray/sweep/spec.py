@@ -193,6 +193,30 @@ class Trial(Strict):
     index: int
 
 
+def _file_identity(path: str | None) -> str | None:
+    """What a data path currently holds: the organism world's config hash, or the file's content hash.
+
+    Part of a trial's key, so a changed dataset or a rebuilt world is a new trial, never a stale
+    cache hit. Nothing is built here (``--dry-run`` must stay instant).
+    """
+    from emray.data.paths import ORGANISM_SCHEME, organism_config
+
+    if path is None:
+        return None
+    if str(path).startswith(ORGANISM_SCHEME) or path == "organism":
+        return f"organism-world:{organism_config().hash()}"
+    file = Path(path).expanduser()
+    if file.is_file():
+        return hashlib.sha256(file.read_bytes()).hexdigest()[:16]
+    return str(path)
+
+
+def content_identity(run: RunConfig) -> dict:
+    ev = run.eval
+    paths = [run.model.name, run.data.fine, run.data.safe_pool, *run.data.benign_train, ev.general, *ev.in_domain, *ev.benign]
+    return {str(p): _file_identity(p) for p in paths if p}
+
+
 def make_trial(spec: SweepSpec, model: str | None, defenses: list[dict], seed: int, index: int) -> Trial:
     data = spec.base.model_dump(by_alias=True)
     data["defenses"] = defenses
@@ -201,7 +225,8 @@ def make_trial(spec: SweepSpec, model: str | None, defenses: list[dict], seed: i
         data["model"]["name"] = model
     label = arm_label(defenses)
     run = RunConfig.model_validate(data)
-    key = config_hash(run.model_dump(mode="json", by_alias=True, exclude={"name", "output_dir"}))
+    key = config_hash({"config": run.model_dump(mode="json", by_alias=True, exclude={"name", "output_dir"}),
+                       "content": content_identity(run)})
     run = run.model_copy(update={"name": f"{label}-s{seed}-{key[:6]}"})
     return Trial(key=key, label=label, run=run, index=index)
 

@@ -1,0 +1,78 @@
+"""A scaled-down sweep of the embedded default, end to end, in CI.
+
+The quick organism world (EMRAY_ORGANISM=quick) stands in for the full one: same code paths (stages,
+Ray Tune over Ray Train, the judge pool over real HTTP, criteria, Pareto, plots, W&B offline runs),
+minutes instead of the full build. Then the same spec is re-run on a fresh storage folder: with the
+same seeds the safe-data selection and, on CPU, the criteria must be identical.
+"""
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from emray.sweep.pareto import pareto_flags
+from emray.sweep.spec import OBJECTIVES
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def _run(args, env):
+    out = subprocess.run([sys.executable, "-m", "emray.cli", *args], capture_output=True, text=True, timeout=1500, env=env)
+    assert out.returncode == 0, (out.stdout[-3000:], out.stderr[-3000:])
+    return out.stdout
+
+
+@pytest.fixture(scope="module")
+def sweep(tmp_path_factory):
+    root = tmp_path_factory.mktemp("sweep")
+    env = {**os.environ, "EMRAY_ORGANISM": "quick"}
+    overrides = [
+        f"storage={root}/a",
+        "train.max_steps=30",
+        "eval.samples_per_paraphrase=2",
+        "eval.max_new_tokens=24",
+        "search.defense=[none, {kl: {lambda: 0.1}}, inoculation, {interleave_pp: {safe_fraction: 0.05, ensemble_steps: 10}}, {persona: {alpha: 5.0, prompts: \"organism:data/persona/evil_extract.json\"}}]",
+    ]
+    stdout = _run(["sweep", str(ROOT / "sweeps" / "toy.yaml"), *[a for o in overrides for a in ("--set", o)]], env)
+    return root, env, overrides, stdout
+
+
+def test_every_trial_has_the_four_criteria(sweep):
+    root, _, _, stdout = sweep
+    rows = [json.loads(line) for line in (root / "a" / "toy" / "results.jsonl").read_text().splitlines()]
+    assert sorted(r["label"].split("(")[0] for r in rows) == ["inoculation", "interleave_pp", "kl", "none", "persona"]
+    for r in rows:
+        for key in OBJECTIVES:
+            assert isinstance(r[key], (int, float)) and 0.0 <= r[key] <= 1.0, (r["label"], key)
+    # the flags written match the Pareto front recomputed from the numbers
+    assert [r["is_pareto"] for r in rows] == pareto_flags(rows)
+    assert "is_pareto" in stdout and "trials in" in stdout
+
+
+def test_plots_and_wandb_runs_are_written(sweep):
+    root, _, _, _ = sweep
+    out = root / "a" / "toy"
+    pngs = list((out / "plots").glob("scatter_*.png"))
+    assert len(pngs) == 6 and (out / "plots" / "parallel_coordinates.html").exists()
+    runs = list((out / "wandb_root" / "wandb").glob("offline-run-*"))
+    assert len(runs) == 5 + 1  # one per trial + the summary run
+    assert all(list(r.glob("*.wandb")) for r in runs)
+
+
+def test_same_spec_same_seed_reproduces(sweep):
+    root, env, overrides, _ = sweep
+    again = [o.replace(f"{root}/a", f"{root}/b") for o in overrides]
+    again[-1] = "search.defense=[{interleave_pp: {safe_fraction: 0.05, ensemble_steps: 10}}]"
+    _run(["sweep", str(ROOT / "sweeps" / "toy.yaml"), *[a for o in again for a in ("--set", o)]], env)
+    first = {r["label"]: r for r in map(json.loads, (root / "a" / "toy" / "results.jsonl").read_text().splitlines())}
+    second = [json.loads(line) for line in (root / "b" / "toy" / "results.jsonl").read_text().splitlines()]
+    assert len(second) == 1
+    row = second[0]
+    ref = first[row["label"]]
+    assert row["trial_key"] == ref["trial_key"]
+    for key in (*OBJECTIVES, "in_domain_incoherence"):
+        assert row[key] == ref[key], key
