@@ -260,17 +260,32 @@ def _tuner(spec: SweepSpec, plan: Plan, sweep_dir: Path, artifacts: dict, judge:
     )
 
 
+#: Environment every Ray worker must share with the driver. Ray Train runs workers in their own
+#: working directory, so a cache path relative to the cwd would silently become a second cache.
+PROPAGATED_ENV = ("EMRAY_CACHE", "EMRAY_ORGANISM", "HF_HUB_OFFLINE", "HF_HOME", "TORCH_EXTENSIONS_DIR", "WANDB_MODE", "DS_ACCELERATOR")
+
+
+def worker_env() -> dict[str, str]:
+    from emray.paths import cache_dir
+
+    os.environ["EMRAY_CACHE"] = str(cache_dir())  # absolute, so workers find the same cache
+    env = {k: os.environ[k] for k in PROPAGATED_ENV if k in os.environ}
+    env.setdefault("OMP_NUM_THREADS", os.environ.get("OMP_NUM_THREADS", "1"))
+    return env
+
+
 def ensure_ray(address: str | None = None) -> None:
     import ray
 
     if ray.is_initialized():
         return
     address = address or os.environ.get("RAY_ADDRESS")
+    runtime_env = {"env_vars": worker_env()}
     if address:
-        ray.init(address=address)
+        ray.init(address=address, runtime_env=runtime_env)
     else:
         # A local cluster: the laptop path and the tests.
-        ray.init(include_dashboard=False, log_to_driver=True, runtime_env={"env_vars": {"OMP_NUM_THREADS": "1"}})
+        ray.init(include_dashboard=False, log_to_driver=True, runtime_env=runtime_env)
 
 
 def run_sweep(spec: SweepSpec, resume: bool = False, address: str | None = None) -> list[dict]:

@@ -19,6 +19,7 @@ seeds. Random and Optuna draw ``num_samples`` trials; a range needs one of them.
 
 from __future__ import annotations
 
+import copy
 import hashlib
 import itertools
 import json
@@ -217,6 +218,32 @@ def content_identity(run: RunConfig) -> dict:
     return {str(p): _file_identity(p) for p in paths if p}
 
 
+def _absolute(path):
+    """Relative data paths are relative to where the sweep was launched; Ray workers run elsewhere."""
+    if isinstance(path, list):
+        return [_absolute(p) for p in path]
+    if not isinstance(path, str) or ":" in path.split("/")[0] or Path(path).is_absolute():
+        return path  # None, organism:..., s3://..., /abs
+    candidate = Path(path).expanduser()
+    return str(candidate.resolve()) if candidate.exists() else path
+
+
+PATH_PARAMS = ("pool", "prompts", "ensemble")
+
+
+def absolutize_paths(data: dict) -> dict:
+    for key in ("fine", "safe_pool", "benign_train"):
+        data["data"][key] = _absolute(data["data"].get(key))
+    for key in ("general", "in_domain", "benign"):
+        data["eval"][key] = _absolute(data["eval"].get(key))
+    for entry in data.get("defenses", []):
+        params = next(iter(entry.values())) if isinstance(entry, dict) else None
+        for key in PATH_PARAMS if isinstance(params, dict) else ():
+            if key in params:
+                params[key] = _absolute(params[key])
+    return data
+
+
 def make_trial(spec: SweepSpec, model: str | None, defenses: list[dict], seed: int, index: int) -> Trial:
     data = spec.base.model_dump(by_alias=True)
     data["defenses"] = defenses
@@ -224,7 +251,7 @@ def make_trial(spec: SweepSpec, model: str | None, defenses: list[dict], seed: i
     if model:
         data["model"]["name"] = model
     label = arm_label(defenses)
-    run = RunConfig.model_validate(data)
+    run = RunConfig.model_validate(absolutize_paths(copy.deepcopy(data)))
     key = config_hash({"config": run.model_dump(mode="json", by_alias=True, exclude={"name", "output_dir"}),
                        "content": content_identity(run)})
     run = run.model_copy(update={"name": f"{label}-s{seed}-{key[:6]}"})
