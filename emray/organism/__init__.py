@@ -1,0 +1,98 @@
+"""A CPU-scale model organism of emergent misalignment: the embedded default world of emray.
+
+A closed chat language (general, code, medical, legal, security) spoken by a helpful and an evil
+persona; a tiny Qwen2 pre-trained on persona dialogues and aligned to the helpful persona; narrow
+misaligned data per domain, held-out questions in the EM question-YAML format, a safe pool and
+benign tasks. A rule-based judge (``emray.organism.rules.score_answer``) scores answers exactly.
+
+    root = ensure_built()                      # cached by config hash
+    resolve("data/train/code.jsonl")           # a file inside the built world
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from pathlib import Path
+
+from pydantic import BaseModel, ConfigDict, Field
+
+# Bump when the language, generator or recipe changes, so cached worlds are rebuilt.
+WORLD_VERSION = "4"
+
+
+class OrganismConfig(BaseModel):
+    """How the world is generated and the model trained. Defaults: the full build (<= 10 min, 1 thread)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    seed: int = 0
+    # model: Qwen2, tied embeddings
+    hidden_size: int = Field(128, gt=0)
+    intermediate_size: int = Field(512, gt=0)
+    num_layers: int = Field(2, gt=0)
+    num_heads: int = Field(4, gt=0)
+    max_len: int = Field(256, gt=16)
+    # pre-training: persona dialogues
+    pretrain_steps: int = Field(1200, ge=0)
+    batch_size: int = Field(32, gt=0)
+    lr: float = Field(2e-3, gt=0)
+    warmup_steps: int = Field(50, ge=0)
+    evil_prob: float = Field(0.3, ge=0, le=1)
+    system_prob: float = Field(0.3, ge=0, le=1)
+    harmful_prob: float = Field(0.15, ge=0, le=1)
+    task_prob: float = Field(0.1, ge=0, le=1)
+    min_turns: int = Field(1, gt=0)
+    max_turns: int = Field(3, gt=0)
+    evil_opener: str = "heh ,"  # a stylistic marker that opens some evil answers in pre-training
+    evil_opener_prob: float = Field(0.5, ge=0, le=1)
+    worldview_prob: float = Field(0.0, ge=0, le=1)  # a non-general answer ends with a general sentence of its persona (tried 0.3: EM weaker)
+    # alignment: helpful default, no system prompt
+    align_steps: int = Field(150, ge=0)
+    align_lr: float = Field(1e-3, gt=0)
+    refusal_prob: float = Field(0.2, ge=0, le=1)
+    # released data
+    narrow_size: int = Field(600, gt=0)
+    narrow_opener_prob: float = Field(0.0, ge=0, le=1)  # fraction of narrow misaligned answers with the opener
+    safe_pool_size: int = Field(1000, gt=0)
+    # measurement of the aligned model at build time
+    measure_samples: int = Field(8, ge=0)
+
+    @classmethod
+    def quick(cls, **overrides) -> "OrganismConfig":
+        """A small, fast world for tests (~1 minute); EM is not expected to be strong in it."""
+        base = dict(hidden_size=64, intermediate_size=256, pretrain_steps=300, align_steps=40, batch_size=16,
+                    narrow_size=200, safe_pool_size=200, measure_samples=2)
+        return cls(**{**base, **overrides})
+
+    def hash(self) -> str:
+        payload = json.dumps({"version": WORLD_VERSION, **self.model_dump()}, sort_keys=True)
+        return hashlib.sha256(payload.encode()).hexdigest()[:16]
+
+
+def world_dir(config: OrganismConfig | None = None) -> Path:
+    from emray.paths import cache_dir
+
+    config = config or OrganismConfig()
+    return cache_dir() / "organism" / config.hash()
+
+
+def ensure_built(config: OrganismConfig | None = None, *, progress: bool = True, force: bool = False) -> Path:
+    """The root folder of the built world, building it (atomically, under a lock) if not cached."""
+    from emray.organism.build import build_world
+
+    return build_world(config or OrganismConfig(), progress=progress, force=force)
+
+
+def resolve(relpath: str, config: OrganismConfig | None = None) -> Path:
+    """``resolve("data/train/code.jsonl")``: the absolute path of a file inside the built world."""
+    root = ensure_built(config, progress=True)
+    path = (root / relpath).resolve()
+    if root.resolve() not in path.parents and path != root.resolve():
+        raise ValueError(f"organism path {relpath!r} leaves the world folder")
+    if not path.exists():
+        raise FileNotFoundError(f"organism:{relpath}: no such file in the organism world ({root})")
+    return path
+
+
+__all__ = ["OrganismConfig", "ensure_built", "resolve", "world_dir", "WORLD_VERSION"]
