@@ -111,3 +111,28 @@ def test_shipped_specs_dry_run(name):
     if "qwen" in name or "paper" in name:
         assert "DeepSpeed ZERO" in out.stdout
     assert "trials" in out.stdout
+
+
+def test_optuna_space_proposes_valid_trials(tmp_path):
+    """The define-by-run space Optuna samples maps back to concrete, validated trials."""
+    import optuna
+
+    from emray.sweep.runner import optuna_space, trial_from_optuna
+
+    path = tmp_path / "s.yaml"
+    path.write_text(SPEC.replace("search:\n", "search:\n  algorithm: optuna\n  num_samples: 6\n").replace(
+        "{inoculation: {prompt: [a, b]}}", "[{inoculation: {prompt: [a, b]}}, {interleave: {safe_fraction: {min: 0.01, max: 0.2, log: true}}}]"))
+    spec = load_sweep_spec(path)
+    study = optuna.create_study(directions=["minimize", "maximize", "maximize", "minimize"], sampler=optuna.samplers.RandomSampler(seed=0))
+    seen = set()
+    for _ in range(12):
+        trial = study.ask()
+        optuna_space(spec)(trial)
+        made = trial_from_optuna(spec, trial.params)
+        seen.add("combination" if "+interleave" in made.label else made.label.split("(")[0])
+        if "+interleave" in made.label:
+            fraction = made.run.defenses[1].params["safe_fraction"]
+            assert 0.01 <= fraction <= 0.2
+            assert made.run.defenses[0].params["prompt"] in {"a", "b"}
+        assert made.run.seed in (0, 1)
+    assert {"none", "combination"} <= seen
