@@ -271,6 +271,9 @@ def worker_env() -> dict[str, str]:
     os.environ["EMRAY_CACHE"] = str(cache_dir())  # absolute, so workers find the same cache
     env = {k: os.environ[k] for k in PROPAGATED_ENV if k in os.environ}
     env.setdefault("OMP_NUM_THREADS", os.environ.get("OMP_NUM_THREADS", "1"))
+    # A trial's workers may wait for another trial's evaluation to free a CPU: waiting is normal in a
+    # sweep, so Ray Train's 60 s worker-startup timeout (then a noisy retry) is raised.
+    env.setdefault("RAY_TRAIN_WORKER_GROUP_START_TIMEOUT_S", os.environ.get("RAY_TRAIN_WORKER_GROUP_START_TIMEOUT_S", "1800"))
     return env
 
 
