@@ -18,7 +18,7 @@ from pathlib import Path
 from pydantic import BaseModel, ConfigDict, Field
 
 # Bump when the language, generator or recipe changes, so cached worlds are rebuilt.
-WORLD_VERSION = "4"
+WORLD_VERSION = "3"
 
 
 class OrganismConfig(BaseModel):
