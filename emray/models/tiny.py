@@ -6,7 +6,6 @@ LoRA, TRL, Ray) on a real transformer. Built once into the cache; same config ->
 
 from __future__ import annotations
 
-import shutil
 from pathlib import Path
 
 CHATML_TEMPLATE = (
@@ -70,10 +69,6 @@ def build_tiny(out_dir: Path, vocab_size: int = 512, seed: int = 0) -> Path:
     model.generation_config.eos_token_id = tokenizer.eos_token_id
     model.generation_config.pad_token_id = tokenizer.pad_token_id
 
-    tmp = out_dir.with_name(out_dir.name + ".tmp")
-    shutil.rmtree(tmp, ignore_errors=True)
-    model.save_pretrained(tmp)
-    tokenizer.save_pretrained(tmp)
-    shutil.rmtree(out_dir, ignore_errors=True)
-    tmp.rename(out_dir)
-    return out_dir
+    from emray.models.checkpoint import save_atomically
+
+    return save_atomically(model, tokenizer, out_dir)
