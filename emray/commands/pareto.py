@@ -12,10 +12,9 @@ def register(subparsers) -> None:
 
 
 def run(args) -> int:
-    from emray.sweep.pareto import format_table, load_results, with_pareto, write_results
+    from emray.sweep.pareto import format_table, load_results, write_results
 
-    rows = with_pareto(load_results(args.sweep_dir))
-    write_results(args.sweep_dir, rows)
+    rows = write_results(args.sweep_dir, load_results(args.sweep_dir))
     shown = [r for r in rows if r["is_pareto"]] if args.front_only else rows
     print(format_table(shown))
     print(f"\n{sum(r['is_pareto'] for r in rows)} of {len(rows)} trials on the Pareto front")

@@ -80,8 +80,8 @@ def format_table(rows: Iterable[dict], columns: list[str] | None = None) -> str:
     return "\n".join([line(columns), line(["-" * w for w in widths]), *[line(row) for row in cells]])
 
 
-def write_results(sweep_dir: str | Path, rows: list[dict]) -> Path:
-    """results.jsonl and results.csv with the is_pareto column."""
+def write_results(sweep_dir: str | Path, rows: list[dict]) -> list[dict]:
+    """Write results.jsonl and results.csv with the is_pareto column; returns the flagged rows."""
     import csv
 
     sweep_dir = Path(sweep_dir)
@@ -94,4 +94,4 @@ def write_results(sweep_dir: str | Path, rows: list[dict]) -> Path:
         writer = csv.DictWriter(fh, fieldnames=keys, extrasaction="ignore")
         writer.writeheader()
         writer.writerows(rows)
-    return sweep_dir / "results.jsonl"
+    return rows

@@ -310,9 +310,7 @@ def run_sweep(spec: SweepSpec, resume: bool = False, address: str | None = None)
         tuner.fit()
     finally:
         stop_judge()
-    rows = load_results(sweep_dir)
-    write_results(sweep_dir, rows)
-    rows = [json.loads(line) for line in (sweep_dir / "results.jsonl").read_text().splitlines()]
+    rows = write_results(sweep_dir, load_results(sweep_dir))
     write_plots(sweep_dir, rows)
     log_summary(spec, sweep_dir, rows)
     print("\n" + format_table(rows), flush=True)
