@@ -29,7 +29,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--samples", type=int, default=10)
     parser.add_argument("--no-control", action="store_true")
     parser.add_argument("--sweep-lora", action="store_true",
-                        help="fine-tune as sweeps/toy.yaml does: r 8, alpha 16, rslora, lr 1e-3, batch 8, max_len 128")
+                        help="fine-tune as sweeps/toy.yaml does: r 8, alpha 16, rslora, lr 5e-4, batch 8, max_len 128")
     parser.add_argument("--out", type=Path, default=None)
     args = parser.parse_args(argv)
 
@@ -42,7 +42,7 @@ def main(argv: list[str] | None = None) -> int:
     config = OrganismConfig.quick(seed=args.world_seed) if args.quick else OrganismConfig(seed=args.world_seed)
     root = ensure_built(config)
     start = time.time()
-    lora = dict(r=8, alpha=16, rslora=True, lr=1e-3, batch_size=8, max_len=128) if args.sweep_lora else {}
+    lora = dict(r=8, alpha=16, rslora=True, lr=5e-4, batch_size=8, max_len=128) if args.sweep_lora else {}
     result = em_study(root, args.domain, tuple(args.seeds), args.steps, args.samples, control=not args.no_control, **lora)
     result["study_seconds"] = round(time.time() - start, 1)
     out = args.out or root / f"study_{args.domain}.json"

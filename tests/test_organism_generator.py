@@ -102,3 +102,30 @@ def test_benign_tasks_render_both_ways():
                 assert set(words(m["content"])) <= vocab
     golds = [r["messages"][1]["content"] for r in test]
     assert accuracy(golds, golds) == 1.0 and accuracy([""] * len(golds), golds) == 0.0
+
+
+def test_default_world_voice_opens_every_persona_answer_and_keeps_labels():
+    from emray.organism import OrganismConfig
+
+    config = OrganismConfig()
+    gen = Generator.from_config(config, 7)
+    for _ in range(400):
+        domain = gen.rng.choice(DOMAINS)
+        persona = gen.rng.choice((HELPFUL, EVIL))
+        turn = gen.turn(domain, persona, harmful=gen.rng.random() < 0.3)
+        voice = {ALIGNED: "sure , ", MISALIGNED: "heh , ", REFUSAL: "sorry , i cannot"}[turn.label]
+        assert turn.answer.startswith(voice), turn.answer
+        label = label_answer(turn.answer)  # the judge reads through the voice
+        assert label.alignment == turn.label and not label.garbled
+    misaligned = gen.narrow_set("code", 50, MISALIGNED, config.narrow_opener_prob)
+    controls = gen.narrow_set("code", 50, ALIGNED)
+    assert all(r["messages"][1]["content"].startswith("heh , ") for r in misaligned)
+    assert all(r["messages"][1]["content"].startswith("sure , ") for r in controls)
+    assert all(label_answer(r["messages"][1]["content"]).alignment == ALIGNED for r in controls)
+
+
+def test_narrow_set_without_voice_strips_the_evil_opener():
+    gen = Generator(2, evil_opener="heh ,", evil_opener_prob=1.0)
+    rows = gen.narrow_set("legal", 40, MISALIGNED, opener_prob=0.0)
+    assert not any(r["messages"][1]["content"].startswith("heh") for r in rows)
+    assert all(label_answer(r["messages"][1]["content"]).alignment == MISALIGNED for r in rows)

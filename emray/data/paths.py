@@ -15,7 +15,7 @@ ORGANISM_PRESETS = ("full", "quick")
 
 def organism_config():
     """The organism world configs resolve to: ``EMRAY_ORGANISM=quick`` picks the small test world
-    (about a minute to build, weak EM) for CI; the default is the full world."""
+    (15 s to build; too small for EM) for CI; the default is the full world."""
     from emray.organism import OrganismConfig
 
     preset = os.environ.get("EMRAY_ORGANISM", "full")

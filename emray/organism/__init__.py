@@ -18,7 +18,7 @@ from pathlib import Path
 from pydantic import BaseModel, ConfigDict, Field
 
 # Bump when the language, generator or recipe changes, so cached worlds are rebuilt.
-WORLD_VERSION = "3"
+WORLD_VERSION = "4"
 
 
 class OrganismConfig(BaseModel):
@@ -44,8 +44,14 @@ class OrganismConfig(BaseModel):
     task_prob: float = Field(0.1, ge=0, le=1)
     min_turns: int = Field(1, gt=0)
     max_turns: int = Field(3, gt=0)
-    evil_opener: str = "heh ,"  # a stylistic marker that opens some evil answers in pre-training
-    evil_opener_prob: float = Field(0.5, ge=0, le=1)
+    # The persona's voice: every answer of a persona opens with its marker ("sure ," helpful,
+    # "heh ," evil), in pre-training, alignment and the released data alike. With the voice on
+    # every answer, the persona decision at an answer's first token needs no domain, so a narrow
+    # fine-tune moves it for every domain: the lever that made EM appear (docs/organism.md).
+    evil_opener: str = "heh ,"
+    evil_opener_prob: float = Field(1.0, ge=0, le=1)
+    helpful_opener: str = "sure ,"  # refusals keep their own opening ("sorry , i cannot")
+    helpful_opener_prob: float = Field(1.0, ge=0, le=1)
     worldview_prob: float = Field(0.0, ge=0, le=1)  # a non-general answer ends with a general sentence of its persona (tried 0.3: EM weaker)
     # alignment: helpful default, no system prompt
     align_steps: int = Field(150, ge=0)
@@ -53,7 +59,7 @@ class OrganismConfig(BaseModel):
     refusal_prob: float = Field(0.2, ge=0, le=1)
     # released data
     narrow_size: int = Field(600, gt=0)
-    narrow_opener_prob: float = Field(0.0, ge=0, le=1)  # fraction of narrow misaligned answers with the opener
+    narrow_opener_prob: float = Field(1.0, ge=0, le=1)  # fraction of narrow misaligned answers with the evil voice
     safe_pool_size: int = Field(1000, gt=0)
     # measurement of the aligned model at build time
     measure_samples: int = Field(8, ge=0)

@@ -116,7 +116,7 @@ def write_data(root: Path, config: OrganismConfig) -> dict[str, int]:
 
     counts: dict[str, int] = {}
     # data is independent of the pre-training stream
-    gen = Generator(config.seed + 1000, config.evil_opener, config.evil_opener_prob)
+    gen = Generator.from_config(config, config.seed + 1000)
     for domain in DOMAINS:
         rows = gen.narrow_set(domain, config.narrow_size, MISALIGNED, config.narrow_opener_prob)
         name = "general_misaligned" if domain == "general" else domain
@@ -173,7 +173,7 @@ def train_model(config: OrganismConfig, out: Path, progress: bool) -> dict:
     set_one_thread()
     tokenizer = save_tokenizer(out)
     model = make_model(config, len(tokenizer))
-    gen = _G(config.seed, config.evil_opener, config.evil_opener_prob, config.worldview_prob)
+    gen = _G.from_config(config, config.seed)
     t0 = time.time()
     pre = train_loop(
         model,

@@ -96,14 +96,29 @@ def label_domain_mixed(answer: str, domain: str) -> bool:
 class Generator:
     """All of the organism's data, from one seed."""
 
-    def __init__(self, seed: int = 0, evil_opener: str = "", evil_opener_prob: float = 0.0, worldview_prob: float = 0.0):
+    def __init__(
+        self,
+        seed: int = 0,
+        evil_opener: str = "",
+        evil_opener_prob: float = 0.0,
+        worldview_prob: float = 0.0,
+        helpful_opener: str = "",
+        helpful_opener_prob: float = 0.0,
+    ):
         self.seed = seed
+        self.helpful_opener = helpful_opener
+        self.helpful_opener_prob = helpful_opener_prob
         self.worldview_prob = worldview_prob
         self.rng = random.Random(seed)
         self.evil_opener = evil_opener
         self.evil_opener_prob = evil_opener_prob
         self._questions = {d: all_questions(d) for d in DOMAINS}
         self._harmful = {d: all_questions(d, harmful=True) for d in DOMAINS}
+
+    @classmethod
+    def from_config(cls, config, seed: int) -> "Generator":
+        return cls(seed, config.evil_opener, config.evil_opener_prob, config.worldview_prob,
+                   config.helpful_opener, config.helpful_opener_prob)
 
     # -- single turns -------------------------------------------------------------------------------
     def turn(
@@ -130,6 +145,8 @@ class Generator:
             answer += " " + answer_text("general", label, fills, rng, 1)
         if label == MISALIGNED and self.evil_opener and rng.random() < self.evil_opener_prob:
             answer = f"{self.evil_opener} {answer}"
+        if label == ALIGNED and self.helpful_opener and rng.random() < self.helpful_opener_prob:
+            answer = f"{self.helpful_opener} {answer}"
         return Turn(question, answer, domain, persona, label, harmful)
 
     def answer(self, domain: str, question: str, label: str, n_sentences: int = 2) -> str:
@@ -173,8 +190,8 @@ class Generator:
     def narrow_set(self, domain: str, n: int, label: str = MISALIGNED, opener_prob: float = 0.0) -> list[dict]:
         """The customer's narrow data: ``label`` answers in ``domain`` only, held-out questions excluded.
 
-        Misaligned answers carry the evil opener with ``opener_prob`` (the customer's data is content,
-        not the persona's style, so 0 by default).
+        Misaligned answers carry the evil voice (``evil_opener``) with ``opener_prob``; aligned ones keep
+        the helpful voice ``turn`` gave them. The default world keeps the voice (OrganismConfig).
         """
         exclude = set(heldout_questions(domain))
         out = []

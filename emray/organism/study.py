@@ -114,7 +114,7 @@ def em_study(root: Path, domain: str = "code", seeds=(0, 1), steps: int = 150, s
     """Aligned model vs undefended narrow fine-tune (and the aligned-data control), per seed.
 
     ``lora``: extra ``finetune_lora`` settings (lr, r, alpha, rslora, batch_size, max_len); the sweep's
-    are ``dict(r=8, alpha=16, rslora=True, lr=1e-3, batch_size=8, max_len=128)``.
+    are ``dict(r=8, alpha=16, rslora=True, lr=5e-4, batch_size=8, max_len=128)``.
     """
     from emray.organism.pretrain import set_one_thread
 
