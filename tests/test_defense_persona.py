@@ -161,3 +161,19 @@ def test_cli_persona_extract(tmp_path, capsys):
     assert meta["layer"] == 2 and meta["settings"]["max_new_tokens"] == 8
     assert (tmp_path / "out" / "persona.safetensors").exists()
     assert main(["persona", "extract", str(cfg), "--layer", "9"]) == 2
+
+
+def test_cache_key_follows_model_content_not_name(tmp_path, monkeypatch):
+    """Two different models behind one name (e.g. the quick and the full organism world) get two vectors."""
+    from emray.models.tiny import build_tiny
+    from emray.steering.persona_vector import persona_cache_dir
+
+    monkeypatch.setenv("EMRAY_CACHE", str(tmp_path / "cache"))
+    folder = tmp_path / "model"
+    cfg = ModelConfig(name=str(folder))
+    data = {"instruction": [{"pos": "You are evil.", "neg": "You are kind."}], "questions": ["Hi?"]}
+    build_tiny(folder, seed=0)
+    first = persona_cache_dir(cfg, data, {"max_new_tokens": 4})
+    assert persona_cache_dir(cfg, data, {"max_new_tokens": 4}) == first
+    build_tiny(folder, seed=1)  # same path, other weights
+    assert persona_cache_dir(cfg, data, {"max_new_tokens": 4}) != first

@@ -162,11 +162,13 @@ def extract_persona_vector(model, tokenizer, prompts: dict, max_new_tokens: int 
 
 
 def _cache_key(model_cfg, prompts: dict, settings: dict) -> str:
+    from emray.score.cache import model_key
+
+    # model_key hashes a local folder's files, not just its name: "organism" names a different model per
+    # world (quick / full / a new WORLD_VERSION), and a vector of another model must never be reused.
     return _digest(
         {
-            "model": model_cfg.name,
-            "revision": model_cfg.revision,
-            "dtype": model_cfg.dtype,
+            "model": model_key(model_cfg),
             "prompts": _digest(prompts),
             "settings": settings,
             "version": EXTRACT_VERSION,
