@@ -37,12 +37,12 @@ def main(argv: list[str] | None = None) -> int:
 
     torch.set_num_threads(1)
     from emray.organism import OrganismConfig, ensure_built
-    from emray.organism.study import em_study
+    from emray.organism.study import SWEEP_LORA, em_study
 
     config = OrganismConfig.quick(seed=args.world_seed) if args.quick else OrganismConfig(seed=args.world_seed)
     root = ensure_built(config)
     start = time.time()
-    lora = dict(r=8, alpha=16, rslora=True, lr=5e-4, batch_size=8, max_len=128) if args.sweep_lora else {}
+    lora = SWEEP_LORA if args.sweep_lora else {}
     result = em_study(root, args.domain, tuple(args.seeds), args.steps, args.samples, control=not args.no_control, **lora)
     result["study_seconds"] = round(time.time() - start, 1)
     out = args.out or root / f"study_{args.domain}.json"

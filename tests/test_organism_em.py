@@ -10,11 +10,10 @@ from __future__ import annotations
 import pytest
 
 from emray.organism import OrganismConfig, ensure_built
-from emray.organism.study import em_study
+from emray.organism.study import SWEEP_LORA, em_study
 
 # 700 pre-training steps: general EM 53-64 % over 3 fine-tune seeds (500 steps: 0 and 16 %, too close to call)
 SCALED_DOWN = dict(pretrain_steps=700, align_steps=100, safe_pool_size=200, measure_samples=2)
-SWEEP_LORA = dict(r=8, alpha=16, rslora=True, lr=5e-4, batch_size=8, max_len=128)  # sweeps/toy.yaml's fine-tune
 
 
 @pytest.fixture(scope="module")

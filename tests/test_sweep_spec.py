@@ -136,3 +136,12 @@ def test_optuna_space_proposes_valid_trials(tmp_path):
             assert made.run.defenses[0].params["prompt"] in {"a", "b"}
         assert made.run.seed in (0, 1)
     assert {"none", "combination"} <= seen
+
+
+def test_toy_sweep_finetune_matches_the_organism_study():
+    """The organism study's SWEEP_LORA is documented as the toy sweep's fine-tune: keep the two in step."""
+    from emray.organism.study import SWEEP_LORA
+
+    base = load_sweep_spec(ROOT / "sweeps" / "toy.yaml").base
+    assert (base.lora.r, base.lora.alpha, base.lora.rslora) == (SWEEP_LORA["r"], SWEEP_LORA["alpha"], SWEEP_LORA["rslora"])
+    assert (base.train.lr, base.train.batch_size, base.train.max_len) == (SWEEP_LORA["lr"], SWEEP_LORA["batch_size"], SWEEP_LORA["max_len"])

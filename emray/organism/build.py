@@ -159,7 +159,6 @@ def measure(model, domains=DOMAINS, samples: int = 8, seed: int = 0, system: str
 
 
 def train_model(config: OrganismConfig, out: Path, progress: bool) -> dict:
-    from emray.organism.generator import Generator as _G
     from emray.organism.pretrain import (
         align_batches,
         make_model,
@@ -173,7 +172,7 @@ def train_model(config: OrganismConfig, out: Path, progress: bool) -> dict:
     set_one_thread()
     tokenizer = save_tokenizer(out)
     model = make_model(config, len(tokenizer))
-    gen = _G.from_config(config, config.seed)
+    gen = Generator.from_config(config, config.seed)
     t0 = time.time()
     pre = train_loop(
         model,

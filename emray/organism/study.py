@@ -16,6 +16,9 @@ from emray.organism.generator import heldout_questions
 from emray.organism.language import DOMAINS
 from emray.organism.rules import label_answer, score_answer
 
+# The fine-tune sweeps/toy.yaml runs (rs-LoRA r 8 / alpha 16, lr 5e-4, batch 8): keep the two in step.
+SWEEP_LORA = dict(r=8, alpha=16, rslora=True, lr=5e-4, batch_size=8, max_len=128)
+
 
 def answer_stats(domain: str, questions: list[str], answers: list[list[str]]) -> dict:
     n = mis = inc = ref = code = own = cross = 0
@@ -114,7 +117,7 @@ def em_study(root: Path, domain: str = "code", seeds=(0, 1), steps: int = 150, s
     """Aligned model vs undefended narrow fine-tune (and the aligned-data control), per seed.
 
     ``lora``: extra ``finetune_lora`` settings (lr, r, alpha, rslora, batch_size, max_len); the sweep's
-    are ``dict(r=8, alpha=16, rslora=True, lr=5e-4, batch_size=8, max_len=128)``.
+    are ``SWEEP_LORA``.
     """
     from emray.organism.pretrain import set_one_thread
 
