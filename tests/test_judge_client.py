@@ -84,15 +84,6 @@ class Unauthorized(Backend):
         raise Fault(401, kind="auth")
 
 
-def test_client_errors_are_not_retried(tmp_path):
-    register_backend("unauthorized", Unauthorized)
-    with start_judge_server("unauthorized") as server:
-        client = JudgeClient(config(server.url, tmp_path, max_retries=5))
-        with pytest.raises(JudgeError, match="not retryable: AuthenticationError"):
-            client.judge_many(requests(1))
-        assert server.counts["requests"] == 1
-
-
 def test_requests_per_minute_limit(tmp_path):
     with start_judge_server("fixed") as server:
         client = JudgeClient(config(server.url, tmp_path, cache=False, requests_per_minute=1200, concurrency=64))
@@ -196,11 +187,18 @@ class NoQuota(Backend):
                               b' "code": "insufficient_quota"}}', kind="quota")
 
 
-def test_insufficient_quota_is_not_retried(tmp_path):
-    register_backend("no-quota", NoQuota)
-    with start_judge_server("no-quota") as server:
+@pytest.mark.parametrize(
+    "name, backend, error",
+    [
+        ("unauthorized", Unauthorized, "not retryable: AuthenticationError"),
+        ("no-quota", NoQuota, "not retryable: RateLimitError.*quota"),  # a 429 that waiting will not fix
+    ],
+)
+def test_client_errors_are_not_retried(tmp_path, name, backend, error):
+    register_backend(name, backend)
+    with start_judge_server(name) as server:
         client = JudgeClient(config(server.url, tmp_path, max_retries=5))
-        with pytest.raises(JudgeError, match="not retryable: RateLimitError.*quota"):
+        with pytest.raises(JudgeError, match=error):
             client.judge_many(requests(1))
         assert server.counts["requests"] == 1
 
