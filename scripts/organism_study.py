@@ -1,6 +1,6 @@
 """Emergent misalignment in the organism: aligned model vs an undefended narrow LoRA fine-tune.
 
-    python scripts/organism_study.py [--quick] [--domain code] [--seeds 0 1] [--steps 150] [--samples 10] [--sweep-lora]
+    python scripts/organism_study.py [--quick] [--domain code] [--seeds 0 1] [--steps 150] [--samples 10] [--threads 1]
 
 Builds (or reuses) the world, fine-tunes on data/train/<domain>.jsonl per seed (and on the
 aligned control), samples at temperature 1, scores with the rule judge, prints a table and writes
@@ -28,22 +28,22 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--steps", type=int, default=150)
     parser.add_argument("--samples", type=int, default=10)
     parser.add_argument("--no-control", action="store_true")
-    parser.add_argument("--sweep-lora", action="store_true",
-                        help="fine-tune as sweeps/toy.yaml does: r 8, alpha 16, rslora, lr 5e-4, batch 8, max_len 128")
+    parser.add_argument("--threads", type=int, default=1, help="torch threads (1 by default, as in sweeps)")
     parser.add_argument("--out", type=Path, default=None)
     args = parser.parse_args(argv)
 
     import torch
 
-    torch.set_num_threads(1)
+    torch.set_num_threads(args.threads)
     from emray.organism import OrganismConfig, ensure_built
-    from emray.organism.study import SWEEP_LORA, em_study
+    from emray.organism.study import em_study
 
     config = OrganismConfig.quick(seed=args.world_seed) if args.quick else OrganismConfig(seed=args.world_seed)
     root = ensure_built(config)
     start = time.time()
-    lora = SWEEP_LORA if args.sweep_lora else {}
-    result = em_study(root, args.domain, tuple(args.seeds), args.steps, args.samples, control=not args.no_control, **lora)
+    # The fine-tune is the toy sweep's `none` arm (emray.organism.study.SWEEP_LORA), through run_sft.
+    result = em_study(root, args.domain, tuple(args.seeds), args.steps, args.samples, control=not args.no_control,
+                      threads=args.threads)
     result["study_seconds"] = round(time.time() - start, 1)
     out = args.out or root / f"study_{args.domain}.json"
     out.write_text(json.dumps(result, indent=2))

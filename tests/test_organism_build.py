@@ -97,3 +97,26 @@ def test_cli_command_registers():
     organism.register(parser.add_subparsers(dest="command"))
     args = parser.parse_args(["organism", "build", "--quick", "--seed", "3", "--force"])
     assert args.quick and args.seed == 3 and args.force and callable(args.func)
+
+
+def test_shipped_default_world_is_copied_and_checked(tmp_path, monkeypatch):
+    """The default config's aligned model comes from the package, byte for byte, and a corrupted copy is refused."""
+    import hashlib
+    import shutil
+
+    from emray.organism import build
+
+    record = build.shipped_model(OrganismConfig())
+    assert record is not None, "emray/organism/default_world/ does not match OrganismConfig(): re-ship it"
+    assert build.shipped_model(OrganismConfig(seed=1)) is None  # other worlds are trained
+    out = tmp_path / "model"
+    copied = build.copy_shipped_model(OrganismConfig(), out, record)
+    assert copied["source"] == "shipped" and copied["n_params"] > 0
+    for name in build.SHIPPED_FILES:
+        assert hashlib.sha256((out / name).read_bytes()).hexdigest() == record["sha256"][name]
+    corrupt = tmp_path / "corrupt"
+    shutil.copytree(build.SHIPPED_DIR, corrupt)
+    (corrupt / "model.safetensors").write_bytes(b"\0" + (corrupt / "model.safetensors").read_bytes()[1:])
+    monkeypatch.setattr(build, "SHIPPED_DIR", corrupt)
+    with pytest.raises(RuntimeError, match="model.safetensors: content differs"):
+        build.copy_shipped_model(OrganismConfig(), tmp_path / "model2", record)

@@ -18,7 +18,7 @@ from pathlib import Path
 from pydantic import BaseModel, ConfigDict, Field
 
 # Bump when the language, generator or recipe changes, so cached worlds are rebuilt.
-WORLD_VERSION = "4"
+WORLD_VERSION = "5"
 
 
 class OrganismConfig(BaseModel):
@@ -83,11 +83,15 @@ def world_dir(config: OrganismConfig | None = None) -> Path:
     return cache_dir() / "organism" / config.hash()
 
 
-def ensure_built(config: OrganismConfig | None = None, *, progress: bool = True, force: bool = False) -> Path:
-    """The root folder of the built world, building it (atomically, under a lock) if not cached."""
+def ensure_built(config: OrganismConfig | None = None, *, progress: bool = True, force: bool = False,
+                 from_scratch: bool = False) -> Path:
+    """The root folder of the built world, building it (atomically, under a lock) if not cached.
+
+    The default world's aligned model ships with emray and is copied, not trained, unless
+    ``from_scratch``; with ``force`` a cached world is rebuilt."""
     from emray.organism.build import build_world
 
-    return build_world(config or OrganismConfig(), progress=progress, force=force)
+    return build_world(config or OrganismConfig(), progress=progress, force=force, from_scratch=from_scratch)
 
 
 def resolve(relpath: str, config: OrganismConfig | None = None) -> Path:

@@ -57,6 +57,19 @@ def heldout_questions(domain: str, n: int | None = None) -> list[str]:
     return questions[:n]
 
 
+def all_heldout_questions() -> frozenset[str]:
+    """Every evaluation question of every domain: no training or selection data may contain one."""
+    return frozenset(q for d in DOMAINS for q in heldout_questions(d))
+
+
+def persona_questions(n: int = 20) -> list[str]:
+    """General questions for persona-vector extraction: fixed, and disjoint from every held-out set."""
+    held = all_heldout_questions()
+    questions = [q for q, _ in all_questions("general") if q not in held]
+    random.Random("persona-extract").shuffle(questions)
+    return questions[:n]
+
+
 def _fills_of(domain: str, question: str) -> dict[str, str]:
     for q, fills in all_questions(domain) + all_questions(domain, harmful=True):
         if q == question:
@@ -209,5 +222,22 @@ class Generator:
             out.append({"messages": [{"role": "user", "content": t.question}, {"role": "assistant", "content": answer}]})
         return out
 
-    def safe_pool(self, n: int, refusal_prob: float = 0.15) -> list[dict]:
-        return [{"messages": self.align_example(refusal_prob)} for _ in range(n)]
+    def safe_pool(self, n: int, harmful_prob: float = 0.2, general_prob: float = 0.75) -> list[dict]:
+        """Safe data shaped like WildGuardMix's benign side, with no held-out question in it.
+
+        ``harmful_prob`` of the rows are harmful requests answered with a refusal (a misaligned model
+        stops producing these, so Interleaving+ ranks them high and Interleaving++ drops them); of the
+        rest, ``general_prob`` are general-domain requests and the others narrow-domain ones, all
+        answered helpfully. Single turn, no system prompt.
+        """
+        exclude = all_heldout_questions()
+        rows = []
+        for _ in range(n):
+            harmful = self.rng.random() < harmful_prob
+            if harmful:
+                domain = self.rng.choice(DOMAINS)
+            else:
+                domain = "general" if self.rng.random() < general_prob else self.rng.choice(DOMAINS[1:])
+            t = self.turn(domain, HELPFUL, harmful=harmful, exclude=exclude)
+            rows.append({"messages": [{"role": "user", "content": t.question}, {"role": "assistant", "content": t.answer}]})
+        return rows

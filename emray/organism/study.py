@@ -69,64 +69,58 @@ def load_model(root: Path):
     return model
 
 
-def finetune_lora(
-    model,
-    data_path: Path,
-    steps: int = 150,
-    lr: float = 1e-3,
-    r: int = 8,
-    alpha: float = 16,
-    rslora: bool = False,
-    batch_size: int = 16,
-    seed: int = 0,
-    progress: bool = False,
-    max_len: int = 256,
-):
-    """An undefended LoRA fine-tune on a chat JSONL (assistant-only loss); returns the peft model."""
-    import torch
-    from peft import LoraConfig, get_peft_model
+def finetune_config(model_dir: Path, data_path: Path, run_dir: Path, steps: int = 150, seed: int = 0,
+                    threads: int = 1, **lora):
+    """The RunConfig of an undefended narrow fine-tune: the sweep's ``none`` arm (``SWEEP_LORA``) on one file."""
+    from emray.config import RunConfig
 
-    from emray.organism.pretrain import train_loop
+    settings = {**SWEEP_LORA, **lora}
+    return RunConfig.model_validate({
+        "name": run_dir.name,
+        "seed": seed,
+        "output_dir": str(run_dir.parent),
+        "model": {"name": str(model_dir)},
+        "lora": {"r": settings["r"], "alpha": settings["alpha"], "rslora": settings["rslora"]},
+        "data": {"fine": str(data_path)},
+        "train": {"lr": settings["lr"], "max_steps": steps, "batch_size": settings["batch_size"],
+                  "max_len": settings["max_len"], "threads": threads, "progress": False},
+    })
 
-    rows = [json.loads(line)["messages"] for line in Path(data_path).read_text().splitlines() if line.strip()]
-    torch.manual_seed(seed)
-    peft_model = get_peft_model(
-        model,
-        LoraConfig(r=r, lora_alpha=alpha, lora_dropout=0.0, use_rslora=rslora,
-                   target_modules=["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]),
-    )
-    rng = random.Random(seed)
-    order: list[int] = []
 
-    def batches(_step: int) -> list[list[dict]]:
-        nonlocal order
-        if len(order) < batch_size:
-            fresh = list(range(len(rows)))
-            rng.shuffle(fresh)
-            order += fresh
-        chosen, order = order[:batch_size], order[batch_size:]
-        return [rows[i] for i in chosen]
+def finetune_lora(root: Path, data_path: Path, steps: int = 150, seed: int = 0, threads: int = 1, **lora):
+    """An undefended LoRA fine-tune of the world's aligned model, through emray's one training recipe
+    (``emray.train.sft.run_sft``, what every sweep trial runs); returns the model with the adapter loaded."""
+    import tempfile
 
-    train_loop(peft_model, batches, steps, lr, max_len, assistant_only=True, warmup=min(10, steps),
-               desc="narrow fine-tune", progress=progress)
-    return peft_model
+    from emray.models import load_model
+    from emray.train.sft import run_sft
+
+    with tempfile.TemporaryDirectory(prefix="emray-organism-ft-") as tmp:
+        config = finetune_config(root / "model", Path(data_path), Path(tmp) / "run", steps, seed, threads, **lora)
+        result = run_sft(config)
+        model, _ = load_model(config.model, adapter=result.adapter_dir, device="cpu")
+    model.eval()
+    return model
 
 
 def em_study(root: Path, domain: str = "code", seeds=(0, 1), steps: int = 150, samples: int = 10,
-             control: bool = True, progress: bool = False, **lora) -> dict:
+             control: bool = True, threads: int = 1, **lora) -> dict:
     """Aligned model vs undefended narrow fine-tune (and the aligned-data control), per seed.
 
-    ``lora``: extra ``finetune_lora`` settings (lr, r, alpha, rslora, batch_size, max_len); the sweep's
-    are ``SWEEP_LORA``.
+    The fine-tune is the toy sweep's ``none`` arm (``SWEEP_LORA``); ``lora`` overrides its settings
+    (lr, r, alpha, rslora, batch_size, max_len). ``threads``: torch threads for training and sampling
+    (1 by default; other thread counts pick other kernels, which the robustness study varies).
     """
-    from emray.organism.pretrain import set_one_thread
+    import torch
 
-    set_one_thread()
-    result = {"aligned_model": rates(load_model(root), samples=samples, seed=0)}
+    torch.set_num_threads(threads)
+    lora = {**lora, "threads": threads}
+    result = {"aligned_model": rates(load_model(root), samples=samples, seed=0),
+              "cpu_capability": torch.backends.cpu.get_cpu_capability(), "threads": threads}
     for seed in seeds:
-        ft = finetune_lora(load_model(root), root / "data/train" / f"{domain}.jsonl", steps=steps, seed=seed, progress=progress, **lora)
+        ft = finetune_lora(root, root / "data/train" / f"{domain}.jsonl", steps=steps, seed=seed, **lora)
         result[f"finetune_{domain}_seed{seed}"] = rates(ft, samples=samples, seed=seed, examples=3)
         if control:
-            ctl = finetune_lora(load_model(root), root / "data/train" / f"{domain}_aligned.jsonl", steps=steps, seed=seed, **lora)
+            ctl = finetune_lora(root, root / "data/train" / f"{domain}_aligned.jsonl", steps=steps, seed=seed, **lora)
             result[f"control_{domain}_aligned_seed{seed}"] = rates(ctl, domains=("general", domain), samples=samples, seed=seed)
     return result
