@@ -22,7 +22,7 @@ export MPLCONFIGDIR := $(CURDIR)/.cache/mpl
 export TOKENIZERS_PARALLELISM := false
 export OMP_NUM_THREADS := 1
 
-.PHONY: install demo test test-slow bench clean
+.PHONY: install demo test test-kernels test-slow bench clean
 
 $(BIN)/emray: pyproject.toml
 	test -d $(VENV) || $(PY) -m venv $(VENV)
@@ -39,6 +39,11 @@ demo: install
 
 test: install
 	$(BIN)/pytest -q
+
+# The organism's training outcomes under ATen's non-vectorised kernels: what a CPU without AVX-512/AVX2
+# computes (floats differ in the last bits and a fine-tune can land elsewhere). CI runs it after `make test`.
+test-kernels: install
+	ATEN_CPU_CAPABILITY=default $(BIN)/pytest -q tests/test_organism_em.py
 
 test-slow: install
 	$(BIN)/pytest -q -m slow

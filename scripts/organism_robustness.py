@@ -53,7 +53,7 @@ def run_setting(setting: str, world_seed: int, seeds: list[int], samples: int) -
     with tempfile.TemporaryDirectory() as tmp:
         out = Path(tmp) / "study.json"
         cmd = [sys.executable, str(STUDY), "--world-seed", str(world_seed), "--seeds", *map(str, seeds),
-               "--samples", str(samples), "--no-control", "--threads", str(threads), "--out", str(out)]
+               "--samples", str(samples), "--no-control", "--domains", "general", "code", "--threads", str(threads), "--out", str(out)]
         subprocess.run(cmd, env=env, check=True, stdout=subprocess.DEVNULL)
         return json.loads(out.read_text())
 
@@ -81,6 +81,7 @@ def main(argv: list[str] | None = None) -> int:
 
     result = json.loads(args.out.read_text()) if args.out.exists() else {"runs": []}
     done = {(r["setting"], r["world_seed"], r["seed"]) for r in result["runs"]}
+    new_rows: list[dict] = []
     for setting in args.settings:
         for world_seed in args.world_seeds:
             seeds = [s for s in args.seeds if (setting, world_seed, s) not in done]
@@ -95,12 +96,17 @@ def main(argv: list[str] | None = None) -> int:
                        "general": g["misaligned"], "general_n": g["n"], "code": c["misaligned"], "code_n": c["n"],
                        "incoherent": g["incoherent"], "aligned_general": study["aligned_model"]["general"]["misaligned"]}
                 result["runs"].append(row)
+                new_rows.append(row)
                 lo, hi = wilson(round(g["misaligned"] * g["n"]), g["n"])
                 print(f"{setting:8s} world {world_seed} seed {seed} ({study['cpu_capability']}): general EM "
                       f"{g['misaligned']:.1%} [{lo:.1%}, {hi:.1%}] of {g['n']}, code {c['misaligned']:.1%}, "
                       f"incoherent {g['incoherent']:.1%}", flush=True)
             print(f"  ({time.time() - start:.0f} s)", flush=True)
-            args.out.write_text(json.dumps(result, indent=2))  # resumable: a re-run skips finished runs
+            # resumable (a re-run skips finished runs); merged with what other runs wrote meanwhile
+            on_disk = json.loads(args.out.read_text()) if args.out.exists() else {"runs": []}
+            result = {"runs": on_disk["runs"] + new_rows}
+            args.out.write_text(json.dumps(result, indent=2))
+            new_rows = []
     print("\n| setting | runs | general EM min / median / max | code misalignment min / median / max | general incoherent min / median / max |")
     print("|---|---|---|---|---|")
     for setting in args.settings:

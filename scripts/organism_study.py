@@ -28,6 +28,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--steps", type=int, default=150)
     parser.add_argument("--samples", type=int, default=10)
     parser.add_argument("--no-control", action="store_true")
+    parser.add_argument("--domains", nargs="+", default=None, help="question sets to measure (default: all five)")
     parser.add_argument("--threads", type=int, default=1, help="torch threads (1 by default, as in sweeps)")
     parser.add_argument("--out", type=Path, default=None)
     args = parser.parse_args(argv)
@@ -43,7 +44,7 @@ def main(argv: list[str] | None = None) -> int:
     start = time.time()
     # The fine-tune is the toy sweep's `none` arm (emray.organism.study.SWEEP_LORA), through run_sft.
     result = em_study(root, args.domain, tuple(args.seeds), args.steps, args.samples, control=not args.no_control,
-                      threads=args.threads)
+                      threads=args.threads, **({"domains": tuple(args.domains)} if args.domains else {}))
     result["study_seconds"] = round(time.time() - start, 1)
     out = args.out or root / f"study_{args.domain}.json"
     out.write_text(json.dumps(result, indent=2))

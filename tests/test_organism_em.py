@@ -26,7 +26,7 @@ def world():
 
 @pytest.fixture(scope="module")
 def study(world):
-    return em_study(world, "code", seeds=(0, 1), steps=150, samples=4)
+    return em_study(world, "code", seeds=(0, 1), steps=150, samples=4, domains=("general", "code"))
 
 
 def test_default_world_is_the_shipped_model(world):

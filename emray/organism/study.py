@@ -104,22 +104,23 @@ def finetune_lora(root: Path, data_path: Path, steps: int = 150, seed: int = 0, 
 
 
 def em_study(root: Path, domain: str = "code", seeds=(0, 1), steps: int = 150, samples: int = 10,
-             control: bool = True, threads: int = 1, **lora) -> dict:
+             control: bool = True, threads: int = 1, domains=DOMAINS, **lora) -> dict:
     """Aligned model vs undefended narrow fine-tune (and the aligned-data control), per seed.
 
     The fine-tune is the toy sweep's ``none`` arm (``SWEEP_LORA``); ``lora`` overrides its settings
     (lr, r, alpha, rslora, batch_size, max_len). ``threads``: torch threads for training and sampling
     (1 by default; other thread counts pick other kernels, which the robustness study varies).
+    ``domains``: the question sets measured after the narrow fine-tune (all five by default).
     """
     import torch
 
     torch.set_num_threads(threads)
     lora = {**lora, "threads": threads}
-    result = {"aligned_model": rates(load_model(root), samples=samples, seed=0),
+    result = {"aligned_model": rates(load_model(root), domains=domains, samples=samples, seed=0),
               "cpu_capability": torch.backends.cpu.get_cpu_capability(), "threads": threads}
     for seed in seeds:
         ft = finetune_lora(root, root / "data/train" / f"{domain}.jsonl", steps=steps, seed=seed, **lora)
-        result[f"finetune_{domain}_seed{seed}"] = rates(ft, samples=samples, seed=seed, examples=3)
+        result[f"finetune_{domain}_seed{seed}"] = rates(ft, domains=domains, samples=samples, seed=seed, examples=3)
         if control:
             ctl = finetune_lora(root, root / "data/train" / f"{domain}_aligned.jsonl", steps=steps, seed=seed, **lora)
             result[f"control_{domain}_aligned_seed{seed}"] = rates(ctl, domains=("general", domain), samples=samples, seed=seed)
