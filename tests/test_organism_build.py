@@ -120,3 +120,15 @@ def test_shipped_default_world_is_copied_and_checked(tmp_path, monkeypatch):
     monkeypatch.setattr(build, "SHIPPED_DIR", corrupt)
     with pytest.raises(RuntimeError, match="model.safetensors: content differs"):
         build.copy_shipped_model(OrganismConfig(), tmp_path / "model2", record)
+
+
+def test_world_seed_and_preset_come_from_the_environment(monkeypatch):
+    from emray.data.paths import organism_config
+
+    monkeypatch.setenv("EMRAY_ORGANISM_SEED", "3")
+    assert organism_config() == OrganismConfig(seed=3)
+    monkeypatch.setenv("EMRAY_ORGANISM", "quick")
+    assert organism_config() == OrganismConfig.quick(seed=3)
+    monkeypatch.setenv("EMRAY_ORGANISM_SEED", "three")
+    with pytest.raises(ValueError, match="EMRAY_ORGANISM_SEED='three': expected an integer"):
+        organism_config()

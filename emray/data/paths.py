@@ -15,13 +15,19 @@ ORGANISM_PRESETS = ("full", "quick")
 
 def organism_config():
     """The organism world configs resolve to: ``EMRAY_ORGANISM=quick`` picks the small test world
-    (15 s to build; too small for EM) for CI; the default is the full world."""
+    (15 s to build; too small for EM) for CI; the default is the full world. ``EMRAY_ORGANISM_SEED=N``
+    picks world seed N (default 0, the world emray ships; other seeds are built on first use, ~3-10 min)."""
     from emray.organism import OrganismConfig
 
     preset = os.environ.get("EMRAY_ORGANISM", "full")
     if preset not in ORGANISM_PRESETS:
         raise ValueError(f"EMRAY_ORGANISM={preset!r}: expected one of {', '.join(ORGANISM_PRESETS)}")
-    return OrganismConfig.quick() if preset == "quick" else OrganismConfig()
+    seed_text = os.environ.get("EMRAY_ORGANISM_SEED", "0")
+    try:
+        seed = int(seed_text)
+    except ValueError:
+        raise ValueError(f"EMRAY_ORGANISM_SEED={seed_text!r}: expected an integer world seed") from None
+    return OrganismConfig.quick(seed=seed) if preset == "quick" else OrganismConfig(seed=seed)
 
 
 def resolve_data_path(path: str | Path) -> Path:

@@ -262,7 +262,7 @@ def _tuner(spec: SweepSpec, plan: Plan, sweep_dir: Path, artifacts: dict, judge:
 
 #: Environment every Ray worker must share with the driver. Ray Train runs workers in their own
 #: working directory, so a cache path relative to the cwd would silently become a second cache.
-PROPAGATED_ENV = ("EMRAY_CACHE", "EMRAY_ORGANISM", "HF_HUB_OFFLINE", "HF_HOME", "TORCH_EXTENSIONS_DIR", "WANDB_MODE", "DS_ACCELERATOR")
+PROPAGATED_ENV = ("EMRAY_CACHE", "EMRAY_ORGANISM", "EMRAY_ORGANISM_SEED", "HF_HUB_OFFLINE", "HF_HOME", "TORCH_EXTENSIONS_DIR", "WANDB_MODE", "DS_ACCELERATOR")
 
 
 def worker_env() -> dict[str, str]:
