@@ -104,7 +104,8 @@ def main(argv: list[str] | None = None) -> int:
             print(f"  ({time.time() - start:.0f} s)", flush=True)
             # resumable (a re-run skips finished runs); merged with what other runs wrote meanwhile
             on_disk = json.loads(args.out.read_text()) if args.out.exists() else {"runs": []}
-            result = {"runs": on_disk["runs"] + new_rows}
+            have = {(r["setting"], r["world_seed"], r["seed"]) for r in on_disk["runs"]}
+            result = {"runs": on_disk["runs"] + [r for r in new_rows if (r["setting"], r["world_seed"], r["seed"]) not in have]}
             args.out.write_text(json.dumps(result, indent=2))
             new_rows = []
     print("\n| setting | runs | general EM min / median / max | code misalignment min / median / max | general incoherent min / median / max |")
