@@ -111,7 +111,8 @@ def main(argv: list[str] | None = None) -> int:
     print("\n| setting | runs | general EM min / median / max | code misalignment min / median / max | general incoherent min / median / max |")
     print("|---|---|---|---|---|")
     for setting in args.settings:
-        runs = [r for r in result["runs"] if r["setting"] == setting]
+        unique = {(r["world_seed"], r["seed"]): r for r in reversed(result["runs"]) if r["setting"] == setting}
+        runs = list(unique.values())  # the first row of each (world seed, seed)
         if runs:
             s = summarize(runs)
             fmt = lambda t: " / ".join(f"{v:.1%}" for v in t)  # noqa: E731
