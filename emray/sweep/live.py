@@ -3,7 +3,7 @@
 - ``trial_output``: a trial's training workers and its evaluation task write their stdout/stderr
   (HF Trainer, Ray Train worker, torch, library warnings) to ``SWEEP_DIR/logs/<trial key>.log``
   instead of the console. ``EMRAY_VERBOSE=1`` (``emray sweep --verbose``) leaves them streaming.
-- ``TrialProgress``: a TrainerCallback on rank 0 that writes ``trials/<key>/progress.json``
+- ``TrialProgress``: a TrainerCallback on rank 0 (``live_callbacks``) that writes ``trials/<key>/progress.json``
   (step, total, loss) at every logging step, which the driver's live table reads; and, when the
   sweep logs to W&B, the training curves into the trial's W&B run as they happen.
 """
@@ -81,7 +81,8 @@ class TrialProgress(_trainer_callback_base()):
         self.wandb_run = wandb_run
 
     def _write(self, state, **extra) -> None:
-        data = {"step": state.global_step, "total": state.max_steps, "time": time.time(), **extra}
+        data = {"step": state.global_step, "total": state.max_steps, "time": time.time(),
+                "wandb_live": self.wandb_run is not None, **extra}
         tmp = self.trial_dir / (PROGRESS_FILE + ".tmp")
         tmp.write_text(json.dumps(data))
         tmp.replace(self.trial_dir / PROGRESS_FILE)
@@ -97,3 +98,14 @@ class TrialProgress(_trainer_callback_base()):
 
     def on_train_end(self, args, state, control, **kwargs):
         self._write(state, done=True)
+        if self.wandb_run is not None:
+            self.wandb_run.finish()  # the driver resumes this run with the criteria after evaluation
+
+
+def live_callbacks(trial_dir: Path, rank: int) -> list:
+    """Rank 0's callbacks for a sweep trial: progress.json, and the W&B run when the sweep logs to W&B."""
+    if rank != 0:
+        return []
+    from emray.sweep.wandb_log import open_live_run
+
+    return [TrialProgress(trial_dir, wandb_run=open_live_run(trial_dir))]

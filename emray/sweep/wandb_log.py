@@ -91,18 +91,55 @@ def flat_config(trial) -> dict:
     return out
 
 
+def trial_run_id(trial_key: str, settings: dict) -> str:
+    """One W&B run id per trial and sweep folder: the live training run and the end-of-trial
+    logging write to the same run (offline, ``wandb sync`` merges the two folders into it)."""
+    import hashlib
+
+    return f"{trial_key}-{hashlib.sha1(settings['dir'].encode()).hexdigest()[:6]}"
+
+
+def _trial_run(trial, settings: dict, resume: bool):
+    config = trial.run.model_dump(mode="json", by_alias=True)
+    config.update(flat_config(trial))
+    import wandb
+
+    Path(settings["dir"]).mkdir(parents=True, exist_ok=True)
+    return wandb.init(project=settings["project"], entity=settings["entity"], group=settings["group"], name=trial.run.name,
+                      job_type="trial", config=config, tags=trial_tags(trial, settings), dir=settings["dir"],
+                      mode=settings["mode"], id=trial_run_id(trial.key, settings), resume="allow" if resume else None,
+                      reinit="create_new", settings=wandb.Settings(silent=True, console="off"))
+
+
+def open_live_run(trial_dir: Path):
+    """Rank 0 of a sweep trial: the trial's W&B run, opened before training so the loss curve is
+    logged while it trains (``emray.sweep.live.TrialProgress``). None outside a sweep or with W&B off."""
+    from emray.sweep.spec import SweepSpec, Trial
+
+    trial_dir = Path(trial_dir)
+    sweep_dir = trial_dir.parent.parent
+    if trial_dir.parent.name != "trials" or not (sweep_dir / "spec.json").exists() or not (trial_dir / "trial.json").exists():
+        return None
+    settings = wandb_settings(SweepSpec.model_validate_json((sweep_dir / "spec.json").read_text()), sweep_dir)
+    if not settings["enabled"] or settings["mode"] == "disabled":
+        return None
+    return _trial_run(Trial.model_validate_json((trial_dir / "trial.json").read_text()), settings, resume=False)
+
+
 def log_trial(trial, record: dict, trial_dir: Path, settings: dict) -> str | None:
-    """Config, training curve, criteria and adapter of one trial; returns the run's local folder."""
+    """Criteria, adapter (and the training curve, unless rank 0 logged it live) of one trial, into
+    its W&B run; returns the run's local folder."""
     if not settings.get("enabled") or settings["mode"] == "disabled":
         return None
     import wandb
 
-    config = trial.run.model_dump(mode="json", by_alias=True)
-    config.update(flat_config(trial))
-    run = _init(settings, trial.run.name, "trial", config, trial_tags(trial, settings))
+    from emray.sweep.live import read_progress
+
+    live = bool((read_progress(trial_dir) or {}).get("wandb_live"))
+    run = _trial_run(trial, settings, resume=live)
     try:
         metrics_file = trial_dir / "metrics.json"
-        if metrics_file.exists():
+        if metrics_file.exists() and not live:
             for entry in json.loads(metrics_file.read_text()).get("history", []):
                 if "loss" in entry:
                     run.log({f"train/{k}": v for k, v in entry.items() if isinstance(v, (int, float))}, step=int(entry.get("step", 0)))

@@ -31,7 +31,7 @@ def train_loop_per_worker(loop_config: dict) -> None:
 def _train_loop(loop_config: dict, out_dir: Path) -> None:
     import ray.train
 
-    from emray.sweep.live import TrialProgress
+    from emray.sweep.live import live_callbacks
 
     config = RunConfig.model_validate(loop_config["run_config"])
     context = ray.train.get_context()
@@ -53,7 +53,7 @@ def _train_loop(loop_config: dict, out_dir: Path) -> None:
     model, tokenizer = prepare_model(config)
     defense_context = DefenseContext(config=config, tokenizer=tokenizer, seed=config.seed, artifacts=loop_config.get("artifacts") or {})
     defenses = build_defenses(config.defenses, defense_context)
-    live = [TrialProgress(out_dir)] if rank == 0 else []  # step / total for the sweep's live table
+    live = live_callbacks(out_dir, rank)  # rank 0: step / total for the live table, the W&B curve as it trains
     trainer, history, num_examples = train_model(config, model, tokenizer, defenses, out_dir, callbacks=live, args=args)
 
     metrics = {"train_seconds": round(time.time() - started, 2), "num_examples": num_examples, "world_size": context.get_world_size()}
