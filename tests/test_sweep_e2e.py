@@ -64,7 +64,7 @@ def test_plots_and_wandb_runs_are_written(sweep):
     runs = list((out / "wandb_root" / "wandb").glob("offline-run-*"))
     # one run per trial + the summary run; a trial's run has two offline folders with the same id
     # (rank 0 logs the curve while training, the driver resumes it with the criteria), merged by `wandb sync`
-    assert len({r.name.split("-", 3)[3] for r in runs}) == 5 + 1
+    assert len({next(r.glob("run-*.wandb")).stem[len("run-"):] for r in runs}) == 5 + 1
     assert len(runs) == 2 * 5 + 1
     assert all(list(r.glob("*.wandb")) for r in runs)
 

@@ -77,7 +77,7 @@ def test_rank0_logs_the_curve_live_and_the_driver_resumes_the_same_run(tmp_path,
     log_trial(trial, {"general_misalignment": 0.25}, trial_dir, settings)
     wandb.teardown()
     runs = sorted((sweep / "wandb_root" / "wandb").glob("offline-run-*"))
-    assert len(runs) == 2 and {r.name.split("-", 3)[3] for r in runs} == {trial_run_id(trial.key, settings)}
+    assert len(runs) == 2 and {next(r.glob("run-*.wandb")).stem[len("run-"):] for r in runs} == {trial_run_id(trial.key, settings)}
     live_raw = next(runs[0].glob("*.wandb")).read_bytes()
     assert b"train/loss" in live_raw and b"defense:kl" in live_raw and b"model:tiny" in live_raw
     assert b"general_misalignment" in next(runs[1].glob("*.wandb")).read_bytes()

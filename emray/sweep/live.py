@@ -79,6 +79,7 @@ class TrialProgress(_trainer_callback_base()):
     def __init__(self, trial_dir: Path, wandb_run=None):
         self.trial_dir = Path(trial_dir)
         self.wandb_run = wandb_run
+        self._last = 0.0
 
     def _write(self, state, **extra) -> None:
         data = {"step": state.global_step, "total": state.max_steps, "time": time.time(),
@@ -86,9 +87,15 @@ class TrialProgress(_trainer_callback_base()):
         tmp = self.trial_dir / (PROGRESS_FILE + ".tmp")
         tmp.write_text(json.dumps(data))
         tmp.replace(self.trial_dir / PROGRESS_FILE)
+        self._last = time.time()
 
     def on_train_begin(self, args, state, control, **kwargs):
         self._write(state)
+
+    def on_step_end(self, args, state, control, **kwargs):
+        # Logging steps can be far apart (logging_steps); the step counter is cheap to write every second.
+        if time.time() - self._last >= 1.0:
+            self._write(state)
 
     def on_log(self, args, state, control, logs=None, **kwargs):
         numbers = {k: v for k, v in (logs or {}).items() if isinstance(v, (int, float))}
