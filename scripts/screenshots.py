@@ -10,6 +10,7 @@ rendered by Chromium, so the PNG shows what the terminal showed.
 
 from __future__ import annotations
 
+import io
 import shutil
 import subprocess
 import sys
@@ -34,15 +35,17 @@ def console(target: str) -> Path:
     lines = ansi.rstrip("\n").splitlines()
     while lines and not lines[-1].strip():
         lines.pop()
-    rec = Console(record=True, width=max(len(Text.from_ansi(x).plain) for x in lines) + 2, force_terminal=True)
+    rec = Console(record=True, width=max(len(Text.from_ansi(x).plain) for x in lines) + 2, force_terminal=True, file=io.StringIO())
     rec.print(Text.from_ansi("\n".join(lines)))
-    html = rec.export_html(inline_styles=True, code_format=(
-        '<html><head><meta charset="utf-8"></head><body style="background:#111;color:#ddd;margin:12px">'
-        '<pre style="font:13px/1.35 DejaVu Sans Mono,monospace">{code}</pre></body></html>'))
+    from rich.terminal_theme import MONOKAI
+
+    html = rec.export_html(theme=MONOKAI, inline_styles=True, code_format=(
+        '<html><head><meta charset="utf-8"></head><body style="background:{background};color:{foreground};margin:12px">'
+        '<pre style="font:13px/1.2 DejaVu Sans Mono,monospace;margin:0">{code}</pre></body></html>'))
     with tempfile.TemporaryDirectory() as tmp:
         page = Path(tmp) / "console.html"
         page.write_text(html)
-        return chromium_png(page.as_uri(), IMG / "console.png", 1100, 22 * len(lines) + 40)
+        return chromium_png(page.as_uri(), IMG / "console.png", 1000, 16 * len(lines) + 30)
 
 
 def report(sweep_dir: str) -> Path:
