@@ -56,7 +56,7 @@ def test_the_front_is_computed_on_arm_means(sweep):
     for t in trials:
         assert t["is_pareto"] == next(a["is_pareto"] for a in arms if a["label"] == t["label"])
     table = format_arm_table(arms)
-    assert "0.406 ± 0.133" in table and "[0.050, 0.169]" in table
+    assert "0.406 ± 0.133" in table and "0.094 [0.05, 0.17]" in table
 
 
 def test_scatter_labels_are_short_inside_the_axes_and_do_not_overlap(sweep):

@@ -152,14 +152,14 @@ def _fmt(value) -> str:
 
 
 def format_rate(arm: dict, rate: str) -> str:
-    """``0.150 ± 0.142`` (std over seeds) or ``0.011 [0.002, 0.06]`` (Wilson over answers) or ``-``."""
+    """``0.150 ± 0.142`` (std over seeds) or ``0.011 [0.00, 0.06]`` (Wilson over answers) or ``-``."""
     value = arm.get(rate)
     if not _number(value):
         return "-"
     if arm.get(f"{rate}_interval") == "std":
         return f"{value:.3f} ± {arm[f'{rate}_std']:.3f}"
     if arm.get(f"{rate}_interval") == "wilson":
-        return f"{value:.3f} [{arm[f'{rate}_lo']:.3f}, {arm[f'{rate}_hi']:.3f}]"
+        return f"{value:.3f} [{arm[f'{rate}_lo']:.2f}, {arm[f'{rate}_hi']:.2f}]"  # bounds: 2 decimals, the table fits 120 columns
     return f"{value:.3f}"
 
 

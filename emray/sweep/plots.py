@@ -103,9 +103,14 @@ def place_labels(fig, ax, points: list[tuple[float, float, str]]) -> list:
     """Put each label beside its point where it overlaps no earlier label and stays inside the axes:
     a greedy search over ``_OFFSETS`` (the first offset that fits wins; the least-overlapping one when
     none fits). Returns the text artists."""
+    from matplotlib.transforms import Bbox
+
     renderer = fig.canvas.get_renderer()
     box = ax.get_window_extent(renderer)
-    placed, texts = [], []
+    # The markers are obstacles too: a label must not cover another arm's point.
+    r = 5 * fig.dpi / 72
+    marks = [ax.transData.transform((px, py)) for px, py, _ in points]
+    placed, texts = [Bbox([[mx - r, my - r], [mx + r, my + r]]) for mx, my in marks], []
     for px, py, text in points:
         best = None
         for dx, dy in _OFFSETS:
@@ -147,7 +152,8 @@ def scatter_figure(arms: list[dict], x: str, y: str):
         # minimised (that region lies to the right) and before it when x is maximised.
         ax.step([a[x] for a in front], [a[y] for a in front], where=_step_where(x), color="#c00", linestyle="--",
                 linewidth=1, alpha=0.7, label="front (this view)")
-    _pad_limits(ax, [a[x] for a in pts], [a[y] for a in pts])
+    _pad_limits(ax, [v for a in pts for v in (a[x], a.get(f"{x}_lo", a[x]), a.get(f"{x}_hi", a[x])) if v is not None],
+                [v for a in pts for v in (a[y], a.get(f"{y}_lo", a[y]), a.get(f"{y}_hi", a[y])) if v is not None])
     ax.set_xlabel(axis_title(x))
     ax.set_ylabel(axis_title(y))
     ax.grid(alpha=0.25)
