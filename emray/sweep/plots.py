@@ -189,7 +189,8 @@ def heatmap_figure(arms: list[dict]):
     ax.set_xticks(range(len(keys)), [axis_title(k) for k in keys], fontsize=8)
     ax.set_yticks(range(len(arms)), [("★ " if a.get("is_pareto") else "") + a["short_label"] for a in arms], fontsize=8)
     ax.xaxis.tick_top()
-    ax.set_xlabel("green: good for that criterion · ★ on the Pareto front (all criteria, arm means) · " + interval_caption(arms),
+    ax.set_xlabel("green: good for that criterion · ★ on the Pareto front (all criteria, arm means) · "
+                  + interval_caption(arms).replace("error bars", "intervals"),
                   fontsize=7)
     fig.tight_layout()
     return fig
