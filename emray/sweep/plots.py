@@ -225,6 +225,10 @@ def dominance_figure(arms: list[dict]):
     size = 0.42 * len(arms) + 2.5
     fig, ax = plt.subplots(figsize=(size + 1.2, size))
     ax.imshow(m, cmap="Greys", vmin=0, vmax=1.4)
+    ax.set_xticks(np.arange(-0.5, len(arms)), minor=True)  # a light grid: one cell per pair of arms
+    ax.set_yticks(np.arange(-0.5, len(arms)), minor=True)
+    ax.grid(which="minor", color="#ccc", linewidth=0.6)
+    ax.tick_params(which="minor", length=0)
     ax.set_xticks(range(len(arms)), names, rotation=40, ha="right", fontsize=7.5)
     ax.set_yticks(range(len(arms)), names, fontsize=7.5)
     ax.set_xlabel("… is dominated by this arm (at least as good on every criterion, better on one)", fontsize=8)
