@@ -34,8 +34,9 @@ def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
     if not getattr(args, "func", None):
-        parser.print_help()
-        return 0 if args.command is None else 2
+        # No command is a usage error (exit 2, like argparse's own): usage to stderr, nothing to stdout.
+        parser.print_help(sys.stderr)
+        return 2
     from emray.configio import ConfigError
     from emray.data.chat import DataError
     from emray.data.questions import QuestionError

@@ -7,8 +7,9 @@ def register(subparsers) -> None:
     parser = subparsers.add_parser("config", help="show a run config or sweep spec, resolved and validated")
     actions = parser.add_subparsers(dest="action", required=True)
     show = actions.add_parser("show", help="print the resolved config")
-    show.add_argument("file")
-    show.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE")
+    show.add_argument("file", help="a run config or sweep spec YAML")
+    show.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
+                      help="override a config key (dotted path), e.g. train.max_steps=10; repeatable")
     show.set_defaults(func=run)
 
 

@@ -7,7 +7,8 @@ def register(subparsers) -> None:
     parser = subparsers.add_parser("eval", help="generate answers, judge them and report the four criteria")
     parser.add_argument("config", help="run config YAML")
     parser.add_argument("--adapter", help="LoRA adapter folder to evaluate on top of the base model")
-    parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE")
+    parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
+                        help="override a config key (dotted path), e.g. train.max_steps=10; repeatable")
     parser.add_argument("--out", help="output folder (default: <output_dir>/<name>/eval)")
     parser.add_argument("--no-progress", action="store_true", help="no progress bars")
     parser.set_defaults(func=run)

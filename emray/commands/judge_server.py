@@ -22,7 +22,7 @@ def register(subparsers) -> None:
     parser.add_argument("--backend", default="rules", help="rules | hf | fixed | flaky (default: rules)")
     parser.add_argument("--option", action="append", default=[], metavar="KEY=VALUE",
                         help="backend option, value parsed as YAML (e.g. model=smollm2-135m for hf)")
-    parser.add_argument("--host", default="127.0.0.1")
+    parser.add_argument("--host", default="127.0.0.1", help="address to listen on (default 127.0.0.1: this machine only)")
     parser.add_argument("--port", type=int, default=0, help="0: pick a free port (default)")
     parser.add_argument("--failure-rate", type=float, default=0.0, help="wrap the backend in flaky: share of failed calls")
     parser.add_argument("--latency-ms", type=float, default=0.0, help="wrap the backend in flaky: added latency per call")

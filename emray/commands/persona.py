@@ -11,7 +11,8 @@ def register(subparsers) -> None:
     extract.add_argument("--prompts", help="persona prompt JSON ({instruction: [{pos, neg}], questions}); default: packaged set")
     extract.add_argument("--layer", type=int, help="layer to report (hidden_states index; default: about 2/3 of depth)")
     extract.add_argument("--max-new-tokens", type=int, default=None, help="response length (default: the defense's, 32)")
-    extract.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE")
+    extract.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
+                         help="override a config key (dotted path), e.g. train.max_steps=10; repeatable")
     extract.add_argument("--force", action="store_true", help="recompute even if cached")
     extract.add_argument("--out", help="also copy the vector file and its meta.json into this folder")
     extract.set_defaults(func=run_extract)

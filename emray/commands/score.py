@@ -14,7 +14,8 @@ def register(subparsers) -> None:
     parser.add_argument("--workers", type=int, help="scorer actors (default: one per GPU, else 1; 0 = in-process)")
     parser.add_argument("--epsilon", type=float, default=1.0, help="epsilon of the s_d column (default 1.0)")
     parser.add_argument("--out", help="folder for scores.jsonl / scores.csv (default: <output_dir>/<name>/scores)")
-    parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE")
+    parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
+                        help="override a config key (dotted path), e.g. train.max_steps=10; repeatable")
     parser.set_defaults(func=run)
 
 

@@ -6,7 +6,8 @@ from __future__ import annotations
 def register(subparsers) -> None:
     parser = subparsers.add_parser("select", help="select safe data for Interleaving+ / Interleaving++ (cached)")
     parser.add_argument("config", help="run config YAML")
-    parser.add_argument("--method", required=True, choices=["interleave_plus", "interleave_pp"])
+    parser.add_argument("--method", required=True, choices=["interleave_plus", "interleave_pp"],
+                        help="Interleaving+ (loss-gap selection) or Interleaving++ (the same without refusals)")
     parser.add_argument("--fraction", type=float, help="safe_fraction (share of safe samples in the mixed set)")
     parser.add_argument("--epsilon", type=float, help="epsilon of s_d")
     parser.add_argument("--pool", help="safe pool JSONL (default: the defense's pool, else data.safe_pool)")
@@ -15,7 +16,8 @@ def register(subparsers) -> None:
     parser.add_argument("--ensemble-steps", type=int, help="max_steps of each misaligned fine-tune")
     parser.add_argument("--workers", type=int, help="scorer actors (default: one per GPU, else 1; 0 = in-process)")
     parser.add_argument("--out", help="also copy selected.jsonl and summary.json to this folder")
-    parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE")
+    parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
+                        help="override a config key (dotted path), e.g. train.max_steps=10; repeatable")
     parser.set_defaults(func=run)
 
 

@@ -11,6 +11,8 @@ def register(subparsers) -> None:
     parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
                         help="override a spec key; keys outside the spec's top level address the base run config, e.g. model.name=smollm2-135m")
     parser.add_argument("--address", help="Ray cluster address (default: RAY_ADDRESS, else a local cluster)")
+    parser.add_argument("--verbose", action="store_true",
+                        help="stream Ray, Trainer and library logs to the console (default: SWEEP_DIR/logs/<trial key>.log)")
     parser.set_defaults(func=run)
 
 
@@ -19,6 +21,10 @@ def run(args) -> int:
     from emray.sweep.spec import load_sweep_spec
 
     spec = load_sweep_spec(args.spec, args.overrides)
+    if args.verbose:
+        import os
+
+        os.environ["EMRAY_VERBOSE"] = "1"  # read by the driver and, through PROPAGATED_ENV, the workers
     if args.dry_run:
         print(make_plan(spec).describe())
         return 0

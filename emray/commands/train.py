@@ -6,7 +6,8 @@ from __future__ import annotations
 def register(subparsers) -> None:
     parser = subparsers.add_parser("train", help="LoRA fine-tune one model with the config's defenses")
     parser.add_argument("config", help="run config YAML")
-    parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE")
+    parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
+                        help="override a config key (dotted path), e.g. train.max_steps=10; repeatable")
     parser.add_argument("--out", help="run folder (default: <output_dir>/<name>)")
     parser.set_defaults(func=run)
 

@@ -22,11 +22,13 @@ def start_judge(spec) -> tuple[Any, Callable[[], None]]:
 def _evaluate_task(run_dict: dict, adapter: str, out_dir: str, judge) -> dict:
     from emray.config import RunConfig
     from emray.eval.run import evaluate
+    from emray.sweep.live import trial_output
     from emray.train.sft import set_threads
 
     run = RunConfig.model_validate(run_dict)
     set_threads(run.train.threads)
-    return evaluate(run, adapter=adapter, judge=judge, out_dir=out_dir, progress=False)
+    with trial_output(Path(out_dir).parent):  # SWEEP_DIR/logs/<key>.log, as the training workers
+        return evaluate(run, adapter=adapter, judge=judge, out_dir=out_dir, progress=False)
 
 
 def evaluate_adapter(run, adapter: Path, out_dir: Path, judge) -> dict:

@@ -1,13 +1,29 @@
-"""Pareto fronts over the four criteria and the results table."""
+"""Pareto fronts over the four criteria, per-arm summaries over seeds, and the results tables.
+
+An *arm* is one point of the search (a model and a defense with its hyperparameters); its trials
+differ only by seed. The front is computed on arm means: a lucky seed does not put an arm on it.
+Each arm's rate carries one 95 % interval, said by ``<rate>_interval``:
+
+- ``std``: with two or more seeds, mean ± the sample standard deviation over seeds (``<rate>_std``);
+  ``<rate>_lo``/``_hi`` are mean ± std, clipped to [0, 1];
+- ``wilson``: with one seed, the Wilson score interval over that trial's answers (emray/eval/criteria.py).
+
+``<rate>_k``/``_n`` are the answer counts pooled over the arm's seeds either way.
+"""
 
 from __future__ import annotations
 
 import json
 import math
+import statistics
 from pathlib import Path
 from typing import Iterable
 
+from emray.sweep.labels import family, short_label
 from emray.sweep.spec import OBJECTIVES
+
+#: the rates summarised per arm: the four criteria and in-domain incoherence (reported in the paper)
+RATES = [*OBJECTIVES, "in_domain_incoherence"]
 
 
 def _as_cost(row: dict, objectives: dict[str, str]) -> list[float] | None:
@@ -56,8 +72,72 @@ def load_results(sweep_dir: str | Path) -> list[dict]:
     return rows
 
 
+def arm_key(row: dict) -> tuple[str, str]:
+    return (row.get("model", ""), row.get("label", ""))
+
+
+def _number(value) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool) and not math.isnan(value)
+
+
+def summarize_arm(trials: list[dict]) -> dict:
+    """One arm's row: mean, interval and pooled counts per rate over its trials (seeds)."""
+    first = trials[0]
+    arm = {
+        "label": first.get("label", ""),
+        "short_label": short_label(first.get("label", "")),
+        "family": family(first.get("label", "")),
+        "model": first.get("model", ""),
+        "seeds": [t.get("seed") for t in trials],
+        "n_seeds": len(trials),
+        "trial_keys": [t.get("trial_key") for t in trials],
+    }
+    for rate in RATES:
+        values = [t[rate] for t in trials if _number(t.get(rate))]
+        if not values:
+            arm[rate] = None
+            continue
+        arm[rate] = statistics.fmean(values)
+        ks, ns = [t.get(f"{rate}_k") for t in trials], [t.get(f"{rate}_n") for t in trials]
+        if all(isinstance(x, int) for x in ks + ns):
+            arm[f"{rate}_k"], arm[f"{rate}_n"] = sum(ks), sum(ns)
+        if len(values) >= 2:
+            std = statistics.stdev(values)
+            arm.update({f"{rate}_std": std, f"{rate}_interval": "std",
+                        f"{rate}_lo": max(0.0, arm[rate] - std), f"{rate}_hi": min(1.0, arm[rate] + std)})
+        elif _number(first.get(f"{rate}_lo")) and _number(first.get(f"{rate}_hi")):
+            arm.update({f"{rate}_interval": "wilson", f"{rate}_lo": first[f"{rate}_lo"], f"{rate}_hi": first[f"{rate}_hi"]})
+    return arm
+
+
+def arm_rows(rows: list[dict]) -> list[dict]:
+    """Trials grouped into arms (first-seen order), each summarised, with ``is_pareto`` on arm means
+    and ``dominated_by``: the short labels of the arms that dominate it."""
+    groups: dict[tuple, list[dict]] = {}
+    for r in rows:
+        groups.setdefault(arm_key(r), []).append(r)
+    arms = [summarize_arm(trials) for trials in groups.values()]
+    for arm, flag, by in zip(arms, pareto_flags(arms), dominators(arms)):
+        arm["is_pareto"] = flag
+        arm["dominated_by"] = [arms[j]["short_label"] for j in by]
+    return arms
+
+
+def dominators(rows: list[dict], objectives: dict[str, str] | None = None) -> list[list[int]]:
+    """For each row, the indices of the rows that dominate it (same rules as ``pareto_flags``)."""
+    objectives = dict(objectives or OBJECTIVES)
+    for key in list(objectives):
+        if all(r.get(key) is None for r in rows):
+            del objectives[key]
+    costs = [_as_cost(r, objectives) for r in rows]
+    return [[] if ci is None else [j for j, cj in enumerate(costs) if j != i and cj is not None and dominates(cj, ci)]
+            for i, ci in enumerate(costs)]
+
+
 def with_pareto(rows: list[dict]) -> list[dict]:
-    return [{**r, "is_pareto": flag} for r, flag in zip(rows, pareto_flags(rows))]
+    """Each trial flagged ``is_pareto`` when its arm is on the front (computed on arm means)."""
+    on_front = {arm_key({"model": a["model"], "label": a["label"]}): a["is_pareto"] for a in arm_rows(rows)}
+    return [{**r, "short_label": short_label(r.get("label", "")), "is_pareto": on_front[arm_key(r)]} for r in rows]
 
 
 TABLE_COLUMNS = ["label", "seed", *OBJECTIVES, "in_domain_incoherence", "is_pareto"]
@@ -71,6 +151,38 @@ def _fmt(value) -> str:
     return "-" if value is None else str(value)
 
 
+def format_rate(arm: dict, rate: str) -> str:
+    """``0.150 ± 0.142`` (std over seeds) or ``0.011 [0.00, 0.06]`` (Wilson over answers) or ``-``."""
+    value = arm.get(rate)
+    if not _number(value):
+        return "-"
+    if arm.get(f"{rate}_interval") == "std":
+        return f"{value:.3f} ± {arm[f'{rate}_std']:.3f}"
+    if arm.get(f"{rate}_interval") == "wilson":
+        return f"{value:.3f} [{arm[f'{rate}_lo']:.2f}, {arm[f'{rate}_hi']:.2f}]"  # bounds: 2 decimals, the table fits 120 columns
+    return f"{value:.3f}"
+
+
+SHORT_NAMES = {"general_misalignment": "general EM ↓", "in_domain_misalignment": "in-domain ↑",
+               "benign_accuracy": "benign acc ↑", "general_incoherence": "incoherence ↓", "in_domain_incoherence": "in-domain incoh."}
+
+
+def format_arm_table(arms: list[dict], rates: list[str] | None = None) -> str:
+    """The per-arm table the console and ``emray pareto`` print (intervals as in ``format_rate``)."""
+    rates = rates or [r for r in OBJECTIVES if any(_number(a.get(r)) for a in arms)]
+    head = ["arm", "seeds", *[SHORT_NAMES.get(r, r) for r in rates], "front"]
+    cells = [[a["short_label"], str(a["n_seeds"]), *[format_rate(a, r) for r in rates], "*" if a["is_pareto"] else ""] for a in arms]
+    widths = [max([len(h)] + [len(c[i]) for c in cells]) for i, h in enumerate(head)]
+    line = lambda values: "  ".join(v.ljust(w) for v, w in zip(values, widths)).rstrip()  # noqa: E731
+    return "\n".join([line(head), line(["-" * w for w in widths]), *[line(c) for c in cells]])
+
+
+def interval_note(arms: list[dict]) -> str:
+    kinds = {a.get(f"{r}_interval") for a in arms for r in OBJECTIVES} - {None}
+    notes = {"std": "± std over seeds", "wilson": "[95 % Wilson interval over answers]"}
+    return "; ".join(notes[k] for k in sorted(kinds)) or "no interval (counts missing)"
+
+
 def format_table(rows: Iterable[dict], columns: list[str] | None = None) -> str:
     columns = columns or TABLE_COLUMNS
     rows = list(rows)
@@ -81,17 +193,27 @@ def format_table(rows: Iterable[dict], columns: list[str] | None = None) -> str:
 
 
 def write_results(sweep_dir: str | Path, rows: list[dict]) -> list[dict]:
-    """Write results.jsonl and results.csv with the is_pareto column; returns the flagged rows."""
-    import csv
-
+    """Write results.jsonl/.csv (one row per trial, ``is_pareto`` from its arm) and arms.jsonl/.csv
+    (one row per arm: means, intervals, front, dominators); returns the flagged trial rows."""
     sweep_dir = Path(sweep_dir)
     rows = with_pareto(rows)
     with open(sweep_dir / "results.jsonl", "w") as fh:
         for r in rows:
             fh.write(json.dumps(r) + "\n")
+    _write_csv(sweep_dir / "results.csv", rows)
+    arms = arm_rows(rows)
+    with open(sweep_dir / "arms.jsonl", "w") as fh:
+        for a in arms:
+            fh.write(json.dumps(a) + "\n")
+    _write_csv(sweep_dir / "arms.csv", arms)
+    return rows
+
+
+def _write_csv(path: Path, rows: list[dict]) -> None:
+    import csv
+
     keys = sorted({k for r in rows for k, v in r.items() if not isinstance(v, (dict, list))})
-    with open(sweep_dir / "results.csv", "w", newline="") as fh:
+    with open(path, "w", newline="") as fh:
         writer = csv.DictWriter(fh, fieldnames=keys, extrasaction="ignore")
         writer.writeheader()
         writer.writerows(rows)
-    return rows

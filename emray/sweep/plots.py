@@ -1,6 +1,15 @@
-"""Pareto plots: a scatter per pair of criteria (front highlighted) and parallel coordinates.
+"""Plots that answer "which defense?", one point per arm (mean over seeds), into ``<sweep>/plots/``.
 
-Each plot is written as PNG (matplotlib) and HTML (plotly) into ``<sweep>/plots/``.
+- ``scatter_<x>__<y>``: one per pair of criteria; colour and marker by defense family, the arm's short
+  label beside each point, error bars (± std over seeds, or the 95 % Wilson interval over answers with
+  one seed), and the 2-D Pareto front of that view drawn as a dashed step line;
+- ``heatmap``: arms × criteria, each cell the value, coloured by how good it is for that criterion
+  (green good, red bad), the four-criterion view that can be read;
+- ``parallel_coordinates``: the same, one line per arm with a legend;
+- ``dominance``: for each arm (row), the arms that dominate it (columns) on all criteria at once.
+
+PNG via matplotlib; HTML via plotly with ``plotly.min.js`` written once beside them
+(``include_plotlyjs="directory"``), so the HTML opens offline.
 """
 
 from __future__ import annotations
@@ -11,75 +20,298 @@ from pathlib import Path
 from emray.sweep.spec import OBJECTIVES
 
 ARROW = {"min": "↓", "max": "↑"}
+NAMES = {"general_misalignment": "general misalignment", "in_domain_misalignment": "in-domain misalignment",
+         "benign_accuracy": "benign accuracy", "general_incoherence": "general incoherence"}
+PALETTE = ["#4c72b0", "#dd8452", "#55a868", "#c44e52", "#8172b3", "#937860", "#da8bc3", "#8c8c8c", "#ccb974", "#64b5cd"]
+MARKERS = ["o", "s", "^", "D", "v", "P", "X", "*", "<", ">"]
 
 
-def _present(rows: list[dict]) -> list[str]:
-    return [k for k in OBJECTIVES if any(isinstance(r.get(k), (int, float)) for r in rows)]
-
-
-def scatter_pairs(rows: list[dict], out: Path) -> list[Path]:
+def _mpl():
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
-    import plotly.express as px
 
-    written = []
-    keys = _present(rows)
-    for x, y in itertools.combinations(keys, 2):
-        fig, ax = plt.subplots(figsize=(5.5, 4.5))
-        for on_front, style in ((False, dict(c="#9aa", s=30)), (True, dict(c="#d33", s=60, edgecolors="k"))):
-            pts = [r for r in rows if bool(r.get("is_pareto")) == on_front and r.get(x) is not None and r.get(y) is not None]
-            ax.scatter([r[x] for r in pts], [r[y] for r in pts], label="Pareto front" if on_front else "dominated", **style)
-            for r in pts:
-                ax.annotate(r.get("label", ""), (r[x], r[y]), fontsize=6, alpha=0.8)
-        ax.set_xlabel(f"{x} {ARROW[OBJECTIVES[x]]}")
-        ax.set_ylabel(f"{y} {ARROW[OBJECTIVES[y]]}")
-        ax.legend(fontsize=7)
-        fig.tight_layout()
-        png = out / f"scatter_{x}__{y}.png"
-        fig.savefig(png, dpi=110)
-        plt.close(fig)
-        fig2 = px.scatter(
-            rows, x=x, y=y, color=[("front" if r.get("is_pareto") else "dominated") for r in rows],
-            hover_data=["label", "seed", "trial_key"],
-        )
-        fig2.write_html(out / f"scatter_{x}__{y}.html", include_plotlyjs="cdn")
-        written.append(png)
-    return written
+    return plt
 
 
-def parallel_coordinates(rows: list[dict], out: Path) -> Path | None:
-    import matplotlib
+def present(arms: list[dict]) -> list[str]:
+    return [k for k in OBJECTIVES if any(isinstance(a.get(k), (int, float)) for a in arms)]
 
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+
+def axis_title(key: str) -> str:
+    return f"{NAMES.get(key, key)} {ARROW[OBJECTIVES[key]]}"
+
+
+def family_styles(arms: list[dict]) -> dict[str, tuple[str, str]]:
+    """(colour, marker) per defense family, in first-seen order (``none`` always grey circles)."""
+    styles, i = {}, 0
+    for a in arms:
+        fam = a["family"]
+        if fam in styles:
+            continue
+        if fam == "none":
+            styles[fam] = ("#222222", "o")
+            continue
+        styles[fam] = (PALETTE[i % len(PALETTE)], MARKERS[(i + 1) % len(MARKERS)])
+        i += 1
+    return styles
+
+
+def front_2d(arms: list[dict], x: str, y: str) -> list[dict]:
+    """The arms not dominated in the (x, y) view, sorted by x: the line drawn in a scatter."""
+    from emray.sweep.pareto import pareto_flags
+
+    pts = [a for a in arms if isinstance(a.get(x), (int, float)) and isinstance(a.get(y), (int, float))]
+    flags = pareto_flags(pts, {x: OBJECTIVES[x], y: OBJECTIVES[y]})
+    return sorted((a for a, f in zip(pts, flags) if f), key=lambda a: (a[x], a[y]))
+
+
+def _pad_limits(ax, xs: list[float], ys: list[float]) -> None:
+    """Zoom on the points (close arms stay apart), with room for labels, never beyond [-0.05, 1.05]."""
+    for values, setter in ((xs, ax.set_xlim), (ys, ax.set_ylim)):
+        if not values:
+            continue
+        lo, hi = min(values), max(values)
+        pad = max(0.04, 0.12 * (hi - lo))
+        setter(max(-0.05, lo - pad), min(1.05, hi + pad))
+
+
+def _step_where(x: str) -> str:
+    return "post" if OBJECTIVES[x] == "min" else "pre"
+
+
+def _err(arms: list[dict], key: str) -> list[list[float]]:
+    """Asymmetric error bars (below, above) from each arm's interval; 0 where it has none."""
+    lows = [a[key] - a[f"{key}_lo"] if a.get(f"{key}_lo") is not None else 0.0 for a in arms]
+    highs = [a[f"{key}_hi"] - a[key] if a.get(f"{key}_hi") is not None else 0.0 for a in arms]
+    return [lows, highs]
+
+
+def interval_caption(arms: list[dict]) -> str:
+    kinds = {a.get(f"{k}_interval") for a in arms for k in OBJECTIVES} - {None}
+    text = {"std": "± std over seeds", "wilson": "95 % Wilson interval over answers (one seed)"}
+    return "error bars: " + ("; ".join(text[k] for k in sorted(kinds)) if kinds else "none (no counts)")
+
+
+#: label offsets (points) tried in order: beside, above, below, then further out
+_OFFSETS = [(6, 4), (-6, 4), (6, -10), (-6, -10), (0, 9), (0, -15), (14, 14), (-14, 14), (14, -20), (-14, -20),
+            (0, 22), (0, -28), (24, 2), (-24, 2), (0, 34), (0, -40)]
+
+
+def place_labels(fig, ax, points: list[tuple[float, float, str]]) -> list:
+    """Put each label beside its point where it overlaps no earlier label and stays inside the axes:
+    a greedy search over ``_OFFSETS`` (the first offset that fits wins; the least-overlapping one when
+    none fits). Returns the text artists."""
+    from matplotlib.transforms import Bbox
+
+    renderer = fig.canvas.get_renderer()
+    box = ax.get_window_extent(renderer)
+    # The markers are obstacles too: a label must not cover another arm's point.
+    r = 5 * fig.dpi / 72
+    marks = [ax.transData.transform((px, py)) for px, py, _ in points]
+    placed, texts = [Bbox([[mx - r, my - r], [mx + r, my + r]]) for mx, my in marks], []
+    for px, py, text in points:
+        best = None
+        for dx, dy in _OFFSETS:
+            t = ax.annotate(text, (px, py), xytext=(dx, dy), textcoords="offset points",
+                            ha="left" if dx > 0 else ("right" if dx < 0 else "center"), fontsize=7.5, color="#333")
+            ext = t.get_window_extent(renderer)
+            inside = ext.x0 >= box.x0 and ext.x1 <= box.x1 and ext.y0 >= box.y0 and ext.y1 <= box.y1
+            overlap = sum(max(0, min(ext.x1, o.x1) - max(ext.x0, o.x0)) * max(0, min(ext.y1, o.y1) - max(ext.y0, o.y0)) for o in placed)
+            cost = overlap + (0 if inside else 1e9)
+            if best is None or cost < best[0]:
+                if best is not None:
+                    best[1].remove()
+                best = (cost, t, ext)
+            else:
+                t.remove()
+            if cost == 0:
+                break
+        placed.append(best[2])
+        texts.append(best[1])
+    return texts
+
+
+def scatter_figure(arms: list[dict], x: str, y: str):
+    """One 2-D view: arms by family, short labels, error bars, the view's front as a step line."""
+    plt = _mpl()
+    styles = family_styles(arms)
+    fig, ax = plt.subplots(figsize=(7.5, 5.5))
+    pts = [a for a in arms if isinstance(a.get(x), (int, float)) and isinstance(a.get(y), (int, float))]
+    for fam, (colour, marker) in styles.items():
+        group = [a for a in pts if a["family"] == fam]
+        if not group:
+            continue
+        ax.errorbar([a[x] for a in group], [a[y] for a in group], xerr=_err(group, x), yerr=_err(group, y),
+                    fmt=marker, color=colour, ecolor=colour, elinewidth=0.8, capsize=2, markersize=7,
+                    markeredgecolor="black", markeredgewidth=0.5, alpha=0.9, label=fam, linestyle="none")
+    front = front_2d(pts, x, y)
+    if len(front) >= 2:
+        # The staircase bounds the region the front dominates: it turns after a point when x is
+        # minimised (that region lies to the right) and before it when x is maximised.
+        ax.step([a[x] for a in front], [a[y] for a in front], where=_step_where(x), color="#c00", linestyle="--",
+                linewidth=1, alpha=0.7, label="front (this view)")
+    _pad_limits(ax, [v for a in pts for v in (a[x], a.get(f"{x}_lo", a[x]), a.get(f"{x}_hi", a[x])) if v is not None],
+                [v for a in pts for v in (a[y], a.get(f"{y}_lo", a[y]), a.get(f"{y}_hi", a[y])) if v is not None])
+    ax.set_xlabel(axis_title(x))
+    ax.set_ylabel(axis_title(y))
+    ax.grid(alpha=0.25)
+    ax.set_title(interval_caption(arms), fontsize=8, color="#555")
+    ax.legend(fontsize=7.5, loc="center left", bbox_to_anchor=(1.01, 0.5), frameon=False, title="defense", title_fontsize=8)
+    fig.tight_layout()
+    # After the layout: label offsets are in points, so placing them before a resize could overlap them.
+    place_labels(fig, ax, [(a[x], a[y], a["short_label"]) for a in pts])
+    return fig
+
+
+def _goodness(arm: dict, key: str) -> float | None:
+    v = arm.get(key)
+    if not isinstance(v, (int, float)):
+        return None
+    return v if OBJECTIVES[key] == "max" else 1.0 - v
+
+
+def heatmap_figure(arms: list[dict]):
+    """Arms × criteria: each cell the value (± interval), coloured green (good) to red (bad)."""
+    import numpy as np
+
+    from emray.sweep.pareto import format_rate
+
+    plt = _mpl()
+    keys = present(arms)
+    good = np.array([[_goodness(a, k) if _goodness(a, k) is not None else np.nan for k in keys] for a in arms], dtype=float)
+    fig, ax = plt.subplots(figsize=(2.3 * len(keys) + 2.8, 0.45 * len(arms) + 1.4))
+    ax.imshow(good, cmap="RdYlGn", vmin=0, vmax=1, aspect="auto")
+    for i, a in enumerate(arms):
+        for j, k in enumerate(keys):
+            ax.text(j, i, format_rate(a, k), ha="center", va="center", fontsize=7.5)
+    ax.set_xticks(range(len(keys)), [axis_title(k) for k in keys], fontsize=8)
+    ax.set_yticks(range(len(arms)), [("★ " if a.get("is_pareto") else "") + a["short_label"] for a in arms], fontsize=8)
+    ax.xaxis.tick_top()
+    ax.set_xlabel("green: good for that criterion · ★ on the Pareto front (all criteria, arm means) · "
+                  + interval_caption(arms).replace("error bars", "intervals"),
+                  fontsize=7)
+    fig.tight_layout()
+    return fig
+
+
+def parallel_figure(arms: list[dict]):
+    plt = _mpl()
+    keys = present(arms)
+    styles = family_styles(arms)
+    fig, ax = plt.subplots(figsize=(8.5, 4.5))
+    for a in arms:
+        if not all(isinstance(a.get(k), (int, float)) for k in keys):
+            continue
+        colour, marker = styles[a["family"]]
+        ax.plot(range(len(keys)), [a[k] for k in keys], color=colour, marker=marker,
+                lw=2.2 if a.get("is_pareto") else 1.0, alpha=0.9, label=a["short_label"])
+    ax.set_xticks(range(len(keys)), [axis_title(k).replace(" ", "\n", 1) for k in keys], fontsize=8)
+    ax.set_ylim(-0.02, 1.02)
+    ax.grid(alpha=0.25)
+    ax.legend(fontsize=7, loc="center left", bbox_to_anchor=(1.01, 0.5), frameon=False, title="arm (thick: on the front)", title_fontsize=7.5)
+    fig.tight_layout()
+    return fig
+
+
+def dominance_figure(arms: list[dict]):
+    """Row i, column j filled when arm j dominates arm i: an empty row is an arm on the front."""
+    import numpy as np
+
+    plt = _mpl()
+    names = [a["short_label"] for a in arms]
+    m = np.array([[1.0 if names[j] in a.get("dominated_by", []) else 0.0 for j in range(len(arms))] for a in arms])
+    size = 0.42 * len(arms) + 2.5
+    fig, ax = plt.subplots(figsize=(size + 1.2, size))
+    ax.imshow(m, cmap="Greys", vmin=0, vmax=1.4)
+    ax.set_xticks(np.arange(-0.5, len(arms)), minor=True)  # a light grid: one cell per pair of arms
+    ax.set_yticks(np.arange(-0.5, len(arms)), minor=True)
+    ax.grid(which="minor", color="#ccc", linewidth=0.6)
+    ax.tick_params(which="minor", length=0)
+    ax.set_xticks(range(len(arms)), names, rotation=40, ha="right", fontsize=7.5)
+    ax.set_yticks(range(len(arms)), names, fontsize=7.5)
+    ax.set_xlabel("… is dominated by this arm (at least as good on every criterion, better on one)", fontsize=8)
+    ax.set_ylabel("this arm …", fontsize=8)
+    ax.set_title("dominance on arm means (an empty row: on the Pareto front)", fontsize=9)
+    fig.tight_layout()
+    return fig
+
+
+# ------------------------------------------------------------------------------------------ HTML
+def _plotly_scatter(arms: list[dict], x: str, y: str):
     import plotly.graph_objects as go
 
-    keys = _present(rows)
-    if len(keys) < 2:
-        return None
-    fig, ax = plt.subplots(figsize=(7, 4))
-    for r in rows:
-        if all(isinstance(r.get(k), (int, float)) for k in keys):
-            ax.plot(range(len(keys)), [r[k] for k in keys], color="#d33" if r.get("is_pareto") else "#9aa",
-                    lw=2 if r.get("is_pareto") else 1, alpha=0.9)
-    ax.set_xticks(range(len(keys)), [f"{k}\n{ARROW[OBJECTIVES[k]]}" for k in keys], fontsize=7)
-    ax.set_ylim(-0.02, 1.02)
-    fig.tight_layout()
-    png = out / "parallel_coordinates.png"
-    fig.savefig(png, dpi=110)
-    plt.close(fig)
-    full = [r for r in rows if all(isinstance(r.get(k), (int, float)) for k in keys)]
-    dims = [dict(label=f"{k} {ARROW[OBJECTIVES[k]]}", values=[r[k] for r in full], range=[0, 1]) for k in keys]
-    fig2 = go.Figure(go.Parcoords(line=dict(color=[1 if r.get("is_pareto") else 0 for r in full], colorscale=[[0, "#9aa"], [1, "#d33"]]), dimensions=dims))
-    fig2.write_html(out / "parallel_coordinates.html", include_plotlyjs="cdn")
-    return png
+    styles = family_styles(arms)
+    symbols = {"o": "circle", "s": "square", "^": "triangle-up", "D": "diamond", "v": "triangle-down", "P": "cross",
+               "X": "x", "*": "star", "<": "triangle-left", ">": "triangle-right"}
+    fig = go.Figure()
+    pts = [a for a in arms if isinstance(a.get(x), (int, float)) and isinstance(a.get(y), (int, float))]
+    for fam, (colour, marker) in styles.items():
+        group = [a for a in pts if a["family"] == fam]
+        if not group:
+            continue
+        ex, ey = _err(group, x), _err(group, y)
+        fig.add_trace(go.Scatter(
+            x=[a[x] for a in group], y=[a[y] for a in group], mode="markers+text", name=fam,
+            text=[a["short_label"] for a in group], textposition="top center",
+            marker=dict(color=colour, symbol=symbols.get(marker, "circle"), size=10, line=dict(width=0.5, color="black")),
+            error_x=dict(type="data", symmetric=False, array=ex[1], arrayminus=ex[0], thickness=1),
+            error_y=dict(type="data", symmetric=False, array=ey[1], arrayminus=ey[0], thickness=1),
+            customdata=[[a["label"], a["n_seeds"]] for a in group],
+            hovertemplate="%{customdata[0]}<br>seeds: %{customdata[1]}<br>x=%{x:.3f} y=%{y:.3f}<extra></extra>",
+        ))
+    front = front_2d(pts, x, y)
+    if len(front) >= 2:
+        fig.add_trace(go.Scatter(x=[a[x] for a in front], y=[a[y] for a in front], mode="lines", name="front (this view)",
+                                 line=dict(shape="hv" if _step_where(x) == "post" else "vh", dash="dash", color="#c00", width=1)))
+    fig.update_layout(xaxis_title=axis_title(x), yaxis_title=axis_title(y), template="plotly_white",
+                      title=interval_caption(arms), title_font_size=11, margin=dict(l=50, r=20, t=60, b=40), height=520)
+    return fig
+
+
+def _plotly_heatmap(arms: list[dict]):
+    import plotly.graph_objects as go
+
+    from emray.sweep.pareto import format_rate
+
+    keys = present(arms)
+    fig = go.Figure(go.Heatmap(
+        z=[[_goodness(a, k) for k in keys] for a in arms], x=[axis_title(k) for k in keys],
+        y=[("★ " if a.get("is_pareto") else "") + a["short_label"] for a in arms],
+        text=[[format_rate(a, k) for k in keys] for a in arms], texttemplate="%{text}", colorscale="RdYlGn",
+        zmin=0, zmax=1, showscale=False, hovertemplate="%{y}<br>%{x}: %{text}<extra></extra>"))
+    fig.update_layout(template="plotly_white", yaxis_autorange="reversed", xaxis_side="top",
+                      height=60 + 34 * len(arms), margin=dict(l=10, r=10, t=60, b=10))
+    return fig
+
+
+def plotly_figures(arms: list[dict]) -> dict[str, object]:
+    """The interactive figures by file stem (used for plots/*.html and the report)."""
+    figs = {"heatmap": _plotly_heatmap(arms)}
+    for x, y in itertools.combinations(present(arms), 2):
+        figs[f"scatter_{x}__{y}"] = _plotly_scatter(arms, x, y)
+    return figs
 
 
 def write_plots(sweep_dir: str | Path, rows: list[dict]) -> list[Path]:
+    """Every plot for a sweep's trial rows (grouped into arms here) as PNG, and HTML where interactive."""
+    from emray.sweep.pareto import arm_rows
+
+    plt = _mpl()
+    arms = arm_rows(rows)
     out = Path(sweep_dir) / "plots"
     out.mkdir(parents=True, exist_ok=True)
-    written = scatter_pairs(rows, out)
-    pc = parallel_coordinates(rows, out)
-    return written + ([pc] if pc else [])
+    figures = {f"scatter_{x}__{y}": scatter_figure(arms, x, y) for x, y in itertools.combinations(present(arms), 2)}
+    figures["heatmap"] = heatmap_figure(arms)
+    if len(present(arms)) >= 2:
+        figures["parallel_coordinates"] = parallel_figure(arms)
+    figures["dominance"] = dominance_figure(arms)
+    written = []
+    for stem, fig in figures.items():
+        fig.savefig(out / f"{stem}.png", dpi=120, bbox_inches="tight")
+        plt.close(fig)
+        written.append(out / f"{stem}.png")
+    for stem, fig in plotly_figures(arms).items():
+        fig.write_html(out / f"{stem}.html", include_plotlyjs="directory")
+    return written

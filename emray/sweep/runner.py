@@ -15,6 +15,7 @@ a finished trial is never recomputed, whether the sweep is resumed or simply run
 from __future__ import annotations
 
 import json
+import logging
 import os
 import time
 from dataclasses import dataclass
@@ -254,7 +255,7 @@ def _tuner(spec: SweepSpec, plan: Plan, sweep_dir: Path, artifacts: dict, judge:
             name=spec.name,
             storage_path=tune_path,
             failure_config=tune.FailureConfig(max_failures=spec.resources.max_failures),
-            callbacks=[ProgressCallback()],
+            callbacks=[ProgressCallback(plan.trials, sweep_dir)],
             verbose=0,
         ),
     )
@@ -262,7 +263,8 @@ def _tuner(spec: SweepSpec, plan: Plan, sweep_dir: Path, artifacts: dict, judge:
 
 #: Environment every Ray worker must share with the driver. Ray Train runs workers in their own
 #: working directory, so a cache path relative to the cwd would silently become a second cache.
-PROPAGATED_ENV = ("EMRAY_CACHE", "EMRAY_ORGANISM", "EMRAY_ORGANISM_SEED", "HF_HUB_OFFLINE", "HF_HOME", "TORCH_EXTENSIONS_DIR", "WANDB_MODE", "DS_ACCELERATOR")
+PROPAGATED_ENV = ("EMRAY_CACHE", "EMRAY_ORGANISM", "EMRAY_ORGANISM_SEED", "HF_HUB_OFFLINE", "HF_HOME", "TORCH_EXTENSIONS_DIR", "WANDB_MODE",
+                  "DS_ACCELERATOR", "EMRAY_VERBOSE")
 
 
 def worker_env() -> dict[str, str]:
@@ -288,7 +290,13 @@ def ensure_ray(address: str | None = None) -> None:
         ray.init(address=address, runtime_env=runtime_env)
     else:
         # A local cluster: the laptop path and the tests.
-        ray.init(include_dashboard=False, log_to_driver=True, runtime_env=runtime_env)
+        # Quiet by default: worker output goes to SWEEP_DIR/logs/ (emray/sweep/live.py), Ray's own
+        # to its session folder; --verbose (EMRAY_VERBOSE=1) streams both as before.
+        from emray.sweep.live import verbose
+
+        os.environ.setdefault("RAY_AIR_NEW_OUTPUT", "0")  # no Tune banner or status tables: ours is the live table
+        ray.init(include_dashboard=False, log_to_driver=verbose(), logging_level=logging.INFO if verbose() else logging.ERROR,
+                 runtime_env=runtime_env)
 
 
 def run_sweep(spec: SweepSpec, resume: bool = False, address: str | None = None) -> list[dict]:
@@ -313,6 +321,8 @@ def run_sweep(spec: SweepSpec, resume: bool = False, address: str | None = None)
     rows = write_results(sweep_dir, load_results(sweep_dir))
     write_plots(sweep_dir, rows)
     log_summary(spec, sweep_dir, rows)
-    print("\n" + format_table(rows), flush=True)
+    from emray.sweep.progress import final_summary
+
+    print("\n" + final_summary(sweep_dir, rows), flush=True)
     print(f"\n[emray] {len(rows)} trials in {time.time() - started:.0f} s; results in {sweep_dir}", flush=True)
     return rows

@@ -83,6 +83,9 @@ class WandbConfig(Strict):
     project: str = "emray"
     entity: str | None = None
     mode: Literal["auto", "online", "offline", "disabled"] = "auto"  # auto: offline without a key
+    log_adapters: bool = True  # each trial's LoRA adapter as a W&B model artifact (off for large models)
+    tags: list[str] = Field(default_factory=list)  # added to model:, scenario:, defense: and sweep: tags
+    workspace: bool = True  # online: save a W&B workspace for the sweep's group (needs wandb-workspaces)
 
 
 class SweepSpec(Strict):

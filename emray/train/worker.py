@@ -20,8 +20,20 @@ from emray.train.sft import build_sft_args, prepare_model, seed_everything, set_
 def train_loop_per_worker(loop_config: dict) -> None:
     import ray.train
 
-    config = RunConfig.model_validate(loop_config["run_config"])
+    from emray.sweep.live import trial_output
+
     out_dir = Path(loop_config["out_dir"])
+    # A sweep trial's worker output goes to SWEEP_DIR/logs/<key>.log (emray/sweep/live.py).
+    with trial_output(out_dir):
+        _train_loop(loop_config, out_dir)
+
+
+def _train_loop(loop_config: dict, out_dir: Path) -> None:
+    import ray.train
+
+    from emray.sweep.live import live_callbacks
+
+    config = RunConfig.model_validate(loop_config["run_config"])
     context = ray.train.get_context()
     rank = context.get_world_rank()
     set_threads(config.train.threads)
@@ -41,7 +53,8 @@ def train_loop_per_worker(loop_config: dict) -> None:
     model, tokenizer = prepare_model(config)
     defense_context = DefenseContext(config=config, tokenizer=tokenizer, seed=config.seed, artifacts=loop_config.get("artifacts") or {})
     defenses = build_defenses(config.defenses, defense_context)
-    trainer, history, num_examples = train_model(config, model, tokenizer, defenses, out_dir, args=args)
+    live = live_callbacks(out_dir, rank)  # rank 0: step / total for the live table, the W&B curve as it trains
+    trainer, history, num_examples = train_model(config, model, tokenizer, defenses, out_dir, callbacks=live, args=args)
 
     metrics = {"train_seconds": round(time.time() - started, 2), "num_examples": num_examples, "world_size": context.get_world_size()}
     checkpoint = None

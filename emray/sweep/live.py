@@ -1,0 +1,118 @@
+"""What a sweep trial's worker processes tell the driver and the person watching, while they run.
+
+- ``trial_output``: a trial's training workers and its evaluation task write their stdout/stderr
+  (HF Trainer, Ray Train worker, torch, library warnings) to ``SWEEP_DIR/logs/<trial key>.log``
+  instead of the console. ``EMRAY_VERBOSE=1`` (``emray sweep --verbose``) leaves them streaming.
+- ``TrialProgress``: a TrainerCallback on rank 0 (``live_callbacks``) that writes ``trials/<key>/progress.json``
+  (step, total, loss) at every logging step, which the driver's live table reads; and, when the
+  sweep logs to W&B, the training curves into the trial's W&B run as they happen.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import sys
+import time
+from pathlib import Path
+
+PROGRESS_FILE = "progress.json"
+
+
+def verbose() -> bool:
+    return os.environ.get("EMRAY_VERBOSE", "") not in {"", "0"}
+
+
+def sweep_log_path(trial_dir: Path) -> Path | None:
+    """``SWEEP_DIR/logs/<key>.log`` for a sweep trial's folder (``SWEEP_DIR/trials/<key>``), else None."""
+    trial_dir = Path(trial_dir)
+    if trial_dir.parent.name != "trials":
+        return None  # a plain ``emray train`` run: its output stays on the console
+    return trial_dir.parent.parent / "logs" / f"{trial_dir.name}.log"
+
+
+@contextlib.contextmanager
+def trial_output(trial_dir: Path):
+    """Send this process's stdout and stderr (file descriptors 1 and 2, so C-level and child output
+    too) to the trial's log file for the duration; restored after, because Ray reuses worker
+    processes for other trials' tasks."""
+    path = sweep_log_path(trial_dir)
+    if path is None or verbose():
+        yield None
+        return
+    path.parent.mkdir(parents=True, exist_ok=True)
+    sys.stdout.flush()
+    sys.stderr.flush()
+    saved = os.dup(1), os.dup(2)
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o644)
+    try:
+        os.dup2(fd, 1)
+        os.dup2(fd, 2)
+        print(f"==== {time.strftime('%H:%M:%S')} pid {os.getpid()} ====", flush=True)
+        yield path
+    finally:
+        sys.stdout.flush()
+        sys.stderr.flush()
+        os.dup2(saved[0], 1)
+        os.dup2(saved[1], 2)
+        for f in (fd, *saved):
+            os.close(f)
+
+
+def read_progress(trial_dir: Path) -> dict | None:
+    try:
+        return json.loads((Path(trial_dir) / PROGRESS_FILE).read_text())
+    except (OSError, ValueError):
+        return None
+
+
+def _trainer_callback_base():
+    from transformers import TrainerCallback
+
+    return TrainerCallback
+
+
+class TrialProgress(_trainer_callback_base()):
+    """Rank 0's live report: ``progress.json`` and, optionally, the W&B run's training curves."""
+
+    def __init__(self, trial_dir: Path, wandb_run=None):
+        self.trial_dir = Path(trial_dir)
+        self.wandb_run = wandb_run
+        self._last = 0.0
+
+    def _write(self, state, **extra) -> None:
+        data = {"step": state.global_step, "total": state.max_steps, "time": time.time(),
+                "wandb_live": self.wandb_run is not None, **extra}
+        tmp = self.trial_dir / (PROGRESS_FILE + ".tmp")
+        tmp.write_text(json.dumps(data))
+        tmp.replace(self.trial_dir / PROGRESS_FILE)
+        self._last = time.time()
+
+    def on_train_begin(self, args, state, control, **kwargs):
+        self._write(state)
+
+    def on_step_end(self, args, state, control, **kwargs):
+        # Logging steps can be far apart (logging_steps); the step counter is cheap to write every second.
+        if time.time() - self._last >= 1.0:
+            self._write(state)
+
+    def on_log(self, args, state, control, logs=None, **kwargs):
+        numbers = {k: v for k, v in (logs or {}).items() if isinstance(v, (int, float))}
+        self._write(state, loss=numbers.get("loss"))
+        if self.wandb_run is not None and numbers:
+            self.wandb_run.log({f"train/{k}": v for k, v in numbers.items()}, step=state.global_step)
+
+    def on_train_end(self, args, state, control, **kwargs):
+        self._write(state, done=True)
+        if self.wandb_run is not None:
+            self.wandb_run.finish()  # the driver resumes this run with the criteria after evaluation
+
+
+def live_callbacks(trial_dir: Path, rank: int) -> list:
+    """Rank 0's callbacks for a sweep trial: progress.json, and the W&B run when the sweep logs to W&B."""
+    if rank != 0:
+        return []
+    from emray.sweep.wandb_log import open_live_run
+
+    return [TrialProgress(trial_dir, wandb_run=open_live_run(trial_dir))]

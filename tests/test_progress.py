@@ -1,0 +1,51 @@
+"""The sweep console: plain lines off a TTY, the live table's rows (step / total from progress.json)."""
+
+from __future__ import annotations
+
+import json
+from types import SimpleNamespace
+
+from emray.sweep.progress import ProgressCallback, final_summary
+
+
+def _trial(key, label, seed, steps=150, index=0):
+    run = SimpleNamespace(seed=seed, train=SimpleNamespace(max_steps=steps))
+    return SimpleNamespace(key=key, label=label, run=run, index=index)
+
+
+def test_plain_lines_and_live_rows(tmp_path, capsys):
+    trials = [_trial("k0", "persona(alpha=5,prompts=organism:data/persona/evil_extract.json)", 0),
+              _trial("k1", "interleave(safe_fraction=0.05)", 1, index=1)]
+    cb = ProgressCallback(trials, tmp_path, live=False)
+    t0 = SimpleNamespace(trial_id="a", config={"trial_key": "k0"}, local_path=None, path=None)
+    t1 = SimpleNamespace(trial_id="b", config={"trial_index": 1}, local_path=None, path=None)  # the older config key
+    cb.on_trial_start(0, [t0, t1], t0)
+    cb.on_trial_start(0, [t0, t1], t1)
+    (tmp_path / "trials" / "k0").mkdir(parents=True)
+    (tmp_path / "trials" / "k0" / "progress.json").write_text(json.dumps({"step": 40, "total": 150}))
+    cb.on_trial_result(0, [t0, t1], t0, {"general_misalignment": 0.5, "in_domain_misalignment": 0.9,
+                                         "benign_accuracy": 0.1, "general_incoherence": 0.15})
+    cb.on_trial_complete(0, [t0, t1], t0)
+    cb.on_trial_error(0, [t0, t1], t1)
+    lines = capsys.readouterr().out.splitlines()
+    assert len(lines) == 5 and all(line.startswith("[emray ") for line in lines)
+    assert "persona(α 5) seed 0: gen EM↓ 0.500 in-dom↑ 0.900 benign↑ 0.100 incoh↓ 0.150" in lines[2]
+    assert "interleave(5 %) seed 1: FAILED; log: " + str(tmp_path / "logs" / "k1.log") in lines[4]
+    # the live table: the running trial's step comes from its progress.json
+    cb.rows["a"]["state"] = "running"
+    from rich.console import Console
+
+    console = Console(width=140, record=True)
+    console.print(cb.table())
+    text = console.export_text()
+    assert "40/150" in text and "persona(α 5)" in text and "FAILED" in text and "0.500" in text
+
+
+def test_final_summary_names_the_front_and_where_things_are(tmp_path):
+    rows = [{"label": "none", "model": "m", "seed": 0, "general_misalignment": 0.7, "in_domain_misalignment": 0.99,
+             "benign_accuracy": 0.1, "general_incoherence": 0.05},
+            {"label": "kl(lambda=0.1)", "model": "m", "seed": 0, "general_misalignment": 0.8, "in_domain_misalignment": 0.9,
+             "benign_accuracy": 0.1, "general_incoherence": 0.06}]
+    text = final_summary(tmp_path, rows)
+    assert "Pareto front (arm means, 1 of 2): none" in text
+    assert f"emray report {tmp_path}" in text and f"{tmp_path}/logs/<trial key>.log" in text
