@@ -69,7 +69,23 @@ class ResourcesConfig(Strict):
     use_gpu: bool = False
     cpus_per_worker: float = Field(1, gt=0)
     gpus_per_worker: float = Field(1, ge=0)
-    deepspeed: Literal["none", "zero2", "zero3"] = "none"
+    # none | zero2 | zero3 | path to your own DeepSpeed JSON (checked here, stored as an absolute path).
+    deepspeed: str = "none"
+    # Fault tolerance of one fine-tune (Ray Train level, below Tune's per-trial max_failures): save a
+    # checkpoint every N optimizer steps (0: only the final adapter) and restart the worker group up to
+    # max_failures times, resuming from the last checkpoint.
+    checkpoint_every: int = Field(0, ge=0)
+    max_failures: int = Field(0, ge=0)
+
+    @field_validator("deepspeed")
+    @classmethod
+    def _check_deepspeed(cls, value: str) -> str:
+        from emray.train.deepspeed import BUILTIN, load_user_config
+
+        if value in BUILTIN:
+            return value
+        load_user_config(value)
+        return str(Path(value).resolve())
 
 
 class DefenseSpec(Strict):

@@ -154,7 +154,7 @@ def prepare_dataset(config: RunConfig, tokenizer, defenses: list[Defense]):
     return Dataset.from_list(rows), len(examples)
 
 
-def train_model(config: RunConfig, model, tokenizer, defenses: list[Defense], out_dir: Path, callbacks=(), args=None):
+def train_model(config: RunConfig, model, tokenizer, defenses: list[Defense], out_dir: Path, callbacks=(), args=None, resume_from_checkpoint=None):
     """Train ``model`` in place; returns (trainer, log_history, num_examples).
 
     ``args`` (an SFTConfig) may be built before the model is loaded: DeepSpeed ZeRO-3 needs that so
@@ -173,7 +173,7 @@ def train_model(config: RunConfig, model, tokenizer, defenses: list[Defense], ou
     for defense in defenses:
         defense.attach(model)
     try:
-        trainer.train()
+        trainer.train(resume_from_checkpoint=resume_from_checkpoint)
     finally:
         # Steering hooks are for training only: evaluation and the saved adapter never see them.
         for defense in reversed(defenses):
@@ -194,7 +194,8 @@ def summarize_history(history: list[dict]) -> dict[str, Any]:
 def write_run_folder(config: RunConfig, run_dir: Path, model, tokenizer, history: list[dict], extra: dict) -> TrainResult:
     run_dir.mkdir(parents=True, exist_ok=True)
     adapter_dir = run_dir / "adapter"
-    model.save_pretrained(adapter_dir)
+    if model is not None:  # None: the caller saved the adapter (Trainer.save_model, ZeRO-aware)
+        model.save_pretrained(adapter_dir)
     tokenizer.save_pretrained(adapter_dir)
     (run_dir / "config.yaml").write_text(dump_yaml(config))
     metrics = {**summarize_history(history), **extra}

@@ -1,13 +1,20 @@
 """The Ray Train worker loop: one LoRA fine-tune across the workers of a TorchTrainer.
 
 On CPU the workers form a gloo process group (DDP); with ``resources.deepspeed`` the HF Trainer
-runs DeepSpeed ZeRO-2 or ZeRO-3. Rank 0 writes the run folder and reports it as the checkpoint
-(Ray Train V2 only forwards metrics to Tune from a report that carries a checkpoint).
+runs DeepSpeed ZeRO-2 or ZeRO-3. Every rank saves the adapter through ``Trainer.save_model`` (under
+ZeRO-3 that gathers the sharded LoRA weights, a collective); rank 0 writes the run folder and
+reports it as the final checkpoint (Ray Train V2 only forwards metrics from a report that carries
+a checkpoint).
+
+Fault tolerance: with ``resources.checkpoint_every`` the HF Trainer saves a checkpoint every N steps
+and rank 0 reports it to Ray Train (kept: the last one). When a worker dies, Ray Train restarts the
+group (``resources.max_failures`` times) and each rank resumes from ``ray.train.get_checkpoint()``.
 """
 
 from __future__ import annotations
 
 import os
+import shutil
 import time
 from pathlib import Path
 
@@ -17,9 +24,69 @@ from emray.train.deepspeed import deepspeed_config
 from emray.train.sft import build_sft_args, prepare_model, seed_everything, set_threads, train_model, write_run_folder
 
 
-def train_loop_per_worker(loop_config: dict) -> None:
+def init_deepspeed_comm(use_gpu: bool) -> None:
+    """Bind DeepSpeed's comm layer to the process group Ray Train already made.
+
+    accelerate calls ``deepspeed.init_distributed`` only on GPU; without it ZeRO-3's ``zero.Init``
+    (which runs inside ``from_pretrained``) sees a world of 1 and rejects the batch size.
+    """
+    import deepspeed
+
+    deepspeed.init_distributed(dist_backend="nccl" if use_gpu else "gloo", auto_mpi_discovery=False)
+
+
+def checkpoint_args(config: RunConfig) -> dict:
+    """SFTConfig overrides for intermediate checkpoints (off when ``checkpoint_every`` is 0)."""
+    every = config.resources.checkpoint_every
+    if not every:
+        return {}
+    # One local checkpoint is enough: Ray Train holds the reported copy.
+    return {"save_strategy": "steps", "save_steps": every, "save_total_limit": 1, "save_only_model": False}
+
+
+def _make_report_callback():
+    from transformers import TrainerCallback
+
+    class ReportCheckpoint(TrainerCallback):
+        """After the Trainer saves ``checkpoint-N``, report it to Ray Train from rank 0.
+
+        The barrier makes sure every rank has written its part (RNG state, ZeRO shards) before rank 0
+        uploads the folder; every rank calls ``report`` (Ray Train V2 reports are collective).
+        """
+
+        def on_save(self, args, state, control, **kwargs):
+            import ray.train
+            import torch.distributed as dist
+
+            if dist.is_initialized():
+                dist.barrier()
+            step_dir = Path(args.output_dir) / f"checkpoint-{state.global_step}"
+            rank = ray.train.get_context().get_world_rank()
+            checkpoint = ray.train.Checkpoint.from_directory(str(step_dir)) if rank == 0 else None
+            losses = [h["loss"] for h in state.log_history if "loss" in h]
+            metrics = {"step": state.global_step, **({"loss": losses[-1]} if losses else {})}
+            ray.train.report(metrics, checkpoint=checkpoint)
+
+    return ReportCheckpoint()
+
+
+def restore_checkpoint(out_dir: Path, rank: int) -> str | None:
+    """The HF checkpoint folder to resume from after a restart, or None on a first attempt."""
     import ray.train
 
+    checkpoint = ray.train.get_checkpoint()
+    if checkpoint is None:
+        return None
+    local = out_dir / f"resume-rank{rank}"  # per rank: ranks on one node share out_dir
+    shutil.rmtree(local, ignore_errors=True)
+    checkpoint.to_directory(str(local))
+    if not (local / "trainer_state.json").exists():
+        return None  # the final adapter (the run had finished): nothing to resume
+    print(f"[emray] rank {rank}: resuming from {checkpoint.path}", flush=True)
+    return str(local)
+
+
+def train_loop_per_worker(loop_config: dict) -> None:
     from emray.sweep.live import trial_output
 
     out_dir = Path(loop_config["out_dir"])
@@ -40,8 +107,10 @@ def _train_loop(loop_config: dict, out_dir: Path) -> None:
     seed_everything(config.seed)
     started = time.time()
 
-    # Build the training args first: with ZeRO-3 this switches from_pretrained to zero.Init.
     ds = deepspeed_config(config.resources.deepspeed)
+    if ds is not None:
+        init_deepspeed_comm(config.resources.use_gpu)
+    # Build the training args before the model: with ZeRO-3 this switches from_pretrained to zero.Init.
     args = build_sft_args(
         config,
         out_dir,
@@ -49,30 +118,54 @@ def _train_loop(loop_config: dict, out_dir: Path) -> None:
         disable_tqdm=rank != 0 or not config.train.progress,
         # Ray sets up torch.distributed; the Trainer must not try to launch its own.
         ddp_backend="nccl" if config.resources.use_gpu else "gloo",
+        **checkpoint_args(config),
     )
     model, tokenizer = prepare_model(config)
     defense_context = DefenseContext(config=config, tokenizer=tokenizer, seed=config.seed, artifacts=loop_config.get("artifacts") or {})
     defenses = build_defenses(config.defenses, defense_context)
-    live = live_callbacks(out_dir, rank)  # rank 0: step / total for the live table, the W&B curve as it trains
-    trainer, history, num_examples = train_model(config, model, tokenizer, defenses, out_dir, callbacks=live, args=args)
+    callbacks = live_callbacks(out_dir, rank)  # rank 0: step / total for the live table, the W&B curve as it trains
+    if config.resources.checkpoint_every:
+        callbacks.append(_make_report_callback())
+    callbacks += list(loop_config.get("trainer_callbacks") or ())
+    resume = restore_checkpoint(out_dir, rank)
+    trainer, history, num_examples = train_model(
+        config, model, tokenizer, defenses, out_dir, args=args, callbacks=callbacks, resume_from_checkpoint=resume
+    )
 
-    metrics = {"train_seconds": round(time.time() - started, 2), "num_examples": num_examples, "world_size": context.get_world_size()}
+    # Every rank: under ZeRO-3 the adapter's shards are gathered (a collective); rank 0 writes it.
+    adapter_dir = out_dir / "adapter"
+    trainer.save_model(str(adapter_dir))
+    metrics = {
+        "train_seconds": round(time.time() - started, 2),
+        "num_examples": num_examples,
+        "world_size": context.get_world_size(),
+        "global_step": trainer.state.global_step,
+        "resumed_from_step": _step_of(resume),
+    }
     checkpoint = None
     if rank == 0:
-        # Under ZeRO-3 the Trainer gathers the sharded adapter; elsewhere the model is whole on rank 0.
-        to_save = trainer.accelerator.unwrap_model(trainer.model)
-        result = write_run_folder(config, out_dir, to_save, tokenizer, history, metrics)
+        result = write_run_folder(config, out_dir, None, tokenizer, history, metrics)
         metrics.update({k: v for k, v in result.metrics.items() if isinstance(v, (int, float))})
         checkpoint = ray.train.Checkpoint.from_directory(str(result.adapter_dir))
-    elif ds and ds["zero_optimization"]["stage"] == 3:
-        trainer.accelerator.unwrap_model(trainer.model)  # every rank joins the gather
     ray.train.report(metrics, checkpoint=checkpoint)
     os.environ.pop("ACCELERATE_USE_DEEPSPEED", None)
 
 
-def fit_with_ray_train(config: RunConfig, out_dir: Path, storage_path: str, artifacts: dict | None = None, callbacks=()):
-    """Run ``train_loop_per_worker`` on a TorchTrainer sized by ``config.resources``."""
-    from ray.train import FailureConfig, RunConfig as TrainRunConfig, ScalingConfig
+def _step_of(resume: str | None) -> int:
+    if resume is None:
+        return 0
+    import json
+
+    return int(json.loads((Path(resume) / "trainer_state.json").read_text())["global_step"])
+
+
+def fit_with_ray_train(config: RunConfig, out_dir: Path, storage_path: str, artifacts: dict | None = None, callbacks=(), trainer_callbacks=()):
+    """Run ``train_loop_per_worker`` on a TorchTrainer sized by ``config.resources``.
+
+    ``trainer_callbacks`` are HF ``TrainerCallback`` objects shipped to every worker (tests use one to
+    kill a worker mid-run).
+    """
+    from ray.train import CheckpointConfig, FailureConfig, RunConfig as TrainRunConfig, ScalingConfig
     from ray.train.torch import TorchConfig, TorchTrainer
 
     res = config.resources
@@ -81,13 +174,20 @@ def fit_with_ray_train(config: RunConfig, out_dir: Path, storage_path: str, arti
         per_worker["GPU"] = res.gpus_per_worker
     trainer = TorchTrainer(
         train_loop_per_worker,
-        train_loop_config={"run_config": config.model_dump(mode="json", by_alias=True), "out_dir": str(out_dir), "artifacts": artifacts or {}},
+        train_loop_config={
+            "run_config": config.model_dump(mode="json", by_alias=True),
+            "out_dir": str(out_dir),
+            "artifacts": artifacts or {},
+            "trainer_callbacks": list(trainer_callbacks),
+        },
         scaling_config=ScalingConfig(num_workers=res.num_workers, use_gpu=res.use_gpu, resources_per_worker=per_worker),
         torch_config=TorchConfig(backend="nccl" if res.use_gpu else "gloo"),
         run_config=TrainRunConfig(
             name=f"train-{out_dir.name}",
             storage_path=storage_path,
-            failure_config=FailureConfig(max_failures=0),
+            failure_config=FailureConfig(max_failures=res.max_failures),
+            # The last checkpoint is all a restart needs; the final one is the adapter.
+            checkpoint_config=CheckpointConfig(num_to_keep=1),
             callbacks=list(callbacks),
         ),
     )
