@@ -43,7 +43,8 @@ class Plan:
             f"output: {spec.sweep_dir()}",
             f"per trial: Ray Train TorchTrainer, {res.num_workers} worker(s) x "
             f"({res.cpus_per_worker} CPU" + (f", {res.gpus_per_worker} GPU" if res.use_gpu else "") + "), "
-            + ("DeepSpeed " + res.deepspeed.upper() if res.deepspeed != "none" else ("DDP/nccl" if res.use_gpu else "DDP/gloo")),
+            + (f"DeepSpeed {res.deepspeed.upper() if res.deepspeed in ('zero2', 'zero3') else res.deepspeed}" if res.deepspeed != "none" else ("DDP/nccl" if res.use_gpu else "DDP/gloo"))
+            + (f", checkpoint every {res.checkpoint_every} steps, {res.max_failures} restart(s)" if res.checkpoint_every else ""),
             f"model(s): {', '.join(sorted({t.run.model.name for t in self.trials}))}",
             f"judge: {spec.base.eval.judge.base_url} ({spec.resources.judge_actors} actor(s))",
             "stages (cached by content, run once before the trials):",
