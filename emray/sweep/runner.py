@@ -40,7 +40,7 @@ class Plan:
         lines = [
             f"sweep {spec.name}: {len(self.trials) if spec.search.algorithm != 'optuna' else spec.search.num_samples} trials "
             f"({spec.search.algorithm}), at most {spec.resources.max_concurrent_trials} at once",
-            f"output: {spec.sweep_dir()}",
+            f"output: {spec.sweep_dir()}" + (f" (persisted to {spec.storage_uri()})" if spec.storage_uri() else ""),
             f"per trial: Ray Train TorchTrainer, {res.num_workers} worker(s) x "
             f"({res.cpus_per_worker} CPU" + (f", {res.gpus_per_worker} GPU" if res.use_gpu else "") + "), "
             + (f"DeepSpeed {res.deepspeed.upper() if res.deepspeed in ('zero2', 'zero3') else res.deepspeed}" if res.deepspeed != "none" else ("DDP/nccl" if res.use_gpu else "DDP/gloo"))
@@ -119,7 +119,7 @@ def read_finished(sweep_dir: Path, trial: Trial) -> dict | None:
     return json.loads(path.read_text()) if path.exists() else None
 
 
-def run_trial_body(trial: Trial, sweep_dir: Path, artifacts: dict, judge: Any, wandb_cfg: dict) -> dict:
+def run_trial_body(trial: Trial, sweep_dir: Path, artifacts: dict, judge: Any, wandb_cfg: dict, train_storage: str | None = None) -> dict:
     """Train with Ray Train, evaluate, write ``result.json``; returns the record reported to Tune."""
     from emray.sweep.evaluation import evaluate_adapter
     from emray.sweep.wandb_log import log_trial
@@ -131,7 +131,7 @@ def run_trial_body(trial: Trial, sweep_dir: Path, artifacts: dict, judge: Any, w
     started = time.time()
     adapter = out / "adapter"
     if not (adapter / "adapter_config.json").exists():  # a retried trial keeps a finished training
-        fit_with_ray_train(trial.run, out, str((sweep_dir / "ray_train").resolve()), artifacts)
+        fit_with_ray_train(trial.run, out, train_storage or str((sweep_dir / "ray_train").resolve()), artifacts)
     train_seconds = time.time() - started
     criteria = evaluate_adapter(trial.run, adapter, out / "eval", judge)
     record = {
@@ -152,7 +152,9 @@ def run_trial_body(trial: Trial, sweep_dir: Path, artifacts: dict, judge: Any, w
     return record
 
 
-def trial_trainable(config: dict, trials: list[dict], sweep_dir: str, artifacts: dict, judge: Any, spec_dict: dict, wandb_cfg: dict):
+def trial_trainable(
+    config: dict, trials: list[dict], sweep_dir: str, artifacts: dict, judge: Any, spec_dict: dict, wandb_cfg: dict, train_storage: str | None = None
+):
     """The Tune function trainable: one trial (grid/random by index, Optuna by sampled params)."""
     from ray import tune
 
@@ -165,7 +167,7 @@ def trial_trainable(config: dict, trials: list[dict], sweep_dir: str, artifacts:
     root = Path(sweep_dir)
     record = read_finished(root, trial)
     if record is None:
-        record = run_trial_body(trial, root, artifacts.get(trial.key, {}), judge, wandb_cfg)
+        record = run_trial_body(trial, root, artifacts.get(trial.key, {}), judge, wandb_cfg, train_storage)
     tune.report({k: v for k, v in record.items() if isinstance(v, (int, float, str))})
 
 
@@ -222,11 +224,13 @@ def _tuner(spec: SweepSpec, plan: Plan, sweep_dir: Path, artifacts: dict, judge:
         judge=judge,
         spec_dict=spec.model_dump(mode="json", by_alias=True),
         wandb_cfg=wandb_settings(spec, sweep_dir),
+        # A bucket holds Ray Train's checkpoints too; else they sit beside the trials.
+        train_storage=f"{spec.storage_uri()}/ray_train" if spec.storage_uri() else None,
     )
     # The trial function only waits on its TorchTrainer and evaluation task, which hold the real
     # resources; a token CPU share (Tune rejects an empty bundle) keeps it from starving them.
     trainable = tune.with_resources(trainable, {"cpu": 0.01})
-    tune_path = str((sweep_dir / "tune").resolve())
+    tune_path = f"{spec.storage_uri()}/tune" if spec.storage_uri() else str((sweep_dir / "tune").resolve())
     if resume and tune.Tuner.can_restore(f"{tune_path}/{spec.name}"):
         print(f"[emray] resuming {tune_path}/{spec.name}", flush=True)
         return tune.Tuner.restore(f"{tune_path}/{spec.name}", trainable=trainable, resume_errored=True)
@@ -264,8 +268,10 @@ def _tuner(spec: SweepSpec, plan: Plan, sweep_dir: Path, artifacts: dict, judge:
 
 #: Environment every Ray worker must share with the driver. Ray Train runs workers in their own
 #: working directory, so a cache path relative to the cwd would silently become a second cache.
+#: Also the bucket endpoint and region (not credentials: on a cluster those come from the instance role).
 PROPAGATED_ENV = ("EMRAY_CACHE", "EMRAY_ORGANISM", "EMRAY_ORGANISM_SEED", "HF_HUB_OFFLINE", "HF_HOME", "TORCH_EXTENSIONS_DIR", "WANDB_MODE",
                   "DS_ACCELERATOR", "EMRAY_VERBOSE")
+PROPAGATED_ENV += ("AWS_ENDPOINT_URL", "AWS_REGION", "AWS_DEFAULT_REGION")
 
 
 def worker_env() -> dict[str, str]:
@@ -322,8 +328,20 @@ def run_sweep(spec: SweepSpec, resume: bool = False, address: str | None = None)
     rows = write_results(sweep_dir, load_results(sweep_dir))
     write_plots(sweep_dir, rows)
     log_summary(spec, sweep_dir, rows)
+    if spec.storage_uri():
+        publish(sweep_dir, spec.storage_uri())
     from emray.sweep.progress import final_summary
 
     print("\n" + final_summary(sweep_dir, rows), flush=True)
     print(f"\n[emray] {len(rows)} trials in {time.time() - started:.0f} s; results in {sweep_dir}", flush=True)
     return rows
+
+
+def publish(sweep_dir: Path, uri: str) -> None:
+    """Copy the finished sweep's files (results, plots, trials' adapters and evals) to its bucket."""
+    import pyarrow.fs
+
+    filesystem, root = pyarrow.fs.FileSystem.from_uri(uri)
+    filesystem.create_dir(root, recursive=True)
+    pyarrow.fs.copy_files(str(sweep_dir.resolve()), root, source_filesystem=pyarrow.fs.LocalFileSystem(), destination_filesystem=filesystem)
+    print(f"[emray] copied {sweep_dir} to {uri}", flush=True)

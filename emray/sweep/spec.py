@@ -90,7 +90,12 @@ class WandbConfig(Strict):
 
 class SweepSpec(Strict):
     name: str
-    storage: str = "sweeps_out"  # local folder, shared filesystem or s3://bucket/path
+    # Where the sweep persists: a local or shared folder, or a bucket (s3://bucket/path, gs://bucket/path).
+    # With a bucket, Ray Tune's experiment state and Ray Train's checkpoints live there (pyarrow
+    # filesystems), the trials work in ``work_dir`` (shared by all nodes on a cluster), and the finished
+    # sweep's files (results, plots, adapters) are copied up at the end.
+    storage: str = "sweeps_out"
+    work_dir: str = "sweeps_out"
     base: RunConfig
     search: SearchConfig = Field(default_factory=SearchConfig)
     resources: SweepResources = Field(default_factory=SweepResources)
@@ -109,8 +114,36 @@ class SweepSpec(Strict):
                 parse_defense_entry({name: _first_point(params)}, i)
         return search
 
+    @field_validator("storage")
+    @classmethod
+    def _storage_scheme(cls, value: str) -> str:
+        check_storage(value)
+        return value
+
     def sweep_dir(self) -> str:
+        """The folder the trials write into (local or shared)."""
+        root = self.work_dir if self.storage_uri() else self.storage
+        return f"{root.rstrip('/')}/{self.name}"
+
+    def storage_uri(self) -> str | None:
+        """``s3://…/name`` or ``gs://…/name`` when the sweep persists to a bucket, else None."""
+        if "://" not in self.storage:
+            return None
         return f"{self.storage.rstrip('/')}/{self.name}"
+
+
+REMOTE_SCHEMES = ("s3", "gs")
+
+
+def check_storage(value: str) -> None:
+    """A local path, or a bucket URI pyarrow (and so Ray) can write to; ``ValueError`` otherwise."""
+    if "://" not in value:
+        return
+    scheme, _, rest = value.partition("://")
+    if scheme not in REMOTE_SCHEMES:
+        raise ValueError(f"{value!r}: scheme {scheme}:// is not supported; use a local or shared folder, s3://bucket/path or gs://bucket/path")
+    if not rest.split("/")[0]:
+        raise ValueError(f"{value!r}: no bucket name after {scheme}://")
 
 
 def _as_list(entry: Any) -> list:
