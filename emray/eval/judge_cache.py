@@ -1,4 +1,10 @@
-"""Persistent judge cache: sqlite in WAL mode, safe for many processes (Ray actors, trials) at once.
+"""Persistent judge cache: sqlite, safe for many processes (Ray actors, trials) at once.
+
+Journal mode follows the filesystem. On a local disk: WAL (readers never block the writer). On a
+network filesystem (NFS/EFS, SMB, FUSE), where the judge actors of a cluster may sit on different
+nodes: WAL cannot work (its index is shared memory, which does not cross hosts; sqlite.org/wal.html),
+so the cache uses the rollback journal, whose file locks NFSv4/EFS do carry across hosts.
+``EMRAY_JUDGE_CACHE_JOURNAL`` (wal | delete) overrides the choice.
 
 Key = sha256 of (base_url, model, full messages, request parameters). The API key is never part of
 the key or the value. A value is the judge's raw top logprobs (so the score rule can change without
@@ -10,6 +16,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
 import sqlite3
 import threading
 import time
@@ -24,6 +31,39 @@ def judge_cache_key(base_url: str, model: str, messages: list[dict], params: dic
     return hashlib.sha256(json.dumps(payload, sort_keys=True, ensure_ascii=False).encode()).hexdigest()
 
 
+#: Filesystem types (from /proc/mounts) on which sqlite's WAL mode is unsafe.
+NETWORK_FS = ("nfs", "nfs4", "cifs", "smb3", "smbfs", "lustre", "gpfs", "ceph", "glusterfs", "9p", "efs")
+
+
+def filesystem_type(path: Path, mounts_file: str = "/proc/mounts") -> str:
+    """The type of the filesystem holding ``path`` (longest matching mount point), or "" if unknown."""
+    try:
+        mounts = Path(mounts_file).read_text().splitlines()
+    except OSError:
+        return ""
+    target, best, fstype = str(Path(path).resolve()), "", ""
+    for line in mounts:
+        parts = line.split()
+        if len(parts) < 3:
+            continue
+        mount = parts[1].replace("\\040", " ")
+        inside = target == mount or target.startswith(mount.rstrip("/") + "/")
+        if inside and len(mount) > len(best):
+            best, fstype = mount, parts[2]
+    return fstype
+
+
+def journal_mode(path: Path) -> str:
+    """``WAL`` on a local disk, ``DELETE`` (rollback journal) on a network filesystem."""
+    forced = os.environ.get("EMRAY_JUDGE_CACHE_JOURNAL", "").strip().upper()
+    if forced:
+        if forced not in ("WAL", "DELETE"):
+            raise ValueError(f"EMRAY_JUDGE_CACHE_JOURNAL={forced.lower()!r}: expected wal or delete")
+        return forced
+    fstype = filesystem_type(path.parent)
+    return "DELETE" if fstype in NETWORK_FS or fstype.startswith("fuse") else "WAL"
+
+
 def default_cache_path() -> Path:
     return cache_subdir("judge") / "judgments.sqlite"
 
@@ -35,6 +75,7 @@ class JudgeCache:
         self.path = Path(path) if path else default_cache_path()
         self.path.parent.mkdir(parents=True, exist_ok=True)
         self._local = threading.local()
+        self.journal = journal_mode(self.path)
         conn = self._conn()
         conn.execute(
             "CREATE TABLE IF NOT EXISTS judgments (key TEXT PRIMARY KEY, value TEXT NOT NULL, created REAL NOT NULL)"
@@ -45,9 +86,10 @@ class JudgeCache:
         conn = getattr(self._local, "conn", None)
         if conn is None:
             conn = sqlite3.connect(self.path, timeout=60.0, isolation_level=None)
-            conn.execute("PRAGMA journal_mode=WAL")
-            conn.execute("PRAGMA synchronous=NORMAL")
+            # busy_timeout first: switching the journal mode waits for other writers' locks.
             conn.execute("PRAGMA busy_timeout=60000")
+            conn.execute(f"PRAGMA journal_mode={self.journal}")
+            conn.execute("PRAGMA synchronous=" + ("NORMAL" if self.journal == "WAL" else "FULL"))
             self._local.conn = conn
         return conn
 
