@@ -136,6 +136,7 @@ def _train_loop(loop_config: dict, out_dir: Path) -> None:
     adapter_dir = out_dir / "adapter"
     trainer.save_model(str(adapter_dir))
     metrics = {
+        "train_nodes": _train_nodes(),
         "train_seconds": round(time.time() - started, 2),
         "num_examples": num_examples,
         "world_size": context.get_world_size(),
@@ -149,6 +150,19 @@ def _train_loop(loop_config: dict, out_dir: Path) -> None:
         checkpoint = ray.train.Checkpoint.from_directory(str(result.adapter_dir))
     ray.train.report(metrics, checkpoint=checkpoint)
     os.environ.pop("ACCELERATE_USE_DEEPSPEED", None)
+
+
+def _train_nodes() -> list[str]:
+    """The Ray node ids the workers of this fine-tune ran on (all ranks; every rank must call)."""
+    import ray
+    import torch.distributed as dist
+
+    node = ray.get_runtime_context().get_node_id()
+    if not dist.is_initialized():
+        return [node]
+    nodes: list = [None] * dist.get_world_size()
+    dist.all_gather_object(nodes, node)
+    return sorted(set(nodes))
 
 
 def _step_of(resume: str | None) -> int:
