@@ -80,7 +80,7 @@ def zero2(args) -> dict:
         ray.shutdown()
     history = json.loads((work / "out" / "metrics.json").read_text())["history"]
     steps = [h for h in history if "loss" in h]
-    tokens = steps[-1].get("num_tokens", 0)
+    tokens = trained_tokens(config)
     runtime = result.metrics["train_runtime"]
     return {
         "steps": len(steps), "tokens": tokens, "train_runtime_s": round(runtime, 1), "wall_s": round(time.time() - started, 1),
@@ -89,6 +89,16 @@ def zero2(args) -> dict:
         "loss_components": sorted(k for k in steps[-1] if k.startswith("loss_")),
         "adapter": str(work / "out" / "adapter"),
     }
+
+
+def trained_tokens(config) -> int:
+    """Tokens in the rows the run trained on (every row once: rows = steps x batch), as training tokenizes them."""
+    from emray.data.chat import load_chat_jsonl
+    from emray.data.tokenize import tokenize_examples
+    from emray.models import load_tokenizer
+
+    rows = tokenize_examples(load_tokenizer(config.model.name), load_chat_jsonl(config.data.fine), config.train.max_len)
+    return sum(len(r["input_ids"]) for r in rows)
 
 
 def vllm(args) -> dict:
