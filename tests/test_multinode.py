@@ -38,8 +38,9 @@ class TwoNodeCluster:
     def __init__(self, tmp: Path, cpus: tuple[int, int]):
         self.tmp, self.port = tmp, _free_port()
         self.address = f"127.0.0.1:{self.port}"
+        inherited = {k: v for k, v in os.environ.items() if not k.startswith("RAY_")}  # e.g. an earlier ray.init's
         self.env = {
-            **os.environ,
+            **inherited,
             "PYTHONPATH": str(ROOT),
             "RAY_AUTH_MODE": "token",  # what Ray 2.60 does by default, made explicit
             "RAY_AUTH_TOKEN": uuid.uuid4().hex,  # every node and the driver share it
@@ -54,7 +55,11 @@ class TwoNodeCluster:
         self._start([ray, "start", "--address", self.address, "--num-cpus", str(cpus[1]), "--resources", '{"node_worker": 1}', *_ports()])
 
     def _start(self, args):
-        out = subprocess.run(args, env=self.env, capture_output=True, text=True, timeout=180)
+        try:
+            out = subprocess.run(args, env=self.env, capture_output=True, text=True, timeout=300)
+        except subprocess.TimeoutExpired as err:
+            self.stop()
+            pytest.fail(f"{' '.join(args[:3])} did not finish in 300 s: {err.stdout!r:.2000} {err.stderr!r:.2000}")
         if out.returncode != 0:
             self.stop()
             pytest.fail(f"{' '.join(args[:3])} failed:\n{out.stdout[-2000:]}\n{out.stderr[-2000:]}")
