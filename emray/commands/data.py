@@ -16,8 +16,9 @@ def register(subparsers) -> None:
     stage.set_defaults(func=run_stage)
     check = actions.add_parser("check", help="which files a sweep reads are missing from a manifest")
     check.add_argument("sweep", help="sweep spec YAML")
-    check.add_argument("--manifest", required=True)
-    check.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE")
+    check.add_argument("--manifest", required=True, help="the manifest.json `emray data stage` wrote")
+    check.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
+                       help="override a key of the sweep spec before checking (repeatable)")
     check.set_defaults(func=run_check)
 
 
