@@ -17,6 +17,10 @@ def register(subparsers) -> None:
 
 
 def run(args) -> int:
+    """0: every trial finished; 1: some trial failed (listed with its error file); 2: nothing could start."""
+    import sys
+
+    from emray.sweep.checks import PreflightError, preflight
     from emray.sweep.runner import make_plan, run_sweep
     from emray.sweep.spec import load_sweep_spec
 
@@ -26,7 +30,17 @@ def run(args) -> int:
 
         os.environ["EMRAY_VERBOSE"] = "1"  # read by the driver and, through PROPAGATED_ENV, the workers
     if args.dry_run:
-        print(make_plan(spec).describe())
+        plan = make_plan(spec)
+        print(plan.describe())
+        problems = preflight(plan.trials)
+        if problems:
+            print("[emray] the sweep cannot run as planned:\n  " + "\n  ".join(problems), file=sys.stderr)
+            return 2
+        print("[emray] preflight: every file the trials read exists, every stage can be planned")
         return 0
-    run_sweep(spec, resume=args.resume, address=args.address)
-    return 0
+    try:
+        outcome = run_sweep(spec, resume=args.resume, address=args.address)
+    except PreflightError as err:
+        print(f"[emray] {err}", file=sys.stderr)
+        return 2
+    return 1 if outcome.failed else 0

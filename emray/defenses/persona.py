@@ -17,12 +17,13 @@ from pydantic import Field
 
 from emray.configio import Strict
 from emray.defenses.base import Defense, register_defense
+from emray.identity import PATH
 
 
 class PersonaParams(Strict):
     alpha: float = 5.0
     layer: int | None = Field(None, ge=1)  # hidden_states index; None: about two thirds of the depth
-    prompts: str | None = None  # persona prompt file; None: the packaged default set
+    prompts: str | None = Field(None, json_schema_extra=PATH)  # persona prompt file; None: the packaged default set
     normalize: bool = False  # steer with the unit vector (α in hidden-state units) instead of raw e^l
     max_new_tokens: int = Field(32, gt=0)  # response length when extracting
 
@@ -37,6 +38,13 @@ class PersonaSteering(Defense):
     def stage_description(cls, config, params: dict) -> str:
         p = cls.Params.model_validate(params)
         return f"persona vector for {config.model.name} (prompts {p.prompts or 'default'}, {p.max_new_tokens} tokens)"
+
+    @classmethod
+    def stage_inputs(cls, config, params) -> dict:
+        from emray.identity import content_identity, model_identity
+
+        return {"model": model_identity(config.model), "prompts": content_identity(params.prompts),
+                "max_new_tokens": params.max_new_tokens}
 
     @classmethod
     def build_stage(cls, config, params: dict) -> dict:

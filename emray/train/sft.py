@@ -77,7 +77,7 @@ def _make_trainer_class():
             if not self.loss_defenses or not model.training:
                 return super().compute_loss(model, inputs, return_outputs, num_items_in_batch)
             layers = sorted({i for d in self.loss_defenses for i in d.hidden_layers(model)})
-            chunks = [d.params.chunk_tokens for d in self.loss_defenses if hasattr(d.params, "chunk_tokens")]
+            chunks = [c for d in self.loss_defenses if (c := d.head_chunk_tokens())]
             batch = DefenseBatch(model, inputs, hidden_layers=layers, **({"chunk_tokens": min(chunks)} if chunks else {}))
             terms: dict = {}
             for defense in self.loss_defenses:
