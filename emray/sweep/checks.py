@@ -39,17 +39,21 @@ def _missing(path: str) -> bool:
     return not Path(path).expanduser().exists()
 
 
-def preflight(trials) -> list[str]:
-    """One line per problem: the trial, the key and the file or stage. Empty: every trial can run."""
+def preflight(trials, check_files: bool = True) -> list[str]:
+    """One line per problem: the file or stage, the config key, the first trial (label, key) and
+    how many trials share it. Empty: every trial can run."""
     from emray.defenses import get_defense_class
     from emray.identity import defense_params, paths_of
 
-    problems = []
+    found: dict[str, list] = {}  # problem -> trials
+
+    def report(problem: str, trial) -> None:
+        found.setdefault(problem, []).append(trial)
+
     for t in trials:
-        where = f"trial {t.label} (seed {t.run.seed}, key {t.key})"
-        for path in paths_of(t.run):
+        for path in paths_of(t.run) if check_files else ():
             if _missing(path):
-                problems.append(f"{where}: {path}: no such file (run config)")
+                report(f"{path}: no such file (run config)", t)
         for spec in t.run.defenses:
             cls = get_defense_class(spec.name)
             params = defense_params(spec)
@@ -58,10 +62,16 @@ def preflight(trials) -> list[str]:
                 if cls.stage_name:
                     cls.stage_description(t.run, spec.params)
             except Exception as err:  # noqa: BLE001 - reported with the trial, all at once
-                problems.append(f"{where}: defense {spec.name}: stage cannot be planned: {err}")
+                report(f"defenses.{spec.name}: stage cannot be planned: {err}", t)
                 continue
-            problems += [f"{where}: {f}: no such file (defenses.{spec.name})" for f in dict.fromkeys(files) if _missing(f)]
-    return problems
+            for f in dict.fromkeys(files) if check_files else ():
+                if _missing(f):
+                    report(f"{f}: no such file (defenses.{spec.name})", t)
+    lines = []
+    for problem, ts in found.items():
+        more = f" and {len(ts) - 1} more" if len(ts) > 1 else ""
+        lines.append(f"{problem}: trial {ts[0].label} (seed {ts[0].run.seed}, key {ts[0].key}){more}")
+    return lines
 
 
 def check_preflight(trials) -> None:

@@ -135,7 +135,12 @@ def run_trial_body(trial: Trial, sweep_dir: Path, artifacts: dict, judge: Any, w
     adapter = out / "adapter"
     # A retried or resumed trial keeps a finished training (rank 0 writes metrics.json last).
     if not ((adapter / "adapter_config.json").exists() and (out / "metrics.json").exists()):
-        fit_with_ray_train(trial.run, out, str((sweep_dir / "ray_train").resolve()), artifacts)
+        try:
+            fit_with_ray_train(trial.run, out, str((sweep_dir / "ray_train").resolve()), artifacts)
+        except Exception:
+            if (out / "metrics.json").exists():
+                check_training(out)  # a diverged loss: say so, not "training failed"
+            raise
     train_seconds = time.time() - started
     check_training(out)
     check_adapter(adapter)

@@ -8,16 +8,15 @@ runs DeepSpeed ZeRO-2 or ZeRO-3. Rank 0 writes the run folder and reports it as 
 from __future__ import annotations
 
 import os
-import time
 from pathlib import Path
 
 from emray.config import RunConfig
-from emray.defenses import DefenseContext, build_defenses
 from emray.train.deepspeed import deepspeed_config
-from emray.train.sft import build_sft_args, prepare_model, seed_everything, set_threads, train_model, write_run_folder
+from emray.train.sft import check_finite, train_run, write_run_folder
 
 
 def train_loop_per_worker(loop_config: dict) -> None:
+    """The recipe (``train_run``) plus what a worker adds: rank-0 saving and reporting."""
     import ray.train
 
     from emray.sweep.live import trial_output
@@ -36,36 +35,30 @@ def _train_loop(loop_config: dict, out_dir: Path) -> None:
     config = RunConfig.model_validate(loop_config["run_config"])
     context = ray.train.get_context()
     rank = context.get_world_rank()
-    set_threads(config.train.threads)
-    seed_everything(config.seed)
-    started = time.time()
-
-    # Build the training args first: with ZeRO-3 this switches from_pretrained to zero.Init.
     ds = deepspeed_config(config.resources.deepspeed)
-    args = build_sft_args(
+    trained = train_run(
         config,
         out_dir,
+        loop_config.get("artifacts") or {},
+        # rank 0: step / total for the live table, the W&B curve as it trains
+        callbacks=live_callbacks(out_dir, rank),
         deepspeed=ds,
         disable_tqdm=rank != 0 or not config.train.progress,
         # Ray sets up torch.distributed; the Trainer must not try to launch its own.
         ddp_backend="nccl" if config.resources.use_gpu else "gloo",
     )
-    model, tokenizer = prepare_model(config)
-    defense_context = DefenseContext(config=config, tokenizer=tokenizer, seed=config.seed, artifacts=loop_config.get("artifacts") or {})
-    defenses = build_defenses(config.defenses, defense_context)
-    live = live_callbacks(out_dir, rank)  # rank 0: step / total for the live table, the W&B curve as it trains
-    trainer, history, num_examples = train_model(config, model, tokenizer, defenses, out_dir, callbacks=live, args=args)
-
-    metrics = {"train_seconds": round(time.time() - started, 2), "num_examples": num_examples, "world_size": context.get_world_size()}
+    trainer, history = trained.trainer, trained.history
+    metrics = {**trained.metrics, "world_size": context.get_world_size()}
     checkpoint = None
     if rank == 0:
         # Under ZeRO-3 the Trainer gathers the sharded adapter; elsewhere the model is whole on rank 0.
         to_save = trainer.accelerator.unwrap_model(trainer.model)
-        result = write_run_folder(config, out_dir, to_save, tokenizer, history, metrics)
+        result = write_run_folder(config, out_dir, to_save, trained.tokenizer, history, metrics)
         metrics.update({k: v for k, v in result.metrics.items() if isinstance(v, (int, float))})
         checkpoint = ray.train.Checkpoint.from_directory(str(result.adapter_dir))
     elif ds and ds["zero_optimization"]["stage"] == 3:
         trainer.accelerator.unwrap_model(trainer.model)  # every rank joins the gather
+    check_finite(history, out_dir / "metrics.json")  # every rank: the logged loss is the all-rank mean
     ray.train.report(metrics, checkpoint=checkpoint)
     os.environ.pop("ACCELERATE_USE_DEEPSPEED", None)
 
