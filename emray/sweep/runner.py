@@ -168,9 +168,16 @@ def write_failure(sweep_dir: Path, trial: Trial, err: BaseException) -> Path:
     """``trials/<key>/error.txt``: the reason on the first line, then the traceback."""
     path = trial_dir(sweep_dir, trial) / ERROR_FILE
     path.parent.mkdir(parents=True, exist_ok=True)
-    reason = f"{type(err).__name__}: {err}".splitlines()[0] if str(err) else type(err).__name__
-    path.write_text(reason + "\n\n" + "".join(traceback.format_exception(err)))
+    path.write_text(failure_reason(err) + "\n\n" + "".join(traceback.format_exception(err)))
     return path
+
+
+def failure_reason(err: BaseException) -> str:
+    """One line: the root exception's type and message, through Ray's task-error wrappers."""
+    while isinstance(getattr(err, "cause", None), BaseException):  # ray.exceptions.RayTaskError
+        err = err.cause
+    lines = [line for line in str(err).splitlines() if line.strip() and not line.lstrip().startswith("\x1b")]
+    return f"{type(err).__name__}: {lines[0].strip()}" if lines else type(err).__name__
 
 
 def trial_trainable(config: dict, trials: dict[str, dict], sweep_dir: str, artifacts: dict, judge: Any, spec_dict: dict, wandb_cfg: dict):
