@@ -104,7 +104,7 @@ def test_judge_outage_then_resume_after_editing_the_spec(tmp_path):
     cached_judgments = judgments()
     assert cached_judgments > 0  # the first trial's judgments survive the outage
     kept = {p: p.stat().st_mtime_ns for p in (done / "result.json", failed / "adapter" / "adapter_model.safetensors",
-                                              failed / "eval" / "answers.jsonl")}
+                                              failed / "eval" / "answers.key")}  # written when answers are generated
 
     outage.unlink()  # the judge recovers
     # Edit the spec before resuming: a new seed, and judge settings that do not change results.

@@ -9,7 +9,6 @@ whose judge failed re-judges the same answers (from the judge cache) instead of 
 
 from __future__ import annotations
 
-import hashlib
 import json
 import time
 from pathlib import Path
@@ -29,14 +28,18 @@ class Judge(Protocol):
 
 
 def _sha(obj: Any) -> str:
-    return hashlib.sha256(json.dumps(obj, sort_keys=True, default=str).encode()).hexdigest()
+    from emray.identity import sha256
+
+    return sha256(obj)
 
 
 def _adapter_identity(adapter: str | None) -> Any:
     if adapter is None:
         return None
     files = sorted(p for p in Path(adapter).glob("adapter_*") if p.is_file())
-    return {p.name: hashlib.sha256(p.read_bytes()).hexdigest() for p in files} or str(adapter)
+    from emray.identity import file_sha256
+
+    return {p.name: file_sha256(p) for p in files} or str(adapter)
 
 
 def question_sets(cfg) -> list[tuple[str, str | None, str]]:

@@ -166,12 +166,24 @@ def write_scores_table(scores_path: str | Path, out_dir: str | Path, epsilon: fl
     return jsonl, table
 
 
-def selection_params(defense_name: str, params: Any = None):
+def selection_defenses() -> list[str]:
+    """The registered defenses whose stage is a safe-data selection (Interleaving+ and its family)."""
+    from emray.defenses import available_defenses, get_defense_class
+
+    return [n for n in available_defenses() if get_defense_class(n).stage_name == SELECTION_ARTIFACT]
+
+
+def selection_class(defense_name: str):
     from emray.defenses import get_defense_class
 
     cls = get_defense_class(defense_name)
-    if "epsilon" not in cls.Params.model_fields:
-        raise ValueError(f"defense {defense_name!r} does not select safe data by score (use interleave_plus or interleave_pp)")
+    if cls.stage_name != SELECTION_ARTIFACT:
+        raise ValueError(f"defense {defense_name!r} does not select safe data by score (use one of {', '.join(selection_defenses())})")
+    return cls
+
+
+def selection_params(defense_name: str, params: Any = None):
+    cls = selection_class(defense_name)
     if params is None or isinstance(params, dict):
         return cls.Params.model_validate(params or {})
     return params
@@ -188,16 +200,15 @@ def ensure_selection(
     from emray.data.chat import final_answer, load_safe_pool, write_chat_jsonl
     from emray.train.sft import load_training_examples
 
+    cls = selection_class(defense_name)
     p = selection_params(defense_name, params)
     path = pool_path(run_config, p.pool)
     n_fine = len(load_training_examples(run_config))
     k = safe_count(n_fine, p.safe_fraction)
     pool = load_safe_pool(path)
-    keywords = getattr(p, "refusal_keywords", None)
-    first_words = getattr(p, "refusal_first_words", 10)
-    refusal = [is_refusal(final_answer(ex), keywords, first_words) for ex in pool] if keywords is not None else [False] * len(pool)
-    candidates = [i for i in range(len(pool)) if not refusal[i]]
-    check_pool(len(candidates), k, f"{defense_name} ({path}{', refusals dropped' if keywords is not None else ''})")
+    candidates = cls.candidates(p, pool)  # the defense's own filter (Interleaving++ drops refusals)
+    dropped = len(pool) - len(candidates)
+    check_pool(len(candidates), k, f"{defense_name} ({path}{f', {dropped} dropped by its filter' if dropped else ''})")
 
     adapters = ensure_ensemble(run_config, p.ensemble or [run_config.data.fine], p.ensemble_steps, p.ensemble_max_examples, progress)
     key = sha({
@@ -223,7 +234,7 @@ def ensure_selection(
         "pool": path,
         "pool_size": len(pool),
         "refusals_in_pool": sum(is_refusal(final_answer(ex)) for ex in pool),
-        "refusals_dropped": sum(refusal),
+        "refusals_dropped": dropped,
         "candidates": len(candidates),
         "fine_examples": n_fine,
         "selected": len(chosen),
