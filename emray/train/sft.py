@@ -91,10 +91,15 @@ def _make_trainer_class():
                 terms.update(defense.loss(batch) or {})
             ce = batch.ce_loss()  # after the terms: a KL term computes CE in the same pass over the LM head
             loss = ce + sum(terms.values())
-            self._metrics["train"]["loss_ce"].append(ce.item())
+            weight = self.microbatch_weight(batch.num_answer_tokens, num_items_in_batch)
+            # Components are logged as the mean of the micro-batch entries: scaled like the loss, so
+            # the logged loss stays the sum of its logged parts.
+            log_scale = float(weight) * self.current_gradient_accumulation_steps if weight is not None else 1.0
+            self._metrics["train"]["loss_ce"].append(ce.item() * log_scale)
             for name, value in terms.items():
-                self._metrics["train"][f"loss_{name}"].append(value.item())
-            loss = loss * self.microbatch_weight(batch.num_answer_tokens, num_items_in_batch)
+                self._metrics["train"][f"loss_{name}"].append(value.item() * log_scale)
+            if weight is not None:
+                loss = loss * weight
             return (loss, None) if return_outputs else loss
 
         def microbatch_weight(self, tokens: int, num_items_in_batch):
@@ -107,7 +112,7 @@ def _make_trainer_class():
             per-micro-batch mean and training_step divides by them itself.
             """
             if num_items_in_batch is None or not (self.model_accepts_loss_kwargs or self.compute_loss_func):
-                return 1.0
+                return None  # per-micro-batch mean; training_step divides by the accumulation steps
             weight = tokens / num_items_in_batch
             if self.args.average_tokens_across_devices:
                 weight = weight * (self.accelerator.num_processes // self.get_tp_size())
