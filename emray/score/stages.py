@@ -20,6 +20,7 @@ from typing import Any
 
 from emray.config import RunConfig
 from emray.paths import cache_subdir
+from emray.identity import short
 from emray.score.cache import ScoreCache, adapter_hash, examples_hash, model_key, sha
 from emray.score.ensemble import ensure_ensemble
 from emray.score.pool import ALIGNED, ScorerPool, adapter_names
@@ -82,7 +83,7 @@ def ensure_pool_scores(
     settings = {"max_len": run_config.train.max_len}
     names = adapter_names(adapters)
     hashes = {name: adapter_hash(d) for name, d in names.items()}
-    out_dir = cache_subdir("scores", sha({"model": mkey, "data": dkey, "adapters": list(hashes.values()), "settings": settings})[:24])
+    out_dir = cache_subdir("scores", short(sha({"model": mkey, "data": dkey, "adapters": list(hashes.values()), "settings": settings})))
     out = out_dir / "scores.jsonl"
     if out.exists():
         _log(progress, f"  pool scores: cached {out}")
@@ -211,11 +212,11 @@ def ensure_selection(
     check_pool(len(candidates), k, f"{defense_name} ({path}{f', {dropped} dropped by its filter' if dropped else ''})")
 
     adapters = ensure_ensemble(run_config, p.ensemble or [run_config.data.fine], p.ensemble_steps, p.ensemble_max_examples, progress)
-    key = sha({
+    key = short(sha({
         "method": defense_name, "params": p.model_dump(), "model": model_key(run_config.model),
         "pool": examples_hash(pool), "adapters": [adapter_hash(a) for a in adapters], "k": k,
         "max_len": run_config.train.max_len,
-    })[:24]
+    }))
     out_dir = cache_subdir("selections", key)
     selected_path, summary_path = out_dir / "selected.jsonl", out_dir / "summary.json"
     if selected_path.exists() and summary_path.exists():
