@@ -10,7 +10,6 @@ more than ``eval.judge.max_failure_rate`` of the judgments make the trial fail w
 from __future__ import annotations
 
 import json
-import math
 from pathlib import Path
 
 
@@ -82,13 +81,14 @@ def check_preflight(trials) -> None:
 
 # ------------------------------------------------------------------------------ trial verdicts
 def check_training(run_dir: Path) -> None:
-    """Every logged loss (and loss component) is finite."""
+    """Every logged loss (and loss component) in ``run_dir/metrics.json`` is finite."""
+    from emray.train.sft import check_finite
+
     metrics = run_dir / "metrics.json"
-    history = json.loads(metrics.read_text()).get("history", [])
-    for entry in history:
-        for key, value in entry.items():
-            if key.startswith("loss") and isinstance(value, (int, float)) and not math.isfinite(value):
-                raise TrialFailed(f"training diverged: {key}={value} at step {entry.get('step')} ({metrics})")
+    try:
+        check_finite(json.loads(metrics.read_text()).get("history", []), metrics)
+    except FloatingPointError as err:
+        raise TrialFailed(str(err)) from None
 
 
 def check_adapter(adapter_dir: Path) -> None:

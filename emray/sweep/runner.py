@@ -25,7 +25,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from emray.sweep.checks import TrialFailed, check_adapter, check_judging, check_preflight, check_training
+from emray.sweep.checks import check_adapter, check_judging, check_preflight, check_training
 from emray.sweep.pareto import write_results
 from emray.sweep.spec import OBJECTIVES, SweepSpec, Trial, expand_trials, make_trial
 

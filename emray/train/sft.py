@@ -230,7 +230,7 @@ def check_finite(history: list[dict], where: Path) -> None:
     for entry in history:
         for key, value in entry.items():
             if key.startswith("loss") and isinstance(value, (int, float)) and not math.isfinite(value):
-                raise FloatingPointError(f"training diverged: {key}={value} at step {entry.get('step')}; see {where}")
+                raise FloatingPointError(f"training diverged: {key}={value} at step {entry.get('step')} ({where})")
 
 
 @dataclass
