@@ -107,8 +107,9 @@ def test_judge_outage_then_resume_after_editing_the_spec(tmp_path):
                                               failed / "eval" / "answers.key")}  # written when answers are generated
 
     outage.unlink()  # the judge recovers
-    # Edit the spec before resuming: a new seed, and judge settings that do not change results.
-    write_spec(tmp_path / "s.yaml", tmp_path / "out", "[none]", seeds="[0, 1, 2]",
+    # Edit the spec before resuming: a new seed listed first (every trial's position moves; trials are
+    # addressed by key), and judge settings that do not change results.
+    write_spec(tmp_path / "s.yaml", tmp_path / "out", "[none]", seeds="[2, 0, 1]",
                resources="{max_concurrent_trials: 1, max_failures: 0}", judge=judge.replace("max_retries: 1", "max_retries: 2, concurrency: 4"))
     out = sweep(spec, "--resume")
     assert out.returncode == 0, out.stdout[-3000:] + out.stderr[-3000:]
