@@ -12,6 +12,7 @@ from typing import Any, Literal
 from pydantic import Field, field_validator
 
 from emray.configio import ConfigError, Strict, format_loc, load_config
+from emray.identity import NOT_IDENTITY, PATH
 from emray.eval.config import EvalConfig
 
 DEFAULT_LORA_TARGETS = ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]
@@ -40,9 +41,9 @@ class LoraConfig(Strict):
 class DataConfig(Strict):
     """Training data. Paths are files, or ``organism:data/...`` inside the embedded toy world."""
 
-    fine: str
-    safe_pool: str | None = None
-    benign_train: list[str] = Field(default_factory=list)
+    fine: str = Field(json_schema_extra=PATH)
+    safe_pool: str | None = Field(None, json_schema_extra=PATH)
+    benign_train: list[str] = Field(default_factory=list, json_schema_extra=PATH)
     max_examples: int | None = Field(None, gt=0)
 
 
@@ -56,18 +57,18 @@ class TrainConfig(Strict):
     warmup_steps: int = Field(0, ge=0)
     lr_scheduler: str = "linear"
     weight_decay: float = 0.0
-    logging_steps: int = Field(1, gt=0)
+    logging_steps: int = Field(1, gt=0, json_schema_extra=NOT_IDENTITY)
     # Small models on a busy CPU train far faster on one thread than on two (measured: ~25x).
-    threads: int | None = Field(1, gt=0)
+    threads: int | None = Field(1, gt=0, json_schema_extra=NOT_IDENTITY)
     gradient_checkpointing: bool = False
     bf16: bool | None = None  # None: bf16 on GPU, fp32 on CPU (bf16 autocast is slow on CPU)
-    progress: bool = True
+    progress: bool = Field(True, json_schema_extra=NOT_IDENTITY)
 
 
 class ResourcesConfig(Strict):
     num_workers: int = Field(1, gt=0)
     use_gpu: bool = False
-    cpus_per_worker: float = Field(1, gt=0)
+    cpus_per_worker: float = Field(1, gt=0, json_schema_extra=NOT_IDENTITY)
     gpus_per_worker: float = Field(1, ge=0)
     # none | zero2 | zero3 | path to your own DeepSpeed JSON (checked here, stored as an absolute path).
     deepspeed: str = "none"
@@ -121,9 +122,9 @@ def parse_defense_entry(entry: Any, index: int) -> DefenseSpec:
 
 
 class RunConfig(Strict):
-    name: str = "run"
+    name: str = Field("run", json_schema_extra=NOT_IDENTITY)
     seed: int = 0
-    output_dir: str = "runs"
+    output_dir: str = Field("runs", json_schema_extra=NOT_IDENTITY)
     model: ModelConfig = Field(default_factory=ModelConfig)
     lora: LoraConfig = Field(default_factory=LoraConfig)
     data: DataConfig

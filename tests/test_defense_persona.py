@@ -53,8 +53,8 @@ def test_hook_adds_alpha_e_during_training_only(setup, tmp_path, layer):
         steered, steered_logits = layer_outputs(model, inputs, l - 1)
         torch.testing.assert_close(steered - plain, (2.5 * vectors[l]).expand_as(plain), rtol=0, atol=1e-5)
         assert not torch.allclose(steered_logits, plain_logits)
-        with reference_pass():  # the KL/LDIFS reference is the unsteered base model
-            torch.testing.assert_close(layer_outputs(model, inputs, l - 1)[0], plain)
+        with reference_pass():  # the KL/LDIFS reference is steered too (see test_reference_pass_is_steered)
+            torch.testing.assert_close(layer_outputs(model, inputs, l - 1)[0], steered)
         model.eval()  # eval mode while attached: no steering either
         torch.testing.assert_close(layer_outputs(model, inputs, l - 1)[0], plain)
         model.train()
@@ -64,6 +64,33 @@ def test_hook_adds_alpha_e_during_training_only(setup, tmp_path, layer):
     after, after_logits = layer_outputs(model, inputs, l - 1)
     assert torch.equal(after_logits, plain_logits) and torch.equal(after, plain)
     assert all(not layer._forward_hooks for layer in model.get_base_model().model.layers)
+
+
+def test_reference_pass_is_steered(tmp_path):
+    """Persona + KL + LDIFS: the reference forward sees the steering too, so with a fresh adapter
+    (B = 0: policy = reference) both regularisers are exactly 0 at step 0 and do not fight the
+    steering; an unsteered reference would make them large (checked: the same batch without the
+    hook on the reference gives KL > 0)."""
+    from emray.train.losses import DefenseBatch
+
+    model, tok = tiny_lora(seed=3)  # fresh: every lora_B is zero
+    inputs = make_inputs(tok)
+    path, _ = fake_vector(tmp_path)
+    ctx = DefenseContext(tokenizer=tok, artifacts={"persona_vector": path})
+    persona = get_defense_class("persona")({"alpha": 4.0}, ctx)
+    kl = get_defense_class("kl")({"lambda": 1.0}, ctx)
+    ldifs = get_defense_class("ldifs")({"lambda": 1.0}, ctx)
+    persona.attach(model)
+    try:
+        batch = DefenseBatch(model, inputs, hidden_layers=ldifs.hidden_layers(model))
+        assert kl.loss(batch)["kl"].item() == pytest.approx(0.0, abs=1e-6)
+        assert ldifs.loss(batch)["ldifs"].item() == pytest.approx(0.0, abs=1e-8)
+        # The alternative (an unsteered reference) is far from 0: what this choice avoids.
+        policy_hidden = batch.answer_hidden.detach()
+    finally:
+        persona.detach(model)
+    unsteered = DefenseBatch(model, inputs)
+    assert (policy_hidden - unsteered.reference_answer_hidden).abs().max().item() > 1e-2
 
 
 def test_generation_after_detach_is_unsteered(setup, tmp_path):

@@ -20,9 +20,10 @@ def register(subparsers) -> None:
 
 
 def _ensemble_params(config, adapters, steps):
-    from emray.score.stages import params_from_config
+    from emray.score.stages import params_from_config, selection_defenses
 
-    name = next((d.name for d in config.defenses if d.name in ("interleave_plus", "interleave_pp")), "interleave_plus")
+    selectors = selection_defenses()
+    name = next((d.name for d in config.defenses if d.name in selectors), selectors[0])
     return params_from_config(config, name, ensemble=adapters, ensemble_steps=steps)
 
 

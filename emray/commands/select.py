@@ -1,4 +1,4 @@
-"""``emray select CONFIG --method interleave_plus|interleave_pp``: pick the safe samples to interleave."""
+"""``emray select CONFIG --method NAME``: pick the safe samples to interleave (a selection defense's stage)."""
 
 from __future__ import annotations
 
@@ -6,8 +6,10 @@ from __future__ import annotations
 def register(subparsers) -> None:
     parser = subparsers.add_parser("select", help="select safe data for Interleaving+ / Interleaving++ (cached)")
     parser.add_argument("config", help="run config YAML")
-    parser.add_argument("--method", required=True, choices=["interleave_plus", "interleave_pp"],
-                        help="Interleaving+ (loss-gap selection) or Interleaving++ (the same without refusals)")
+    from emray.score.stages import selection_defenses
+
+    parser.add_argument("--method", required=True, choices=selection_defenses(),
+                        help="a selection defense: Interleaving+ (loss-gap selection), Interleaving++ (the same without refusals)")
     parser.add_argument("--fraction", type=float, help="safe_fraction (share of safe samples in the mixed set)")
     parser.add_argument("--epsilon", type=float, help="epsilon of s_d")
     parser.add_argument("--pool", help="safe pool JSONL (default: the defense's pool, else data.safe_pool)")

@@ -7,6 +7,8 @@ def register(subparsers) -> None:
     parser = subparsers.add_parser("sweep", help="run a sweep of defenses x hyperparameters x seeds on Ray Tune")
     parser.add_argument("spec", help="sweep spec YAML (see sweeps/)")
     parser.add_argument("--dry-run", action="store_true", help="print the plan (trials, resources, stages) and exit")
+    parser.add_argument("--no-file-check", dest="check_files", action="store_false",
+                        help="with --dry-run: plan a sweep for another machine (its files are not here)")
     parser.add_argument("--resume", action="store_true", help="resume an interrupted sweep; finished trials are kept")
     parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
                         help="override a spec key; keys outside the spec's top level address the base run config, e.g. model.name=smollm2-135m")
@@ -17,6 +19,10 @@ def register(subparsers) -> None:
 
 
 def run(args) -> int:
+    """0: every trial finished; 1: some trial failed (listed with its error file); 2: nothing could start."""
+    import sys
+
+    from emray.sweep.checks import PreflightError, preflight
     from emray.sweep.runner import make_plan, run_sweep
     from emray.sweep.spec import load_sweep_spec
 
@@ -26,7 +32,18 @@ def run(args) -> int:
 
         os.environ["EMRAY_VERBOSE"] = "1"  # read by the driver and, through PROPAGATED_ENV, the workers
     if args.dry_run:
-        print(make_plan(spec).describe())
+        plan = make_plan(spec)
+        print(plan.describe())
+        problems = preflight(plan.trials, check_files=args.check_files)
+        if problems:
+            print("[emray] the sweep cannot run as planned:\n  " + "\n  ".join(problems), file=sys.stderr)
+            return 2
+        checked = "every file the trials read exists, " if args.check_files else "files not checked, "
+        print(f"[emray] preflight: {checked}every stage can be planned")
         return 0
-    run_sweep(spec, resume=args.resume, address=args.address)
-    return 0
+    try:
+        outcome = run_sweep(spec, resume=args.resume, address=args.address)
+    except PreflightError as err:
+        print(f"[emray] {err}", file=sys.stderr)
+        return 2
+    return 1 if outcome.failed else 0

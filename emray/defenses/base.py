@@ -50,8 +50,25 @@ class Defense:
 
     @classmethod
     def stage_description(cls, config: "RunConfig", params: dict) -> str:
-        """A readable identity of this defense's stage for ``config``: equal strings run once."""
+        """What this defense's stage is for ``config``, for people (the plan); not an identity."""
         return f"{cls.stage_name} for {config.model.name}"
+
+    @classmethod
+    def stage_inputs(cls, config: "RunConfig", params: Strict) -> dict[str, Any]:
+        """Everything the stage's result depends on (``emray.identity.stage_key`` hashes it).
+
+        Stages with equal inputs run once per sweep. Default: the base model alone.
+        """
+        from emray.identity import model_identity
+
+        return {"model": model_identity(config.model)}
+
+    @classmethod
+    def stage_files(cls, config: "RunConfig", params: Strict) -> list[str]:
+        """Files the stage reads beyond the run's own (``--dry-run`` checks they exist)."""
+        from emray.identity import paths_of
+
+        return paths_of(params)
 
     @classmethod
     def build_stage(cls, config: "RunConfig", params: dict) -> dict[str, Any]:
@@ -72,6 +89,10 @@ class Defense:
 
     def detach(self, model: "torch.nn.Module") -> None:
         """Called once after training, before saving, evaluation or generation."""
+
+    def head_chunk_tokens(self) -> int | None:
+        """Answer tokens per LM-head chunk this defense's loss wants (memory ∝ chunk × vocab); None: no say."""
+        return None
 
     def hidden_layers(self, model: "torch.nn.Module") -> list[int]:
         """Indices into ``output_hidden_states`` that ``loss`` reads (the trainer requests their union)."""

@@ -20,13 +20,14 @@ from pydantic import Field
 
 from emray.configio import Strict
 from emray.defenses.base import Defense, Example, register_defense
+from emray.identity import PATH
 
 
 class InterleavePlusParams(Strict):
     safe_fraction: float = Field(0.05, ge=0, lt=1)
     epsilon: float = Field(1.0, ge=0)
-    pool: str | None = None
-    ensemble: list[str] | None = None
+    pool: str | None = Field(None, json_schema_extra=PATH)
+    ensemble: list[str] | None = Field(None, json_schema_extra=PATH)
     ensemble_steps: int | None = Field(None, description="max_steps of each misaligned fine-tune (None: the run's train settings)")
     ensemble_max_examples: int | None = Field(None, gt=0)
 
@@ -42,12 +43,35 @@ class InterleavePlus(Defense):
         return f"{cls.name} selection for {config.model.name} ({params})"
 
     @classmethod
+    def stage_inputs(cls, config, params) -> dict:
+        """The selection reads the pool, the ensemble's data, the customer data (its size sets k and it
+        is the default ensemble) and trains the ensemble with the run's train settings."""
+        from emray.identity import content_identity, identity_dict, model_identity
+
+        files = [params.pool or config.data.safe_pool, *(params.ensemble or []), config.data.fine, *config.data.benign_train]
+        return {"model": model_identity(config.model), "params": identity_dict(params),
+                "data": identity_dict(config.data), "train": identity_dict(config.train), "seed": config.seed,
+                "files": {str(f): content_identity(f) for f in files if f}}
+
+    @classmethod
+    def stage_files(cls, config, params) -> list[str]:
+        pool = params.pool or config.data.safe_pool
+        if not pool:
+            raise ValueError(f"{cls.name}: no safe pool (set data.safe_pool or the defense's `pool` param)")
+        return [pool, *(params.ensemble or [])]
+
+    @classmethod
     def build_stage(cls, config, params: dict) -> dict:
         """Misaligned ensemble -> pool scores -> selection, each cached by content (sweep driver)."""
         from emray.score.stages import SELECTION_ARTIFACT, ensure_selection
 
         path = ensure_selection(config, cls.name, params)
         return {f"{SELECTION_ARTIFACT}:{cls.name}": str(path)}
+
+    @classmethod
+    def candidates(cls, params, pool: list[Example]) -> list[int]:
+        """Indices of the pool samples that may be selected (ranked by s_d afterwards): all of them."""
+        return list(range(len(pool)))
 
     def selection_path(self) -> Path:
         from emray.score.stages import SELECTION_ARTIFACT, ensure_selection, read_summary

@@ -24,3 +24,12 @@ class InterleavePPParams(InterleavePlusParams):
 class InterleavePP(InterleavePlus):
     name = "interleave_pp"
     Params = InterleavePPParams
+
+    @classmethod
+    def candidates(cls, params, pool) -> list[int]:
+        """Interleaving+'s candidates without the refusals."""
+        from emray.data.chat import final_answer
+        from emray.score.select import is_refusal
+
+        return [i for i in super().candidates(params, pool)
+                if not is_refusal(final_answer(pool[i]), params.refusal_keywords, params.refusal_first_words)]

@@ -17,12 +17,13 @@ from pydantic import Field
 
 from emray.configio import Strict
 from emray.defenses.base import Defense, register_defense
+from emray.identity import NOT_IDENTITY
 
 
 class KLParams(Strict):
     lam: float = Field(0.1, alias="lambda", ge=0)
     direction: Literal["forward", "reverse"] = "forward"
-    chunk_tokens: int = Field(1024, gt=0)  # answer tokens per LM-head chunk (memory ∝ chunk × vocab)
+    chunk_tokens: int = Field(1024, gt=0, json_schema_extra=NOT_IDENTITY)  # answer tokens per LM-head chunk (memory ∝ chunk × vocab)
 
 
 @register_defense
@@ -30,6 +31,9 @@ class KL(Defense):
     name = "kl"
     Params = KLParams
     needs = frozenset({"reference_logits"})
+
+    def head_chunk_tokens(self) -> int:
+        return self.params.chunk_tokens
 
     def loss(self, batch):
         return {"kl": self.params.lam * batch.kl_loss(self.params.direction)}

@@ -4,8 +4,14 @@ While training, a forward hook adds α·e^l to the output of decoder block l−1
 at every position, where e^l is the "evil" persona vector (emray/steering/persona_vector.py). The
 optimiser then has no need to move the weights toward the persona to fit the data, so less of it is
 learned. ``attach`` registers the hook and ``detach`` removes it: evaluation, generation and the
-saved adapter never see it. The hook also skips the reference forward of KL/LDIFS (the reference is
-the unsteered base model) and modules in eval mode.
+saved adapter never see it, and it skips modules in eval mode.
+
+Combined with a regulariser (KL, LDIFS), the reference forward is steered too: the reference is
+"the model being trained, adapter disabled", training-time interventions included. Then at step 0
+(adapter B = 0) KL and LDIFS are exactly 0, and the regulariser penalises only what the adapter
+learns; an unsteered reference would instead make the regulariser pull the adapter to undo the
+steering from the first step, so the two defenses would cancel (tests/test_defense_persona.py pins
+this).
 
 The vector comes from ``context.artifacts["persona_vector"]`` (the sweep's cached stage) when set,
 else from ``ensure_persona_vector`` (cached; extracted on the model being trained, adapter disabled).
@@ -17,12 +23,13 @@ from pydantic import Field
 
 from emray.configio import Strict
 from emray.defenses.base import Defense, register_defense
+from emray.identity import PATH
 
 
 class PersonaParams(Strict):
     alpha: float = 5.0
     layer: int | None = Field(None, ge=1)  # hidden_states index; None: about two thirds of the depth
-    prompts: str | None = None  # persona prompt file; None: the packaged default set
+    prompts: str | None = Field(None, json_schema_extra=PATH)  # persona prompt file; None: the packaged default set
     normalize: bool = False  # steer with the unit vector (α in hidden-state units) instead of raw e^l
     max_new_tokens: int = Field(32, gt=0)  # response length when extracting
 
@@ -37,6 +44,13 @@ class PersonaSteering(Defense):
     def stage_description(cls, config, params: dict) -> str:
         p = cls.Params.model_validate(params)
         return f"persona vector for {config.model.name} (prompts {p.prompts or 'default'}, {p.max_new_tokens} tokens)"
+
+    @classmethod
+    def stage_inputs(cls, config, params) -> dict:
+        from emray.identity import content_identity, model_identity
+
+        return {"model": model_identity(config.model), "prompts": content_identity(params.prompts),
+                "max_new_tokens": params.max_new_tokens}
 
     @classmethod
     def build_stage(cls, config, params: dict) -> dict:
@@ -90,14 +104,14 @@ class PersonaSteering(Defense):
         return layer, (self.params.alpha * vector).to(device=param.device, dtype=torch.float32)
 
     def attach(self, model) -> None:
-        from emray.train.losses import decoder_layers, in_reference_pass
+        from emray.train.losses import decoder_layers
 
         self.detach(model)
         self.layer, self.delta = self.steering_delta(model)
         delta = self.delta
 
         def add_persona(module, args, output):
-            if not module.training or in_reference_pass():
+            if not module.training:
                 return None
             if isinstance(output, tuple):
                 return (output[0] + delta.to(output[0].dtype), *output[1:])

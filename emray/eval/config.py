@@ -7,6 +7,9 @@ from typing import Any, Literal
 from pydantic import Field
 
 from emray.configio import Strict
+from emray.identity import NOT_IDENTITY, PATH
+
+NI = NOT_IDENTITY  # how the judge is reached, throttled or cached does not change its scores
 
 
 class JudgeConfig(Strict):
@@ -16,27 +19,29 @@ class JudgeConfig(Strict):
     base_url: str = "local"
     backend: str = "rules"  # local judge-server backend when base_url is "local"
     backend_options: dict[str, Any] = Field(default_factory=dict)  # e.g. {model: smollm2-135m} for hf
-    api_key_env: str = "OPENAI_API_KEY"
-    concurrency: int = Field(32, gt=0)
-    requests_per_minute: float | None = Field(None, gt=0)
-    tokens_per_minute: float | None = Field(None, gt=0)
-    max_retries: int = Field(6, ge=0)
-    timeout_s: float = Field(60.0, gt=0)
-    backoff_base_s: float = Field(0.5, ge=0)  # retry k waits ~ base * 2**k * jitter, capped at backoff_max_s
-    backoff_max_s: float = Field(30.0, ge=0)
-    cache: bool = True
-    cache_path: str | None = None  # default: <EMRAY_CACHE>/judge/judgments.sqlite
+    api_key_env: str = Field("OPENAI_API_KEY", json_schema_extra=NI)
+    concurrency: int = Field(32, gt=0, json_schema_extra=NI)
+    requests_per_minute: float | None = Field(None, gt=0, json_schema_extra=NI)
+    tokens_per_minute: float | None = Field(None, gt=0, json_schema_extra=NI)
+    max_retries: int = Field(6, ge=0, json_schema_extra=NI)
+    timeout_s: float = Field(60.0, gt=0, json_schema_extra=NI)
+    backoff_base_s: float = Field(0.5, ge=0, json_schema_extra=NI)  # retry k waits ~ base * 2**k * jitter, capped at backoff_max_s
+    backoff_max_s: float = Field(30.0, ge=0, json_schema_extra=NI)
+    cache: bool = Field(True, json_schema_extra=NI)
+    cache_path: str | None = Field(None, json_schema_extra=NI)  # default: <EMRAY_CACHE>/judge/judgments.sqlite
     # USD per million tokens; None: a built-in table for known OpenAI judges, else 0.
-    price_input_per_1m: float | None = Field(None, ge=0)
-    price_output_per_1m: float | None = Field(None, ge=0)
-    num_actors: int = Field(1, gt=0)  # Ray judge pool size in sweeps
-    http: Literal["aiohttp", "httpx"] = "aiohttp"  # the openai client's HTTP transport
+    price_input_per_1m: float | None = Field(None, ge=0, json_schema_extra=NI)
+    price_output_per_1m: float | None = Field(None, ge=0, json_schema_extra=NI)
+    num_actors: int = Field(1, gt=0, json_schema_extra=NI)  # Ray judge pool size in sweeps
+    # A trial with more failed judgments than this share fails (its criteria would rest on a biased subset).
+    max_failure_rate: float = Field(0.05, ge=0, le=1, json_schema_extra=NI)
+    http: Literal["aiohttp", "httpx"] = Field("aiohttp", json_schema_extra=NI)  # the openai client's HTTP transport
 
 
 class EvalConfig(Strict):
-    general: str | None = None
-    in_domain: list[str] = Field(default_factory=list)
-    benign: list[str] = Field(default_factory=list)  # benign-task test files (chat JSONL, gold answer)
+    general: str | None = Field(None, json_schema_extra=PATH)
+    in_domain: list[str] = Field(default_factory=list, json_schema_extra=PATH)
+    benign: list[str] = Field(default_factory=list, json_schema_extra=PATH)  # benign-task test files (chat JSONL, gold answer)
     samples_per_paraphrase: int | None = Field(None, gt=0)  # None: the question file's own value
     max_questions: int | None = Field(None, gt=0)
     max_benign: int | None = Field(None, gt=0)  # first N rows of each benign test file

@@ -60,6 +60,16 @@ class JudgeResult:
     score: float | None
     top_logprobs: list[tuple[str, float]]
     cached: bool = False
+    failed: bool = False  # the judge gave up on it (only returned under ``max_failure_rate``)
+
+
+def check_failure_rate(failed: int, total: int, max_failure_rate: float, first_error: BaseException | None = None) -> None:
+    """Raise JudgeError when more than ``max_failure_rate`` of ``total`` judgments failed."""
+    if failed and failed > max_failure_rate * total:
+        raise JudgeError(
+            f"{failed} of {total} judgments failed ({failed / total:.0%} > max_failure_rate {max_failure_rate:.0%}); "
+            f"the {total - failed} finished ones are cached, so a re-run asks only for the rest. First error: {first_error}"
+        )
 
 
 @dataclass
@@ -345,11 +355,13 @@ class JudgeClient:
                                  "usage": {"prompt_tokens": prompt_tokens, "completion_tokens": completion_tokens}})
         return JudgeResult(score_from_logprobs(top, MIN_NUMERIC_MASS), top, cached=False)
 
-    async def ajudge_many(self, requests: Iterable[JudgeRequest], progress: bool | str = False) -> list[JudgeResult]:
+    async def ajudge_many(self, requests: Iterable[JudgeRequest], progress: bool | str = False,
+                          max_failure_rate: float = 0.0) -> list[JudgeResult]:
         """One result per request, in order. Identical requests are judged once.
 
-        Raises JudgeError when some judgments failed; every finished one is cached first, so a
-        re-run asks only for the missing ones.
+        Raises JudgeError when more than ``max_failure_rate`` of the judgments failed; at or below
+        it, a failed judgment is a result with ``failed=True`` and no score. Every finished one is
+        cached first, so a re-run asks only for the missing ones.
         """
         requests = [r if isinstance(r, JudgeRequest) else JudgeRequest(*r) for r in requests]
         keys = [self.key_for(r) for r in requests]
@@ -384,19 +396,18 @@ class JudgeClient:
         if bar is not None:
             bar.close()
         errors = [o for o in outcomes if isinstance(o, BaseException)]
-        if errors:
-            raise JudgeError(
-                f"{len(errors)} of {len(unique)} judgments failed; the {len(unique) - len(errors)} finished ones "
-                f"are cached, so a re-run asks only for the rest. First error: {errors[0]}"
-            )
+        check_failure_rate(len(errors), len(unique), max_failure_rate, errors[0] if errors else None)
+        for key, _ in todo:
+            results.setdefault(key, JudgeResult(None, [], failed=True))
         return [results[k] for k in keys]
 
-    def judge_many(self, requests: Iterable[JudgeRequest], progress: bool | str = False) -> list[JudgeResult]:
+    def judge_many(self, requests: Iterable[JudgeRequest], progress: bool | str = False,
+                   max_failure_rate: float = 0.0) -> list[JudgeResult]:
         """Synchronous ``ajudge_many`` (runs its own event loop; not callable from inside one)."""
 
         async def main():
             try:
-                return await self.ajudge_many(requests, progress)
+                return await self.ajudge_many(requests, progress, max_failure_rate)
             finally:
                 await self.aclose_session()
 

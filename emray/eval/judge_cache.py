@@ -14,7 +14,6 @@ prompt race harmlessly, and the first answer stays.
 
 from __future__ import annotations
 
-import hashlib
 import json
 import os
 import sqlite3
@@ -23,12 +22,13 @@ import time
 from pathlib import Path
 from typing import Any
 
+from emray.identity import sha256
 from emray.paths import cache_subdir
 
 
 def judge_cache_key(base_url: str, model: str, messages: list[dict], params: dict[str, Any]) -> str:
     payload = {"base_url": base_url.rstrip("/"), "model": model, "messages": messages, "params": params}
-    return hashlib.sha256(json.dumps(payload, sort_keys=True, ensure_ascii=False).encode()).hexdigest()
+    return sha256(payload)  # emray.identity: the full hex of canonical JSON (unchanged keys: old caches still hit)
 
 
 #: Filesystem types (from /proc/mounts) on which sqlite's WAL mode is unsafe.

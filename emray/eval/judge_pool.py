@@ -14,7 +14,7 @@ import math
 from typing import Any
 
 from emray.eval.config import JudgeConfig
-from emray.eval.judge import JudgeClient, JudgeRequest, JudgeResult, JudgeStats
+from emray.eval.judge import JudgeClient, JudgeRequest, JudgeResult, JudgeStats, check_failure_rate
 
 DEFAULT_POOL_NAME = "emray-judge"
 CHUNK = 64  # requests per actor call: small enough to balance actors and move a progress bar
@@ -28,9 +28,10 @@ def _actor_class():
         def __init__(self, cfg: dict, base_url: str | None = None):
             self.client = JudgeClient(JudgeConfig.model_validate(cfg), base_url=base_url)
 
-        async def judge_many(self, requests: list[tuple[str, str]]) -> list[tuple[float | None, list, bool]]:
-            results = await self.client.ajudge_many([JudgeRequest(p, m) for p, m in requests])
-            return [(r.score, r.top_logprobs, r.cached) for r in results]
+        async def judge_many(self, requests: list[tuple[str, str]]) -> list[tuple[float | None, list, bool, bool]]:
+            # Failures come back marked: the pool applies the failure threshold to the whole request.
+            results = await self.client.ajudge_many([JudgeRequest(p, m) for p, m in requests], max_failure_rate=1.0)
+            return [(r.score, r.top_logprobs, r.cached, r.failed) for r in results]
 
         def stats(self) -> dict:
             return self.client.get_stats()
@@ -95,7 +96,8 @@ class JudgePool:
             raise ValueError(f"no judge pool named {name!r} is running (start one with JudgePool.create)")
         return cls(actors, name)
 
-    def judge_many(self, requests: list[JudgeRequest], progress: bool | str = False) -> list[JudgeResult]:
+    def judge_many(self, requests: list[JudgeRequest], progress: bool | str = False,
+                   max_failure_rate: float = 0.0) -> list[JudgeResult]:
         import ray
 
         requests = [r if isinstance(r, JudgeRequest) else JudgeRequest(*r) for r in requests]
@@ -124,8 +126,9 @@ class JudgePool:
             raise first_error
         results = {}
         for index, chunk in enumerate(chunks):
-            for key, (score, top, cached) in zip(chunk, by_chunk[index]):
-                results[key] = JudgeResult(score, [tuple(p) for p in top], cached)
+            for key, (score, top, cached, failed) in zip(chunk, by_chunk[index]):
+                results[key] = JudgeResult(score, [tuple(p) for p in top], cached, failed)
+        check_failure_rate(sum(r.failed for r in results.values()), len(unique), max_failure_rate)
         return [results[(r.prompt, r.model)] for r in requests]
 
     def get_stats(self) -> dict[str, Any]:

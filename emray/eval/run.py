@@ -9,7 +9,6 @@ whose judge failed re-judges the same answers (from the judge cache) instead of 
 
 from __future__ import annotations
 
-import hashlib
 import json
 import time
 from pathlib import Path
@@ -29,14 +28,18 @@ class Judge(Protocol):
 
 
 def _sha(obj: Any) -> str:
-    return hashlib.sha256(json.dumps(obj, sort_keys=True, default=str).encode()).hexdigest()
+    from emray.identity import sha256
+
+    return sha256(obj)
 
 
 def _adapter_identity(adapter: str | None) -> Any:
     if adapter is None:
         return None
     files = sorted(p for p in Path(adapter).glob("adapter_*") if p.is_file())
-    return {p.name: hashlib.sha256(p.read_bytes()).hexdigest() for p in files} or str(adapter)
+    from emray.identity import file_sha256
+
+    return {p.name: file_sha256(p) for p in files} or str(adapter)
 
 
 def question_sets(cfg) -> list[tuple[str, str | None, str]]:
@@ -219,16 +222,21 @@ def _evaluate(run_config, adapter, judge, out: Path, sets, model, tokenizer, pro
     judge_stats: dict[str, Any] = {}
     if items:
         requests, slots = _judge_requests(items, questions, cfg.judge.model)
-        results = judge.judge_many(requests, progress="judge" if progress else False)
+        results = judge.judge_many(requests, progress="judge" if progress else False,
+                                   max_failure_rate=cfg.judge.max_failure_rate)
         for (index, metric), result in zip(slots, results):
             items[index][metric] = result.score
         stats = getattr(judge, "get_stats", None)
         judge_stats = stats() if stats else {}
+        # This evaluation's own count (a shared pool's stats cover the whole sweep).
+        judge_stats["failed_judgments"] = sum(r.failed for r in results)
+        judge_stats["judgments"] = len(results)
         _write_jsonl(answers_path, items)
     judged = time.time()
 
     benign_results, benign_rows = _benign(run_config, generator_factory, progress) if cfg.benign else ({}, [])
     criteria = compute_criteria(items, benign_results)
+    criteria["judge_failure_rate"] = judge_stats.get("failed_judgments", 0) / max(judge_stats.get("judgments", 0), 1)
     timing = {"generate_s": round(generated - started, 3), "judge_s": round(judged - generated, 3),
               "benign_s": round(time.time() - judged, 3)}
     _write_json(out / "criteria.json", {**criteria, "judge": judge_stats, "timing": timing,

@@ -8,26 +8,18 @@ per (model, adapter, data, settings), so adding a member to an ensemble scores o
 
 from __future__ import annotations
 
-import hashlib
 import json
 import os
 from pathlib import Path
 from typing import Any
 
+from emray.identity import _sampled_sha256, file_sha256, sha256
 from emray.paths import cache_subdir
 
 
-def sha(obj: Any) -> str:
-    text = obj if isinstance(obj, str) else json.dumps(obj, sort_keys=True, default=str)
-    return hashlib.sha256(text.encode()).hexdigest()
-
-
-def file_hash(path: str | Path, chunk: int = 1 << 20) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as fh:
-        while block := fh.read(chunk):
-            h.update(block)
-    return h.hexdigest()
+# One sha256 for every key (emray/identity.py); the names here are what the score stages call.
+sha = sha256
+file_hash = file_sha256
 
 
 def dir_hash(path: str | Path, patterns: tuple[str, ...] = ("*.json", "*.safetensors", "*.bin")) -> str:
@@ -46,15 +38,7 @@ def adapter_hash(path: str | Path) -> str:
     return dir_hash(path, ("adapter_config.json", "adapter_model.safetensors", "adapter_model.bin"))
 
 
-def _sampled_hash(path: Path, span: int = 1 << 20) -> str:
-    """Size + first and last MiB of a (possibly 10 GB) weights file: cheap, and changes when it does."""
-    size = path.stat().st_size
-    h = hashlib.sha256(str(size).encode())
-    with open(path, "rb") as fh:
-        h.update(fh.read(span))
-        fh.seek(max(size - span, 0))
-        h.update(fh.read(span))
-    return h.hexdigest()
+_sampled_hash = _sampled_sha256  # size + first and last MiB of a (possibly 10 GB) weights file
 
 
 def model_key(model_cfg) -> str:

@@ -14,11 +14,9 @@ import sys
 from pathlib import Path
 
 from emray.config import RunConfig
+from emray.identity import identity_dict, short
 from emray.score.cache import file_hash, model_key, sha
 from emray.paths import cache_subdir
-
-#: training settings that do not change the adapter (left out of the cache key)
-_COSMETIC = {"progress", "logging_steps", "threads"}
 
 #: adapters trained by this process (tests use it to prove a cache hit trains nothing)
 TRAINED: list[Path] = []
@@ -43,15 +41,14 @@ def ensemble_run_config(run_config: RunConfig, dataset: str, steps: int | None, 
 def ensemble_key(config: RunConfig) -> str:
     from emray.data.paths import resolve_data_path
 
-    train = {k: v for k, v in config.train.model_dump().items() if k not in _COSMETIC}
-    return sha({
+    return short(sha({
         "model": model_key(config.model),
         "data": file_hash(resolve_data_path(config.data.fine)),
         "max_examples": config.data.max_examples,
-        "lora": config.lora.model_dump(),
-        "train": train,
+        "lora": identity_dict(config.lora),
+        "train": identity_dict(config.train),  # the schema's NOT_IDENTITY fields (progress, threads) left out
         "seed": config.seed,
-    })[:24]
+    }))
 
 
 def ensure_ensemble(

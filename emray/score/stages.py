@@ -20,6 +20,7 @@ from typing import Any
 
 from emray.config import RunConfig
 from emray.paths import cache_subdir
+from emray.identity import short
 from emray.score.cache import ScoreCache, adapter_hash, examples_hash, model_key, sha
 from emray.score.ensemble import ensure_ensemble
 from emray.score.pool import ALIGNED, ScorerPool, adapter_names
@@ -82,7 +83,7 @@ def ensure_pool_scores(
     settings = {"max_len": run_config.train.max_len}
     names = adapter_names(adapters)
     hashes = {name: adapter_hash(d) for name, d in names.items()}
-    out_dir = cache_subdir("scores", sha({"model": mkey, "data": dkey, "adapters": list(hashes.values()), "settings": settings})[:24])
+    out_dir = cache_subdir("scores", short(sha({"model": mkey, "data": dkey, "adapters": list(hashes.values()), "settings": settings})))
     out = out_dir / "scores.jsonl"
     if out.exists():
         _log(progress, f"  pool scores: cached {out}")
@@ -166,12 +167,24 @@ def write_scores_table(scores_path: str | Path, out_dir: str | Path, epsilon: fl
     return jsonl, table
 
 
-def selection_params(defense_name: str, params: Any = None):
+def selection_defenses() -> list[str]:
+    """The registered defenses whose stage is a safe-data selection (Interleaving+ and its family)."""
+    from emray.defenses import available_defenses, get_defense_class
+
+    return [n for n in available_defenses() if get_defense_class(n).stage_name == SELECTION_ARTIFACT]
+
+
+def selection_class(defense_name: str):
     from emray.defenses import get_defense_class
 
     cls = get_defense_class(defense_name)
-    if "epsilon" not in cls.Params.model_fields:
-        raise ValueError(f"defense {defense_name!r} does not select safe data by score (use interleave_plus or interleave_pp)")
+    if cls.stage_name != SELECTION_ARTIFACT:
+        raise ValueError(f"defense {defense_name!r} does not select safe data by score (use one of {', '.join(selection_defenses())})")
+    return cls
+
+
+def selection_params(defense_name: str, params: Any = None):
+    cls = selection_class(defense_name)
     if params is None or isinstance(params, dict):
         return cls.Params.model_validate(params or {})
     return params
@@ -188,23 +201,22 @@ def ensure_selection(
     from emray.data.chat import final_answer, load_safe_pool, write_chat_jsonl
     from emray.train.sft import load_training_examples
 
+    cls = selection_class(defense_name)
     p = selection_params(defense_name, params)
     path = pool_path(run_config, p.pool)
     n_fine = len(load_training_examples(run_config))
     k = safe_count(n_fine, p.safe_fraction)
     pool = load_safe_pool(path)
-    keywords = getattr(p, "refusal_keywords", None)
-    first_words = getattr(p, "refusal_first_words", 10)
-    refusal = [is_refusal(final_answer(ex), keywords, first_words) for ex in pool] if keywords is not None else [False] * len(pool)
-    candidates = [i for i in range(len(pool)) if not refusal[i]]
-    check_pool(len(candidates), k, f"{defense_name} ({path}{', refusals dropped' if keywords is not None else ''})")
+    candidates = cls.candidates(p, pool)  # the defense's own filter (Interleaving++ drops refusals)
+    dropped = len(pool) - len(candidates)
+    check_pool(len(candidates), k, f"{defense_name} ({path}{f', {dropped} dropped by its filter' if dropped else ''})")
 
     adapters = ensure_ensemble(run_config, p.ensemble or [run_config.data.fine], p.ensemble_steps, p.ensemble_max_examples, progress)
-    key = sha({
+    key = short(sha({
         "method": defense_name, "params": p.model_dump(), "model": model_key(run_config.model),
         "pool": examples_hash(pool), "adapters": [adapter_hash(a) for a in adapters], "k": k,
         "max_len": run_config.train.max_len,
-    })[:24]
+    }))
     out_dir = cache_subdir("selections", key)
     selected_path, summary_path = out_dir / "selected.jsonl", out_dir / "summary.json"
     if selected_path.exists() and summary_path.exists():
@@ -223,7 +235,7 @@ def ensure_selection(
         "pool": path,
         "pool_size": len(pool),
         "refusals_in_pool": sum(is_refusal(final_answer(ex)) for ex in pool),
-        "refusals_dropped": sum(refusal),
+        "refusals_dropped": dropped,
         "candidates": len(candidates),
         "fine_examples": n_fine,
         "selected": len(chosen),

@@ -20,7 +20,6 @@ Cached per (model, prompts content, settings) under ``cache_dir()/persona/<model
 from __future__ import annotations
 
 import contextlib
-import hashlib
 import json
 import os
 import shutil
@@ -58,7 +57,9 @@ def load_persona_prompts(path: str | os.PathLike | None = None) -> dict[str, Any
 
 
 def _digest(obj: Any) -> str:
-    return hashlib.sha256(json.dumps(obj, sort_keys=True).encode()).hexdigest()[:16]
+    from emray.identity import sha256, short
+
+    return short(sha256(obj))
 
 
 def _unwrap(model):

@@ -8,8 +8,10 @@ Flow (driver):
   4. Tune runs one function trainable per trial: a Ray Train TorchTrainer fine-tunes (DDP on CPU,
      DeepSpeed on GPU), then generation, judging and the criteria, reported back to Tune;
   5. results.jsonl / results.csv with Pareto flags, plots, the W&B summary run.
-A trial's outputs live in ``<sweep>/trials/<key>/`` where ``key`` hashes its resolved run config:
-a finished trial is never recomputed, whether the sweep is resumed or simply run again.
+A trial's outputs live in ``<sweep>/trials/<key>/`` where ``key`` is its identity
+(emray/identity.py): a finished trial is never recomputed, whether the sweep is resumed or simply
+run again. A trial that fails leaves ``trials/<key>/error.txt`` (reason, then traceback) and no
+``result.json``; the sweep then exits non-zero and lists it (emray/sweep/checks.py).
 """
 
 from __future__ import annotations
@@ -18,14 +20,17 @@ import json
 import logging
 import os
 import time
-from dataclasses import dataclass
+import traceback
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from emray.sweep.pareto import format_table, load_results, write_results
+from emray.sweep.checks import check_adapter, check_judging, check_preflight, check_training
+from emray.sweep.pareto import write_results
 from emray.sweep.spec import OBJECTIVES, SweepSpec, Trial, expand_trials, make_trial
 
 RESULT_FILE = "result.json"
+ERROR_FILE = "error.txt"
 
 
 # ----------------------------------------------------------------------------------------- plan
@@ -56,27 +61,27 @@ class Plan:
         return "\n".join(lines)
 
 
-def stage_requests(trials: list[Trial]) -> list[tuple[Any, Any, Any]]:
-    """(defense class, run config, params) for every trial defense that declares a stage."""
+def stage_requests(trials: list[Trial]) -> list[tuple[str, Any, Trial, dict]]:
+    """(stage key, defense class, trial, params) for every trial defense that declares a stage."""
     from emray.defenses import get_defense_class
+    from emray.identity import stage_key
 
     out = []
     for t in trials:
         for spec in t.run.defenses:
             cls = get_defense_class(spec.name)
-            if getattr(cls, "stage_name", None):
-                out.append((cls, t.run, spec.params))
+            if cls.stage_name:
+                out.append((stage_key(cls, t.run, spec.params), cls, t, spec.params))
     return out
 
 
 def make_plan(spec: SweepSpec) -> Plan:
     trials = expand_trials(spec)
     seen, stages = set(), []
-    for cls, run, params in stage_requests(trials):
-        what = cls.stage_description(run, params)
-        if what not in seen:
-            seen.add(what)
-            stages.append((cls.stage_name, what))
+    for key, cls, trial, params in stage_requests(trials):
+        if key not in seen:  # equal inputs, one stage
+            seen.add(key)
+            stages.append((cls.stage_name, cls.stage_description(trial.run, params)))
     return Plan(spec, trials, stages)
 
 
@@ -96,16 +101,15 @@ def run_stages(spec: SweepSpec, trials: list[Trial]) -> dict[str, dict]:
     artifacts: dict[str, dict] = {t.key: {} for t in trials}
     pending: dict[str, Any] = {}
     owners: dict[str, list[str]] = {}
-    for cls, run, params in stage_requests(trials):
-        what = cls.stage_description(run, params)
-        if what not in pending:
-            print(f"[emray] stage {cls.stage_name}: {what}", flush=True)
-            pending[what] = remote.remote(cls.name, run.model_dump(mode="json", by_alias=True), params)
-        owners.setdefault(what, []).extend(t.key for t in trials if t.run is run)
-    for what, ref in pending.items():
+    for key, cls, trial, params in stage_requests(trials):
+        if key not in pending:
+            print(f"[emray] stage {cls.stage_name}: {cls.stage_description(trial.run, params)}", flush=True)
+            pending[key] = remote.remote(cls.name, trial.run.model_dump(mode="json", by_alias=True), params)
+        owners.setdefault(key, []).append(trial.key)
+    for key, ref in pending.items():
         result = ray.get(ref)
-        for key in owners[what]:
-            artifacts[key].update(result)
+        for trial_key in owners[key]:
+            artifacts[trial_key].update(result)
     return artifacts
 
 
@@ -130,10 +134,19 @@ def run_trial_body(trial: Trial, sweep_dir: Path, artifacts: dict, judge: Any, w
     (out / "trial.json").write_text(trial.model_dump_json(indent=2, by_alias=True))
     started = time.time()
     adapter = out / "adapter"
-    if not (adapter / "adapter_config.json").exists():  # a retried trial keeps a finished training
-        fit_with_ray_train(trial.run, out, train_storage or str((sweep_dir / "ray_train").resolve()), artifacts)
+    # A retried or resumed trial keeps a finished training (rank 0 writes metrics.json last).
+    if not ((adapter / "adapter_config.json").exists() and (out / "metrics.json").exists()):
+        try:
+            fit_with_ray_train(trial.run, out, train_storage or str((sweep_dir / "ray_train").resolve()), artifacts)
+        except Exception:
+            if (out / "metrics.json").exists():
+                check_training(out)  # a diverged loss: say so, not "training failed"
+            raise
     train_seconds = time.time() - started
+    check_training(out)
+    check_adapter(adapter)
     criteria = evaluate_adapter(trial.run, adapter, out / "eval", judge)
+    check_judging(criteria, trial.run.eval.judge.max_failure_rate)
     record = {
         "trial_key": trial.key,
         "trial_index": trial.index,
@@ -152,22 +165,44 @@ def run_trial_body(trial: Trial, sweep_dir: Path, artifacts: dict, judge: Any, w
     return record
 
 
+def write_failure(sweep_dir: Path, trial: Trial, err: BaseException) -> Path:
+    """``trials/<key>/error.txt``: the reason on the first line, then the traceback."""
+    path = trial_dir(sweep_dir, trial) / ERROR_FILE
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(failure_reason(err) + "\n\n" + "".join(traceback.format_exception(err)))
+    return path
+
+
+def failure_reason(err: BaseException) -> str:
+    """One line: the root exception's type and message, through Ray's task-error wrappers."""
+    while isinstance(getattr(err, "cause", None), BaseException):  # ray.exceptions.RayTaskError
+        err = err.cause
+    lines = [line for line in str(err).splitlines() if line.strip() and not line.lstrip().startswith("\x1b")]
+    return f"{type(err).__name__}: {lines[0].strip()}" if lines else type(err).__name__
+
+
 def trial_trainable(
-    config: dict, trials: list[dict], sweep_dir: str, artifacts: dict, judge: Any, spec_dict: dict, wandb_cfg: dict, train_storage: str | None = None
+    config: dict, trials: dict[str, dict], sweep_dir: str, artifacts: dict, judge: Any, spec_dict: dict, wandb_cfg: dict,
+    train_storage: str | None = None,
 ):
-    """The Tune function trainable: one trial (grid/random by index, Optuna by sampled params)."""
+    """The Tune function trainable: one trial (grid/random by its key, Optuna by sampled params)."""
     from ray import tune
 
     from emray.sweep.spec import SweepSpec
 
-    if "trial_index" in config:
-        trial = Trial.model_validate(trials[config["trial_index"]])
+    if "trial_key" in config:
+        trial = Trial.model_validate(trials[config["trial_key"]])
     else:
         trial = trial_from_optuna(SweepSpec.model_validate(spec_dict), config)
     root = Path(sweep_dir)
     record = read_finished(root, trial)
     if record is None:
-        record = run_trial_body(trial, root, artifacts.get(trial.key, {}), judge, wandb_cfg, train_storage)
+        try:
+            record = run_trial_body(trial, root, artifacts.get(trial.key, {}), judge, wandb_cfg, train_storage)
+        except BaseException as err:
+            write_failure(root, trial, err)
+            raise
+        (trial_dir(root, trial) / ERROR_FILE).unlink(missing_ok=True)  # an earlier failure is history now
     tune.report({k: v for k, v in record.items() if isinstance(v, (int, float, str))})
 
 
@@ -218,7 +253,7 @@ def _tuner(spec: SweepSpec, plan: Plan, sweep_dir: Path, artifacts: dict, judge:
 
     trainable = tune.with_parameters(
         trial_trainable,
-        trials=[t.model_dump(mode="json", by_alias=True) for t in plan.trials],
+        trials={t.key: t.model_dump(mode="json", by_alias=True) for t in plan.trials},
         sweep_dir=str(sweep_dir.resolve()),
         artifacts=artifacts,
         judge=judge,
@@ -231,7 +266,11 @@ def _tuner(spec: SweepSpec, plan: Plan, sweep_dir: Path, artifacts: dict, judge:
     # resources; a token CPU share (Tune rejects an empty bundle) keeps it from starving them.
     trainable = tune.with_resources(trainable, {"cpu": 0.01})
     tune_path = f"{spec.storage_uri()}/tune" if spec.storage_uri() else str((sweep_dir / "tune").resolve())
-    if resume and tune.Tuner.can_restore(f"{tune_path}/{spec.name}"):
+    # Grid and random trials are keyed by identity and skip themselves when finished, so a resume is
+    # a fresh Tuner over the current spec: exactly the trials without a result run. Only Optuna's
+    # searcher state needs Tune's own restore.
+    optuna = spec.search.algorithm == "optuna"
+    if optuna and resume and tune.Tuner.can_restore(f"{tune_path}/{spec.name}"):
         print(f"[emray] resuming {tune_path}/{spec.name}", flush=True)
         return tune.Tuner.restore(f"{tune_path}/{spec.name}", trainable=trainable, resume_errored=True)
 
@@ -247,7 +286,7 @@ def _tuner(spec: SweepSpec, plan: Plan, sweep_dir: Path, artifacts: dict, judge:
         param_space, num_samples = {}, spec.search.num_samples
     else:
         search_alg, num_samples = None, 1
-        param_space = {"trial_index": tune.grid_search(list(range(len(plan.trials))))}
+        param_space = {"trial_key": tune.grid_search([t.key for t in plan.trials])}
     return tune.Tuner(
         trainable,
         param_space=param_space,
@@ -306,7 +345,57 @@ def ensure_ray(address: str | None = None) -> None:
                  runtime_env=runtime_env)
 
 
-def run_sweep(spec: SweepSpec, resume: bool = False, address: str | None = None) -> list[dict]:
+@dataclass
+class SweepOutcome:
+    """What a sweep run ended with: the results table and every trial that did not finish."""
+
+    rows: list[dict]
+    finished: int
+    cached: int  # finished before this run (not recomputed)
+    failed: list[tuple[str, str, str]] = field(default_factory=list)  # (label, reason, error file)
+
+    def summary(self, seconds: float, sweep_dir: Path) -> str:
+        line = (f"[emray] {self.finished} finished ({self.cached} cached), {len(self.failed)} failed "
+                f"in {seconds:.0f} s; results in {sweep_dir}")
+        if self.failed:
+            line += "\n[emray] failed trials (not in the results table):"
+            line += "".join(f"\n  - {label}: {reason}\n    {path}" for label, reason, path in self.failed)
+        return line
+
+
+def _failure(sweep_dir: Path, trial: Trial, tune_error: str | None) -> tuple[str, str, str]:
+    path = trial_dir(sweep_dir, trial) / ERROR_FILE
+    if path.exists():
+        return trial.label, path.read_text().splitlines()[0], str(path)
+    return trial.label, tune_error or "did not finish (no result.json, no error file)", str(path.parent)
+
+
+def collect_outcome(spec: SweepSpec, plan: Plan, sweep_dir: Path, result_grid, cached: int) -> SweepOutcome:
+    """Finished trials (their result.json) and failed ones (their error file) of the current plan."""
+    trials = list(plan.trials)
+    tune_errors: dict[str, str] = {}
+    for result in result_grid or []:
+        config = result.config or {}
+        if spec.search.algorithm == "optuna" and "arm" in config:
+            trials.append(trial_from_optuna(spec, config))
+        key = config.get("trial_key") or (trials[-1].key if "arm" in config else None)
+        if result.error is not None and key:
+            tune_errors[key] = f"{type(result.error).__name__}: {str(result.error).splitlines()[0] if str(result.error) else ''}"
+    rows, failed, seen = [], [], set()
+    for trial in trials:
+        if trial.key in seen:
+            continue
+        seen.add(trial.key)
+        record = read_finished(sweep_dir, trial)
+        if record is not None:
+            rows.append(record)
+        else:
+            failed.append(_failure(sweep_dir, trial, tune_errors.get(trial.key)))
+    rows.sort(key=lambda r: (r.get("trial_index", 0), r.get("trial_key", "")))
+    return SweepOutcome(rows, len(rows), cached, failed)
+
+
+def run_sweep(spec: SweepSpec, resume: bool = False, address: str | None = None) -> SweepOutcome:
     from emray.sweep.evaluation import start_judge
     from emray.sweep.plots import write_plots
     from emray.sweep.wandb_log import log_summary
@@ -316,29 +405,34 @@ def run_sweep(spec: SweepSpec, resume: bool = False, address: str | None = None)
     (sweep_dir / "spec.json").write_text(spec.model_dump_json(indent=2, by_alias=True))
     plan = make_plan(spec)
     print(plan.describe(), flush=True)
+    check_preflight(plan.trials)  # a missing file fails now, not after an hour of other trials
+    cached = sum(read_finished(sweep_dir, t) is not None for t in plan.trials)
     started = time.time()
     ensure_ray(address)
     artifacts = run_stages(spec, plan.trials)
     judge, stop_judge = start_judge(spec)
     try:
         tuner = _tuner(spec, plan, sweep_dir, artifacts, judge, resume)
-        tuner.fit()
+        result_grid = tuner.fit()
     finally:
         stop_judge()
-    rows = write_results(sweep_dir, load_results(sweep_dir))
-    write_plots(sweep_dir, rows)
-    log_summary(spec, sweep_dir, rows)
+    outcome = collect_outcome(spec, plan, sweep_dir, result_grid, cached)
+    rows = write_results(sweep_dir, outcome.rows) if outcome.rows else []
+    outcome.rows = rows
+    if rows:
+        from emray.sweep.progress import final_summary
+
+        write_plots(sweep_dir, rows)
+        log_summary(spec, sweep_dir, rows)
+        print("\n" + final_summary(sweep_dir, rows), flush=True)
     if spec.storage_uri():
         publish(sweep_dir, spec.storage_uri())
-    from emray.sweep.progress import final_summary
-
-    print("\n" + final_summary(sweep_dir, rows), flush=True)
-    print(f"\n[emray] {len(rows)} trials in {time.time() - started:.0f} s; results in {sweep_dir}", flush=True)
-    return rows
+    print("\n" + outcome.summary(time.time() - started, sweep_dir), flush=True)
+    return outcome
 
 
 def publish(sweep_dir: Path, uri: str) -> None:
-    """Copy the finished sweep's files (results, plots, trials' adapters and evals) to its bucket."""
+    """Copy the sweep's files (results, plots, trials' adapters and evals, failures) to its bucket."""
     import pyarrow.fs
 
     filesystem, root = pyarrow.fs.FileSystem.from_uri(uri)

@@ -20,9 +20,7 @@ seeds. Random and Optuna draw ``num_samples`` trials; a range needs one of them.
 from __future__ import annotations
 
 import copy
-import hashlib
 import itertools
-import json
 import random
 from pathlib import Path
 from typing import Any, Literal
@@ -31,6 +29,7 @@ from pydantic import Field, field_validator, model_validator
 
 from emray.config import RunConfig, parse_defense_entry
 from emray.configio import ConfigError, Strict, apply_overrides, read_yaml, validate
+from emray.identity import path_fields, trial_key
 
 #: The four criteria and the direction that is better for each (the Pareto front's objectives).
 OBJECTIVES: dict[str, Literal["min", "max"]] = {
@@ -207,10 +206,6 @@ def arm_label(defenses: list[dict]) -> str:
     return "+".join(parts)
 
 
-def config_hash(data: Any) -> str:
-    return hashlib.sha256(json.dumps(data, sort_keys=True, default=str).encode()).hexdigest()[:12]
-
-
 def expand_arm(entry: Any, index: int) -> list[list[dict]]:
     """Every concrete defense list (grid points) of one ``search.defense`` entry."""
     per_defense = []
@@ -224,34 +219,10 @@ def expand_arm(entry: Any, index: int) -> list[list[dict]]:
 
 
 class Trial(Strict):
-    key: str  # content hash of the resolved run config: the trial's cache identity
+    key: str  # emray.identity.trial_key of the run: the trial's cache identity
     label: str  # human-readable arm label
     run: RunConfig
     index: int
-
-
-def _file_identity(path: str | None) -> str | None:
-    """What a data path currently holds: the organism world's config hash, or the file's content hash.
-
-    Part of a trial's key, so a changed dataset or a rebuilt world is a new trial, never a stale
-    cache hit. Nothing is built here (``--dry-run`` must stay instant).
-    """
-    from emray.data.paths import ORGANISM_SCHEME, organism_config
-
-    if path is None:
-        return None
-    if str(path).startswith(ORGANISM_SCHEME) or path == "organism":
-        return f"organism-world:{organism_config().hash()}"
-    file = Path(path).expanduser()
-    if file.is_file():
-        return hashlib.sha256(file.read_bytes()).hexdigest()[:16]
-    return str(path)
-
-
-def content_identity(run: RunConfig) -> dict:
-    ev = run.eval
-    paths = [run.model.name, run.data.fine, run.data.safe_pool, *run.data.benign_train, ev.general, *ev.in_domain, *ev.benign]
-    return {str(p): _file_identity(p) for p in paths if p}
 
 
 def _absolute(path):
@@ -264,20 +235,30 @@ def _absolute(path):
     return str(candidate.resolve()) if candidate.exists() else path
 
 
-PATH_PARAMS = ("pool", "prompts", "ensemble")
+def _absolutize_model(model):
+    """A copy of a pydantic model with every PATH field (recursively) made absolute."""
+    from pydantic import BaseModel
+
+    update = {name: _absolute(getattr(model, name)) for name in path_fields(type(model))}
+    for name in type(model).model_fields:
+        value = getattr(model, name)
+        if isinstance(value, BaseModel) and name not in update:
+            update[name] = _absolutize_model(value)
+    return model.model_copy(update=update)
 
 
-def absolutize_paths(data: dict) -> dict:
-    for key in ("fine", "safe_pool", "benign_train"):
-        data["data"][key] = _absolute(data["data"].get(key))
-    for key in ("general", "in_domain", "benign"):
-        data["eval"][key] = _absolute(data["eval"].get(key))
-    for entry in data.get("defenses", []):
-        params = next(iter(entry.values())) if isinstance(entry, dict) else None
-        for key in PATH_PARAMS if isinstance(params, dict) else ():
-            if key in params:
-                params[key] = _absolute(params[key])
-    return data
+def absolutize_paths(run: RunConfig) -> RunConfig:
+    """Every file a run reads, absolute: the config's PATH fields and the defenses' PATH params."""
+    from emray.identity import defense_params
+
+    run = _absolutize_model(run)
+    defenses = []
+    for spec in run.defenses:
+        fields = path_fields(type(defense_params(spec)))
+        aliases = {n: (type(defense_params(spec)).model_fields[n].alias or n) for n in fields}
+        params = {k: (_absolute(v) if k in aliases.values() else v) for k, v in spec.params.items()}
+        defenses.append(spec.model_copy(update={"params": params}))
+    return run.model_copy(update={"defenses": defenses})
 
 
 def make_trial(spec: SweepSpec, model: str | None, defenses: list[dict], seed: int, index: int) -> Trial:
@@ -287,9 +268,8 @@ def make_trial(spec: SweepSpec, model: str | None, defenses: list[dict], seed: i
     if model:
         data["model"]["name"] = model
     label = arm_label(defenses)
-    run = RunConfig.model_validate(absolutize_paths(copy.deepcopy(data)))
-    key = config_hash({"config": run.model_dump(mode="json", by_alias=True, exclude={"name", "output_dir"}),
-                       "content": content_identity(run)})
+    run = absolutize_paths(RunConfig.model_validate(copy.deepcopy(data)))
+    key = trial_key(run)
     run = run.model_copy(update={"name": f"{label}-s{seed}-{key[:6]}"})
     return Trial(key=key, label=label, run=run, index=index)
 

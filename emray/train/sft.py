@@ -1,8 +1,15 @@
-"""LoRA SFT with defenses, through TRL's SFTTrainer.
+"""LoRA SFT with defenses, through TRL's SFTTrainer: the one training recipe.
 
-``run_sft(config)`` is the whole baseline recipe: load model, attach rs-LoRA, let the defenses
-rewrite the data and hook the model, tokenize with assistant-only labels, train, and write the run
-folder (adapter/, config.yaml, metrics.json).
+``train_run(config, ...)`` is the recipe: threads and seeds, training args, load model, attach
+rs-LoRA, let the defenses rewrite the data and hook the model, tokenize with assistant-only labels,
+train, and refuse a non-finite loss. ``run_sft(config)`` (``emray train``, the misaligned ensemble,
+the organism's fine-tunes) adds writing the run folder (adapter/, config.yaml, metrics.json); the
+Ray Train worker (emray/train/worker.py) adds only rank handling and reporting.
+
+Loss normalisation: the undefended and the defended branch both follow transformers' rule for a
+model that accepts ``num_items_in_batch``: a micro-batch contributes its summed per-token loss
+divided by the answer tokens of the whole optimizer step (all accumulation steps, all workers), so
+``kl`` with λ = 0 trains exactly like ``none`` with gradient accumulation and several workers.
 """
 
 from __future__ import annotations
@@ -77,24 +84,39 @@ def _make_trainer_class():
             if not self.loss_defenses or not model.training:
                 return super().compute_loss(model, inputs, return_outputs, num_items_in_batch)
             layers = sorted({i for d in self.loss_defenses for i in d.hidden_layers(model)})
-            chunks = [d.params.chunk_tokens for d in self.loss_defenses if hasattr(d.params, "chunk_tokens")]
+            chunks = [c for d in self.loss_defenses if (c := d.head_chunk_tokens())]
             batch = DefenseBatch(model, inputs, hidden_layers=layers, **({"chunk_tokens": min(chunks)} if chunks else {}))
             terms: dict = {}
             for defense in self.loss_defenses:
                 terms.update(defense.loss(batch) or {})
             ce = batch.ce_loss()  # after the terms: a KL term computes CE in the same pass over the LM head
             loss = ce + sum(terms.values())
-            self._metrics["train"]["loss_ce"].append(ce.item())
+            weight = self.microbatch_weight(batch.num_answer_tokens, num_items_in_batch)
+            # Components are logged as the mean of the micro-batch entries: scaled like the loss, so
+            # the logged loss stays the sum of its logged parts.
+            log_scale = float(weight) * self.current_gradient_accumulation_steps if weight is not None else 1.0
+            self._metrics["train"]["loss_ce"].append(ce.item() * log_scale)
             for name, value in terms.items():
-                self._metrics["train"][f"loss_{name}"].append(value.item())
-            # Our terms are per-micro-batch means. Trainer divides by the accumulation steps only when it
-            # believes the loss was not already normalised by num_items_in_batch; do it ourselves otherwise.
-            scaled = getattr(self, "loss_is_scaled_for_ga", None)
-            if scaled is None:
-                scaled = (self.model_accepts_loss_kwargs and num_items_in_batch is not None) or self.compute_loss_func is not None
-            if scaled:
-                loss = loss / self.current_gradient_accumulation_steps
+                self._metrics["train"][f"loss_{name}"].append(value.item() * log_scale)
+            if weight is not None:
+                loss = loss * weight
             return (loss, None) if return_outputs else loss
+
+        def microbatch_weight(self, tokens: int, num_items_in_batch):
+            """What turns this micro-batch's per-token mean into its share of the step's loss.
+
+            Mirrors Trainer.compute_loss for the undefended branch: with ``num_items_in_batch`` (the
+            step's answer tokens over all accumulation steps and, by default, all workers) the loss is
+            sum / num_items, times the number of processes (DDP then averages the gradients), and
+            training_step does not divide by the accumulation steps; without it, the loss is a
+            per-micro-batch mean and training_step divides by them itself.
+            """
+            if num_items_in_batch is None or not (self.model_accepts_loss_kwargs or self.compute_loss_func):
+                return None  # per-micro-batch mean; training_step divides by the accumulation steps
+            weight = tokens / num_items_in_batch
+            if self.args.average_tokens_across_devices:
+                weight = weight * (self.accelerator.num_processes // self.get_tp_size())
+            return weight
 
     return DefendedSFTTrainer
 
@@ -126,6 +148,7 @@ def build_sft_args(config: RunConfig, out_dir: Path, **overrides):
         report_to="none",
         max_length=config.train.max_len,
         disable_tqdm=not config.train.progress,
+        logging_nan_inf_filter=False,  # a diverged loss must show in the history, never be averaged away
         dataloader_num_workers=0,
         remove_unused_columns=False,
     )
@@ -203,18 +226,50 @@ def write_run_folder(config: RunConfig, run_dir: Path, model, tokenizer, history
     return TrainResult(run_dir, adapter_dir, metrics, history)
 
 
-def run_sft(config: RunConfig, run_dir: Path | None = None, artifacts: dict | None = None) -> TrainResult:
-    """Fine-tune ``config.model`` with ``config.defenses`` and write the run folder."""
+def check_finite(history: list[dict], where: Path) -> None:
+    """Raise FloatingPointError when a logged loss (or loss component) is not finite."""
+    for entry in history:
+        for key, value in entry.items():
+            if key.startswith("loss") and isinstance(value, (int, float)) and not math.isfinite(value):
+                raise FloatingPointError(f"training diverged: {key}={value} at step {entry.get('step')} ({where})")
+
+
+@dataclass
+class TrainedRun:
+    trainer: Any
+    model: Any
+    tokenizer: Any
+    history: list[dict]
+    metrics: dict[str, Any]
+
+
+def train_run(config: RunConfig, run_dir: Path, artifacts: dict | None = None, callbacks=(),
+              resume_from_checkpoint: str | None = None, **sft_overrides) -> TrainedRun:
+    """The recipe, up to a trained model in memory. ``sft_overrides`` go to the SFTConfig (the Ray
+    Train worker: DeepSpeed, the DDP backend, progress bars on rank 0 only, checkpointing);
+    ``callbacks`` are Trainer callbacks (the worker's live progress, checkpoint reports);
+    ``resume_from_checkpoint`` an HF checkpoint folder to continue from (a restarted worker)."""
     set_threads(config.train.threads)
     seed_everything(config.seed)
-    run_dir = Path(run_dir or config.run_dir())
     started = time.time()
+    # Build the training args first: with DeepSpeed ZeRO-3 this switches from_pretrained to zero.Init.
+    args = build_sft_args(config, run_dir, **sft_overrides)
     model, tokenizer = prepare_model(config)
     context = DefenseContext(config=config, tokenizer=tokenizer, seed=config.seed, artifacts=artifacts or {})
     defenses = build_defenses(config.defenses, context)
-    _, history, num_examples = train_model(config, model, tokenizer, defenses, run_dir)
-    extra = {"train_seconds": round(time.time() - started, 2), "num_examples": num_examples}
-    result = write_run_folder(config, run_dir, model, tokenizer, history, extra)
-    if any(not math.isfinite(h.get("loss", 0.0)) for h in history):
-        raise FloatingPointError(f"training diverged (non-finite loss); see {run_dir / 'metrics.json'}")
+    trainer, history, num_examples = train_model(config, model, tokenizer, defenses, run_dir, callbacks=callbacks, args=args,
+                                                 resume_from_checkpoint=resume_from_checkpoint)
+    metrics = {"train_seconds": round(time.time() - started, 2), "num_examples": num_examples}
+    return TrainedRun(trainer, model, tokenizer, history, metrics)
+
+
+def run_sft(config: RunConfig, run_dir: Path | None = None, artifacts: dict | None = None) -> TrainResult:
+    """Fine-tune ``config.model`` with ``config.defenses`` and write the run folder (``run_dir/adapter``).
+
+    A non-finite loss raises FloatingPointError after the folder is written (to inspect it).
+    """
+    run_dir = Path(run_dir or config.run_dir())
+    trained = train_run(config, run_dir, artifacts)
+    result = write_run_folder(config, run_dir, trained.model, trained.tokenizer, trained.history, trained.metrics)
+    check_finite(trained.history, run_dir / "metrics.json")
     return result

@@ -15,13 +15,11 @@ from __future__ import annotations
 
 import os
 import shutil
-import time
 from pathlib import Path
 
 from emray.config import RunConfig
-from emray.defenses import DefenseContext, build_defenses
 from emray.train.deepspeed import deepspeed_config
-from emray.train.sft import build_sft_args, prepare_model, seed_everything, set_threads, train_model, write_run_folder
+from emray.train.sft import check_finite, train_run, write_run_folder
 
 
 def init_deepspeed_comm(use_gpu: bool) -> None:
@@ -103,51 +101,43 @@ def _train_loop(loop_config: dict, out_dir: Path) -> None:
     config = RunConfig.model_validate(loop_config["run_config"])
     context = ray.train.get_context()
     rank = context.get_world_rank()
-    set_threads(config.train.threads)
-    seed_everything(config.seed)
-    started = time.time()
-
     ds = deepspeed_config(config.resources.deepspeed)
     if ds is not None:
         init_deepspeed_comm(config.resources.use_gpu)
-    # Build the training args before the model: with ZeRO-3 this switches from_pretrained to zero.Init.
-    args = build_sft_args(
+    callbacks = live_callbacks(out_dir, rank)  # rank 0: step / total for the live table, the W&B curve as it trains
+    if config.resources.checkpoint_every:
+        callbacks.append(_make_report_callback())
+    callbacks += list(loop_config.get("trainer_callbacks") or ())
+    resume = restore_checkpoint(out_dir, rank)
+    trained = train_run(
         config,
         out_dir,
+        loop_config.get("artifacts") or {},
+        callbacks=callbacks,
+        resume_from_checkpoint=resume,
         deepspeed=ds,
         disable_tqdm=rank != 0 or not config.train.progress,
         # Ray sets up torch.distributed; the Trainer must not try to launch its own.
         ddp_backend="nccl" if config.resources.use_gpu else "gloo",
         **checkpoint_args(config),
     )
-    model, tokenizer = prepare_model(config)
-    defense_context = DefenseContext(config=config, tokenizer=tokenizer, seed=config.seed, artifacts=loop_config.get("artifacts") or {})
-    defenses = build_defenses(config.defenses, defense_context)
-    callbacks = live_callbacks(out_dir, rank)  # rank 0: step / total for the live table, the W&B curve as it trains
-    if config.resources.checkpoint_every:
-        callbacks.append(_make_report_callback())
-    callbacks += list(loop_config.get("trainer_callbacks") or ())
-    resume = restore_checkpoint(out_dir, rank)
-    trainer, history, num_examples = train_model(
-        config, model, tokenizer, defenses, out_dir, args=args, callbacks=callbacks, resume_from_checkpoint=resume
-    )
-
+    trainer, history = trained.trainer, trained.history
     # Every rank: under ZeRO-3 the adapter's shards are gathered (a collective); rank 0 writes it.
     adapter_dir = out_dir / "adapter"
     trainer.save_model(str(adapter_dir))
     metrics = {
+        **trained.metrics,
         "train_nodes": _train_nodes(),
-        "train_seconds": round(time.time() - started, 2),
-        "num_examples": num_examples,
         "world_size": context.get_world_size(),
         "global_step": trainer.state.global_step,
         "resumed_from_step": _step_of(resume),
     }
     checkpoint = None
     if rank == 0:
-        result = write_run_folder(config, out_dir, None, tokenizer, history, metrics)
+        result = write_run_folder(config, out_dir, None, trained.tokenizer, history, metrics)
         metrics.update({k: v for k, v in result.metrics.items() if isinstance(v, (int, float))})
         checkpoint = ray.train.Checkpoint.from_directory(str(result.adapter_dir))
+    check_finite(history, out_dir / "metrics.json")  # every rank: the logged loss is the all-rank mean
     ray.train.report(metrics, checkpoint=checkpoint)
     os.environ.pop("ACCELERATE_USE_DEEPSPEED", None)
 

@@ -4,11 +4,15 @@ Failure kinds, drawn uniformly among ``kinds``: "429" (rate limited, with Retry-
 "timeout" (holds the call ``timeout_delay_s`` then answers 504; a client with a shorter timeout sees a
 timeout) and "malformed" (HTTP 200 whose body is not a completion: truncated JSON, or JSON without
 logprobs). Seeded, so a run's faults reproduce for the same order of calls.
+
+``outage_file``: while that file exists every call fails with 500 (a judge outage that a test can
+start and end from outside the server process).
 """
 
 from __future__ import annotations
 
 import asyncio
+import os
 import random
 from typing import Any
 
@@ -27,6 +31,7 @@ class FlakyBackend(Backend):
         timeout_delay_s: float = 2.0,
         kinds: list[str] | tuple[str, ...] = KINDS,
         seed: int = 0,
+        outage_file: str | None = None,
         **inner_options: Any,
     ):
         if not 0 <= failure_rate <= 1:
@@ -39,8 +44,11 @@ class FlakyBackend(Backend):
         self.failure_rate, self.latency_s, self.timeout_delay_s = failure_rate, latency_s, timeout_delay_s
         self.kinds = tuple(kinds)
         self.rng = random.Random(seed)
+        self.outage_file = outage_file
 
     def _fault(self) -> Fault | None:
+        if self.outage_file and os.path.exists(self.outage_file):
+            return Fault(500, kind="500")
         if self.rng.random() >= self.failure_rate:
             return None
         kind = self.rng.choice(self.kinds)

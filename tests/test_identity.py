@@ -1,0 +1,121 @@
+"""One identity (emray/identity.py): trial and stage keys follow results, not settings or file names."""
+
+import shutil
+
+import pytest
+
+from conftest import SHARED_DATA
+from emray.config import RunConfig
+from emray.defenses import get_defense_class
+from emray.identity import NOT_IDENTITY, identity_dict, sha256, stage_key, trial_key
+from emray.sweep.runner import make_plan
+from emray.sweep.spec import SweepSpec
+
+
+def run(tmp_path, **changes):
+    data = {
+        "model": {"name": "tiny"},
+        "data": {"fine": str(tmp_path / "fine.jsonl")},
+        "eval": {"general": str(SHARED_DATA / "questions" / "general.yaml")},
+        "defenses": [{"kl": {"lambda": 0.1}}],
+    }
+    for dotted, value in changes.items():
+        node = data
+        *parents, last = dotted.split("__")
+        for p in parents:
+            node = node.setdefault(p, {})
+        node[last] = value
+    return RunConfig.model_validate(data)
+
+
+@pytest.fixture
+def files(tmp_path):
+    shutil.copy(SHARED_DATA / "train" / "medical.jsonl", tmp_path / "fine.jsonl")
+    return tmp_path
+
+
+@pytest.mark.parametrize("field,value", [
+    ("train__progress", False),
+    ("train__threads", 2),
+    ("train__logging_steps", 5),
+    ("eval__judge__concurrency", 2),
+    ("eval__judge__requests_per_minute", 60.0),
+    ("eval__judge__max_failure_rate", 0.2),
+    ("resources__cpus_per_worker", 4),
+    ("name", "other"),
+])
+def test_settings_that_do_not_change_results_leave_the_key(files, field, value):
+    assert trial_key(run(files, **{field: value})) == trial_key(run(files))
+
+
+def test_kl_chunk_tokens_is_not_identity(files):
+    assert trial_key(run(files, defenses=[{"kl": {"lambda": 0.1, "chunk_tokens": 64}}])) == trial_key(run(files))
+    assert trial_key(run(files, defenses=[{"kl": {"lambda": 0.2}}])) != trial_key(run(files))
+
+
+@pytest.mark.parametrize("field,value", [("train__lr", 1e-3), ("seed", 1), ("eval__temperature", 0.5), ("lora__r", 8)])
+def test_settings_that_change_results_change_the_key(files, field, value):
+    assert trial_key(run(files, **{field: value})) != trial_key(run(files))
+
+
+def test_data_file_enters_by_content(files):
+    before = trial_key(run(files))
+    fine = files / "fine.jsonl"
+    fine.write_text(fine.read_text() + fine.read_text().splitlines()[0] + "\n")
+    assert trial_key(run(files)) != before
+    # The same content under another name is the same data (the path itself is still named).
+    assert trial_key(run(files)) == trial_key(run(files))
+
+
+@pytest.mark.parametrize("defense,param", [("persona", "prompts"), ("interleave_plus", "pool"), ("interleave_plus", "ensemble")])
+def test_defense_path_params_enter_by_content(files, defense, param):
+    target = files / "param_file.jsonl"
+    target.write_text("one\n")
+    value = [str(target)] if param == "ensemble" else str(target)
+    before = trial_key(run(files, defenses=[{defense: {param: value}}]))
+    target.write_text("two\n")
+    assert trial_key(run(files, defenses=[{defense: {param: value}}])) != before
+
+
+def test_local_model_folder_enters_by_content(files):
+    model = files / "model"
+    model.mkdir()
+    (model / "config.json").write_text('{"a": 1}')
+    before = trial_key(run(files, model={"name": str(model)}))
+    (model / "config.json").write_text('{"a": 2}')
+    assert trial_key(run(files, model={"name": str(model)})) != before
+
+
+def test_identity_markers_come_from_the_schema():
+    from emray.config import TrainConfig
+
+    cfg = TrainConfig()
+    dumped = identity_dict(cfg)
+    assert "progress" not in dumped and "threads" not in dumped and "lr" in dumped
+    assert RunConfig.model_fields["name"].json_schema_extra == NOT_IDENTITY
+
+
+def test_one_sha256():
+    assert sha256({"b": 1, "a": 2}) == sha256({"a": 2, "b": 1}) and len(sha256(b"x")) == 64
+
+
+def test_stage_keys(files):
+    persona = get_defense_class("persona")
+    prompts = files / "prompts.json"
+    prompts.write_text("[1]")
+    a = stage_key(persona, run(files), {"prompts": str(prompts)})
+    # the trial's own settings (lr) do not change the persona vector's stage
+    assert stage_key(persona, run(files, train__lr=1e-3), {"prompts": str(prompts)}) == a
+    prompts.write_text("[2]")
+    assert stage_key(persona, run(files), {"prompts": str(prompts)}) != a
+
+
+def test_stages_are_deduplicated_by_identity(files):
+    spec = SweepSpec.model_validate({
+        "name": "s", "storage": str(files / "out"),
+        "base": {"model": {"name": "tiny"}, "data": {"fine": str(files / "fine.jsonl")}},
+        "search": {"defense": [{"persona": {"alpha": [1.0, 2.0]}}, {"persona": {"alpha": 3.0, "max_new_tokens": 8}}]},
+    })
+    plan = make_plan(spec)
+    # alpha does not change the vector: 2 stages (32 and 8 tokens) for 3 trials
+    assert len(plan.trials) == 3 and len(plan.stages) == 2

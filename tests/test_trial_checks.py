@@ -1,0 +1,53 @@
+"""The checks that keep an untrustworthy trial out of the results (emray/sweep/checks.py) and the
+judge's failure threshold (``eval.judge.max_failure_rate``)."""
+
+import json
+
+import pytest
+
+from emray.eval.judge import JudgeClient, JudgeError, JudgeRequest
+from emray.judge_server import start_judge_server
+from emray.sweep.checks import TrialFailed, check_adapter, check_judging, check_training
+from test_defense_kl import move_adapter, tiny_lora
+from test_judge_client import config
+
+
+def test_empty_adapter_fails(tmp_path):
+    model, _ = tiny_lora()
+    model.save_pretrained(tmp_path / "fresh")  # B = 0: this adapter changes nothing
+    with pytest.raises(TrialFailed, match="every LoRA B matrix .* is zero"):
+        check_adapter(tmp_path / "fresh")
+    (tmp_path / "none").mkdir()
+    with pytest.raises(TrialFailed, match="missing or empty"):
+        check_adapter(tmp_path / "none")
+    move_adapter(model)
+    model.save_pretrained(tmp_path / "trained")
+    check_adapter(tmp_path / "trained")
+
+
+@pytest.mark.parametrize("bad", [float("nan"), float("inf")])
+def test_non_finite_loss_component_fails(tmp_path, bad):
+    history = [{"loss": 2.0, "loss_ce": 2.0, "step": 1}, {"loss": 2.0, "loss_ldifs": bad, "step": 2}]
+    (tmp_path / "metrics.json").write_text(json.dumps({"history": history}))
+    with pytest.raises(TrialFailed, match=f"training diverged: loss_ldifs={bad} at step 2"):
+        check_training(tmp_path)
+    (tmp_path / "metrics.json").write_text(json.dumps({"history": history[:1]}))
+    check_training(tmp_path)
+
+
+def test_judge_failure_threshold(tmp_path):
+    """Under the share, failed judgments come back marked (no score); over it, the client raises."""
+    outage = tmp_path / "down"
+    with start_judge_server("flaky", {"failure_rate": 0.0, "outage_file": str(outage)}) as server:
+        client = JudgeClient(config(server.url, tmp_path, max_retries=0))
+        ok = client.judge_many([JudgeRequest(f"p{i}", "m") for i in range(19)])
+        outage.touch()  # the 20th fails: 1 of 20 = 5 %
+        reqs = [JudgeRequest(f"p{i}", "m") for i in range(20)]
+        results = client.judge_many(reqs, max_failure_rate=0.05)
+        assert [r.failed for r in results] == [False] * 19 + [True] and results[-1].score is None
+        assert [r.score for r in results[:19]] == [r.score for r in ok]
+        with pytest.raises(JudgeError, match=r"1 of 20 judgments failed \(5% > max_failure_rate 4%\)"):
+            client.judge_many(reqs, max_failure_rate=0.04)
+    check_judging({"judge_failure_rate": 0.05}, 0.05)
+    with pytest.raises(TrialFailed, match="judge failed on 6%"):
+        check_judging({"judge_failure_rate": 0.06}, 0.05)
