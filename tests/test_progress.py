@@ -49,3 +49,19 @@ def test_final_summary_names_the_front_and_where_things_are(tmp_path):
     text = final_summary(tmp_path, rows)
     assert "Pareto front (arm means, 1 of 2): none" in text
     assert f"emray report {tmp_path}" in text and f"{tmp_path}/logs/<trial key>.log" in text
+
+
+def test_stage_lines_name_the_stage_briefly():
+    """The console's stage lines: the defense's short form, not its whole params dict or a file path."""
+    from emray.config import RunConfig
+    from emray.defenses.interleave_plus import InterleavePlus
+    from emray.defenses.interleave_pp import InterleavePP
+    from emray.defenses.persona import PersonaSteering
+
+    run = RunConfig.model_validate({"data": {"fine": "organism:data/train/code.jsonl"}, "model": {"name": "organism"}})
+    assert InterleavePlus.stage_description(run, {"safe_fraction": 0.05}) == \
+        "interleave_plus(5 %, ε 1, ensemble: the customer data) for organism"
+    assert InterleavePP.stage_description(run, {"safe_fraction": 0.2, "ensemble": ["a.jsonl", "b.jsonl", "c.jsonl"]}) == \
+        "interleave_pp(20 %, ε 1, ensemble of 3) for organism"
+    assert PersonaSteering.stage_description(run, {"prompts": "organism:data/persona/evil_extract.json"}) == \
+        "persona_vector(organism, evil_extract.json)"

@@ -40,7 +40,10 @@ class InterleavePlus(Defense):
 
     @classmethod
     def stage_description(cls, config, params: dict) -> str:
-        return f"{cls.name} selection for {config.model.name} ({params})"
+        """Short, for people: ``interleave_plus(5 %, ε 1, ensemble of 3) for organism``."""
+        p = cls.Params.model_validate(params)
+        ensemble = f"ensemble of {len(p.ensemble)}" if p.ensemble else "ensemble: the customer data"
+        return f"{cls.name}({p.safe_fraction * 100:g} %, ε {p.epsilon:g}, {ensemble}) for {config.model.name}"
 
     @classmethod
     def stage_inputs(cls, config, params) -> dict:

@@ -19,6 +19,8 @@ else from ``ensure_persona_vector`` (cached; extracted on the model being traine
 
 from __future__ import annotations
 
+from pathlib import Path
+
 from pydantic import Field
 
 from emray.configio import Strict
@@ -43,7 +45,8 @@ class PersonaSteering(Defense):
     @classmethod
     def stage_description(cls, config, params: dict) -> str:
         p = cls.Params.model_validate(params)
-        return f"persona vector for {config.model.name} (prompts {p.prompts or 'default'}, {p.max_new_tokens} tokens)"
+        prompts = Path(str(p.prompts)).name if p.prompts else "default prompts"
+        return f"persona_vector({config.model.name}, {prompts})"
 
     @classmethod
     def stage_inputs(cls, config, params) -> dict:
