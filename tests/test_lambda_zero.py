@@ -9,7 +9,6 @@ here have different numbers of answer tokens, so a per-micro-batch mean would di
 import json
 
 import pytest
-import torch
 from safetensors.torch import load_file
 
 from conftest import make_run_config
@@ -27,14 +26,25 @@ def adapter(run_dir):
     return load_file(str(run_dir / "adapter" / "adapter_model.safetensors"))
 
 
+def relative_difference(got: dict, ref: dict) -> float:
+    """||got - ref|| / ||ref|| over the whole adapter.
+
+    Per element, Adam turns a last-bit difference in a near-zero gradient into an update of order lr,
+    so an element-wise tolerance depends on the CPU's kernels; the whole adapter's difference does not.
+    Measured (grad_accum test): 1.5e-7 native AVX-512, 5.0e-7 with ATEN_CPU_CAPABILITY=avx2, 2.6e-7 with
+    =default; the per-micro-batch normalisation this guards against already moves the step-1 loss by 3e-4.
+    """
+    assert set(got) == set(ref)
+    diff = sum(((got[n] - v) ** 2).sum() for n, v in ref.items()) ** 0.5
+    return float(diff / sum((v**2).sum() for v in ref.values()) ** 0.5)
+
+
 def assert_same_run(runs):
     ref_losses, ref_adapter = losses(runs["none"]), adapter(runs["none"])
     assert len(ref_losses) == 3
     for arm in ("kl", "ldifs"):
         assert losses(runs[arm]) == pytest.approx(ref_losses, rel=1e-5), arm
-        got = adapter(runs[arm])
-        for name, value in ref_adapter.items():
-            torch.testing.assert_close(got[name], value, rtol=1e-4, atol=1e-6, msg=f"{arm}: {name}")
+        assert relative_difference(adapter(runs[arm]), ref_adapter) <= 1e-5, arm
     assert any(v.abs().sum() > 0 for n, v in ref_adapter.items() if "lora_B" in n)  # it trained
 
 
@@ -68,5 +78,4 @@ def test_lambda_zero_is_none_with_two_workers(tmp_path):
     assert len(ref) == 2
     for arm in ("kl", "ldifs"):
         assert losses(runs[arm]) == pytest.approx(ref, rel=1e-5), arm
-        for name, value in adapter(runs["none"]).items():
-            torch.testing.assert_close(adapter(runs[arm])[name], value, rtol=1e-4, atol=1e-6, msg=f"{arm}: {name}")
+        assert relative_difference(adapter(runs[arm]), adapter(runs["none"])) <= 1e-5, arm
