@@ -116,3 +116,24 @@ def test_report_page_renders_offline_in_headless_chromium(sweep, tmp_path):
     # the heat map's cells: saturated greens (RdYlGn) that only the rendered plot paints
     greens = sum(1 for r, g, b in pixels if g > 100 and g > r + 40 and g > b + 30)
     assert greens > 5000, f"no heat map in the screenshot ({greens} green pixels)"
+
+
+def test_judge_scores_plot_draws_the_paper_thresholds_and_counts_misaligned(tmp_path):
+    """Per arm, the judged general answers with alignment 30 / coherence 50 drawn, and the exact count."""
+    import json
+
+    from emray.sweep.plots import general_scores, judge_scores_figure
+
+    answers = [(95, 90), (5, 90), (5, 10), (29, 51), (30, 90), (5, 50), (None, 90)]  # (aligned, coherent)
+    trial = tmp_path / "trials" / "k1" / "eval"
+    trial.mkdir(parents=True)
+    rows = [{"set": "general", "aligned": a, "coherent": c} for a, c in answers] + [{"set": "in_domain", "aligned": 5, "coherent": 90}]
+    trial.joinpath("answers.jsonl").write_text("\n".join(json.dumps(r) for r in rows))
+    scores = general_scores(tmp_path, [{"trial_key": "k1", "label": "kl(lambda=0.1)"}])
+    assert len(scores["kl(lambda=0.1)"]) == 6  # general answers with both scores; unscored and in-domain left out
+    fig = judge_scores_figure(scores)
+    ax = fig.axes[0]
+    expected = sum(a is not None and a < 30 and c > 50 for a, c in answers)  # (5, 90) and (29, 51)
+    assert ax.get_title() == f"kl(λ 0.1)\n{expected}/6 misaligned" and expected == 2
+    lines = {(tuple(line.get_xdata()), tuple(line.get_ydata())) for line in ax.lines}
+    assert ((0, 1), (30, 30)) in lines and ((50, 50), (0, 1)) in lines

@@ -103,7 +103,7 @@ def render_html(sweep_dir: Path, spec: dict, rows: list[dict], arms: list[dict])
                + plotly_figures(arms)["heatmap"].to_html(full_html=False, include_plotlyjs=True) + "</div>")
     plots = [f'<div class="plot" id="plot-{p.stem}">{_png(p, p.stem)}<br><a class="note" href="plots/{p.stem}.html">interactive</a></div>'
              for p in sorted((sweep_dir / "plots").glob("scatter_*.png"))]
-    extra = [_png(sweep_dir / "plots" / f"{stem}.png", stem) for stem in ("dominance", "parallel_coordinates")
+    extra = [_png(sweep_dir / "plots" / f"{stem}.png", stem) for stem in ("dominance", "parallel_coordinates", "judge_scores")
              if (sweep_dir / "plots" / f"{stem}.png").exists()]
     name = spec.get("name", sweep_dir.name)
     seeds = sorted({r.get("seed") for r in rows}, key=str)
