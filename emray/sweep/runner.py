@@ -26,6 +26,7 @@ from pathlib import Path
 from typing import Any
 
 from emray.sweep.checks import check_adapter, check_judging, check_preflight, check_training
+from emray.sweep.live import verbose
 from emray.sweep.pareto import write_results
 from emray.sweep.spec import OBJECTIVES, SweepSpec, Trial, expand_trials, make_trial
 
@@ -300,7 +301,7 @@ def _tuner(spec: SweepSpec, plan: Plan, sweep_dir: Path, artifacts: dict, judge:
             storage_path=tune_path,
             failure_config=tune.FailureConfig(max_failures=spec.resources.max_failures),
             callbacks=[ProgressCallback(plan.trials, sweep_dir)],
-            verbose=0,
+            verbose=1 if verbose() else 0,  # --verbose: Tune's own status lines too
         ),
     )
 
@@ -338,9 +339,8 @@ def ensure_ray(address: str | None = None) -> None:
         # A local cluster: the laptop path and the tests.
         # Quiet by default: worker output goes to SWEEP_DIR/logs/ (emray/sweep/live.py), Ray's own
         # to its session folder; --verbose (EMRAY_VERBOSE=1) streams both as before.
-        from emray.sweep.live import verbose
-
-        os.environ.setdefault("RAY_AIR_NEW_OUTPUT", "0")  # no Tune banner or status tables: ours is the live table
+        if not verbose():
+            os.environ.setdefault("RAY_AIR_NEW_OUTPUT", "0")  # no Tune banner or status tables: ours is the live table
         ray.init(include_dashboard=False, log_to_driver=verbose(), logging_level=logging.INFO if verbose() else logging.ERROR,
                  runtime_env=runtime_env)
 
