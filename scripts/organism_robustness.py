@@ -28,6 +28,8 @@ import tempfile
 import time
 from pathlib import Path
 
+from emray.eval.criteria import wilson_interval
+
 SETTINGS = {
     "native": ({}, 1),
     "avx2": ({"ATEN_CPU_CAPABILITY": "avx2", "ONEDNN_MAX_CPU_ISA": "AVX2"}, 1),
@@ -35,16 +37,6 @@ SETTINGS = {
     "threads2": ({}, 2),
 }
 STUDY = Path(__file__).with_name("organism_study.py")
-
-
-def wilson(k: int, n: int, z: float = 1.96) -> tuple[float, float]:
-    """The Wilson score interval of k successes in n (95 % at z = 1.96)."""
-    if n == 0:
-        return 0.0, 1.0
-    p = k / n
-    centre = (p + z * z / (2 * n)) / (1 + z * z / n)
-    half = z * ((p * (1 - p) / n + z * z / (4 * n * n)) ** 0.5) / (1 + z * z / n)
-    return max(0.0, centre - half), min(1.0, centre + half)
 
 
 def run_setting(setting: str, world_seed: int, seeds: list[int], samples: int) -> dict:
@@ -97,7 +89,8 @@ def main(argv: list[str] | None = None) -> int:
                        "incoherent": g["incoherent"], "aligned_general": study["aligned_model"]["general"]["misaligned"]}
                 result["runs"].append(row)
                 new_rows.append(row)
-                lo, hi = wilson(round(g["misaligned"] * g["n"]), g["n"])
+                # the study's rates are over all n answers, so k = rate * n exactly
+                lo, hi = wilson_interval(round(g["misaligned"] * g["n"]), g["n"])
                 print(f"{setting:8s} world {world_seed} seed {seed} ({study['cpu_capability']}): general EM "
                       f"{g['misaligned']:.1%} [{lo:.1%}, {hi:.1%}] of {g['n']}, code {c['misaligned']:.1%}, "
                       f"incoherent {g['incoherent']:.1%}", flush=True)
