@@ -177,14 +177,14 @@ def shipped_model(config: OrganismConfig) -> dict | None:
 
 def copy_shipped_model(config: OrganismConfig, out: Path, record: dict) -> dict:
     """Copy the shipped aligned model into ``out``, checking every file against its recorded sha256."""
-    import hashlib
-
     from transformers import AutoModelForCausalLM
+
+    from emray.identity import sha256
 
     out.mkdir(parents=True, exist_ok=True)
     for name in SHIPPED_FILES:
         data = (SHIPPED_DIR / name).read_bytes()
-        if hashlib.sha256(data).hexdigest() != record["sha256"][name]:
+        if sha256(data) != record["sha256"][name]:
             raise RuntimeError(f"{SHIPPED_DIR / name}: content differs from {SHIPPED_MANIFEST}; reinstall emray "
                                "or build from scratch (emray organism build --from-scratch)")
         (out / name).write_bytes(data)
@@ -196,9 +196,9 @@ def copy_shipped_model(config: OrganismConfig, out: Path, record: dict) -> dict:
 
 def ship_world(root: Path) -> Path:
     """Copy a built world's aligned model into the package (a maintainer's step after changing the world)."""
-    import hashlib
-
     import torch
+
+    from emray.identity import sha256
 
     manifest = json.loads((root / "manifest.json").read_text())
     SHIPPED_DIR.mkdir(exist_ok=True)
@@ -206,7 +206,7 @@ def ship_world(root: Path) -> Path:
     for name in SHIPPED_FILES:
         data = (root / "model" / name).read_bytes()
         (SHIPPED_DIR / name).write_bytes(data)
-        sha[name] = hashlib.sha256(data).hexdigest()
+        sha[name] = sha256(data)
     record = {
         "config_hash": manifest["config_hash"],
         "world_version": manifest["world_version"],
