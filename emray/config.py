@@ -9,7 +9,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any, Literal
 
-from pydantic import Field, field_validator
+from pydantic import Field, field_validator, model_validator
 
 from emray.configio import ConfigError, Strict, format_loc, load_config
 from emray.identity import NOT_IDENTITY, PATH
@@ -43,8 +43,31 @@ class DataConfig(Strict):
 
     fine: str = Field(json_schema_extra=PATH)
     safe_pool: str | None = Field(None, json_schema_extra=PATH)
-    benign_train: list[str] = Field(default_factory=list, json_schema_extra=PATH)
     max_examples: int | None = Field(None, gt=0)
+
+    @model_validator(mode="before")
+    @classmethod
+    def _moved_benign_train(cls, values: Any) -> Any:
+        if isinstance(values, dict) and "benign_train" in values:
+            raise ValueError("data.benign_train was removed: benign data is no longer mixed into the narrow fine-tune. "
+                             "Put the files under `benign.train` (and their test sets under `benign.test`): each trial "
+                             "then runs a separate benign fine-tune with the same defenses (docs/benign.md)")
+        return values
+
+
+class BenignConfig(Strict):
+    """The benign scenario: a second LoRA fine-tune per trial, on benign tasks only, with the same
+    defenses; its adapter is scored on held-out problems (the ``benign_accuracy`` criterion).
+
+    Entries are chat JSONL files or generated task names (``opswap``, ``wordmap``; ``opswap:organism``
+    for the organism's language), as in ``eval.benign``. See emray/train/benign.py.
+    """
+
+    train: list[str] = Field(min_length=1, json_schema_extra=PATH)
+    test: list[str] = Field(min_length=1, json_schema_extra=PATH)
+    max_steps: int | None = Field(None, description="the benign fine-tune's max_steps (None: train.max_steps)")
+    lr: float | None = Field(None, gt=0, description="its learning rate (None: train.lr)")
+    max_test: int | None = Field(None, gt=0, description="first N problems of each test set")
 
 
 class TrainConfig(Strict):
@@ -132,6 +155,10 @@ class RunConfig(Strict):
     defenses: list[DefenseSpec] = Field(default_factory=list)
     eval: EvalConfig = Field(default_factory=EvalConfig)
     resources: ResourcesConfig = Field(default_factory=ResourcesConfig)
+    # The benign scenario (None: no benign fine-tune). ``scenario`` says which fine-tune this config
+    # is: the customer's narrow one, or the benign one a trial derives from it (emray/train/benign.py).
+    benign: BenignConfig | None = None
+    scenario: Literal["narrow", "benign"] = "narrow"
 
     @field_validator("defenses", mode="before")
     @classmethod
@@ -146,6 +173,15 @@ class RunConfig(Strict):
             raise ValueError(f"a defense is listed twice: {names}")
         return [s for s in specs if s.name != "none"]
 
+    @model_validator(mode="after")
+    def _one_benign_source(self) -> "RunConfig":
+        if self.scenario == "narrow" and self.benign is not None and self.eval.benign:
+            raise ValueError("eval.benign and benign.test are both set: with a `benign` section the benign criterion "
+                             "comes from the benign fine-tune; list its test sets under benign.test and drop eval.benign")
+        if self.scenario == "benign" and self.benign is None:
+            raise ValueError("scenario: benign needs a `benign` section (benign.train, benign.test)")
+        return self
+
     def run_dir(self) -> Path:
         return Path(self.output_dir) / self.name
 
@@ -156,6 +192,7 @@ def load_run_config(path: str | Path, overrides: list[str] | None = None) -> Run
 
 __all__ = [
     "ConfigError",
+    "BenignConfig",
     "DataConfig",
     "DefenseSpec",
     "EvalConfig",

@@ -90,3 +90,37 @@ def test_run_config_roundtrips(tmp_path):
     cfg = load_run_config(write(tmp_path, GOOD))
     again = RunConfig.model_validate(cfg.model_dump(by_alias=True))
     assert again == cfg
+
+
+def test_benign_train_in_data_is_refused_with_where_it_moved(tmp_path):
+    path = write(tmp_path, GOOD.replace("  fine: data/code.jsonl", "  fine: data/code.jsonl\n  benign_train: [b.jsonl]"))
+    with pytest.raises(ConfigError) as err:
+        load_run_config(path)
+    assert "data.benign_train was removed" in str(err.value) and "benign.train" in str(err.value)
+
+
+def test_benign_section_and_eval_benign_conflict(tmp_path):
+    text = GOOD + "benign: {train: [wordmap], test: [wordmap]}\neval: {benign: [opswap]}\n"
+    with pytest.raises(ConfigError) as err:
+        load_run_config(write(tmp_path, text))
+    assert "eval.benign and benign.test are both set" in str(err.value)
+
+
+def test_benign_run_is_the_same_trial_on_the_benign_tasks(tmp_path):
+    from emray.train.benign import benign_run
+    from emray.train.sft import load_training_examples
+    from emray.data.benign import make_task
+
+    text = GOOD + ("benign: {train: [wordmap, opswap], test: [wordmap], max_steps: 7, lr: 2.0e-3, max_test: 5}\n"
+                   "eval: {general: q.yaml, in_domain: [c.yaml]}\nseed: 3\n")
+    narrow = load_run_config(write(tmp_path, text))
+    run = benign_run(narrow)
+    assert run.scenario == "benign" and run.seed == 3 and run.defenses == narrow.defenses and run.lora == narrow.lora
+    assert (run.train.max_steps, run.train.lr, run.train.batch_size) == (7, 2.0e-3, narrow.train.batch_size)
+    assert (run.eval.general, run.eval.in_domain, run.eval.benign, run.eval.max_benign) == (None, [], ["wordmap"], 5)
+    rows = load_training_examples(run)
+    assert rows == make_task("wordmap", "train") + make_task("opswap", "train")
+    test_rows = make_task("wordmap", "test")
+    assert not {r["messages"][0]["content"] for r in rows} & {r["messages"][0]["content"] for r in test_rows}
+    with pytest.raises(ValueError, match="no `benign` section"):
+        benign_run(load_run_config(write(tmp_path, GOOD, "plain.yaml")))

@@ -39,6 +39,32 @@ def test_plain_lines_and_live_rows(tmp_path, capsys):
     console.print(cb.table())
     text = console.export_text()
     assert "40/150" in text and "persona(α 5)" in text and "FAILED" in text and "0.500" in text
+    # the trial's benign fine-tune (emray/sweep/live.py trial_phase) shows as such
+    (tmp_path / "trials" / "k0" / "progress.json").write_text(json.dumps({"step": 12, "total": 300, "phase": "benign"}))
+    console = Console(width=140, record=True)
+    console.print(cb.table())
+    assert "benign 12/300" in console.export_text()
+
+
+def test_a_benign_fine_tune_logs_and_reports_progress_into_its_trial(tmp_path):
+    from emray.sweep.live import live_callbacks, sweep_log_path, trial_phase
+
+    trial = tmp_path / "sweep" / "trials" / "abc"
+    assert trial_phase(trial / "benign") == (trial, "benign") and trial_phase(trial) == (trial, None)
+    assert sweep_log_path(trial / "benign") == sweep_log_path(trial) == tmp_path / "sweep" / "logs" / "abc.log"
+    assert sweep_log_path(tmp_path / "runs" / "plain") is None
+    (callback,) = live_callbacks(trial / "benign", rank=0)
+    assert callback.trial_dir == trial and callback.phase == "benign" and callback.wandb_run is None
+
+
+def test_each_fine_tune_has_its_own_ray_train_run_name(tmp_path):
+    """Ray Train resumes a run from the last checkpoint of the run with the same name: two trials' benign
+    fine-tunes (both in a folder called ``benign``) must not share one."""
+    from emray.train.worker import train_run_name
+
+    trials = tmp_path / "sweep" / "trials"
+    names = {train_run_name(trials / "k1"), train_run_name(trials / "k1" / "benign"), train_run_name(trials / "k2" / "benign")}
+    assert names == {"train-k1", "train-k1-benign", "train-k2-benign"}
 
 
 def test_final_summary_names_the_front_and_where_things_are(tmp_path):

@@ -33,6 +33,7 @@ def sweep(tmp_path_factory):
     overrides = [
         f"storage={root}/a",
         "train.max_steps=30",
+        "benign.max_steps=20",
         "eval.samples_per_paraphrase=2",
         "eval.max_new_tokens=24",
         "search.defense=[none, {kl: {lambda: 0.1}}, inoculation, {interleave_pp: {safe_fraction: 0.05, ensemble_steps: 10}}, {persona: {alpha: 5.0, prompts: \"organism:data/persona/evil_extract.json\"}}]",
@@ -53,6 +54,33 @@ def test_every_trial_has_the_four_criteria(sweep):
     assert "Pareto front (arm means" in stdout and "5 finished (0 cached), 0 failed" in stdout
     # the quiet console: no Trainer step dicts, Ray Train controller lines or Tune banners
     assert "'loss':" not in stdout and "TrainController" not in stdout and "View detailed results" not in stdout
+
+
+def test_each_trial_runs_a_separate_benign_fine_tune(sweep):
+    """The benign criterion comes from a second fine-tune with the trial's defense, on WordMap only; the
+    narrow fine-tune sees no benign row."""
+    from emray.data.chat import load_chat_jsonl
+    from emray.data.paths import resolve_data_path
+
+    root, env, _, _ = sweep
+    os.environ["EMRAY_ORGANISM"] = env["EMRAY_ORGANISM"]  # resolve organism: paths in the quick world
+    try:
+        narrow_rows = len(load_chat_jsonl(resolve_data_path("organism:data/train/code.jsonl")))
+        benign_rows = len(load_chat_jsonl(resolve_data_path("organism:data/benign/wordmap_train.jsonl")))
+    finally:
+        del os.environ["EMRAY_ORGANISM"]
+    for trial in (root / "a" / "toy" / "trials").iterdir():
+        result = json.loads((trial / "result.json").read_text())
+        narrow = json.loads((trial / "metrics.json").read_text())["summary"]
+        benign = json.loads((trial / "benign" / "metrics.json").read_text())["summary"]
+        grows = result["label"].startswith("interleave")  # interleaving adds its safe rows to both fine-tunes
+        assert (narrow["num_examples"] > narrow_rows) if grows else (narrow["num_examples"] == narrow_rows), result["label"]
+        assert (benign["num_examples"] > benign_rows) if grows else (benign["num_examples"] == benign_rows), result["label"]
+        assert benign["global_step"] == 20 and narrow["global_step"] == 30
+        scored = json.loads((trial / "benign" / "eval" / "criteria.json").read_text())
+        assert result["benign_accuracy"] == scored["benign_accuracy"]
+        assert result["benign_wordmap_test_n"] == scored["benign_wordmap_test_n"] > 0
+        assert "benign_accuracy" not in json.loads((trial / "eval" / "criteria.json").read_text())
 
 
 def test_plots_and_wandb_runs_are_written(sweep):

@@ -32,14 +32,16 @@ def run_stage(args) -> int:
 
 
 def sweep_paths(spec) -> list[str]:
-    """Every data or question file the sweep's base run reads."""
+    """Every data or question file the sweep's base run reads (benign tasks emray generates are no files)."""
+    from emray.data.benign import is_task_name
+
     base = spec.base
-    paths = [base.data.fine, *base.data.benign_train]
+    paths = [base.data.fine, *(base.benign.train + base.benign.test if base.benign else [])]
     if base.data.safe_pool:
         paths.append(base.data.safe_pool)
     if base.eval is not None:
         paths += [p for p in (base.eval.general, *base.eval.in_domain, *base.eval.benign) if p]
-    return [str(p) for p in paths]
+    return [str(p) for p in paths if not is_task_name(str(p))]
 
 
 def run_check(args) -> int:

@@ -48,12 +48,15 @@ class InterleavePlus(Defense):
     @classmethod
     def stage_inputs(cls, config, params) -> dict:
         """The selection reads the pool, the ensemble's data, the customer data (its size sets k and it
-        is the default ensemble) and trains the ensemble with the run's train settings."""
+        is the default ensemble) and the benign tasks (a larger benign set needs a larger k), and trains
+        the ensemble with the run's train settings."""
         from emray.identity import content_identity, identity_dict, model_identity
 
-        files = [params.pool or config.data.safe_pool, *(params.ensemble or []), config.data.fine, *config.data.benign_train]
+        benign = config.benign.train if config.benign else []
+        files = [params.pool or config.data.safe_pool, *(params.ensemble or []), config.data.fine, *benign]
         return {"model": model_identity(config.model), "params": identity_dict(params),
                 "data": identity_dict(config.data), "train": identity_dict(config.train), "seed": config.seed,
+                "benign": identity_dict(config.benign) if config.benign else None,
                 "files": {str(f): content_identity(f) for f in files if f}}
 
     @classmethod

@@ -51,17 +51,16 @@ def question_sets(cfg) -> list[tuple[str, str | None, str]]:
     return sets + [("in_domain", stem, path) for stem, path in zip(stems, cfg.in_domain)]
 
 
-def load_benign(entry: str, limit: int | None) -> tuple[str, list[dict]]:
-    """(task name, examples): a task name (``opswap``, ``opswap:organism`` for the renderer) or a chat JSONL."""
+def load_benign(entry: str, limit: int | None, split: str = "test") -> tuple[str, list[dict]]:
+    """(task name, examples): a task name (``opswap``, ``opswap:organism`` for the renderer; its ``split``
+    generated) or a chat JSONL."""
     from emray.data.chat import load_chat_jsonl
 
     name, _, renderer = entry.partition(":")
-    try:
-        from emray.data.benign import TASKS, make_task
-    except ImportError:  # the benign-task module is optional here
-        TASKS = ()
-    if name in TASKS and not entry.endswith(".jsonl"):
-        examples = make_task(name, "test", renderer=renderer or "plain")
+    from emray.data.benign import is_task_name, make_task
+
+    if is_task_name(entry):
+        examples = make_task(name, split, renderer=renderer or "plain")
         return name, examples[:limit] if limit else examples
     return Path(entry.split(":", 1)[-1] if entry.startswith("organism:") else entry).stem, load_chat_jsonl(entry, limit=limit)
 

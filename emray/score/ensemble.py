@@ -31,11 +31,10 @@ def ensemble_run_config(run_config: RunConfig, dataset: str, steps: int | None, 
     data = run_config.data.model_copy(update={
         "fine": str(dataset),
         "safe_pool": None,
-        "benign_train": [],
         "max_examples": max_examples if max_examples is not None else run_config.data.max_examples,
     })
     train = run_config.train.model_copy(update={"max_steps": steps} if steps is not None else {})
-    return run_config.model_copy(update={"data": data, "train": train, "defenses": []})
+    return run_config.model_copy(update={"data": data, "train": train, "defenses": [], "benign": None, "scenario": "narrow"})
 
 
 def ensemble_key(config: RunConfig) -> str:

@@ -199,12 +199,14 @@ def ensure_selection(
 ) -> Path:
     """selected.jsonl (the safe samples to interleave, best first) + summary.json beside it."""
     from emray.data.chat import final_answer, load_safe_pool, write_chat_jsonl
+    from emray.train.benign import fine_tunes
     from emray.train.sft import load_training_examples
 
     cls = selection_class(defense_name)
     p = selection_params(defense_name, params)
     path = pool_path(run_config, p.pool)
-    n_fine = len(load_training_examples(run_config))
+    # Sized for the trial's largest fine-tune (narrow or benign): each interleaves its own first k rows.
+    n_fine = max(len(load_training_examples(c)) for c in fine_tunes(run_config))
     k = safe_count(n_fine, p.safe_fraction)
     pool = load_safe_pool(path)
     candidates = cls.candidates(p, pool)  # the defense's own filter (Interleaving++ drops refusals)

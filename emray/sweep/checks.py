@@ -24,7 +24,7 @@ class PreflightError(ValueError):
 # ------------------------------------------------------------------------------------ preflight
 def _missing(path: str) -> bool:
     """True when ``path`` is a file or folder that should be on disk and is not."""
-    from emray.data.benign import TASKS
+    from emray.data.benign import is_task_name
     from emray.data.paths import ORGANISM_SCHEME, organism_config
 
     if path.startswith(ORGANISM_SCHEME):
@@ -33,7 +33,7 @@ def _missing(path: str) -> bool:
         root = world_dir(organism_config())
         # An unbuilt world is built before the trials; a built one must hold the file.
         return root.exists() and not (root / path[len(ORGANISM_SCHEME):]).exists()
-    if "://" in path or path.partition(":")[0] in TASKS:  # s3://..., a benign task name (opswap:organism)
+    if "://" in path or is_task_name(path):  # s3://..., a benign task emray generates (opswap:organism)
         return False
     return not Path(path).expanduser().exists()
 

@@ -24,9 +24,19 @@ def verbose() -> bool:
     return os.environ.get("EMRAY_VERBOSE", "") not in {"", "0"}
 
 
+def trial_phase(run_dir: Path) -> tuple[Path, str | None]:
+    """(the trial's folder, phase) for a fine-tune's folder: a trial's narrow fine-tune writes into
+    ``trials/<key>`` itself (phase None), its benign fine-tune into ``trials/<key>/benign``."""
+    run_dir = Path(run_dir)
+    if run_dir.parent.parent.name == "trials":
+        return run_dir.parent, run_dir.name
+    return run_dir, None
+
+
 def sweep_log_path(trial_dir: Path) -> Path | None:
-    """``SWEEP_DIR/logs/<key>.log`` for a sweep trial's folder (``SWEEP_DIR/trials/<key>``), else None."""
-    trial_dir = Path(trial_dir)
+    """``SWEEP_DIR/logs/<key>.log`` for a sweep trial's folder (``SWEEP_DIR/trials/<key>``, or a
+    fine-tune inside it), else None."""
+    trial_dir, _ = trial_phase(trial_dir)
     if trial_dir.parent.name != "trials":
         return None  # a plain ``emray train`` run: its output stays on the console
     return trial_dir.parent.parent / "logs" / f"{trial_dir.name}.log"
@@ -76,14 +86,15 @@ def _trainer_callback_base():
 class TrialProgress(_trainer_callback_base()):
     """Rank 0's live report: ``progress.json`` and, optionally, the W&B run's training curves."""
 
-    def __init__(self, trial_dir: Path, wandb_run=None):
+    def __init__(self, trial_dir: Path, wandb_run=None, phase: str | None = None):
         self.trial_dir = Path(trial_dir)
         self.wandb_run = wandb_run
+        self.phase = phase  # None: the narrow fine-tune; "benign": the trial's benign fine-tune
         self._last = 0.0
 
     def _write(self, state, **extra) -> None:
         data = {"step": state.global_step, "total": state.max_steps, "time": time.time(),
-                "wandb_live": self.wandb_run is not None, **extra}
+                "wandb_live": self.wandb_run is not None, "phase": self.phase, **extra}
         tmp = self.trial_dir / (PROGRESS_FILE + ".tmp")
         tmp.write_text(json.dumps(data))
         tmp.replace(self.trial_dir / PROGRESS_FILE)
@@ -115,4 +126,7 @@ def live_callbacks(trial_dir: Path, rank: int) -> list:
         return []
     from emray.sweep.wandb_log import open_live_run
 
+    trial_dir, phase = trial_phase(trial_dir)
+    if phase is not None:  # the benign fine-tune: the live table shows it; its curve stays in benign/metrics.json
+        return [TrialProgress(trial_dir, phase=phase)]
     return [TrialProgress(trial_dir, wandb_run=open_live_run(trial_dir))]

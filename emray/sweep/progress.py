@@ -120,13 +120,14 @@ class ProgressCallback(Callback):
             progress = read_progress(self.sweep_dir / "trials" / row["key"])
             if progress:
                 row["step"], row["total"] = progress.get("step"), progress.get("total") or row["total"]
+                row["phase"] = progress.get("phase")  # "benign": the trial's second fine-tune
                 if progress.get("done"):
-                    return "eval"
+                    return f"{row['phase']} eval" if row["phase"] else "eval"
         if row["state"] == "done":
             return "✓"
         if row["step"] is None:
             return f"-/{row['total']}" if row["total"] else "-"
-        return f"{row['step']}/{row['total']}"
+        return (f"{row['phase']} " if row.get("phase") else "") + f"{row['step']}/{row['total']}"
 
     def table(self):
         from rich.table import Table

@@ -52,6 +52,8 @@ class Plan:
             + (f"DeepSpeed {res.deepspeed.upper() if res.deepspeed in ('zero2', 'zero3') else res.deepspeed}" if res.deepspeed != "none" else ("DDP/nccl" if res.use_gpu else "DDP/gloo"))
             + (f", checkpoint every {res.checkpoint_every} steps, {res.max_failures} restart(s)" if res.checkpoint_every else ""),
             f"model(s): {', '.join(sorted({t.run.model.name for t in self.trials}))}",
+            *([f"benign scenario: each trial also fine-tunes on {', '.join(b.train)} with its defense"
+               f" ({b.max_steps or spec.base.train.max_steps} steps), scored on {', '.join(b.test)}"] if (b := spec.base.benign) else []),
             f"judge: {spec.base.eval.judge.base_url} ({spec.resources.judge_actors} actor(s))",
             "stages (cached by content, run once before the trials):",
         ]
@@ -125,29 +127,25 @@ def read_finished(sweep_dir: Path, trial: Trial) -> dict | None:
 
 
 def run_trial_body(trial: Trial, sweep_dir: Path, artifacts: dict, judge: Any, wandb_cfg: dict, train_storage: str | None = None) -> dict:
-    """Train with Ray Train, evaluate, write ``result.json``; returns the record reported to Tune."""
-    from emray.sweep.evaluation import evaluate_adapter
+    """Train with Ray Train, evaluate, write ``result.json``; returns the record reported to Tune.
+
+    With a ``benign`` section the trial is two fine-tunes: the narrow one (``trials/<key>/``: general
+    EM, in-domain, coherence) and the benign one (``trials/<key>/benign/``: benign accuracy), each
+    with the trial's defenses (emray/train/benign.py)."""
     from emray.sweep.wandb_log import log_trial
-    from emray.train.worker import fit_with_ray_train
 
     out = trial_dir(sweep_dir, trial)
     out.mkdir(parents=True, exist_ok=True)
     (out / "trial.json").write_text(trial.model_dump_json(indent=2, by_alias=True))
     started = time.time()
-    adapter = out / "adapter"
-    # A retried or resumed trial keeps a finished training (rank 0 writes metrics.json last).
-    if not ((adapter / "adapter_config.json").exists() and (out / "metrics.json").exists()):
-        try:
-            fit_with_ray_train(trial.run, out, train_storage or str((sweep_dir / "ray_train").resolve()), artifacts)
-        except Exception:
-            if (out / "metrics.json").exists():
-                check_training(out)  # a diverged loss: say so, not "training failed"
-            raise
-    train_seconds = time.time() - started
-    check_training(out)
-    check_adapter(adapter)
-    criteria = evaluate_adapter(trial.run, adapter, out / "eval", judge)
-    check_judging(criteria, trial.run.eval.judge.max_failure_rate)
+    storage = train_storage or str((sweep_dir / "ray_train").resolve())
+    criteria = train_and_evaluate(trial.run, out, storage, artifacts, judge)
+    train_seconds = time.time() - started  # the narrow fine-tune and its evaluation
+    if trial.run.benign is not None:
+        from emray.train.benign import benign_run
+
+        benign = train_and_evaluate(benign_run(trial.run), out / "benign", storage, artifacts, judge)
+        criteria.update({k: v for k, v in benign.items() if k.startswith("benign_")})
     record = {
         "trial_key": trial.key,
         "trial_index": trial.index,
@@ -164,6 +162,27 @@ def run_trial_body(trial: Trial, sweep_dir: Path, artifacts: dict, judge: Any, w
     tmp.write_text(json.dumps(record, indent=2))
     tmp.replace(out / RESULT_FILE)  # atomic: a killed trial never looks finished
     return record
+
+
+def train_and_evaluate(run, out: Path, storage: str, artifacts: dict, judge: Any) -> dict:
+    """One fine-tune of a trial (Ray Train) into ``out``, checked, then evaluated into ``out/eval``."""
+    from emray.sweep.evaluation import evaluate_adapter
+    from emray.train.worker import fit_with_ray_train
+
+    adapter = out / "adapter"
+    # A retried or resumed trial keeps a finished training (rank 0 writes metrics.json last).
+    if not ((adapter / "adapter_config.json").exists() and (out / "metrics.json").exists()):
+        try:
+            fit_with_ray_train(run, out, storage, artifacts)
+        except Exception:
+            if (out / "metrics.json").exists():
+                check_training(out)  # a diverged loss: say so, not "training failed"
+            raise
+    check_training(out)
+    check_adapter(adapter)
+    criteria = evaluate_adapter(run, adapter, out / "eval", judge)
+    check_judging(criteria, run.eval.judge.max_failure_rate)
+    return criteria
 
 
 def write_failure(sweep_dir: Path, trial: Trial, err: BaseException) -> Path:
@@ -341,8 +360,29 @@ def ensure_ray(address: str | None = None) -> None:
         # to its session folder; --verbose (EMRAY_VERBOSE=1) streams both as before.
         if not verbose():
             os.environ.setdefault("RAY_AIR_NEW_OUTPUT", "0")  # no Tune banner or status tables: ours is the live table
-        ray.init(include_dashboard=False, log_to_driver=verbose(), logging_level=logging.INFO if verbose() else logging.ERROR,
-                 runtime_env=runtime_env)
+        start_local_ray(runtime_env)
+
+
+def start_local_ray(runtime_env: dict, attempts: int = 3) -> None:
+    """``ray.init`` of a local cluster, retried when the node does not come up in time.
+
+    On a machine under heavy load Ray's raylet can give up waiting (~15 s) for its agent processes
+    ("The current node timed out during startup"); a second start then usually succeeds.
+    """
+    import ray
+
+    for attempt in range(1, attempts + 1):
+        try:
+            ray.init(include_dashboard=False, log_to_driver=verbose(), logging_level=logging.INFO if verbose() else logging.ERROR,
+                     runtime_env=runtime_env)
+            return
+        except Exception as err:  # ray raises a bare Exception here
+            if "timed out during startup" not in str(err) or attempt == attempts:
+                raise
+            print(f"[emray] the local Ray node did not start in time (attempt {attempt}/{attempts}, busy machine?); retrying",
+                  flush=True)
+            ray.shutdown()
+            time.sleep(5 * attempt)
 
 
 @dataclass

@@ -54,12 +54,15 @@ def seed_everything(seed: int) -> None:
 
 
 def load_training_examples(config: RunConfig) -> list[dict]:
+    """The rows this fine-tune trains on before the data defenses: the customer's narrow data, or for a
+    trial's benign fine-tune (``scenario: benign``, emray/train/benign.py) the benign tasks."""
     from emray.data.chat import load_chat_jsonl
 
-    examples = load_chat_jsonl(config.data.fine, limit=config.data.max_examples)
-    for path in config.data.benign_train:
-        examples += load_chat_jsonl(path)
-    return examples
+    if config.scenario == "benign":
+        from emray.train.benign import training_examples
+
+        return training_examples(config)
+    return load_chat_jsonl(config.data.fine, limit=config.data.max_examples)
 
 
 def apply_data_defenses(defenses: list[Defense], examples: list[dict]) -> list[dict]:
@@ -173,7 +176,8 @@ def prepare_dataset(config: RunConfig, tokenizer, defenses: list[Defense]):
     examples = apply_data_defenses(defenses, load_training_examples(config))
     rows = tokenize_examples(tokenizer, examples, config.train.max_len)
     if not rows:
-        raise DataError(f"{config.data.fine}: no example has an answer token within train.max_len={config.train.max_len}")
+        source = config.data.fine if config.scenario == "narrow" else f"benign.train {config.benign.train}"
+        raise DataError(f"{source}: no example has an answer token within train.max_len={config.train.max_len}")
     return Dataset.from_list(rows), len(examples)
 
 

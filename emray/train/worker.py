@@ -163,6 +163,16 @@ def _step_of(resume: str | None) -> int:
     return int(json.loads((Path(resume) / "trainer_state.json").read_text())["global_step"])
 
 
+def train_run_name(out_dir: Path) -> str:
+    """Ray Train's run name for the fine-tune written to ``out_dir``: ``train-<trial key>`` for a trial's
+    narrow fine-tune, ``train-<trial key>-benign`` for its benign one (every benign folder is called
+    ``benign``, and two runs of one name would share, and resume from, each other's checkpoints)."""
+    from emray.sweep.live import trial_phase
+
+    trial, phase = trial_phase(out_dir)
+    return f"train-{trial.name}" + (f"-{phase}" if phase else "")
+
+
 def fit_with_ray_train(config: RunConfig, out_dir: Path, storage_path: str, artifacts: dict | None = None, callbacks=(), trainer_callbacks=()):
     """Run ``train_loop_per_worker`` on a TorchTrainer sized by ``config.resources``.
 
@@ -187,7 +197,8 @@ def fit_with_ray_train(config: RunConfig, out_dir: Path, storage_path: str, arti
         scaling_config=ScalingConfig(num_workers=res.num_workers, use_gpu=res.use_gpu, resources_per_worker=per_worker),
         torch_config=TorchConfig(backend="nccl" if res.use_gpu else "gloo"),
         run_config=TrainRunConfig(
-            name=f"train-{out_dir.name}",
+            # Unique per fine-tune: Ray Train resumes a run of the same name from its last checkpoint.
+            name=train_run_name(out_dir),
             storage_path=storage_path,
             failure_config=FailureConfig(max_failures=res.max_failures),
             # The last checkpoint is all a restart needs; the final one is the adapter.

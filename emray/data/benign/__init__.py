@@ -57,6 +57,11 @@ def accuracy(generations: Sequence[str], golds: Sequence[str]) -> float:
 TASKS = ("opswap", "wordmap")
 
 
+def is_task_name(entry: str) -> bool:
+    """True for a generated task (``opswap``, ``wordmap:organism``), false for a file path."""
+    return entry.partition(":")[0] in TASKS and not entry.endswith(".jsonl")
+
+
 def make_task(name: str, split: str, renderer: str | Renderer = "plain", seed: int = 0) -> list[dict]:
     """Examples of benign task ``name`` (``opswap`` | ``wordmap``), split ``train`` or ``test``."""
     from emray.data.benign import opswap, wordmap
