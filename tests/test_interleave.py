@@ -63,8 +63,12 @@ def test_params_are_validated(tmp_path):
     with pytest.raises(ValueError, match="refusal_typo"):
         make_run_config(tmp_path, defenses=[{"interleave_pp": {"refusal_typo": []}}])
     pp = get_defense_class("interleave_pp").Params()
-    assert pp.refusal_keywords == ["sorry", "apologize", "cannot", "can't", "unable"] and pp.refusal_first_words == 10
+    assert pp.refusal_keywords == ["sorry", "apologize", "cannot", "can't", "i'm unable", "i am unable"]
+    assert pp.refusal_first_words == 10
     assert pp.safe_fraction == 0.05 and pp.epsilon == 1.0 and pp.ensemble is None
+    assert pp.quantile == 0.05 and pp.ensemble_seed == 0  # the reference's top 5 %; one ensemble for all seeds
+    with pytest.raises(ValueError, match="quantile"):
+        make_run_config(tmp_path, defenses=[{"interleave_plus": {"quantile": 0}}])
 
 
 def _selection(tmp_path, method, n):

@@ -56,9 +56,12 @@ def seed_everything(seed: int) -> None:
 def load_training_examples(config: RunConfig) -> list[dict]:
     from emray.data.chat import load_chat_jsonl
 
+    from emray.score.select import BENIGN_TAG
+
     examples = load_chat_jsonl(config.data.fine, limit=config.data.max_examples)
     for path in config.data.benign_train:
-        examples += load_chat_jsonl(path)
+        # tagged so the interleaving defenses size |D_safe| from the narrow data alone
+        examples += [{**ex, BENIGN_TAG: True} for ex in load_chat_jsonl(path)]
     return examples
 
 
