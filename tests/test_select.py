@@ -167,3 +167,19 @@ def test_histogram_counts_everything():
     text = histogram([0.0, 0.1, 0.1, 0.9, 1.0, math.nan], bins=4, marks=[0.9])
     counts = [int(line.split(")")[1].split()[0]) for line in text.splitlines()]
     assert counts == [3, 0, 0, 2] and text.splitlines()[-1].endswith("<")
+
+
+def test_selection_key_follows_what_changes_the_selection():
+    from emray.defenses import get_defense_class
+    from emray.score.stages import selection_key
+
+    params = get_defense_class("interleave_plus").Params()
+    args = dict(method="interleave_plus", params=params, model="m", pool="p", adapters=["a", "b", "c"], k=32,
+                top=50, max_len=128)
+    key = selection_key(**args, seed=0)
+    assert key == selection_key(**args, seed=0)
+    assert key != selection_key(**args, seed=1)  # a draw: the seed changes the rows
+    assert key != selection_key(**{**args, "params": params.model_copy(update={"quantile": 0.1})}, seed=0)
+    assert key != selection_key(**{**args, "adapters": ["a", "b"]}, seed=0)
+    strict = {**args, "params": params.model_copy(update={"quantile": None}), "top": 32}
+    assert selection_key(**strict, seed=0) == selection_key(**strict, seed=1)  # the strict top k has no draw

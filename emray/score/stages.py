@@ -191,6 +191,16 @@ def selection_params(defense_name: str, params: Any = None):
     return params
 
 
+def selection_key(method: str, params: Any, model: str, pool: str, adapters: list[str], k: int, top: int,
+                  max_len: int | None, seed: int) -> str:
+    """The selection's cache folder: everything its result depends on. The run's seed enters only
+    when k are drawn from a larger top (the strict top k does not depend on it)."""
+    return short(sha({
+        "method": method, "params": params.model_dump(), "model": model, "pool": pool, "adapters": adapters,
+        "k": k, "top": top, "max_len": max_len, "draw_seed": seed if top > k else None,
+    }))
+
+
 def ensure_selection(
     run_config: RunConfig,
     defense_name: str,
@@ -221,13 +231,8 @@ def ensure_selection(
 
     entries = ensemble_entries(run_config, p)
     adapters = ensure_ensemble(run_config, entries, p.ensemble_steps, p.ensemble_max_examples, progress, seed=p.ensemble_seed)
-    key = short(sha({
-        "method": defense_name, "params": p.model_dump(), "model": model_key(run_config.model),
-        "pool": examples_hash(pool), "adapters": [adapter_hash(a) for a in adapters], "k": k,
-        "max_len": run_config.train.max_len,
-        # the draw's seed changes the result; the strict top k does not depend on it
-        "draw_seed": run_config.seed if top > k else None,
-    }))
+    key = selection_key(defense_name, p, model_key(run_config.model), examples_hash(pool),
+                        [adapter_hash(a) for a in adapters], k, top, run_config.train.max_len, run_config.seed)
     out_dir = cache_subdir("selections", key)
     selected_path, summary_path = out_dir / "selected.jsonl", out_dir / "summary.json"
     if selected_path.exists() and summary_path.exists():
