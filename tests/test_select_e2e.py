@@ -75,6 +75,12 @@ def test_select_end_to_end(tmp_path, monkeypatch, capsys, ray_local):
     keep = [i for i in range(293) if not is_refusal(final_answer(rows[i]))]
     best = sorted(keep, key=lambda i: (math.isnan(s_d[i]), 0 if math.isnan(s_d[i]) else -s_d[i], i))[:15]  # NaN last
     assert summary["top"] == 15 and summary["selected_indices"] == random.Random(0).sample(best, 10)
+    # --top-k: the strict top 10, best first, from the same cached scores
+    assert main(argv + ["--top-k"]) == 0 and "the strict top by s_d" in capsys.readouterr().out
+    strict = stages.params_from_config(load_run_config(cfg), "interleave_pp", safe_fraction=0.2, ensemble=ens[1:3],
+                                       ensemble_steps=3).model_copy(update={"quantile": None})
+    assert stages.read_summary(stages.ensure_selection(load_run_config(cfg), "interleave_pp", strict, progress=False)
+                               )["selected_indices"] == best[:10]
     assert (len(ensemble.TRAINED), len(stages.SCORED), nll.FORWARD_CALLS) == (trained, scored, forwards)
 
     # A trial gets the selection as an artifact and trains on D_fine + D_safe.
