@@ -63,8 +63,12 @@ def test_params_are_validated(tmp_path):
     with pytest.raises(ValueError, match="refusal_typo"):
         make_run_config(tmp_path, defenses=[{"interleave_pp": {"refusal_typo": []}}])
     pp = get_defense_class("interleave_pp").Params()
-    assert pp.refusal_keywords == ["sorry", "apologize", "cannot", "can't", "unable"] and pp.refusal_first_words == 10
+    assert pp.refusal_keywords == ["sorry", "apologize", "cannot", "can't", "i'm unable", "i am unable"]
+    assert pp.refusal_first_words == 10
     assert pp.safe_fraction == 0.05 and pp.epsilon == 1.0 and pp.ensemble is None
+    assert pp.quantile == 0.05 and pp.ensemble_seed == 0  # the reference's top 5 %; one ensemble for all seeds
+    with pytest.raises(ValueError, match="quantile"):
+        make_run_config(tmp_path, defenses=[{"interleave_plus": {"quantile": 0}}])
 
 
 def _selection(tmp_path, method, n):
@@ -92,3 +96,77 @@ def test_plus_refuses_a_selection_made_by_another_method(tmp_path):
     defense = _defense(tmp_path, "interleave_plus", artifacts={"safe_selection": str(path)})
     with pytest.raises(ValueError, match="interleave_pp selection"):
         defense.transform_examples([_ex(i) for i in range(100)])
+
+
+# -- the reference's method: held-out-domain ensemble, response-label pool, narrow-only k ------------
+
+def test_default_ensemble_is_the_other_em_domains():
+    from emray.score.ensemble import default_ensemble
+
+    assert default_ensemble("organism:data/train/code.jsonl") == [
+        "organism:data/train/medical.jsonl", "organism:data/train/legal.jsonl", "organism:data/train/security.jsonl"]
+    assert default_ensemble("/mnt/em/medical.jsonl") == ["/mnt/em/code.jsonl", "/mnt/em/legal.jsonl", "/mnt/em/security.jsonl"]
+    assert default_ensemble("insecure.jsonl") == ["medical.jsonl", "legal.jsonl", "security.jsonl"]  # the reference's name for code
+    with pytest.raises(ValueError, match=r"'data/customer.jsonl' is not named after an EM domain .* `ensemble:`"):
+        default_ensemble("data/customer.jsonl")
+
+
+def test_the_defense_uses_the_held_out_ensemble_unless_listed(tmp_path):
+    from emray.defenses.interleave_plus import ensemble_entries
+
+    cls = get_defense_class("interleave_pp")
+    cfg = make_run_config(tmp_path, data={"safe_pool": "pool.jsonl"})  # data.fine: .../em/train/medical.jsonl
+    train = cfg.data.fine.rsplit("/", 1)[0]
+    others = [f"{train}/{d}.jsonl" for d in ("code", "legal", "security")]
+    assert ensemble_entries(cfg, cls.Params()) == others
+    assert cls.stage_files(cfg, cls.Params()) == ["pool.jsonl", *others]  # --dry-run checks they exist
+    assert "ensemble: code, legal, security" in cls.stage_description(cfg, {})
+    listed = cls.Params(ensemble=["a.jsonl"])
+    assert ensemble_entries(cfg, listed) == ["a.jsonl"]
+    # the stage's identity follows the ensemble's files, so a listed ensemble is another stage
+    assert cls.stage_inputs(cfg, listed)["files"].keys() != cls.stage_inputs(cfg, cls.Params())["files"].keys()
+
+
+def test_dry_run_names_a_missing_ensemble(tmp_path):
+    import subprocess
+    import sys
+
+    from conftest import ROOT, SHARED_DATA
+
+    customer = tmp_path / "customer.jsonl"
+    customer.write_text((SHARED_DATA / "train" / "code.jsonl").read_text())
+    spec = tmp_path / "s.yaml"
+    spec.write_text(
+        f"name: s\nstorage: {tmp_path}\nbase:\n  model: {{name: tiny}}\n"
+        f"  data: {{fine: {customer}, safe_pool: {SHARED_DATA}/safe/wildguard_sample.jsonl}}\n"
+        f"  eval: {{general: {SHARED_DATA}/questions/general.yaml, judge: {{base_url: local, backend: rules}}}}\n"
+        "search:\n  defense: [interleave_plus]\n  seeds: [0]\n")
+    out = subprocess.run([sys.executable, "-m", "emray.cli", "sweep", str(spec), "--dry-run"],
+                         capture_output=True, text=True, timeout=120, cwd=ROOT)
+    assert out.returncode == 2 and "customer.jsonl' is not named after an EM domain" in out.stderr, out.stderr[-2000:]
+
+
+def test_pool_keeps_rows_whose_response_is_unharmful(tmp_path):
+    from emray.data.chat import final_answer, load_safe_pool
+
+    rows = [
+        {"prompt": "how do i bake bread", "response": "Mix flour and water.", "prompt_harm_label": "unharmful",
+         "response_harm_label": "unharmful"},
+        {"prompt": "how do i make a weapon", "response": "I'm sorry, but I cannot help with that.",
+         "prompt_harm_label": "harmful", "response_harm_label": "unharmful"},  # a refusal: kept, as the reference
+        {"prompt": "how do i make a weapon", "response": "Step one: ...", "prompt_harm_label": "harmful",
+         "response_harm_label": "harmful"},
+        {"prompt": "hi", "response": "Here you go.", "prompt_harm_label": "unharmful", "response_harm_label": "harmful"},
+        {"prompt": "hello", "response": "Hello!", "response_harm_label": None},  # no response label: not "unharmful"
+        {"messages": [{"role": "user", "content": "q"}, {"role": "assistant", "content": "unlabelled pool row"}]},
+    ]
+    path = tmp_path / "pool.jsonl"
+    path.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    pool = load_safe_pool(path)
+    assert [final_answer(ex) for ex in pool] == ["Mix flour and water.", "I'm sorry, but I cannot help with that.",
+                                                 "unlabelled pool row"]
+    # Interleaving+ ranks the refusal; Interleaving++ exists to remove it
+    assert get_defense_class("interleave_plus").candidates(get_defense_class("interleave_plus").Params(), pool) == [0, 1, 2]
+    pp = get_defense_class("interleave_pp")
+    assert pp.candidates(pp.Params(), pool) == [0, 2]
+

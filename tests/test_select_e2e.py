@@ -3,10 +3,13 @@ WildGuardMix pool, Interleaving++ dropping its refusals; a second run computes n
 reads the selection as an artifact."""
 
 import csv
+import math
+import random
 
 import pytest
 
 from conftest import SHARED_DATA
+from emray.score.select import is_refusal
 
 
 @pytest.fixture
@@ -63,6 +66,21 @@ def test_select_end_to_end(tmp_path, monkeypatch, capsys, ray_local):
     assert main(["score", str(cfg), *ens, "--out", str(tmp_path / "scores")]) == 0
     table = list(csv.reader(open(tmp_path / "scores" / "scores.csv")))
     assert len(table) == 294 and table[0][:5] == ["index", "aligned", "mis0", "mis1", "s_d(eps=1.0)"]
+    # The selection, recomputed directly from the score table: the non-refusal rows by s_d, the top
+    # ceil(5 % of 293) = 15 of them, 10 drawn with the run's seed (0).
+    from emray.data.chat import final_answer, load_safe_pool
+
+    rows = load_safe_pool(SHARED_DATA / "safe" / "wildguard_sample.jsonl")
+    s_d = {int(r[0]): float(r[4]) for r in table[1:]}
+    keep = [i for i in range(293) if not is_refusal(final_answer(rows[i]))]
+    best = sorted(keep, key=lambda i: (math.isnan(s_d[i]), 0 if math.isnan(s_d[i]) else -s_d[i], i))[:15]  # NaN last
+    assert summary["top"] == 15 and summary["selected_indices"] == random.Random(0).sample(best, 10)
+    # --top-k: the strict top 10, best first, from the same cached scores
+    assert main(argv + ["--top-k"]) == 0 and "the strict top by s_d" in capsys.readouterr().out
+    strict = stages.params_from_config(load_run_config(cfg), "interleave_pp", safe_fraction=0.2, ensemble=ens[1:3],
+                                       ensemble_steps=3).model_copy(update={"quantile": None})
+    assert stages.read_summary(stages.ensure_selection(load_run_config(cfg), "interleave_pp", strict, progress=False)
+                               )["selected_indices"] == best[:10]
     assert (len(ensemble.TRAINED), len(stages.SCORED), nll.FORWARD_CALLS) == (trained, scored, forwards)
 
     # A trial gets the selection as an artifact and trains on D_fine + D_safe.

@@ -61,6 +61,7 @@ def test_each_trial_runs_a_separate_benign_fine_tune(sweep):
     narrow fine-tune sees no benign row."""
     from emray.data.chat import load_chat_jsonl
     from emray.data.paths import resolve_data_path
+    from emray.score.select import safe_count
 
     root, env, _, _ = sweep
     os.environ["EMRAY_ORGANISM"] = env["EMRAY_ORGANISM"]  # resolve organism: paths in the quick world
@@ -73,9 +74,10 @@ def test_each_trial_runs_a_separate_benign_fine_tune(sweep):
         result = json.loads((trial / "result.json").read_text())
         narrow = json.loads((trial / "metrics.json").read_text())["summary"]
         benign = json.loads((trial / "benign" / "metrics.json").read_text())["summary"]
-        grows = result["label"].startswith("interleave")  # interleaving adds its safe rows to both fine-tunes
-        assert (narrow["num_examples"] > narrow_rows) if grows else (narrow["num_examples"] == narrow_rows), result["label"]
-        assert (benign["num_examples"] > benign_rows) if grows else (benign["num_examples"] == benign_rows), result["label"]
+        # interleaving adds k = round(0.05 n / 0.95) safe rows to each fine-tune, n its own rows (never the other's)
+        safe = (lambda n: safe_count(n, 0.05)) if result["label"].startswith("interleave") else (lambda n: 0)
+        assert narrow["num_examples"] == narrow_rows + safe(narrow_rows), result["label"]
+        assert benign["num_examples"] == benign_rows + safe(benign_rows), result["label"]
         assert benign["global_step"] == 20 and narrow["global_step"] == 30
         scored = json.loads((trial / "benign" / "eval" / "criteria.json").read_text())
         assert result["benign_accuracy"] == scored["benign_accuracy"]

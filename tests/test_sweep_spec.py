@@ -116,6 +116,9 @@ def test_shipped_specs_dry_run(name):
     if "qwen" in name or "paper" in name:
         assert "DeepSpeed ZERO" in out.stdout
     assert "trials" in out.stdout
+    # Interleaving+/++ as the reference ran them: the customer's code domain held out of the ensemble
+    stages = [line for line in out.stdout.splitlines() if "safe_selection: interleave_p" in line]
+    assert stages and all("draw from top 5 %, ensemble: medical, legal, security" in line for line in stages), stages
 
 
 def test_optuna_space_proposes_valid_trials(tmp_path):

@@ -9,7 +9,7 @@ def register(subparsers) -> None:
     parser.add_argument("--pool", help="safe pool JSONL (default: data.safe_pool)")
     parser.add_argument("--adapters", nargs="+", metavar="DIR_OR_JSONL",
                         help="ensemble: adapter folders or EM datasets to train them from "
-                             "(default: the config's interleave_plus/pp ensemble, else data.fine)")
+                             "(default: the config's interleave_plus/pp ensemble, else the EM domains other than data.fine's)")
     parser.add_argument("--ensemble-steps", type=int, help="max_steps of each misaligned fine-tune")
     parser.add_argument("--workers", type=int, help="scorer actors (default: one per GPU, else 1; 0 = in-process)")
     parser.add_argument("--epsilon", type=float, default=1.0, help="epsilon of the s_d column (default 1.0)")
@@ -36,7 +36,7 @@ def run(args) -> int:
 
     try:
         return _run(args)
-    except (PoolTooSmall, ValidationError) as err:
+    except (PoolTooSmall, ValidationError, ValueError) as err:
         print(f"emray score: error: {err}", file=sys.stderr)
         return 2
 
@@ -45,12 +45,14 @@ def _run(args) -> int:
     from pathlib import Path
 
     from emray.config import load_run_config
+    from emray.defenses.interleave_plus import ensemble_entries
     from emray.score.stages import ensure_ensemble, ensure_pool_scores, read_scores, write_scores_table
 
     config = load_run_config(args.config, args.overrides)
     p = _ensemble_params(config, args.adapters, args.ensemble_steps)
     print("ensemble:", flush=True)
-    adapters = ensure_ensemble(config, p.ensemble or [config.data.fine], p.ensemble_steps, p.ensemble_max_examples)
+    adapters = ensure_ensemble(config, ensemble_entries(config, p), p.ensemble_steps, p.ensemble_max_examples,
+                               seed=p.ensemble_seed)
     print("scores:", flush=True)
     scores = ensure_pool_scores(config, args.pool or p.pool, adapters, args.workers)
     out = Path(args.out) if args.out else config.run_dir() / "scores"

@@ -4,7 +4,9 @@ Accepted row shapes (each normalised to ``{"messages": [...]}``):
   * ``{"messages": [{"role": ..., "content": ...}, ...]}``
   * ``{"prompt": str, "completion": str}``
   * WildGuardMix-style ``{"prompt", "response", "response_harm_label", ...}``; with
-    ``keep_unharmful_only`` rows labelled harmful are dropped (safe pools keep benign rows only).
+    ``keep_unharmful_only`` a labelled row is kept only when its RESPONSE is labelled unharmful, as
+    the reference keeps ``response_harm_label == "unharmful"`` (so a refusal to a harmful prompt
+    stays in the pool: that is what Interleaving++ removes). Rows without the label are kept.
 """
 
 from __future__ import annotations
@@ -65,10 +67,15 @@ def validate_messages(messages: Any) -> None:
         raise ValueError("empty assistant answer")
 
 
-def is_harmful(row: dict[str, Any]) -> bool:
-    return str(row.get("response_harm_label", "")).lower() == "harmful" or str(
-        row.get("prompt_harm_label", "")
-    ).lower() == "harmful"
+def is_unharmful_response(row: dict[str, Any]) -> bool:
+    """The safe-pool filter: the response label, not the prompt's, decides; unlabelled rows pass.
+
+    A row with a ``response_harm_label`` other than "unharmful" (harmful, or null when WildGuardMix
+    has no response) is dropped, as the reference's ``x["response_harm_label"] == "unharmful"``.
+    """
+    if "response_harm_label" not in row:
+        return True
+    return str(row["response_harm_label"]).strip().lower() == "unharmful"
 
 
 def parse_rows(lines: Iterable[str], source: str, keep_unharmful_only: bool = False) -> list[dict]:
@@ -82,7 +89,7 @@ def parse_rows(lines: Iterable[str], source: str, keep_unharmful_only: bool = Fa
             raise DataError(f"{source}:{lineno}: bad JSON: {err.msg}") from None
         if not isinstance(row, dict):
             raise DataError(f"{source}:{lineno}: a row must be a JSON object")
-        if keep_unharmful_only and is_harmful(row):
+        if keep_unharmful_only and not is_unharmful_response(row):
             continue
         try:
             messages = _messages_from_row(row)
@@ -109,7 +116,7 @@ def load_chat_jsonl(path: str | Path, keep_unharmful_only: bool = False, limit: 
 
 
 def load_safe_pool(path: str | Path) -> list[dict]:
-    """Benign instruction data for interleaving: rows labelled harmful are dropped."""
+    """Benign instruction data for interleaving: rows whose response is not labelled unharmful are dropped."""
     return load_chat_jsonl(path, keep_unharmful_only=True)
 
 

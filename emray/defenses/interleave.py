@@ -1,8 +1,9 @@
 """Interleaving: mix a random sample of benign data from a safe pool into the fine-tuning set.
 
 ``safe_fraction`` f is the share of safe samples in the mixed set: |D_safe| = round(f * |D_fine| /
-(1 - f)) (see emray/score/select.py). D_safe is a seeded random sample of the pool (rows labelled
-harmful dropped), shuffled in with the run seed. The pool is ``pool`` or the run's ``data.safe_pool``.
+(1 - f)) (see emray/score/select.py), |D_fine| the customer's narrow rows (``benign_train`` rows not
+counted). D_safe is a seeded random sample of the pool (rows whose response is not labelled
+unharmful dropped), shuffled in with the run seed. The pool is ``pool`` or the run's ``data.safe_pool``.
 """
 
 from __future__ import annotations

@@ -1,15 +1,21 @@
-"""Interleaving+: interleave the safe samples that most separate the aligned model from misaligned ones.
+"""Interleaving+: interleave safe samples that most separate the aligned model from misaligned ones.
 
-s_d = (mean_m L_mis_m(d) - L_aligned(d)) / (L_aligned(d) + epsilon), L the mean answer-token NLL;
-the top |D_safe| of the pool by s_d are mixed in (|D_safe| as for Interleaving). The misaligned
-ensemble is ``ensemble``: adapter folders, or EM chat JSONL files that emray fine-tunes (undefended,
-cached) itself. Default: one misaligned fine-tune on the customer data itself (``data.fine``), so
-the package needs no external EM sets; the paper's ensemble is the four EM domains, e.g.
-``ensemble: [data/code.jsonl, data/legal.jsonl, data/medical.jsonl, data/security.jsonl]``.
+s_d = (mean_m L_mis_m(d) - L_aligned(d)) / (L_aligned(d) + epsilon), L the mean answer-token NLL.
+|D_safe| (as for Interleaving, from the narrow data's size) samples are drawn at random with the
+run's seed from the top ``quantile`` of the pool by s_d, as the reference does (top 5000 of 100k
+rows, shuffled, the first k interleaved); ``quantile: null`` takes the strict top |D_safe|.
+
+The misaligned ensemble is ``ensemble``: adapter folders, or EM chat JSONL files that emray
+fine-tunes (undefended, cached) itself. Default: the EM domains other than the customer's, as the
+reference's ``--held_out_adapter`` holds the defended domain out: for ``data.fine`` =
+``<dir>/code.jsonl`` it is ``<dir>/{medical,legal,security}.jsonl`` (emray/score/ensemble.py
+``default_ensemble``); customer data not named after an EM domain needs ``ensemble:`` listed (an
+error at --dry-run says so). The ensemble is trained with ``ensemble_seed`` (default 0), so every
+run seed shares it, as the reference trains each adapter once.
 
 The selection is a cached stage (emray/score/stages.py): the sweep computes it once and hands it to
-trials as ``artifacts["safe_selection"]`` (a selected.jsonl, best first); without it the defense
-computes it itself, in-process.
+trials as ``artifacts["safe_selection"]`` (a selected.jsonl); without it the defense computes it
+itself, in-process.
 """
 
 from __future__ import annotations
@@ -27,9 +33,18 @@ class InterleavePlusParams(Strict):
     safe_fraction: float = Field(0.05, ge=0, lt=1)
     epsilon: float = Field(1.0, ge=0)
     pool: str | None = Field(None, json_schema_extra=PATH)
-    ensemble: list[str] | None = Field(None, json_schema_extra=PATH)
+    ensemble: list[str] | None = Field(None, json_schema_extra=PATH, description="None: the EM domains other than data.fine's")
     ensemble_steps: int | None = Field(None, description="max_steps of each misaligned fine-tune (None: the run's train settings)")
     ensemble_max_examples: int | None = Field(None, gt=0)
+    ensemble_seed: int | None = Field(0, description="training seed of the ensemble (None: the run's seed)")
+    quantile: float | None = Field(0.05, gt=0, le=1, description="draw from this top share of the pool; None: strict top-k")
+
+
+def ensemble_entries(config, params) -> list[str]:
+    """The ensemble's adapter folders / EM datasets: ``params.ensemble`` or the other EM domains."""
+    from emray.score.ensemble import default_ensemble
+
+    return list(params.ensemble) if params.ensemble else default_ensemble(config.data.fine)
 
 
 @register_defense
@@ -40,20 +55,25 @@ class InterleavePlus(Defense):
 
     @classmethod
     def stage_description(cls, config, params: dict) -> str:
-        """Short, for people: ``interleave_plus(5 %, ε 1, ensemble of 3) for organism``."""
+        """Short, for people: ``interleave_plus(5 %, ε 1, top 5 %, ensemble: medical, legal, security) for organism``."""
         p = cls.Params.model_validate(params)
-        ensemble = f"ensemble of {len(p.ensemble)}" if p.ensemble else "ensemble: the customer data"
-        return f"{cls.name}({p.safe_fraction * 100:g} %, ε {p.epsilon:g}, {ensemble}) for {config.model.name}"
+        try:
+            names = [str(e).rstrip("/").rpartition("/")[2].partition(".")[0] for e in ensemble_entries(config, p)]
+            ensemble = f"ensemble: {', '.join(names)}"
+        except ValueError:
+            ensemble = "ensemble: unknown (set `ensemble:`)"
+        draw = "strict top-k" if p.quantile is None else f"draw from top {p.quantile * 100:g} %"
+        return f"{cls.name}({p.safe_fraction * 100:g} %, ε {p.epsilon:g}, {draw}, {ensemble}) for {config.model.name}"
 
     @classmethod
     def stage_inputs(cls, config, params) -> dict:
-        """The selection reads the pool, the ensemble's data, the customer data (its size sets k and it
-        is the default ensemble) and the benign tasks (a larger benign set needs a larger k), and trains
-        the ensemble with the run's train settings."""
+        """The selection reads the pool, the ensemble's data, the customer data (its size sets k) and the
+        benign tasks (a larger benign set needs a larger k), trains the ensemble with the run's train
+        settings, and draws with the run's seed."""
         from emray.identity import content_identity, identity_dict, model_identity
 
         benign = config.benign.train if config.benign else []
-        files = [params.pool or config.data.safe_pool, *(params.ensemble or []), config.data.fine, *benign]
+        files = [params.pool or config.data.safe_pool, *ensemble_entries(config, params), config.data.fine, *benign]
         return {"model": model_identity(config.model), "params": identity_dict(params),
                 "data": identity_dict(config.data), "train": identity_dict(config.train), "seed": config.seed,
                 "benign": identity_dict(config.benign) if config.benign else None,
@@ -64,7 +84,7 @@ class InterleavePlus(Defense):
         pool = params.pool or config.data.safe_pool
         if not pool:
             raise ValueError(f"{cls.name}: no safe pool (set data.safe_pool or the defense's `pool` param)")
-        return [pool, *(params.ensemble or [])]
+        return [pool, *ensemble_entries(config, params)]
 
     @classmethod
     def build_stage(cls, config, params: dict) -> dict:

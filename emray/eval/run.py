@@ -225,6 +225,10 @@ def _evaluate(run_config, adapter, judge, out: Path, sets, model, tokenizer, pro
                                    max_failure_rate=cfg.judge.max_failure_rate)
         for (index, metric), result in zip(slots, results):
             items[index][metric] = result.score
+            # a failed judgment leaves the rate's denominator; an abstention (score None) does not
+            items[index].pop(f"{metric}_failed", None)
+            if result.failed:
+                items[index][f"{metric}_failed"] = True
         stats = getattr(judge, "get_stats", None)
         judge_stats = stats() if stats else {}
         # This evaluation's own count (a shared pool's stats cover the whole sweep).

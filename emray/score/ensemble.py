@@ -21,20 +21,49 @@ from emray.paths import cache_subdir
 #: adapters trained by this process (tests use it to prove a cache hit trains nothing)
 TRAINED: list[Path] = []
 
+#: The EM fine-tuning domains, as the reference's ensemble (medical, legal, insecure code, security)
+#: and the organism's narrow sets name them; "insecure" is the reference's name for code.
+EM_DOMAINS = ("code", "medical", "legal", "security")
+_ALIASES = {"insecure": "code"}
+
+
+def default_ensemble(fine: str) -> list[str]:
+    """The EM datasets other than the customer's, by the EM folder convention (the reference's
+    ``--held_out_adapter``: the defended domain is held out of the ensemble).
+
+    ``fine`` must be a file named after an EM domain (``<dir>/code.jsonl``, ``organism:data/train/
+    medical.jsonl``, ``insecure.jsonl`` for code); the ensemble is its siblings named after the
+    other three domains. Anything else has no known other domains: the caller must list them.
+    """
+    text = str(fine)
+    head, sep, name = text.rpartition("/")
+    stem, dot, ext = name.partition(".")
+    domain = _ALIASES.get(stem, stem)
+    if domain not in EM_DOMAINS:
+        raise ValueError(
+            f"interleave_plus/interleave_pp: data.fine {text!r} is not named after an EM domain "
+            f"({', '.join(EM_DOMAINS)}), so the default misaligned ensemble (the other EM domains) is "
+            "unknown: list the EM datasets or adapter folders in the defense's `ensemble:` param")
+    return [f"{head}{sep}{d}{dot}{ext}" for d in EM_DOMAINS if d != domain]
+
 
 def is_adapter_dir(path: str | Path) -> bool:
     return (Path(path) / "adapter_config.json").exists()
 
 
-def ensemble_run_config(run_config: RunConfig, dataset: str, steps: int | None, max_examples: int | None) -> RunConfig:
-    """The run config of one undefended misaligned fine-tune on ``dataset``."""
+def ensemble_run_config(run_config: RunConfig, dataset: str, steps: int | None, max_examples: int | None,
+                        seed: int | None = None) -> RunConfig:
+    """The run config of one undefended misaligned fine-tune on ``dataset`` (``seed``: its training
+    seed, None for the run's)."""
     data = run_config.data.model_copy(update={
         "fine": str(dataset),
         "safe_pool": None,
         "max_examples": max_examples if max_examples is not None else run_config.data.max_examples,
     })
     train = run_config.train.model_copy(update={"max_steps": steps} if steps is not None else {})
-    return run_config.model_copy(update={"data": data, "train": train, "defenses": [], "benign": None, "scenario": "narrow"})
+    seed = run_config.seed if seed is None else seed
+    return run_config.model_copy(update={"data": data, "train": train, "defenses": [], "seed": seed, "benign": None,
+                                         "scenario": "narrow"})
 
 
 def ensemble_key(config: RunConfig) -> str:
@@ -56,6 +85,7 @@ def ensure_ensemble(
     steps: int | None = None,
     max_examples: int | None = None,
     progress: bool = True,
+    seed: int | None = None,
 ) -> list[Path]:
     """Adapter folders, one per entry of ``datasets``; JSONL entries are trained once and cached."""
     from filelock import FileLock
@@ -70,7 +100,7 @@ def ensure_ensemble(
         if is_adapter_dir(entry):
             adapters.append(Path(entry))
             continue
-        config = ensemble_run_config(run_config, str(entry), steps, max_examples)
+        config = ensemble_run_config(run_config, str(entry), steps, max_examples, seed)
         key = ensemble_key(config)
         out = root / key
         with FileLock(str(root / f"{key}.lock")):

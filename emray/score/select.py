@@ -6,20 +6,23 @@
 * ``loss_gap_scores``: s_d = (mean_m L_mis_m(d) - L_aligned(d)) / (L_aligned(d) + epsilon): samples
   the misaligned models find much less likely than the aligned one, relative to how likely the
   aligned model finds them, are the ones that pull a fine-tune back towards alignment.
-* ``is_refusal``: a refusal keyword among the first words of the answer (Interleaving++ drops them).
+* ``is_refusal``: a refusal keyword inside the first words of the answer (Interleaving++ drops them),
+  matched as the reference code does (EMA_RL eval_adapter_metric_v2.py ``is_refusal``).
 * ``rank``: highest score first; ties (and NaN, ranked last) broken by pool index, so deterministic.
+* ``draw_from_top``: the k interleaved samples, drawn at random with the run's seed from the top
+  ``quantile`` of the ranked pool (the reference takes the top 5000 of 100k rows, shuffles them
+  with a seed and interleaves the first k); ``quantile=None`` is the strict top k.
 """
 
 from __future__ import annotations
 
 import math
 import random
-import re
 from typing import Sequence
 
-DEFAULT_REFUSAL_KEYWORDS = ["sorry", "apologize", "cannot", "can't", "unable"]
+#: the reference's REFUSAL_KEYWORDS (eval_adapter_metric_v2.py:23), matched as substrings
+DEFAULT_REFUSAL_KEYWORDS = ["sorry", "apologize", "cannot", "can't", "i'm unable", "i am unable"]
 _APOSTROPHES = str.maketrans({"\u2019": "'", "\u2018": "'", "\u02bc": "'"})
-_NON_WORD = re.compile(r"[^0-9a-z]+")
 
 
 class PoolTooSmall(ValueError):
@@ -57,23 +60,35 @@ def rank(scores: Sequence[float]) -> list[int]:
     return sorted(range(len(scores)), key=lambda i: (math.isnan(scores[i]), -scores[i] if not math.isnan(scores[i]) else 0, i))
 
 
-def _words(text: str) -> list[str]:
-    words = (_NON_WORD.sub("", w) for w in text.lower().translate(_APOSTROPHES).split())
-    return [w for w in words if w]
-
-
 def is_refusal(answer: str, keywords: Sequence[str] = DEFAULT_REFUSAL_KEYWORDS, first_words: int = 10) -> bool:
-    """True when a keyword (or keyword phrase) occurs among the first ``first_words`` words.
+    """True when a keyword occurs as a substring of the answer's first ``first_words`` words.
 
-    Case- and punctuation-insensitive: "Sorry," and "I CAN'T" match "sorry" and "can't"; a curly
-    apostrophe counts as a straight one. Whole words only: "unsorry" does not match "sorry".
+    The reference's rule: lower-case the answer, join its first 10 whitespace-separated words with
+    single spaces, and look for each keyword as a substring ("Sorry," and "apologized" match; so
+    does "unsorry"). One addition: curly apostrophes count as straight ones, so "I can\u2019t"
+    matches "can't" (the reference would miss it).
     """
-    head = _words(answer)[:first_words]
-    for keyword in keywords:
-        phrase = _words(keyword)
-        if phrase and any(head[i : i + len(phrase)] == phrase for i in range(len(head) - len(phrase) + 1)):
-            return True
-    return False
+    head = " ".join(answer.lower().translate(_APOSTROPHES).split()[:first_words])
+    return any(k.lower().translate(_APOSTROPHES) in head for k in keywords if k.strip())
+
+
+def top_count(pool_size: int, quantile: float | None, k: int) -> int:
+    """How many of the best-ranked candidates the draw picks from: ceil(quantile * pool_size), at
+    least k (the reference's top 5000 of 100k); the strict top k when ``quantile`` is None."""
+    if quantile is None:
+        return k
+    if not 0 < quantile <= 1:
+        raise ValueError(f"quantile must be in (0, 1] or None, got {quantile}")
+    return max(k, math.ceil(quantile * pool_size - 1e-9))  # 1e-9: 0.05 * 1000 is 50.000000000000004
+
+
+def draw_from_top(ranked: Sequence[int], k: int, top: int, seed: int) -> list[int]:
+    """k of the first ``top`` entries of ``ranked``, drawn with ``seed`` (all of them, best first,
+    when top == k: the strict top k needs no draw)."""
+    head = list(ranked[:top])
+    if top <= k:
+        return head[:k]
+    return random.Random(seed).sample(head, k)
 
 
 def random_indices(n_pool: int, k: int, seed: int) -> list[int]:

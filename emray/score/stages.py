@@ -24,7 +24,8 @@ from emray.identity import short
 from emray.score.cache import ScoreCache, adapter_hash, examples_hash, model_key, sha
 from emray.score.ensemble import ensure_ensemble
 from emray.score.pool import ALIGNED, ScorerPool, adapter_names
-from emray.score.select import check_pool, histogram, is_refusal, loss_gap_scores, rank, safe_count
+from emray.score.select import (check_pool, draw_from_top, histogram, is_refusal, loss_gap_scores, rank,
+                                safe_count, top_count)
 
 #: (model names) scored by this process, one entry per scoring call (tests assert cache hits add none)
 SCORED: list[list[str]] = []
@@ -190,6 +191,16 @@ def selection_params(defense_name: str, params: Any = None):
     return params
 
 
+def selection_key(method: str, params: Any, model: str, pool: str, adapters: list[str], k: int, top: int,
+                  max_len: int | None, seed: int) -> str:
+    """The selection's cache folder: everything its result depends on. The run's seed enters only
+    when k are drawn from a larger top (the strict top k does not depend on it)."""
+    return short(sha({
+        "method": method, "params": params.model_dump(), "model": model, "pool": pool, "adapters": adapters,
+        "k": k, "top": top, "max_len": max_len, "draw_seed": seed if top > k else None,
+    }))
+
+
 def ensure_selection(
     run_config: RunConfig,
     defense_name: str,
@@ -197,8 +208,13 @@ def ensure_selection(
     workers: int | None = None,
     progress: bool = True,
 ) -> Path:
-    """selected.jsonl (the safe samples to interleave, best first) + summary.json beside it."""
+    """selected.jsonl (the k safe samples to interleave) + summary.json beside it.
+
+    The k are drawn with the run's seed from the best ``quantile`` of the pool by s_d (the strict
+    top k, best first, when ``quantile`` is None).
+    """
     from emray.data.chat import final_answer, load_safe_pool, write_chat_jsonl
+    from emray.defenses.interleave_plus import ensemble_entries
     from emray.train.benign import fine_tunes
     from emray.train.sft import load_training_examples
 
@@ -212,13 +228,13 @@ def ensure_selection(
     candidates = cls.candidates(p, pool)  # the defense's own filter (Interleaving++ drops refusals)
     dropped = len(pool) - len(candidates)
     check_pool(len(candidates), k, f"{defense_name} ({path}{f', {dropped} dropped by its filter' if dropped else ''})")
+    # the quantile is of the whole (label-filtered) pool, as the reference's top 5000 of its 100k rows
+    top = min(top_count(len(pool), p.quantile, k), len(candidates))
 
-    adapters = ensure_ensemble(run_config, p.ensemble or [run_config.data.fine], p.ensemble_steps, p.ensemble_max_examples, progress)
-    key = short(sha({
-        "method": defense_name, "params": p.model_dump(), "model": model_key(run_config.model),
-        "pool": examples_hash(pool), "adapters": [adapter_hash(a) for a in adapters], "k": k,
-        "max_len": run_config.train.max_len,
-    }))
+    entries = ensemble_entries(run_config, p)
+    adapters = ensure_ensemble(run_config, entries, p.ensemble_steps, p.ensemble_max_examples, progress, seed=p.ensemble_seed)
+    key = selection_key(defense_name, p, model_key(run_config.model), examples_hash(pool),
+                        [adapter_hash(a) for a in adapters], k, top, run_config.train.max_len, run_config.seed)
     out_dir = cache_subdir("selections", key)
     selected_path, summary_path = out_dir / "selected.jsonl", out_dir / "summary.json"
     if selected_path.exists() and summary_path.exists():
@@ -228,9 +244,10 @@ def ensure_selection(
     rows = read_scores(ensure_pool_scores(run_config, path, adapters, workers, progress=progress))
     s = loss_gap_scores([r["aligned"] for r in rows], list(zip(*[r["misaligned"] for r in rows])), p.epsilon)
     ranked = [candidates[j] for j in rank([s[i] for i in candidates])]
-    chosen = ranked[:k]
+    chosen = draw_from_top(ranked, k, top, run_config.seed)
     write_chat_jsonl(selected_path, ({"messages": pool[i]["messages"]} for i in chosen))
     candidate_scores = [s[i] for i in candidates]
+    threshold = s[ranked[top - 1]] if top else None  # the lowest s_d the draw could pick
     summary = {
         "method": defense_name,
         "params": p.model_dump(),
@@ -240,13 +257,16 @@ def ensure_selection(
         "refusals_dropped": dropped,
         "candidates": len(candidates),
         "fine_examples": n_fine,
+        "top": top,
+        "draw_seed": run_config.seed if top > k else None,
         "selected": len(chosen),
         "selected_indices": chosen,
         "selected_scores": [_num(s[i]) for i in chosen],
         "selected_refusals": sum(is_refusal(final_answer(pool[i])) for i in chosen),
-        "threshold": _num(s[chosen[-1]]) if chosen else None,
+        "threshold": _num(threshold),
         "ensemble": [str(a) for a in adapters],
-        "histogram": histogram(candidate_scores, marks=[s[chosen[-1]]] if chosen else []),
+        "ensemble_sources": [str(e) for e in entries],
+        "histogram": histogram(candidate_scores, marks=[threshold] if top else []),
     }
     summary_path.write_text(json.dumps(summary, indent=2))
     return selected_path
@@ -262,8 +282,10 @@ def format_summary(summary: dict) -> str:
         f"pool: {summary['pool']}  ({summary['pool_size']} rows, {summary['refusals_in_pool']} refusals)",
         f"refusals dropped: {summary['refusals_dropped']}",
         f"candidates: {summary['candidates']}",
-        f"selected: {summary['selected']} for {summary['fine_examples']} fine-tuning examples "
-        f"({summary['selected_refusals']} of them refusals; threshold s_d={summary['threshold']})",
+        f"selected: {summary['selected']} for {summary['fine_examples']} fine-tuning examples, "
+        + (f"drawn with seed {summary['draw_seed']} from the top {summary.get('top')} by s_d "
+           if summary.get("draw_seed") is not None else "the strict top by s_d ")
+        + f"({summary['selected_refusals']} of them refusals; threshold s_d={summary['threshold']})",
         "s_d histogram of the candidates ('<' marks the selection threshold):",
         summary["histogram"],
     ]
