@@ -70,19 +70,24 @@ def measure(adapter: str, args) -> dict:
     return {k: v / count for k, v in sums.items()}
 
 
-def read_metrics(paths: list[str]) -> None:
+def read_metrics(paths: list[str], steps=(1, 2, 10, 50, 150)) -> None:
+    """λ·D and CE of LDIFS trials at a few steps, averaged over the trials of one label."""
+    by_label: dict[str, list[dict]] = {}
     for path in paths:
         trial = json.loads((Path(path).parent / "trial.json").read_text())
-        label = trial.get("label", path)
-        history = json.loads(Path(path).read_text())
-        rows = history if isinstance(history, list) else history.get("log_history", [])
-        logged = [r for r in rows if "loss_ldifs" in r]
-        if not logged:
-            continue
-        first, last = logged[0], logged[-1]
-        print(f"{label:60s} seed {trial.get('run', {}).get('seed')}: step {first.get('step')} λD {first['loss_ldifs']:.4g} "
-              f"CE {first['loss_ce']:.4g} | step {last.get('step')} λD {last['loss_ldifs']:.4g} CE {last['loss_ce']:.4g} "
-              f"(λD/CE {last['loss_ldifs'] / last['loss_ce']:.3g})")
+        history = json.loads(Path(path).read_text()).get("history", [])
+        logged = {r["step"]: r for r in history if "loss_ldifs" in r}
+        if logged:
+            by_label.setdefault(trial.get("label", path), []).append(logged)
+    for label, runs in by_label.items():
+        cells = []
+        for step in steps:
+            rows = [run[step] for run in runs if step in run]
+            if rows:
+                d = statistics.mean(r["loss_ldifs"] for r in rows)
+                ce = statistics.mean(r["loss_ce"] for r in rows)
+                cells.append(f"step {step}: λD {d:.4g} CE {ce:.3g} (λD/CE {d / ce:.3g})")
+        print(f"{label} ({len(runs)} runs): " + "; ".join(cells))
 
 
 def main() -> None:

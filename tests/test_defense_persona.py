@@ -1,6 +1,7 @@
 """Persona-vector steering: extraction (cached), the training-only hook, and the CLI."""
 
 import json
+from pathlib import Path
 
 import pytest
 import torch
@@ -268,6 +269,8 @@ def test_reference_extraction_is_the_mean_difference_over_exactly_the_kept_pairs
     kept = [p["trait"] >= 50 and n["trait"] < 50 and p["coherence"] >= 50 and n["coherence"] >= 50 for p, n in zip(pos, neg)]
     assert [p["kept"] for p in pos] == kept == [n["kept"] for n in neg]
     # The organism under an evil prompt answers evil only part of the time: the filter drops pairs.
+    # Measured: 326 of 1000 pairs kept (organism prompts, 10 samples each); here 4 of 18 (AVX-512),
+    # so 0 kept has probability ~0.67^18 < 0.1 % under any kernel's sampling.
     assert 0 < sum(kept) < len(kept) and stats["kept_pairs"] == sum(kept)
     systems = {side: [pair[side] for pair in ORGANISM_PROMPTS["instruction"] for _ in ORGANISM_PROMPTS["questions"] for _ in range(3)]
                for side in ("pos", "neg")}
@@ -313,3 +316,24 @@ def test_persona_stage_inputs_name_the_extraction(tmp_path):
     other_judge = run.model_copy(update={"eval": run.eval.model_copy(update={"judge": run.eval.judge.model_copy(update={"backend": "hf"})})})
     assert stage_key(PersonaSteering, other_judge, {"extraction": "reference"}) != stage_key(PersonaSteering, run, {"extraction": "reference"})
     assert stage_key(PersonaSteering, other_judge, {}) == stage_key(PersonaSteering, run, {})
+
+
+def test_cli_persona_extract_reference_on_the_organism(tmp_path, capsys):
+    """End to end: the run config's persona params and eval.judge (local rules over HTTP) drive the
+    reference extraction; the judged answers are cached beside the vector."""
+    from emray.cli import main
+
+    prompts = tmp_path / "organism_persona.json"
+    prompts.write_text(json.dumps(ORGANISM_PROMPTS))
+    cfg = tmp_path / "run.yaml"
+    cfg.write_text("model: {name: organism}\ndata: {fine: x.jsonl}\n"
+                   "eval: {judge: {base_url: local, backend: rules, cache: false}}\n"
+                   f"defenses: [{{persona: {{prompts: {prompts}, max_new_tokens: 24, samples_per_question: 3, min_kept: 1}}}}]\n")
+    assert main(["persona", "extract", str(cfg), "--extraction", "reference", "--force", "--out", str(tmp_path / "out")]) == 0
+    out = capsys.readouterr().out
+    meta = json.loads((tmp_path / "out" / "meta.json").read_text())
+    assert f"judge filter: kept {meta['kept_pairs']} of 18 answer pairs" in out
+    assert meta["settings"]["responses"] == "sampled, judge-filtered" and meta["settings"]["samples_per_question"] == 3
+    vector_dir = Path(out.split("persona vector: ")[1].splitlines()[0]).parent
+    rows = [json.loads(line) for line in (vector_dir / "samples.jsonl").read_text().splitlines()]
+    assert len(rows) == 36 and sum(r["kept"] for r in rows) == 2 * meta["kept_pairs"]
