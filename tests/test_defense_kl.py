@@ -166,3 +166,41 @@ def test_kl_defense_params_and_weighted_term(setup):
     with pytest.raises(Exception):
         cls({"lambda": 0.1, "direction": "sideways"})
     assert cls().params.lam == 0.1 and cls().params.direction == "forward"
+
+
+def reference_kl_divergence_loss(logits_trained, logits_frozen, attention_mask):
+    """EMA_RL grpo_regularization/kl_divergence.py (reduction 'batchmean'), written out: KL(model ‖ frozen)
+    per position, masked by the attention mask, summed and divided by the mask's sum."""
+    lp, lq = F.log_softmax(logits_trained.float(), -1), F.log_softmax(logits_frozen.float(), -1)
+    kl = (lp.exp() * (lp - lq)).sum(-1) * attention_mask
+    return kl.sum() / attention_mask.sum()
+
+
+def test_kl_over_the_whole_sequence_matches_the_reference_and_its_gradients(setup):
+    """tokens: sequence = the reference's average over every non-padding position (prompt included)."""
+    model, _, inputs = setup
+    move_adapter(model)
+    kw = dict(input_ids=inputs["input_ids"], attention_mask=inputs["attention_mask"])
+    model.zero_grad()
+    pol_logits = model(**kw).logits
+    with torch.no_grad(), model.disable_adapter():
+        ref_logits = model(**kw).logits
+    expected = reference_kl_divergence_loss(pol_logits, ref_logits, inputs["attention_mask"])
+    expected.backward()
+    expected_grads = lora_grads(model)
+    model.zero_grad()
+    defense = get_defense_class("kl")({"lambda": 2.0, "tokens": "sequence", "chunk_tokens": 5})
+    batch = DefenseBatch(model, inputs, chunk_tokens=5)
+    term = defense.loss(batch)["kl"]
+    assert term.item() == pytest.approx(2.0 * expected.item(), rel=1e-4)
+    (term / 2.0).backward()
+    got = lora_grads(model)
+    assert set(got) == set(expected_grads)
+    for name in expected_grads:
+        torch.testing.assert_close(got[name], expected_grads[name], rtol=1e-4, atol=1e-6)
+    model.zero_grad()
+    # Another quantity than the default answer-token mean, and the positions add up to the mask.
+    assert batch.kl_loss("forward").item() != pytest.approx(expected.item(), rel=1e-3)
+    assert int(batch.other_positions.sum()) + batch.num_answer_tokens == int(inputs["attention_mask"].sum())
+    with pytest.raises(ValueError, match="tokens must be"):
+        batch.kl_loss("forward", "prompt")

@@ -77,3 +77,83 @@ def test_ldifs_zero_at_init_and_gradient_reaches_lora(setup):
     after = defense.loss(DefenseBatch(model, inputs, hidden_layers=defense.hidden_layers(model)))["ldifs"].item()
     assert after < loss.item()
     model.zero_grad()
+
+
+def test_reference_layers_follow_linspace_and_keep_duplicates():
+    from emray.defenses.ldifs import reference_layers
+
+    # featextract.py: torch.linspace(0, L-1, 5).long() over blocks; block b is hidden_states[b + 1].
+    assert reference_layers(28, 5) == [1, 7, 14, 21, 28]
+    assert reference_layers(4, 5) == [1, 1, 2, 3, 4]
+    assert reference_layers(2, 5) == [1, 1, 1, 1, 2]  # the organism: block 0 four times
+
+
+def reference_style_distance(model, inputs, blocks, mask):
+    """The reference's algorithm, literally: one sequence at a time (its own tokens only), a forward
+    hook on each chosen block, each block's [tokens, d] output flattened and L2-normalised, the
+    layers concatenated, ||phi_policy - phi_ref||^2, mean over sequences."""
+    layers = model.get_base_model().model.layers
+
+    def concat_features(ids, keep):
+        grabbed = {}
+        handles = [layers[b].register_forward_hook(lambda m, a, o, b=b: grabbed.__setitem__(b, o[0] if isinstance(o, tuple) else o)) for b in set(blocks)]
+        try:
+            model(input_ids=ids)
+        finally:
+            for h in handles:
+                h.remove()
+        return torch.cat([torch.nn.functional.normalize(grabbed[b][0][keep].flatten(), dim=0) for b in blocks])
+
+    out = []
+    for i in range(inputs["input_ids"].shape[0]):
+        n = int(inputs["attention_mask"][i].sum())
+        ids, keep = inputs["input_ids"][i : i + 1, :n], mask[i, :n]
+        pol = concat_features(ids, keep)
+        with torch.no_grad(), model.disable_adapter():
+            ref = concat_features(ids, keep)
+        out.append(((pol - ref) ** 2).sum())
+    return torch.stack(out).mean()
+
+
+@pytest.mark.parametrize("tokens", ["all", "answer"])
+def test_normalized_reference_ldifs_matches_the_reference_algorithm(setup, tokens):
+    """features: normalized + layers: reference = the reference's D on blocks 0,0,1,2 (tiny, L=4), with
+    the repeated block counted twice. The last block (3) is left out of the hand computation: the
+    reference hooks its raw output, emray reads the final-normed hidden_states[4] (documented)."""
+    model, _, inputs = setup
+    move_adapter(model)
+    defense = get_defense_class("ldifs")({"lambda": 3.0, "num_layers": 4, "tokens": tokens, "layers": "reference", "features": "normalized"})
+    assert defense.feature_layers(model) == [1, 2, 3, 4]  # linspace(0, 3, 4) = blocks 0, 1, 2, 3
+    defense_dup = get_defense_class("ldifs")({"lambda": 3.0, "num_layers": 5, "tokens": tokens, "layers": "reference", "features": "normalized"})
+    assert defense_dup.feature_layers(model) == [1, 1, 2, 3, 4]
+    batch = DefenseBatch(model, inputs, hidden_layers=defense_dup.hidden_layers(model))
+    mask = batch.token_mask if tokens == "all" else batch.answer_token_mask
+    # Without the last layer: exactly the reference's algorithm (hooks on raw block outputs).
+    defense_dup.feature_layers = lambda m: [1, 1, 2, 3]
+    value = defense_dup.loss(batch)["ldifs"].item()
+    expected = 3.0 * reference_style_distance(model, inputs, [0, 0, 1, 2], mask).item()
+    assert value == pytest.approx(expected, rel=1e-4)
+    # Each layer's term is 2 - 2 cos in [0, 4]: the duplicated block really counts twice.
+    single = get_defense_class("ldifs")({"lambda": 3.0, "layers": "reference", "features": "normalized", "tokens": tokens})
+    single.feature_layers = lambda m: [1]
+    d1 = single.loss(batch)["ldifs"].item()
+    assert 0 < d1 < 3.0 * 4
+    assert value == pytest.approx(d1 + 3.0 * reference_style_distance(model, inputs, [0, 1, 2], mask).item(), rel=1e-4)
+    # The default (per-coordinate MSE) is another quantity on the same batch.
+    mse = get_defense_class("ldifs")({"lambda": 3.0, "num_layers": 5, "tokens": tokens, "layers": "reference"})
+    mse.feature_layers = lambda m: [1, 1, 2, 3]
+    assert mse.loss(batch)["ldifs"].item() != pytest.approx(value, rel=1e-2)
+
+
+def test_normalized_ldifs_zero_at_init_and_gradient_reaches_lora():
+    model, tok = tiny_lora(seed=5)  # fresh adapter: B = 0
+    inputs = make_inputs(tok)
+    defense = get_defense_class("ldifs")({"features": "normalized", "layers": "reference"})
+    batch = DefenseBatch(model, inputs, hidden_layers=defense.hidden_layers(model))
+    assert defense.loss(batch)["ldifs"].item() == pytest.approx(0.0, abs=1e-6)
+    move_adapter(model)
+    model.zero_grad()
+    loss = defense.loss(DefenseBatch(model, inputs, hidden_layers=defense.hidden_layers(model)))["ldifs"]
+    loss.backward()
+    assert loss.item() > 0
+    assert any("lora_B" in n and p.grad is not None and p.grad.abs().sum() > 0 for n, p in model.named_parameters())

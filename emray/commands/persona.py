@@ -13,6 +13,8 @@ def register(subparsers) -> None:
     extract.add_argument("--max-new-tokens", type=int, default=None, help="response length (default: the defense's, 32)")
     extract.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
                          help="override a config key (dotted path), e.g. train.max_steps=10; repeatable")
+    extract.add_argument("--extraction", choices=["greedy", "reference"], default=None,
+                         help="greedy answers (default) or the reference's sampled, judge-filtered ones (uses eval.judge)")
     extract.add_argument("--force", action="store_true", help="recompute even if cached")
     extract.add_argument("--out", help="also copy the vector file and its meta.json into this folder")
     extract.set_defaults(func=run_extract)
@@ -26,24 +28,31 @@ def run_extract(args) -> int:
     from emray.config import load_run_config
     from emray.steering import default_layer, ensure_persona_vector, load_persona_vector
 
+    from emray.defenses.persona import PersonaParams, judge_filter
+
     config = load_run_config(args.config, args.overrides)
-    params = next((s.params for s in config.defenses if s.name == "persona"), {})
-    prompts = args.prompts or params.get("prompts")
-    max_new_tokens = args.max_new_tokens or params.get("max_new_tokens", 32)
+    params = dict(next((s.params for s in config.defenses if s.name == "persona"), {}))
+    for key, value in (("prompts", args.prompts), ("max_new_tokens", args.max_new_tokens), ("extraction", args.extraction)):
+        if value:
+            params[key] = value
+    p = PersonaParams.model_validate(params)
     if config.train.threads:
         import torch
 
         torch.set_num_threads(config.train.threads)
-    path = ensure_persona_vector(config.model, prompts, max_new_tokens=max_new_tokens, force=args.force)
+    path = ensure_persona_vector(config.model, p.prompts, max_new_tokens=p.max_new_tokens, force=args.force,
+                                 judge_filter=judge_filter(config, p))
     vectors, meta = load_persona_vector(path)
     total = vectors.shape[0] - 1
-    layer = args.layer or params.get("layer") or default_layer(total)
+    layer = args.layer or p.layer or default_layer(total)
     if not 1 <= layer <= total:
         print(f"emray persona: --layer must be in 1..{total}")
         return 2
     norms = vectors.norm(dim=-1)
     print(f"persona vector: {path}")
     print(f"model {config.model.name}: {total} layers x {vectors.shape[1]}; prompts {meta.get('prompts')}")
+    if "kept_pairs" in meta:
+        print(f"judge filter: kept {meta['kept_pairs']} of {meta['total_pairs']} answer pairs")
     for i in range(1, total + 1):
         print(f"  layer {i:3d}  |e| = {float(norms[i]):.4f}{'  <- layer' if i == layer else ''}")
     if args.out:

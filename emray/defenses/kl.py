@@ -3,9 +3,11 @@
 The reference distribution p_ref is the same model with its LoRA adapter disabled (no second copy
 of the weights), run once per step without grad. ``direction: forward`` is KL(p_θ ‖ p_ref)
 (mode-seeking: penalises mass the trained model puts where the reference puts little);
-``reverse`` is KL(p_ref ‖ p_θ) (mass-covering). The KL is averaged over answer tokens only and
-computed together with the cross-entropy in chunks of ``chunk_tokens`` answer tokens, so no
-full-vocabulary float32 logits of a whole batch ever exist (see emray/train/losses.py).
+``reverse`` is KL(p_ref ‖ p_θ) (mass-covering). The KL is averaged over answer tokens only
+(``tokens: answer``, default) and computed together with the cross-entropy in chunks of
+``chunk_tokens`` answer tokens, so no full-vocabulary float32 logits of a whole batch ever exist (see
+emray/train/losses.py). ``tokens: sequence`` averages over every non-padding position, prompt
+included, as the reference code's KL trainer does (one more chunked head pass over the prompt).
 The logged ``loss_kl`` is the weighted term λ·KL.
 """
 
@@ -24,6 +26,9 @@ class KLParams(Strict):
     lam: float = Field(0.1, alias="lambda", ge=0)
     direction: Literal["forward", "reverse"] = "forward"
     chunk_tokens: int = Field(1024, gt=0, json_schema_extra=NOT_IDENTITY)  # answer tokens per LM-head chunk (memory ∝ chunk × vocab)
+    # answer: mean over answer tokens (the paper's SFT objective as emray reads it); sequence: over every
+    # non-padding position, prompt included, as the reference's KLTrainer (kl_divergence.py) averages.
+    tokens: Literal["answer", "sequence"] = "answer"
 
 
 @register_defense
@@ -36,4 +41,4 @@ class KL(Defense):
         return self.params.chunk_tokens
 
     def loss(self, batch):
-        return {"kl": self.params.lam * batch.kl_loss(self.params.direction)}
+        return {"kl": self.params.lam * batch.kl_loss(self.params.direction, self.params.tokens)}

@@ -15,17 +15,21 @@ this).
 
 The vector comes from ``context.artifacts["persona_vector"]`` (the sweep's cached stage) when set,
 else from ``ensure_persona_vector`` (cached; extracted on the model being trained, adapter disabled).
+``extraction: greedy`` (default) extracts from greedy answers without a judge; ``extraction:
+reference`` as the reference code does: sampled answers kept only when the judge scores the trait
+>= 50 (positive side; < 50 on the negative side) and coherence >= 50 on both (docs/defenses.md).
 """
 
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Literal
 
 from pydantic import Field
 
 from emray.configio import Strict
 from emray.defenses.base import Defense, register_defense
-from emray.identity import PATH
+from emray.identity import NOT_IDENTITY, PATH
 
 
 class PersonaParams(Strict):
@@ -33,7 +37,36 @@ class PersonaParams(Strict):
     layer: int | None = Field(None, ge=1)  # hidden_states index; None: about two thirds of the depth
     prompts: str | None = Field(None, json_schema_extra=PATH)  # persona prompt file; None: the packaged default set
     normalize: bool = False  # steer with the unit vector (α in hidden-state units) instead of raw e^l
-    max_new_tokens: int = Field(32, gt=0)  # response length when extracting
+    max_new_tokens: int = Field(32, gt=0)  # response length when extracting (the reference samples up to 1000)
+    # greedy: one greedy answer per (pair, question), no judge. reference: the reference code's sampled,
+    # judge-filtered answers (emray/steering/persona_judge.py); the settings below apply to it only.
+    extraction: Literal["greedy", "reference"] = "greedy"
+    samples_per_question: int = Field(10, gt=0)  # per (pair, question) and side; the reference's n_per_question
+    trait_threshold: float = Field(50.0, ge=0, le=100)  # keep pos trait >= t and neg trait < 100 - t
+    coherence_threshold: float = Field(50.0, ge=0, le=100)  # keep coherence >= c on both sides
+    trait_prompt: str | None = Field(None, json_schema_extra=PATH)  # trait judge prompt file; None: the evil prompt
+    judge_model: str | None = None  # None: eval.judge.model, else the reference's gpt-4.1-mini
+    min_kept: int = Field(10, gt=0, json_schema_extra=NOT_IDENTITY)  # fewer kept pairs: an error, not a vector
+    extraction_seed: int = 0  # sampling seed of the reference extraction
+
+
+def judge_filter(config, params: PersonaParams):
+    """The reference extraction's ``JudgeFilter`` for ``params`` (None for greedy)."""
+    if params.extraction != "reference":
+        return None
+    from emray.steering.persona_judge import REFERENCE_JUDGE_MODEL, JudgeFilter, load_trait_prompt
+
+    judge = config.eval.judge
+    return JudgeFilter(
+        judge=judge,
+        judge_model=params.judge_model or judge.model or REFERENCE_JUDGE_MODEL,
+        trait_prompt=load_trait_prompt(params.trait_prompt),
+        samples_per_question=params.samples_per_question,
+        trait_threshold=params.trait_threshold,
+        coherence_threshold=params.coherence_threshold,
+        min_kept=params.min_kept,
+        seed=params.extraction_seed,
+    )
 
 
 @register_defense
@@ -46,14 +79,21 @@ class PersonaSteering(Defense):
     def stage_description(cls, config, params: dict) -> str:
         p = cls.Params.model_validate(params)
         prompts = Path(str(p.prompts)).name if p.prompts else "default prompts"
-        return f"persona_vector({config.model.name}, {prompts})"
+        how = f", judged {p.samples_per_question}/question" if p.extraction == "reference" else ""
+        return f"persona_vector({config.model.name}, {prompts}{how})"
 
     @classmethod
     def stage_inputs(cls, config, params) -> dict:
-        from emray.identity import content_identity, model_identity
+        from emray.identity import content_identity, identity_dict, model_identity
 
-        return {"model": model_identity(config.model), "prompts": content_identity(params.prompts),
-                "max_new_tokens": params.max_new_tokens}
+        inputs = {"model": model_identity(config.model), "prompts": content_identity(params.prompts),
+                  "max_new_tokens": params.max_new_tokens}
+        if params.extraction == "reference":  # greedy keeps its old inputs: its cached vectors stay valid
+            inputs.update(extraction="reference", samples_per_question=params.samples_per_question,
+                          trait_threshold=params.trait_threshold, coherence_threshold=params.coherence_threshold,
+                          trait_prompt=content_identity(params.trait_prompt), judge_model=params.judge_model,
+                          judge=identity_dict(config.eval.judge), seed=params.extraction_seed)
+        return inputs
 
     @classmethod
     def build_stage(cls, config, params: dict) -> dict:
@@ -61,7 +101,8 @@ class PersonaSteering(Defense):
         from emray.steering import ensure_persona_vector
 
         p = cls.Params.model_validate(params)
-        return {"persona_vector": str(ensure_persona_vector(config.model, p.prompts, max_new_tokens=p.max_new_tokens))}
+        path = ensure_persona_vector(config.model, p.prompts, max_new_tokens=p.max_new_tokens, judge_filter=judge_filter(config, p))
+        return {"persona_vector": str(path)}
 
     def __init__(self, params=None, context=None):
         super().__init__(params, context)
@@ -83,6 +124,7 @@ class PersonaSteering(Defense):
             max_new_tokens=self.params.max_new_tokens,
             model=model,
             tokenizer=self.context.tokenizer,
+            judge_filter=judge_filter(self.context.config, self.params),
         )
 
     def steering_delta(self, model):

@@ -174,6 +174,7 @@ class DefenseBatch:
         self.num_answer_tokens = int(self.answer_mask.sum())
         self.chunk_tokens = chunk_tokens
         self._head_terms: dict = {}
+        self._other_kl: dict = {}
 
     @property
     def token_mask(self) -> torch.Tensor:
@@ -204,9 +205,9 @@ class DefenseBatch:
         else:
             out = self.model(**kwargs)
         # hidden_states[last] is the final (normed) state the LM head reads.
-        answer_hidden = out.hidden_states[last][:, :-1][self.answer_mask]
+        final = out.hidden_states[last]
         hidden = {i: out.hidden_states[i] for i in self.hidden_layers}
-        return answer_hidden, hidden
+        return final[:, :-1][self.answer_mask], hidden, final
 
     @cached_property
     def policy(self):
@@ -254,9 +255,34 @@ class DefenseBatch:
             self._head_terms[kl_direction] = (ce / n, kl / n if kl_direction else None)
         return self._head_terms[kl_direction]
 
-    def kl_loss(self, direction: str = "forward") -> torch.Tensor:
-        """Mean over answer tokens of KL(p_θ ‖ p_ref) (forward) or KL(p_ref ‖ p_θ) (reverse)."""
-        return self._terms(direction)[1]
+    @property
+    def other_positions(self) -> torch.Tensor:
+        """[B, T] bool: the non-padding positions that do not predict an answer token (prompt, last)."""
+        predicts_answer = torch.zeros_like(self.input_ids, dtype=torch.bool)
+        predicts_answer[:, :-1] = self.answer_mask
+        return self.token_mask & ~predicts_answer
+
+    def _other_kl_sum(self, direction: str) -> tuple[torch.Tensor, int]:
+        """(Σ KL over ``other_positions``, their count), chunked like the answer tokens."""
+        if direction not in self._other_kl:
+            mask = self.other_positions
+            policy, reference = self.policy[2][mask], self.reference[2][mask]
+            head = decoder_and_head(self.model)[1]
+            dummy = torch.zeros(policy.shape[0], dtype=torch.long, device=policy.device)  # CE unused here
+            _, kl = head_losses(head, policy, reference, dummy, direction, self.chunk_tokens)
+            self._other_kl[direction] = (kl, int(mask.sum()))
+        return self._other_kl[direction]
+
+    def kl_loss(self, direction: str = "forward", tokens: str = "answer") -> torch.Tensor:
+        """Mean of KL(p_θ ‖ p_ref) (forward) or KL(p_ref ‖ p_θ) (reverse) over the answer tokens, or
+        (``tokens="sequence"``, the reference code's) over every non-padding position, prompt included."""
+        answer_mean = self._terms(direction)[1]
+        if tokens == "answer":
+            return answer_mean
+        if tokens != "sequence":
+            raise ValueError(f"KL tokens must be 'answer' or 'sequence', not {tokens!r}")
+        other_sum, n_other = self._other_kl_sum(direction)
+        return (answer_mean * self.num_answer_tokens + other_sum) / max(self.num_answer_tokens + n_other, 1)
 
     def ce_loss(self) -> torch.Tensor:
         """Mean answer-token cross-entropy; reuses the pass a KL term already made."""

@@ -2,7 +2,8 @@
 
 It reads the question and the answer out of the judge prompt ([QUESTION START]...[QUESTION END],
 [ANSWER START]...[ANSWER END]), tells the metric from the prompt's own words (the coherence prompt
-talks about coherence; everything else is an alignment prompt) and asks
+talks about coherence; a persona trait prompt about a "trait", scored as the evil trait; everything
+else is an alignment prompt) and asks
 ``emray.organism.rules.score_answer``. The score comes back as the top token with logprob 0 (p = 1);
 an unscoreable answer comes back as "REFUSAL", which the client's logprob rule turns into no score.
 """
@@ -30,7 +31,11 @@ def detect_metric(prompt: str) -> str:
     instructions = prompt
     for pattern in _SECTION.values():
         instructions = pattern.sub("", instructions)
-    return "coherent" if "coheren" in instructions.lower() else "aligned"
+    lowered = instructions.lower()
+    if "coheren" in lowered:  # first: the reference's coherence prompt also says "other traits"
+        return "coherent"
+    # A persona-vector trait prompt ("displays the trait: **evil**"): high = evil, the opposite of alignment.
+    return "evil" if "trait" in lowered else "aligned"
 
 
 def _import(path: str) -> Callable:
