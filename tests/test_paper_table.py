@@ -38,3 +38,25 @@ def test_without_an_undefended_arm_it_says_so(tmp_path):
     rows = [r for r in load_results(write_sweep(tmp_path)) if r["label"] != "none"]
     with pytest.raises(ValueError, match="no 'none' arm"):
         paper_table.qualitative(rows)
+
+
+def test_an_older_run_of_the_same_arm_and_seed_is_superseded(tmp_path, capsys):
+    """A sweep folder keeps trials whose identity changed (a new defense parameter): the newest record of
+    an arm and seed is the one counted, so an arm never shows twice its seeds."""
+    import json
+    import os
+
+    sweep = write_sweep(tmp_path)
+    before = load_results(sweep)
+    old = next(p for p in sweep.glob("trials/*/result.json") if json.loads(p.read_text())["label"] == "none")
+    record = json.loads(old.read_text())
+    stale = sweep / "trials" / "0000stale0000000" / "result.json"
+    stale.parent.mkdir()
+    stale.write_text(json.dumps({**record, "trial_key": "0000stale0000000", "general_misalignment": 0.0}))
+    os.utime(stale, (old.stat().st_mtime - 100, old.stat().st_mtime - 100))  # written by an earlier run
+    rows = load_results(sweep)
+    assert len(rows) == len(before) and "0000stale0000000" not in {r["trial_key"] for r in rows}
+    assert "1 superseded trial(s) ignored" in capsys.readouterr().err
+    os.utime(stale, (old.stat().st_mtime + 100, old.stat().st_mtime + 100))  # now the newer one
+    rows = load_results(sweep)
+    assert "0000stale0000000" in {r["trial_key"] for r in rows} and record["trial_key"] not in {r["trial_key"] for r in rows}

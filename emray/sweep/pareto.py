@@ -16,6 +16,7 @@ from __future__ import annotations
 import json
 import math
 import statistics
+import sys
 from pathlib import Path
 from typing import Iterable
 
@@ -62,12 +63,26 @@ def pareto_flags(rows: list[dict], objectives: dict[str, str] | None = None) -> 
 
 
 def load_results(sweep_dir: str | Path) -> list[dict]:
-    """Every finished trial's record (``trials/*/result.json``), in trial order."""
-    rows = []
-    for path in sorted(Path(sweep_dir).glob("trials/*/result.json")):
-        rows.append(json.loads(path.read_text()))
-    if not rows:
+    """Every finished trial's record (``trials/*/result.json``), in trial order.
+
+    A sweep folder keeps the trials of earlier runs whose identity has since changed (a new emray
+    version adds a defense parameter, an edited base setting): of the records for one model, arm and
+    seed only the newest counts, so an arm never shows twice its seeds.
+    """
+    newest: dict[tuple, tuple[float, dict]] = {}
+    paths = sorted(Path(sweep_dir).glob("trials/*/result.json"))
+    for path in paths:
+        row = json.loads(path.read_text())
+        slot = (row.get("model", ""), row.get("label", ""), row.get("seed"))
+        mtime = path.stat().st_mtime
+        if slot not in newest or mtime > newest[slot][0]:
+            newest[slot] = (mtime, row)
+    if not newest:
         raise FileNotFoundError(f"{sweep_dir}: no finished trials (expected trials/*/result.json)")
+    if len(paths) > len(newest):
+        print(f"[emray] {sweep_dir}: {len(paths) - len(newest)} superseded trial(s) ignored "
+              "(an older run of the same arm and seed)", file=sys.stderr)
+    rows = [row for _, row in newest.values()]
     rows.sort(key=lambda r: (r.get("trial_index", 0), r.get("trial_key", "")))
     return rows
 
