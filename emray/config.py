@@ -9,11 +9,12 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any, Literal
 
-from pydantic import Field, field_validator
+from pydantic import Field, field_validator, model_validator
 
 from emray.configio import ConfigError, Strict, format_loc, load_config
 from emray.identity import NOT_IDENTITY, PATH
 from emray.eval.config import EvalConfig
+from emray.rl.config import RLConfig
 
 DEFAULT_LORA_TARGETS = ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]
 
@@ -124,6 +125,8 @@ def parse_defense_entry(entry: Any, index: int) -> DefenseSpec:
 class RunConfig(Strict):
     name: str = Field("run", json_schema_extra=NOT_IDENTITY)
     seed: int = 0
+    # sft: one LoRA fine-tune on data.fine. rl: an SFT warm start on data.fine, then GRPO (the ``rl`` section).
+    scenario: Literal["sft", "rl"] = "sft"
     output_dir: str = Field("runs", json_schema_extra=NOT_IDENTITY)
     model: ModelConfig = Field(default_factory=ModelConfig)
     lora: LoraConfig = Field(default_factory=LoraConfig)
@@ -132,6 +135,7 @@ class RunConfig(Strict):
     defenses: list[DefenseSpec] = Field(default_factory=list)
     eval: EvalConfig = Field(default_factory=EvalConfig)
     resources: ResourcesConfig = Field(default_factory=ResourcesConfig)
+    rl: RLConfig | None = None
 
     @field_validator("defenses", mode="before")
     @classmethod
@@ -145,6 +149,21 @@ class RunConfig(Strict):
         if len(names) != len(set(names)):
             raise ValueError(f"a defense is listed twice: {names}")
         return [s for s in specs if s.name != "none"]
+
+    @model_validator(mode="after")
+    def _scenario_fits(self) -> "RunConfig":
+        """An RL run needs its section, and every defense must be able to act in the scenario."""
+        from emray.defenses import get_defense_class
+
+        if self.scenario == "rl":
+            if self.rl is None:
+                raise ValueError("scenario rl needs an `rl:` section (at least rl.prompts)")
+            self.rl.grad_accum(self.resources.num_workers)
+        elif self.rl is not None:
+            raise ValueError("an `rl:` section needs scenario: rl")
+        for i, spec in enumerate(self.defenses):
+            get_defense_class(spec.name).check_scenario(self, spec.params, where=f"defenses[{i}].{spec.name}")
+        return self
 
     def run_dir(self) -> Path:
         return Path(self.output_dir) / self.name

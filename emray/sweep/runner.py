@@ -66,9 +66,12 @@ def stage_requests(trials: list[Trial]) -> list[tuple[str, Any, Trial, dict]]:
     """(stage key, defense class, trial, params) for every trial defense that declares a stage."""
     from emray.defenses import get_defense_class
     from emray.identity import stage_key
+    from emray.rl.warm_start import WarmStartStage
 
     out = []
     for t in trials:
+        if t.run.scenario == "rl" and t.run.rl.warm_start:  # the RL warm start: shared by every arm of a seed
+            out.append((WarmStartStage.key(t.run), WarmStartStage, t, {}))
         for spec in t.run.defenses:
             cls = get_defense_class(spec.name)
             if cls.stage_name:
@@ -90,8 +93,10 @@ def make_plan(spec: SweepSpec) -> Plan:
 def _run_stage(cls_name: str, run_dict: dict, params: dict) -> dict:
     from emray.config import RunConfig
     from emray.defenses import get_defense_class
+    from emray.rl.warm_start import WarmStartStage
 
-    return get_defense_class(cls_name).build_stage(RunConfig.model_validate(run_dict), params)
+    cls = WarmStartStage if cls_name == WarmStartStage.name else get_defense_class(cls_name)
+    return cls.build_stage(RunConfig.model_validate(run_dict), params)
 
 
 def run_stages(spec: SweepSpec, trials: list[Trial]) -> dict[str, dict]:
@@ -126,6 +131,7 @@ def read_finished(sweep_dir: Path, trial: Trial) -> dict | None:
 
 def run_trial_body(trial: Trial, sweep_dir: Path, artifacts: dict, judge: Any, wandb_cfg: dict, train_storage: str | None = None) -> dict:
     """Train with Ray Train, evaluate, write ``result.json``; returns the record reported to Tune."""
+    from emray.rl.criteria import rl_record
     from emray.sweep.evaluation import evaluate_adapter
     from emray.sweep.wandb_log import log_trial
     from emray.train.worker import fit_with_ray_train
@@ -156,6 +162,7 @@ def run_trial_body(trial: Trial, sweep_dir: Path, artifacts: dict, judge: Any, w
         "seed": trial.run.seed,
         "defenses": [d.model_dump(by_alias=True) for d in trial.run.defenses],
         **{k: v for k, v in criteria.items() if isinstance(v, (int, float, str, type(None)))},
+        **rl_record(out),  # scenario rl: the task reward learned
         "train_seconds": round(train_seconds, 1),
         "trial_seconds": round(time.time() - started, 1),
     }
