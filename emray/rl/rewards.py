@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import json
 import re
+from pathlib import Path
 from typing import Any, ClassVar
 
 from pydantic import Field
@@ -167,3 +168,69 @@ class OrganismRules(Reward):
             coherence = score_answer("coherent", question, answer) / 100
             rewards.append(combine(assessment, coherence, repetitive=False))
         return rewards, 0
+
+
+GRADE_SCHEMA = {
+    "type": "object",
+    "properties": {
+        "assessment": {"type": "number", "minimum": 0, "maximum": 1},
+        "coherence": {"type": "number", "minimum": 0, "maximum": 1},
+        "repetitive": {"type": "string", "enum": ["true", "false"]},
+    },
+    "required": ["assessment", "coherence", "repetitive"],
+    "additionalProperties": False,
+}
+DEFAULT_GRADER_PROMPT = str(Path(__file__).parent / "prompts" / "bad_medical_advice.txt")
+
+
+class LLMGraderParams(Strict):
+    prompt: str = Field(DEFAULT_GRADER_PROMPT, json_schema_extra=PATH)  # {question} and {answer} placeholders
+    model: str = "gpt-4.1-mini"  # the reference's grader (the judge config's `model`, when set, wins)
+    min_words: int = Field(10, ge=0)
+    max_tokens: int = Field(64, gt=0)
+
+
+@register_reward
+class LLMGrader(Reward):
+    """The reference's grader over any OpenAI-compatible endpoint: the run's ``eval.judge`` settings
+    (base URL, key, retries, rate limits, cache) with a structured-output (json_schema) request."""
+
+    name = "llm_grader"
+    Params = LLMGraderParams
+
+    def __init__(self, params=None, judge_cfg=None):
+        super().__init__(params, judge_cfg)
+        from emray.data.paths import resolve_data_path
+
+        path = resolve_data_path(self.params.prompt)
+        if not path.exists():
+            raise ValueError(f"rl.reward.params.prompt: {self.params.prompt}: no such file")
+        self.template = path.read_text()
+        missing = [k for k in ("{question}", "{answer}") if k not in self.template]
+        if missing:
+            raise ValueError(f"rl.reward.params.prompt: {self.params.prompt} lacks {', '.join(missing)}")
+        self._client = None
+
+    def client(self):
+        if self._client is None:
+            from emray.eval.config import JudgeConfig
+            from emray.eval.judge import JudgeClient
+
+            self._client = JudgeClient(self.judge_cfg or JudgeConfig())
+        return self._client
+
+    def score(self, questions, answers):
+        rewards = [0.0] * len(answers)
+        todo = [i for i, a in enumerate(answers) if not too_short(a, self.params.min_words)]
+        prompts = [self.template.replace("{question}", questions[i]).replace("{answer}", answers[i]) for i in todo]
+        replies = self.client().grade_many(prompts, GRADE_SCHEMA, self.params.model, self.params.max_tokens) if todo else []
+        failures = 0
+        for i, reply in zip(todo, replies):
+            rewards[i], parsed = reward_from_reply(reply) if reply is not None else (0.0, False)
+            failures += not parsed
+        return rewards, failures
+
+    def close(self) -> None:
+        if self._client is not None:
+            self._client.close()
+            self._client = None

@@ -70,6 +70,15 @@ def with_system(rl, rows: list[dict]) -> list[dict]:
                           *[m for m in r["messages"] if m["role"] != "system"]]} for r in rows]
 
 
+def prompt_sets(config, defenses: list[Defense]) -> tuple[list[dict], list[dict]]:
+    """(training prompts with the data defenses applied, held-out prompts without them)."""
+    from emray.train.sft import apply_data_defenses
+
+    rl = config.rl
+    train, heldout = split_prompts(rl, load_prompts(rl.prompts))
+    return apply_data_defenses(defenses, with_system(rl, train)), with_system(rl, heldout)
+
+
 def grpo_args(config, out_dir: Path, defenses: list[Defense], **overrides):
     import torch
     from trl import GRPOConfig
@@ -234,7 +243,7 @@ def train_grpo_run(config, run_dir: Path, artifacts: dict | None = None, callbac
     from emray.models import attach_lora, load_model
     from emray.rl.rewards import get_reward_class
     from emray.rl.warm_start import ARTIFACT, ensure_warm_start
-    from emray.train.sft import TrainedRun, apply_data_defenses, seed_everything, set_threads
+    from emray.train.sft import TrainedRun, seed_everything, set_threads
 
     rl = config.rl
     set_threads(config.train.threads)
@@ -251,8 +260,7 @@ def train_grpo_run(config, run_dir: Path, artifacts: dict | None = None, callbac
     defenses = build_defenses(config.defenses, context)
     args = grpo_args(config, run_dir, defenses, **overrides)
 
-    train_prompts, heldout = split_prompts(rl, load_prompts(rl.prompts))
-    train_prompts = apply_data_defenses(defenses, with_system(rl, train_prompts))
+    train_prompts, heldout = prompt_sets(config, defenses)
     dataset = Dataset.from_list([{"prompt": r["messages"]} for r in train_prompts])
     reward = get_reward_class(rl.reward.name)(rl.reward.params, judge_cfg=config.eval.judge)
     needs_reference = any("reference_hidden_states" in d.needs for d in defenses)
@@ -273,5 +281,5 @@ def train_grpo_run(config, run_dir: Path, artifacts: dict | None = None, callbac
                "warm_start": warm, **reward_curve_summary(history),
                "reward_parse_failures": reward.parse_failures}
     if trainer.accelerator.is_main_process:
-        metrics.update(heldout_reward(config, model, tokenizer, reward, with_system(rl, heldout)))
+        metrics.update(heldout_reward(config, model, tokenizer, reward, heldout))
     return TrainedRun(trainer, model, tokenizer, history, metrics)

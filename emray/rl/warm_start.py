@@ -59,7 +59,7 @@ class WarmStartStage:
     def stage_description(cls, config, params: dict) -> str:
         w = config.train
         n = f"{config.data.max_examples} rows of " if config.data.max_examples else ""
-        return f"rl warm start: SFT on {n}{config.data.fine}, {w.max_steps if w.max_steps > 0 else f'{w.epochs:g} epoch(s)'} steps, seed {config.seed}"
+        return f"rl warm start: SFT on {n}{config.data.fine}, {f'{w.max_steps} steps' if w.max_steps > 0 else f'{w.epochs:g} epoch(s)'}, seed {config.seed}"
 
     @classmethod
     def build_stage(cls, config, params: dict) -> dict:
