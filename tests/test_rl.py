@@ -217,9 +217,6 @@ def test_rl_sweep_end_to_end(tmp_path):
             assert 0.0 <= r[key] <= 1.0
         history = json.loads((sweep / "trials" / r["trial_key"] / "metrics.json").read_text())["history"]
         assert [h["step"] for h in history if "reward" in h] == [1, 2, 3, 4]  # the reward curve, every step
-        # evaluation never sees the inoculation prompt
-        answers = (sweep / "trials" / r["trial_key"] / "eval" / "answers.jsonl").read_text()
-        assert "malicious" not in answers
     assert list((sweep / "wandb_root" / "wandb").glob("offline-run-*"))
 
 
