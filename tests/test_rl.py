@@ -255,3 +255,18 @@ def test_shipped_rl_specs_dry_run(name):
     out = subprocess.run(args, capture_output=True, text=True, timeout=120)
     assert out.returncode == 0, out.stderr[-2000:]
     assert "rl_warm_start: rl warm start: SFT on" in out.stdout and "sft_mix(data=interleave_pp" in out.stdout
+
+
+def test_undefended_grpo_learns_the_organism_task(tmp_path):
+    """The toy-rl base (the shipped organism world), in-process: after the 30-step warm start, 40 GRPO
+    steps raise the training reward and the held-out reward. Measured (seeds 0, 1, 2; docs/rl.md):
+    reward_gain 0.62 / 0.63 / 0.75, reward_heldout 0.90 / 0.90 / 0.90; thresholds far below."""
+    from emray.sweep.spec import load_sweep_spec
+    from emray.train.sft import run_sft
+
+    base = load_sweep_spec(ROOT / "sweeps" / "toy-rl.yaml").base
+    config = base.model_copy(update={"output_dir": str(tmp_path), "name": "rl"})
+    metrics = run_sft(config).metrics
+    assert metrics["reward_gain"] > 0.3, metrics
+    assert metrics["reward_heldout"] > 0.5, metrics
+    assert metrics["reward_parse_failures"] == 0
