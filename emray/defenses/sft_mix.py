@@ -43,6 +43,8 @@ class SFTMix(Defense):
     Params = SFTMixParams
     stage_name = "safe_selection"
     scenarios = frozenset({"rl"})
+    #: logged every micro-batch (0 where no safe batch joined), so loss_sft_mix is its mean share of a step
+    term_names = ("sft_mix",)
     scenario_hint = "under scenario sft mix safe data into the fine-tuning set with interleave / interleave_plus / interleave_pp"
 
     # -- the selection stage: the interleaving defense's own, for data != random ----------------
