@@ -235,6 +235,12 @@ def reward_curve_summary(history: list[dict], key: str = "reward") -> dict:
     return {"reward_first": first, "reward_last": last, "reward_gain": last - first, "reward_steps": len(curve)}
 
 
+def _world_size() -> int:
+    import torch.distributed as dist
+
+    return dist.get_world_size() if dist.is_available() and dist.is_initialized() else 1
+
+
 def train_grpo_run(config, run_dir: Path, artifacts: dict | None = None, callbacks=(),
                    resume_from_checkpoint: str | None = None, **overrides):
     from datasets import Dataset
@@ -252,6 +258,9 @@ def train_grpo_run(config, run_dir: Path, artifacts: dict | None = None, callbac
     artifacts = dict(artifacts or {})
     warm = None
     if rl.warm_start:
+        if not artifacts.get(ARTIFACT) and _world_size() > 1:
+            raise RuntimeError("rl: with several workers the warm start must come from the sweep's rl_warm_start stage "
+                               "(training it inside one rank of a process group would hang the others)")
         warm = artifacts.get(ARTIFACT) or str(ensure_warm_start(config))
         artifacts[ARTIFACT] = warm
     model, tokenizer = load_model(config.model)
