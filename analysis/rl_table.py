@@ -2,7 +2,7 @@
 
     python analysis/rl_table.py SWEEP_DIR [--warm-start EVAL_DIR ...] [--plot OUT.png]
 
-Per arm: reward learned (``reward_gain``: mean training reward over the last 10 % of steps minus the
+Reads every finished trial (``trials/*/result.json``). Per arm: reward learned (``reward_gain``: mean training reward over the last 10 % of steps minus the
 first 10 %) and the held-out reward, each as the mean over seeds with a 95 % t interval; general EM,
 in-domain misalignment and general incoherence pooled over seeds (answer counts, 95 % Wilson interval,
 as ``arms.jsonl``). ``--warm-start`` adds a row for ``emray eval`` folders of the warm-start adapters.
@@ -42,11 +42,22 @@ def pooled(rows: list[dict], rate: str) -> str:
     return wilson(k, n) if n else "—"
 
 
+def finished(sweep: Path) -> list[dict]:
+    """Every finished trial's result.json (also those of earlier runs of the sweep with other seeds)."""
+    rows = [json.loads(p.read_text()) for p in sorted((sweep / "trials").glob("*/result.json"))]
+    return sorted(rows, key=lambda r: (r.get("trial_index", 0), r["seed"]))
+
+
+def arm_of(row: dict) -> str:
+    from emray.sweep.labels import short_label
+
+    return short_label(row["label"])
+
+
 def table(sweep: Path, warm: list[Path]) -> str:
-    rows = [json.loads(line) for line in (sweep / "results.jsonl").read_text().splitlines()]
     arms: dict[str, list[dict]] = defaultdict(list)
-    for r in rows:
-        arms[r.get("short_label") or r["label"]].append(r)
+    for r in finished(sweep):
+        arms[arm_of(r)].append(r)
     out = ["| arm | seeds | reward learned | held-out reward | general EM | in-domain misalignment | general incoherence |",
            "|---|---|---|---|---|---|---|"]
     if warm:
@@ -65,10 +76,9 @@ def plot(sweep: Path, out: Path) -> None:
     import matplotlib.pyplot as plt
 
     curves: dict[str, list[list[float]]] = defaultdict(list)
-    for line in (sweep / "results.jsonl").read_text().splitlines():
-        r = json.loads(line)
+    for r in finished(sweep):
         history = json.loads((sweep / "trials" / r["trial_key"] / "metrics.json").read_text())["history"]
-        curves[r.get("short_label") or r["label"]].append([h["reward"] for h in history if "reward" in h])
+        curves[arm_of(r)].append([h["reward"] for h in history if "reward" in h])
     fig, ax = plt.subplots(figsize=(8, 4.5))
     for label, cs in curves.items():
         n = min(len(c) for c in cs)
