@@ -12,8 +12,9 @@ from typing import Any, Literal
 from pydantic import Field, field_validator, model_validator
 
 from emray.configio import ConfigError, Strict, format_loc, load_config
-from emray.identity import NOT_IDENTITY, PATH
+from emray.identity import NOT_IDENTITY, OPTIONAL_SECTION, PATH
 from emray.eval.config import EvalConfig
+from emray.rl.config import RLConfig
 
 DEFAULT_LORA_TARGETS = ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]
 
@@ -147,6 +148,9 @@ def parse_defense_entry(entry: Any, index: int) -> DefenseSpec:
 class RunConfig(Strict):
     name: str = Field("run", json_schema_extra=NOT_IDENTITY)
     seed: int = 0
+    # narrow: one LoRA fine-tune on data.fine (the customer's data). benign: the benign fine-tune a trial
+    # derives from it (emray/train/benign.py). rl: an SFT warm start on data.fine, then GRPO (the ``rl`` section).
+    scenario: Literal["narrow", "benign", "rl"] = "narrow"
     output_dir: str = Field("runs", json_schema_extra=NOT_IDENTITY)
     model: ModelConfig = Field(default_factory=ModelConfig)
     lora: LoraConfig = Field(default_factory=LoraConfig)
@@ -155,10 +159,10 @@ class RunConfig(Strict):
     defenses: list[DefenseSpec] = Field(default_factory=list)
     eval: EvalConfig = Field(default_factory=EvalConfig)
     resources: ResourcesConfig = Field(default_factory=ResourcesConfig)
-    # The benign scenario (None: no benign fine-tune). ``scenario`` says which fine-tune this config
-    # is: the customer's narrow one, or the benign one a trial derives from it (emray/train/benign.py).
+    # The benign scenario (None: no benign fine-tune): a trial's second fine-tune (emray/train/benign.py).
     benign: BenignConfig | None = None
-    scenario: Literal["narrow", "benign"] = "narrow"
+    # The RL scenario's section (scenario: rl); absent otherwise, and then not part of any identity.
+    rl: RLConfig | None = Field(None, json_schema_extra=OPTIONAL_SECTION)
 
     @field_validator("defenses", mode="before")
     @classmethod
@@ -174,12 +178,27 @@ class RunConfig(Strict):
         return [s for s in specs if s.name != "none"]
 
     @model_validator(mode="after")
-    def _one_benign_source(self) -> "RunConfig":
+    def _scenario_fits(self) -> "RunConfig":
+        """Each scenario has its section, the benign criterion one source, and every defense must be able
+        to act in the scenario."""
+        from emray.defenses import get_defense_class
+
+        if self.scenario == "rl":
+            if self.rl is None:
+                raise ValueError("scenario rl needs an `rl:` section (at least rl.prompts)")
+            if self.benign is not None:
+                raise ValueError("a `benign` section is for SFT trials (scenario narrow): under RL the task reward "
+                                 "is the learning criterion (docs/rl.md)")
+            self.rl.grad_accum(self.resources.num_workers)
+        elif self.rl is not None:
+            raise ValueError("an `rl:` section needs scenario: rl")
         if self.scenario == "narrow" and self.benign is not None and self.eval.benign:
             raise ValueError("eval.benign and benign.test are both set: with a `benign` section the benign criterion "
                              "comes from the benign fine-tune; list its test sets under benign.test and drop eval.benign")
         if self.scenario == "benign" and self.benign is None:
             raise ValueError("scenario: benign needs a `benign` section (benign.train, benign.test)")
+        for i, spec in enumerate(self.defenses):
+            get_defense_class(spec.name).check_scenario(self, spec.params, where=f"defenses[{i}].{spec.name}")
         return self
 
     def run_dir(self) -> Path:

@@ -25,6 +25,9 @@ from pydantic import BaseModel
 NOT_IDENTITY: dict[str, Any] = {"identity": False}
 #: Schema marker: the field names a file or folder (its content enters keys).
 PATH: dict[str, Any] = {"path": True}
+#: An optional config section (default None) that enters an identity only when it is set: adding such a
+#: section to emray (the RL scenario's ``rl``) leaves every existing trial and stage key unchanged.
+OPTIONAL_SECTION: dict[str, Any] = {"identity": "when_set"}
 
 KEY_CHARS = 16  # folder names: 64 bits of the sha256 are plenty to tell trials apart
 
@@ -103,9 +106,11 @@ def identity_dict(model: BaseModel) -> dict:
     """``model`` as JSON-ready data without its NOT_IDENTITY fields (recursively), keyed by alias."""
     out = {}
     for name, field in type(model).model_fields.items():
-        if not _field_extra(field).get("identity", True):
+        identity = _field_extra(field).get("identity", True)
+        value = getattr(model, name)
+        if not identity or (identity == "when_set" and value is None):
             continue
-        out[field.alias or name] = _identity_value(getattr(model, name))
+        out[field.alias or name] = _identity_value(value)
     return out
 
 

@@ -119,3 +119,12 @@ def test_stages_are_deduplicated_by_identity(files):
     plan = make_plan(spec)
     # alpha does not change the vector: 2 stages (32 and 8 tokens) for 3 trials
     assert len(plan.trials) == 3 and len(plan.stages) == 2
+
+
+def test_an_absent_optional_section_is_not_part_of_the_key():
+    """``rl`` (OPTIONAL_SECTION) enters an identity only when set: adding the RL scenario to emray left every
+    SFT trial key as it was; setting it is a different trial."""
+    run = RunConfig.model_validate({"data": {"fine": "x.jsonl"}})
+    assert "rl" not in identity_dict(run) and "benign" in identity_dict(run)
+    rl = RunConfig.model_validate({"scenario": "rl", "data": {"fine": "x.jsonl"}, "rl": {"prompts": "p.jsonl"}})
+    assert identity_dict(rl)["rl"]["prompts"] == "p.jsonl" and trial_key(rl) != trial_key(run)

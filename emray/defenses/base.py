@@ -47,6 +47,16 @@ class Defense:
     #: a cached stage the sweep runs once before the trials (persona vector, safe-data selection);
     #: None when the defense needs none. See ``stage_description`` and ``build_stage``.
     stage_name: ClassVar[str | None] = None
+    #: the scenarios (RunConfig.scenario) the defense can act in; ``scenario_hint`` says what to use instead
+    scenarios: ClassVar[frozenset[str]] = frozenset({"narrow", "benign", "rl"})
+    scenario_hint: ClassVar[str] = ""
+
+    @classmethod
+    def check_scenario(cls, config: "RunConfig", params: dict, where: str) -> None:
+        """Raise ValueError (at config time) when this defense cannot apply to ``config``'s scenario."""
+        if config.scenario not in cls.scenarios:
+            raise ValueError(f"{where}: cannot apply under scenario {config.scenario}"
+                             + (f"; {cls.scenario_hint}" if cls.scenario_hint else ""))
 
     @classmethod
     def stage_description(cls, config: "RunConfig", params: dict) -> str:

@@ -31,6 +31,8 @@ def resolve_pool(defense: Defense) -> str:
 class Interleave(Defense):
     name = "interleave"
     Params = InterleaveParams
+    scenarios = frozenset({"narrow", "benign"})
+    scenario_hint = "under scenario rl, mix safe SFT batches into the GRPO loss with sft_mix (data: random | interleave_plus | interleave_pp)"
 
     def transform_examples(self, examples: list[Example]) -> list[Example]:
         from emray.data.chat import load_safe_pool

@@ -52,6 +52,8 @@ class InterleavePlus(Defense):
     name = "interleave_plus"
     Params = InterleavePlusParams
     stage_name = "safe_selection"
+    scenarios = frozenset({"narrow", "benign"})
+    scenario_hint = "under scenario rl, mix safe SFT batches into the GRPO loss with sft_mix (data: random | interleave_plus | interleave_pp)"
 
     @classmethod
     def stage_description(cls, config, params: dict) -> str:

@@ -9,6 +9,10 @@ of the weights), run once per step without grad. ``direction: forward`` is KL(p_
 emray/train/losses.py). ``tokens: sequence`` averages over every non-padding position, prompt
 included, as the reference code's KL trainer does (one more chunked head pass over the prompt).
 The logged ``loss_kl`` is the weighted term λ·KL.
+
+Under ``scenario: rl`` (emray/rl/trainer.py) λ becomes GRPO's β: TRL adds β times its k3 estimate
+of KL(p_θ ‖ p_ref) per sampled completion token, with the same reference (adapter disabled, i.e. the
+base model, not the warm start: what TRL does with a peft model and what the reference code ran).
 """
 
 from __future__ import annotations
@@ -36,6 +40,19 @@ class KL(Defense):
     name = "kl"
     Params = KLParams
     needs = frozenset({"reference_logits"})
+
+    @classmethod
+    def check_scenario(cls, config, params: dict, where: str) -> None:
+        """Under RL the KL is GRPO's own β term (TRL's k3 estimate of KL(p_θ ‖ p_ref) on the sampled
+        completion tokens, reference = adapter disabled), so only the forward direction exists there."""
+        super().check_scenario(config, params, where)
+        if config.scenario == "rl":
+            p = cls.Params.model_validate(params)
+            if p.direction != "forward":
+                raise ValueError(f"{where}: under scenario rl the KL is GRPO's beta, an estimate of KL(p_θ ‖ p_ref): "
+                                 "direction must be forward")
+            if config.rl is not None and config.rl.beta:
+                raise ValueError(f"{where}: rl.beta is {config.rl.beta} and the kl defense sets beta too; set one")
 
     def head_chunk_tokens(self) -> int:
         return self.params.chunk_tokens

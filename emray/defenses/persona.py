@@ -13,6 +13,10 @@ learns; an unsteered reference would instead make the regulariser pull the adapt
 steering from the first step, so the two defenses would cancel (tests/test_defense_persona.py pins
 this).
 
+Under ``scenario: rl`` the hook acts on GRPO's loss forward passes and not on the rollouts (TRL's
+generation and scoring run inside ``rollout_pass``): what the reference's hook did in effect, since
+its rollouts ran in vLLM, where HF hooks never fire.
+
 The vector comes from ``context.artifacts["persona_vector"]`` (the sweep's cached stage) when set,
 else from ``ensure_persona_vector`` (cached; extracted on the model being trained, adapter disabled).
 ``extraction: greedy`` (default) extracts from greedy answers without a judge; ``extraction:
@@ -155,8 +159,10 @@ class PersonaSteering(Defense):
         self.layer, self.delta = self.steering_delta(model)
         delta = self.delta
 
+        from emray.train.losses import in_rollout
+
         def add_persona(module, args, output):
-            if not module.training:
+            if not module.training or in_rollout():
                 return None
             if isinstance(output, tuple):
                 return (output[0] + delta.to(output[0].dtype), *output[1:])

@@ -326,14 +326,12 @@ class JudgeClient:
     def _scrub(self, text: str) -> str:
         return text.replace(self._api_key, "***") if self._api_key else text
 
-    async def _judge_one(self, request: JudgeRequest, key: str) -> JudgeResult:
-        model = self.cfg.model or request.model
-        session = self._session_here()
+    async def _retrying(self, call):
+        """``await call()`` with our retries (backoff, jitter, Retry-After); JudgeError when it gives up."""
         attempt = 0
         while True:
             try:
-                top, usage = await self._call(session, model, request.prompt)
-                break
+                return await call()
             except Exception as err:  # noqa: BLE001 - classified below
                 kind = self._retry_kind(err)
                 if kind is None or attempt >= self.cfg.max_retries:
@@ -344,12 +342,101 @@ class JudgeClient:
                 self.stats.errors[kind] = self.stats.errors.get(kind, 0) + 1
                 await asyncio.sleep(self._backoff(attempt, err))
                 attempt += 1
+
+    def _count_usage(self, model: str, usage: dict) -> tuple[int, int]:
         prompt_tokens = int(usage.get("prompt_tokens") or 0)
         completion_tokens = int(usage.get("completion_tokens") or 0)
         self.stats.prompt_tokens += prompt_tokens
         self.stats.completion_tokens += completion_tokens
         price_in, price_out = price_for(model, self.cfg, self.local)
         self.stats.cost_usd += (prompt_tokens * price_in + completion_tokens * price_out) / 1e6
+        return prompt_tokens, completion_tokens
+
+    # -- JSON grades (the RL reward's LLM grader, emray/rl/rewards.py) ----------------------------
+    def grade_params(self, schema: dict, max_tokens: int) -> dict:
+        """A structured-output request: the reply's text must follow ``schema`` (OpenAI json_schema)."""
+        return {"temperature": 0, "seed": 0, "max_tokens": max_tokens,
+                "response_format": {"type": "json_schema", "json_schema": {"name": "grade", "strict": True, "schema": schema}}}
+
+    async def _grade_call(self, session: _Session, model: str, prompt: str, params: dict) -> tuple[str, dict]:
+        estimate = estimate_tokens(prompt) + params["max_tokens"]
+        if session.requests:
+            await session.requests.acquire(1)
+        if session.tokens:
+            await session.tokens.acquire(estimate)
+        async with session.semaphore:
+            self.stats.calls += 1
+            body = await session.client.post("/chat/completions", cast_to=object,
+                                             body={"model": model, "messages": self._messages(prompt), **params})
+        try:
+            text = body["choices"][0]["message"]["content"]
+        except (KeyError, IndexError, TypeError):
+            raise MalformedResponse("no choices[0].message.content in the response") from None
+        if not isinstance(text, str):
+            raise MalformedResponse("choices[0].message.content is not text")
+        usage = body.get("usage") or {}
+        if session.tokens and usage.get("total_tokens"):
+            session.tokens.adjust(usage["total_tokens"] - estimate)
+        return text, usage
+
+    async def agrade_many(self, prompts: list[str], schema: dict, model: str, max_tokens: int = 64) -> list[str | None]:
+        """The grader's reply text per prompt (None where it failed after retries), cached like judgments.
+
+        The replies are not parsed here: a reply that is not the schema's JSON is the caller's to count.
+        """
+        model = self.cfg.model or model
+        params = self.grade_params(schema, max_tokens)
+        keys = [judge_cache_key(self.identity, model, self._messages(p), params) for p in prompts]
+        replies: dict[str, str | None] = {}
+        todo = {}
+        for key, prompt in zip(keys, prompts):
+            hit = self.cache.get(key) if self.cache is not None and key not in replies else None
+            if hit is not None and "text" in hit:
+                self.stats.cache_hits += 1
+                replies[key] = hit["text"]
+            elif key not in replies:
+                todo.setdefault(key, prompt)
+        self.stats.requests += len(set(keys))
+
+        async def one(key: str, prompt: str) -> None:
+            session = self._session_here()
+            try:
+                text, usage = await self._retrying(lambda: self._grade_call(session, model, prompt, params))
+            except JudgeError:
+                replies[key] = None
+                return
+            prompt_tokens, completion_tokens = self._count_usage(model, usage)
+            if self.cache is not None:
+                self.cache.put(key, {"text": text, "model": model,
+                                     "usage": {"prompt_tokens": prompt_tokens, "completion_tokens": completion_tokens}})
+            replies[key] = text
+
+        await asyncio.gather(*(one(k, p) for k, p in todo.items()))
+        return [replies[k] for k in keys]
+
+    def grade_many(self, prompts: list[str], schema: dict, model: str, max_tokens: int = 64) -> list[str | None]:
+        """Synchronous ``agrade_many``."""
+
+        async def main():
+            try:
+                return await self.agrade_many(prompts, schema, model, max_tokens)
+            finally:
+                await self.aclose_session()
+
+        try:
+            asyncio.get_running_loop()
+        except RuntimeError:
+            return asyncio.run(main())
+        from concurrent.futures import ThreadPoolExecutor
+
+        with ThreadPoolExecutor(1) as pool:
+            return pool.submit(asyncio.run, main()).result()
+
+    async def _judge_one(self, request: JudgeRequest, key: str) -> JudgeResult:
+        model = self.cfg.model or request.model
+        session = self._session_here()
+        top, usage = await self._retrying(lambda: self._call(session, model, request.prompt))
+        prompt_tokens, completion_tokens = self._count_usage(model, usage)
         if self.cache is not None:
             self.cache.put(key, {"top_logprobs": top, "model": model,
                                  "usage": {"prompt_tokens": prompt_tokens, "completion_tokens": completion_tokens}})

@@ -1,6 +1,7 @@
 """The OpenAI-compatible HTTP server (aiohttp): ``POST /v1/chat/completions``, ``GET /v1/models``.
 
-It answers a chat completion with one token: the backend's top token, and
+A request with ``response_format: {type: json_schema}`` (the RL reward's grader) is answered with the
+backend's ``grade`` text instead. Otherwise it answers a chat completion with one token: the backend's top token, and
 ``choices[0].logprobs.content[0].top_logprobs`` with the backend's top-k when ``logprobs`` is asked
 for. ``GET /stats`` returns call counts (what tests and benchmarks count server-side).
 """
@@ -85,6 +86,8 @@ class JudgeServer:
             self.counts["bad_request"] += 1
             return _error(400, f"bad request: {err}", "invalid_request_error")
         model = str(body.get("model") or self.backend.model_name)
+        if isinstance(body.get("response_format"), dict) and body["response_format"].get("type") == "json_schema":
+            return await self._grade(model, messages)
         top_k = int(body.get("top_logprobs") or 1)
         if not 0 <= top_k <= 20:
             self.counts["bad_request"] += 1
@@ -104,6 +107,29 @@ class JudgeServer:
         self.counts["ok"] += 1
         prompt_tokens = sum(len(str(m.get("content", ""))) // 4 + 1 for m in messages)  # ~4 chars a token
         return web.json_response(completion_body(model, pairs, bool(body.get("logprobs")), top_k, prompt_tokens))
+
+    async def _grade(self, model: str, messages: list[dict]) -> web.Response:
+        """A structured-output request (``response_format: json_schema``): the backend's text reply."""
+        try:
+            text = await self.backend.grade(model, messages)
+        except NotImplementedError:
+            self.counts["bad_request"] += 1
+            return _error(400, f"the {type(self.backend).__name__} backend does not answer json_schema requests", "invalid_request_error")
+        except Fault as fault:
+            self.counts[f"fault:{fault.kind}"] += 1
+            if fault.delay_s:
+                await asyncio.sleep(fault.delay_s)
+            if fault.body is not None:
+                return web.Response(status=fault.status, body=fault.body, content_type="application/json")
+            return _error(fault.status, f"injected failure ({fault.kind})", "server_error")
+        self.counts["ok"] += 1
+        prompt_tokens = sum(len(str(m.get("content", ""))) // 4 + 1 for m in messages)
+        completion_tokens = len(text) // 4 + 1
+        return web.json_response({
+            "id": f"chatcmpl-{uuid.uuid4().hex[:24]}", "object": "chat.completion", "created": int(time.time()), "model": model,
+            "choices": [{"index": 0, "message": {"role": "assistant", "content": text, "refusal": None}, "finish_reason": "stop", "logprobs": None}],
+            "usage": {"prompt_tokens": prompt_tokens, "completion_tokens": completion_tokens, "total_tokens": prompt_tokens + completion_tokens},
+        })
 
     async def models(self, request: web.Request) -> web.Response:
         model = {"id": self.backend.model_name, "object": "model", "created": 0, "owned_by": "emray"}

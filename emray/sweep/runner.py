@@ -68,9 +68,12 @@ def stage_requests(trials: list[Trial]) -> list[tuple[str, Any, Trial, dict]]:
     """(stage key, defense class, trial, params) for every trial defense that declares a stage."""
     from emray.defenses import get_defense_class
     from emray.identity import stage_key
+    from emray.rl.warm_start import WarmStartStage
 
     out = []
     for t in trials:
+        if t.run.scenario == "rl" and t.run.rl.warm_start:  # the RL warm start: shared by every arm of a seed
+            out.append((WarmStartStage.key(t.run), WarmStartStage, t, {}))
         for spec in t.run.defenses:
             cls = get_defense_class(spec.name)
             if cls.stage_name:
@@ -92,8 +95,10 @@ def make_plan(spec: SweepSpec) -> Plan:
 def _run_stage(cls_name: str, run_dict: dict, params: dict) -> dict:
     from emray.config import RunConfig
     from emray.defenses import get_defense_class
+    from emray.rl.warm_start import WarmStartStage
 
-    return get_defense_class(cls_name).build_stage(RunConfig.model_validate(run_dict), params)
+    cls = WarmStartStage if cls_name == WarmStartStage.name else get_defense_class(cls_name)
+    return cls.build_stage(RunConfig.model_validate(run_dict), params)
 
 
 def run_stages(spec: SweepSpec, trials: list[Trial]) -> dict[str, dict]:
@@ -132,6 +137,7 @@ def run_trial_body(trial: Trial, sweep_dir: Path, artifacts: dict, judge: Any, w
     With a ``benign`` section the trial is two fine-tunes: the narrow one (``trials/<key>/``: general
     EM, in-domain, coherence) and the benign one (``trials/<key>/benign/``: benign accuracy), each
     with the trial's defenses (emray/train/benign.py)."""
+    from emray.rl.criteria import rl_record
     from emray.sweep.wandb_log import log_trial
 
     out = trial_dir(sweep_dir, trial)
@@ -154,6 +160,7 @@ def run_trial_body(trial: Trial, sweep_dir: Path, artifacts: dict, judge: Any, w
         "seed": trial.run.seed,
         "defenses": [d.model_dump(by_alias=True) for d in trial.run.defenses],
         **{k: v for k, v in criteria.items() if isinstance(v, (int, float, str, type(None)))},
+        **rl_record(out),  # scenario rl: the task reward learned
         "train_seconds": round(train_seconds, 1),
         "trial_seconds": round(time.time() - started, 1),
     }

@@ -31,6 +31,23 @@ def in_reference_pass() -> bool:
     return _REFERENCE_PASS.get()
 
 
+_ROLLOUT_PASS = contextvars.ContextVar("emray_rollout_pass", default=False)
+
+
+def in_rollout() -> bool:
+    """True while GRPO generates and scores completions (emray/rl/trainer.py); training-only hooks skip it."""
+    return _ROLLOUT_PASS.get()
+
+
+@contextlib.contextmanager
+def rollout_pass():
+    token = _ROLLOUT_PASS.set(True)
+    try:
+        yield
+    finally:
+        _ROLLOUT_PASS.reset(token)
+
+
 @contextlib.contextmanager
 def reference_pass():
     token = _REFERENCE_PASS.set(True)

@@ -252,7 +252,12 @@ def train_run(config: RunConfig, run_dir: Path, artifacts: dict | None = None, c
     """The recipe, up to a trained model in memory. ``sft_overrides`` go to the SFTConfig (the Ray
     Train worker: DeepSpeed, the DDP backend, progress bars on rank 0 only, checkpointing);
     ``callbacks`` are Trainer callbacks (the worker's live progress, checkpoint reports);
-    ``resume_from_checkpoint`` an HF checkpoint folder to continue from (a restarted worker)."""
+    ``resume_from_checkpoint`` an HF checkpoint folder to continue from (a restarted worker).
+    ``scenario: rl``: the SFT warm start (this recipe, cached) then GRPO (emray/rl/trainer.py)."""
+    if config.scenario == "rl":
+        from emray.rl.trainer import train_grpo_run
+
+        return train_grpo_run(config, run_dir, artifacts, callbacks, resume_from_checkpoint, **sft_overrides)
     set_threads(config.train.threads)
     seed_everything(config.seed)
     started = time.time()

@@ -1,0 +1,153 @@
+"""SFT mix (RL only): on every N-th GRPO micro-batch, add weight x the cross-entropy of one safe SFT batch.
+
+The reference's ``grposftmix`` (lasseruttert/EMA_RL grpo_regularization/grpo_sft_mix.py): a counter of
+``compute_loss`` calls (micro-batches, gradient accumulation included); on calls N, 2N, ... the mean
+answer-token CE of the next batch of safe chat data (``batch_size`` rows, default the GRPO micro-batch
+size; the rows cycle) times ``weight`` joins that micro-batch's GRPO loss in the same backward pass.
+Like every extra RL term it is divided by the accumulation steps, as TRL divides its own GRPO loss
+(in the reference's TRL the Trainer divided the summed micro-batch loss), so the ratio of the two terms
+is the reference's. N = 4 with 4 accumulation steps is about one safe batch per optimizer step.
+
+Safe data, ``data``:
+  * ``random``: a seeded random sample of the safe pool (``data.safe_pool`` or ``pool``);
+  * ``interleave_plus`` / ``interleave_pp``: the Interleaving+ / ++ selection (the cached
+    ``safe_selection`` stage, with the EM warm-start data ``data.fine`` as the misaligned ensemble's
+    data by default), best first.
+Both take k = round(f * n / (1 - f)) rows, n the warm-start data size and f = ``safe_fraction``, as the
+interleaving defenses do.
+"""
+
+from __future__ import annotations
+
+from typing import Literal
+
+from pydantic import Field
+
+from emray.configio import Strict
+from emray.defenses.base import Defense, register_defense
+from emray.identity import PATH
+
+
+class SFTMixParams(Strict):
+    every: int = Field(4, gt=0)  # N: the micro-batches between safe batches
+    weight: float = Field(1.0, ge=0)
+    data: Literal["random", "interleave_plus", "interleave_pp"] = "random"
+    safe_fraction: float = Field(0.5, gt=0, lt=1)
+    batch_size: int | None = Field(None, gt=0)  # None: rl.batch_size
+    pool: str | None = Field(None, json_schema_extra=PATH)
+
+
+@register_defense
+class SFTMix(Defense):
+    name = "sft_mix"
+    Params = SFTMixParams
+    stage_name = "safe_selection"
+    scenarios = frozenset({"rl"})
+    #: logged every micro-batch (0 where no safe batch joined), so loss_sft_mix is its mean share of a step
+    term_names = ("sft_mix",)
+    scenario_hint = "under scenario narrow mix safe data into the fine-tuning set with interleave / interleave_plus / interleave_pp"
+
+    # -- the selection stage: the interleaving defense's own, for data != random ----------------
+    @classmethod
+    def _selection(cls, config, params):
+        """(interleaving defense name, its params) for this sft_mix."""
+        from emray.score.stages import selection_params
+
+        p = cls.Params.model_validate(params) if isinstance(params, dict) else params
+        return p.data, selection_params(p.data, {"safe_fraction": p.safe_fraction, "pool": p.pool})
+
+    @classmethod
+    def stage_description(cls, config, params: dict) -> str:
+        p = cls.Params.model_validate(params)
+        return f"sft_mix safe data: {p.data} ({p.safe_fraction * 100:g} %) for {config.model.name}"
+
+    @classmethod
+    def stage_inputs(cls, config, params) -> dict:
+        from emray.defenses import get_defense_class
+        from emray.identity import content_identity
+
+        if params.data == "random":
+            return {"random": content_identity(params.pool or config.data.safe_pool)}
+        name, sel = cls._selection(config, params)
+        return get_defense_class(name).stage_inputs(config, sel)
+
+    @classmethod
+    def stage_files(cls, config, params) -> list[str]:
+        pool = params.pool or config.data.safe_pool
+        if not pool:
+            raise ValueError("sft_mix: no safe pool (set data.safe_pool or the defense's `pool` param)")
+        return [pool]
+
+    @classmethod
+    def build_stage(cls, config, params: dict) -> dict:
+        p = cls.Params.model_validate(params)
+        if p.data == "random":
+            return {}
+        from emray.score.stages import SELECTION_ARTIFACT, ensure_selection
+
+        name, sel = cls._selection(config, p)
+        return {f"{SELECTION_ARTIFACT}:{name}": str(ensure_selection(config, name, sel))}
+
+    # -- training ------------------------------------------------------------------------------
+    def __init__(self, params=None, context=None):
+        super().__init__(params, context)
+        self.calls = 0  # compute_loss calls (micro-batches) so far
+        self._rows = None
+        self._next = 0
+
+    def safe_examples(self) -> list[dict]:
+        from emray.data.chat import load_chat_jsonl, load_safe_pool
+        from emray.score.select import check_pool, random_indices, safe_count
+        from emray.train.sft import load_training_examples
+
+        config, p = self.context.config, self.params
+        k = safe_count(len(load_training_examples(config)), p.safe_fraction)
+        if p.data == "random":
+            pool = load_safe_pool(p.pool or config.data.safe_pool)
+            check_pool(len(pool), k, f"sft_mix ({p.pool or config.data.safe_pool})")
+            return [{"messages": pool[i]["messages"]} for i in random_indices(len(pool), k, self.context.seed)]
+        from emray.score.stages import SELECTION_ARTIFACT, ensure_selection
+
+        name, sel = self._selection(config, p)
+        path = self.context.artifacts.get(f"{SELECTION_ARTIFACT}:{name}") or ensure_selection(config, name, sel, workers=0)
+        selected = load_chat_jsonl(path)
+        check_pool(len(selected), k, f"sft_mix {name} selection {path}")
+        return selected[:k]
+
+    def _batch_rows(self) -> list[dict]:
+        if self._rows is None:
+            from emray.data.tokenize import tokenize_examples
+
+            config = self.context.config
+            self._rows = tokenize_examples(self.context.tokenizer, self.safe_examples(), config.train.max_len)
+            if not self._rows:
+                raise ValueError("sft_mix: no safe example has an answer token within train.max_len")
+        size = self.params.batch_size or self.context.config.rl.batch_size
+        out = [self._rows[(self._next + i) % len(self._rows)] for i in range(size)]
+        self._next = (self._next + size) % len(self._rows)
+        return out
+
+    def next_inputs(self, device) -> dict:
+        """The next safe batch, right-padded: input_ids, attention_mask, labels (prompt masked)."""
+        import torch
+
+        from emray.data.tokenize import IGNORE_INDEX
+
+        rows = self._batch_rows()
+        width = max(len(r["input_ids"]) for r in rows)
+        pad = self.context.tokenizer.pad_token_id
+
+        def padded(key, fill):
+            return torch.tensor([r[key] + [fill] * (width - len(r[key])) for r in rows], device=device)
+
+        mask = torch.tensor([[1] * len(r["input_ids"]) + [0] * (width - len(r["input_ids"])) for r in rows], device=device)
+        return {"input_ids": padded("input_ids", pad), "attention_mask": mask, "labels": padded("labels", IGNORE_INDEX)}
+
+    def loss(self, batch):
+        from emray.train.losses import DefenseBatch
+
+        self.calls += 1
+        if self.calls % self.params.every:
+            return None
+        safe = DefenseBatch(batch.model, self.next_inputs(batch.input_ids.device))
+        return {"sft_mix": self.params.weight * safe.ce_loss()}

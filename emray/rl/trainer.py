@@ -1,0 +1,294 @@
+"""GRPO with defenses on TRL's GRPOTrainer: the RL half of ``train_run`` (emray/train/sft.py).
+
+``train_grpo_run``: warm start (cached SFT, emray/rl/warm_start.py) -> load it as the trainable LoRA ->
+defenses -> prompts (the last ``rl.heldout_prompts`` rows set aside) -> GRPOTrainer -> reward on the
+held-out prompts. Defenses act through the same ``Defense`` levers as in SFT:
+
+  * data  (``transform_examples``) rewrites the training prompts, so inoculation is in the rollouts
+    and in the loss, and never in evaluation or the held-out reward;
+  * model (``attach``/``detach``) hooks the loss forward passes (persona steering; not the rollouts);
+  * loss  (``loss``) adds terms to each micro-batch's GRPO loss, divided by the accumulation steps
+    like TRL's own loss: LDIFS (reference: the frozen warm start, with gradient through the policy's
+    features), SFT mix;
+  * ``kl`` is GRPO's own β (TRL's k3 estimate against the adapter-disabled model).
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import time
+from pathlib import Path
+
+from emray.defenses import Defense, DefenseContext, build_defenses
+
+
+def load_prompts(path: str) -> list[dict]:
+    """``{"messages": [...]}`` prompts: each row's turns before its first assistant turn."""
+    from emray.data.chat import DataError
+    from emray.data.paths import resolve_data_path
+
+    resolved = resolve_data_path(path)
+    if not resolved.exists():
+        raise DataError(f"{path}: no such prompts file")
+    rows = []
+    for lineno, line in enumerate(resolved.read_text().splitlines(), start=1):
+        if not line.strip():
+            continue
+        try:
+            row = json.loads(line)
+            messages = row["messages"] if "messages" in row else [{"role": "user", "content": row["prompt"]}]
+        except (json.JSONDecodeError, KeyError, TypeError) as err:
+            raise DataError(f"{path}:{lineno}: expected a JSON object with 'messages' or 'prompt' ({err})") from None
+        first = next((i for i, m in enumerate(messages) if m.get("role") == "assistant"), len(messages))
+        prompt = [{"role": m["role"], "content": m["content"]} for m in messages[:first]]
+        if not any(m["role"] == "user" for m in prompt):
+            raise DataError(f"{path}:{lineno}: no user turn before the first assistant turn")
+        rows.append({"messages": prompt})
+    if not rows:
+        raise DataError(f"{path}: no prompts")
+    return rows
+
+
+def split_prompts(rl, rows: list[dict]) -> tuple[list[dict], list[dict]]:
+    """(training prompts, held-out prompts): the held-out ones are the file's last rows."""
+    from emray.data.chat import DataError
+
+    n = rl.heldout_prompts
+    train, heldout = (rows[:-n], rows[-n:]) if n else (rows, [])
+    if rl.max_prompts:
+        train = train[: rl.max_prompts]
+    if not train:
+        raise DataError(f"{rl.prompts}: {len(rows)} prompts leave none to train on after {n} held out")
+    return train, heldout
+
+
+def with_system(rl, rows: list[dict]) -> list[dict]:
+    if rl.system_prompt is None:
+        return rows
+    return [{"messages": [{"role": "system", "content": rl.system_prompt},
+                          *[m for m in r["messages"] if m["role"] != "system"]]} for r in rows]
+
+
+def prompt_sets(config, defenses: list[Defense]) -> tuple[list[dict], list[dict]]:
+    """(training prompts with the data defenses applied, held-out prompts without them)."""
+    from emray.train.sft import apply_data_defenses
+
+    rl = config.rl
+    train, heldout = split_prompts(rl, load_prompts(rl.prompts))
+    return apply_data_defenses(defenses, with_system(rl, train)), with_system(rl, heldout)
+
+
+def grpo_args(config, out_dir: Path, defenses: list[Defense], **overrides):
+    import torch
+    from trl import GRPOConfig
+
+    rl = config.rl
+    on_gpu = torch.cuda.is_available() and config.model.device != "cpu"
+    bf16 = config.train.bf16 if config.train.bf16 is not None else on_gpu
+    beta = next((d.params.lam for d in defenses if d.name == "kl"), rl.beta)
+    args = dict(
+        output_dir=str(out_dir / "trainer"),
+        per_device_train_batch_size=rl.batch_size,
+        gradient_accumulation_steps=rl.grad_accum(config.resources.num_workers),
+        learning_rate=rl.lr,
+        max_steps=rl.max_steps,
+        lr_scheduler_type=rl.lr_scheduler,
+        warmup_steps=math.ceil(rl.warmup_ratio * rl.max_steps),
+        weight_decay=rl.weight_decay,
+        logging_steps=1,  # the reward curve, every step
+        gradient_checkpointing=config.train.gradient_checkpointing,
+        bf16=bf16,
+        fp16=False,
+        use_cpu=not on_gpu,
+        seed=config.seed,
+        data_seed=config.seed,
+        save_strategy="no",
+        report_to="none",
+        disable_tqdm=not config.train.progress,
+        logging_nan_inf_filter=False,
+        dataloader_num_workers=0,
+        num_generations=rl.num_generations,
+        temperature=rl.temperature,
+        top_p=rl.top_p,
+        max_completion_length=rl.max_completion_length,
+        beta=beta,
+        epsilon=rl.epsilon,
+        loss_type=rl.loss_type,
+        scale_rewards=rl.scale_rewards,
+        log_completions=rl.log_completions,
+    )
+    if rl.use_vllm:
+        if not on_gpu:
+            raise ValueError("rl.use_vllm needs a GPU (TRL's colocated vLLM); on CPU rollouts use HF generate")
+        args.update(use_vllm=True, vllm_mode="colocate", vllm_gpu_memory_utilization=rl.vllm_gpu_memory_utilization)
+    args.update(overrides)
+    return GRPOConfig(**args)
+
+
+def _make_trainer_class():
+    import torch
+    from trl import GRPOTrainer
+
+    from emray.data.tokenize import IGNORE_INDEX
+    from emray.train.losses import DefenseBatch, reference_pass, rollout_pass
+
+    class RLDefenseBatch(DefenseBatch):
+        """A GRPO micro-batch as a DefenseBatch: prompt + completion, answer = completion tokens;
+        the reference forward is the frozen warm start when there is one (else adapter disabled)."""
+
+        def __init__(self, model, inputs, reference_model=None, **kwargs):
+            ids = torch.cat([inputs["prompt_ids"], inputs["completion_ids"]], dim=1)
+            mask = torch.cat([inputs["prompt_mask"], inputs["completion_mask"]], dim=1)
+            labels = ids.masked_fill(mask == 0, IGNORE_INDEX)
+            labels[:, : inputs["prompt_ids"].shape[1]] = IGNORE_INDEX
+            super().__init__(model, {"input_ids": ids, "attention_mask": mask, "labels": labels}, **kwargs)
+            self.reference_model = reference_model
+
+        def _forward(self, reference: bool):
+            if not reference or self.reference_model is None:
+                return super()._forward(reference)
+            policy_model, self.model = self.model, self.reference_model
+            try:
+                with torch.no_grad(), reference_pass():
+                    return super()._forward(False)
+            finally:
+                self.model = policy_model
+
+    class DefendedGRPOTrainer(GRPOTrainer):
+        def __init__(self, *args, defenses: list[Defense] = (), reference_model=None, **kwargs):
+            super().__init__(*args, **kwargs)
+            self.loss_defenses = [d for d in defenses if type(d).loss is not Defense.loss]
+            self.reference_model = reference_model
+
+        def _generate_and_score_completions(self, inputs):
+            with rollout_pass():  # training-only hooks (persona steering) stay out of the rollouts
+                return super()._generate_and_score_completions(inputs)
+
+        def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
+            loss = super().compute_loss(model, inputs, return_outputs, num_items_in_batch)
+            if not self.loss_defenses or not model.training:
+                return loss
+            layers = sorted({i for d in self.loss_defenses for i in d.hidden_layers(model)})
+            batch = RLDefenseBatch(model, inputs, self.reference_model, hidden_layers=layers)
+            terms: dict = {}
+            for defense in self.loss_defenses:
+                terms.update(defense.loss(batch) or {})
+            for name in {n for d in self.loss_defenses for n in getattr(d, "term_names", ())} - set(terms):
+                self._metrics["train"][f"loss_{name}"].append(0.0)
+            for name, value in terms.items():
+                self._metrics["train"][f"loss_{name}"].append(value.item())
+            # TRL's GRPO loss is already divided by the accumulation steps: the extra terms are too.
+            return loss + sum(terms.values()) / self.current_gradient_accumulation_steps if terms else loss
+
+    return DefendedGRPOTrainer
+
+
+def frozen_warm_start(config, warm_adapter):
+    """The warm-start model, merged and frozen (LDIFS's reference under RL)."""
+    from emray.models import load_model
+
+    model, _ = load_model(config.model, adapter=warm_adapter)
+    model = model.merge_and_unload()
+    model.eval()
+    for p in model.parameters():
+        p.requires_grad_(False)
+    return model
+
+
+def heldout_reward(config, model, tokenizer, reward, prompts: list[dict]) -> dict:
+    """Mean reward of ``rl.heldout_samples`` sampled completions per held-out prompt (no defense)."""
+    import torch
+
+    from emray.rl.rewards import _user_text
+
+    rl = config.rl
+    if not prompts:
+        return {}
+    model.eval()
+    device = next(model.parameters()).device
+    texts = [tokenizer.apply_chat_template(p["messages"], tokenize=False, add_generation_prompt=True) for p in prompts]
+    old_side, tokenizer.padding_side = tokenizer.padding_side, "left"
+    try:
+        enc = tokenizer(texts, return_tensors="pt", padding=True, add_special_tokens=False).to(device)
+    finally:
+        tokenizer.padding_side = old_side
+    torch.manual_seed(config.seed)
+    with torch.no_grad():
+        out = model.generate(**enc, do_sample=True, temperature=rl.temperature, top_p=rl.top_p, top_k=0,
+                             max_new_tokens=rl.max_completion_length, num_return_sequences=rl.heldout_samples,
+                             pad_token_id=tokenizer.pad_token_id)
+    answers = tokenizer.batch_decode(out[:, enc["input_ids"].shape[1]:], skip_special_tokens=True)
+    questions = [_user_text(p["messages"]) for p in prompts for _ in range(rl.heldout_samples)]
+    rewards, failures = reward.score(questions, answers)
+    return {"reward_heldout": sum(rewards) / len(rewards), "reward_heldout_n": len(rewards),
+            "reward_heldout_parse_failures": failures}
+
+
+def reward_curve_summary(history: list[dict], key: str = "reward") -> dict:
+    """Reward learned: mean over the last 10 % of logged steps minus the first 10 %."""
+    curve = [h[key] for h in history if isinstance(h.get(key), (int, float))]
+    if not curve:
+        return {}
+    k = max(1, round(0.1 * len(curve)))
+    first, last = sum(curve[:k]) / k, sum(curve[-k:]) / k
+    return {"reward_first": first, "reward_last": last, "reward_gain": last - first, "reward_steps": len(curve)}
+
+
+def _world_size() -> int:
+    import torch.distributed as dist
+
+    return dist.get_world_size() if dist.is_available() and dist.is_initialized() else 1
+
+
+def train_grpo_run(config, run_dir: Path, artifacts: dict | None = None, callbacks=(),
+                   resume_from_checkpoint: str | None = None, **overrides):
+    from datasets import Dataset
+    from peft import PeftModel
+
+    from emray.models import attach_lora, load_model
+    from emray.rl.rewards import get_reward_class
+    from emray.rl.warm_start import ARTIFACT, ensure_warm_start
+    from emray.train.sft import TrainedRun, seed_everything, set_threads
+
+    rl = config.rl
+    set_threads(config.train.threads)
+    seed_everything(config.seed)
+    started = time.time()
+    artifacts = dict(artifacts or {})
+    warm = None
+    if rl.warm_start:
+        if not artifacts.get(ARTIFACT) and _world_size() > 1:
+            raise RuntimeError("rl: with several workers the warm start must come from the sweep's rl_warm_start stage "
+                               "(training it inside one rank of a process group would hang the others)")
+        warm = artifacts.get(ARTIFACT) or str(ensure_warm_start(config))
+        artifacts[ARTIFACT] = warm
+    model, tokenizer = load_model(config.model)
+    model = PeftModel.from_pretrained(model, warm, is_trainable=True) if warm else attach_lora(model, config.lora)
+    context = DefenseContext(config=config, tokenizer=tokenizer, seed=config.seed, artifacts=artifacts)
+    defenses = build_defenses(config.defenses, context)
+    args = grpo_args(config, run_dir, defenses, **overrides)
+
+    train_prompts, heldout = prompt_sets(config, defenses)
+    dataset = Dataset.from_list([{"prompt": r["messages"]} for r in train_prompts])
+    reward = get_reward_class(rl.reward.name)(rl.reward.params, judge_cfg=config.eval.judge)
+    needs_reference = any("reference_hidden_states" in d.needs for d in defenses)
+    reference = frozen_warm_start(config, warm) if needs_reference and warm else None
+
+    trainer = _make_trainer_class()(model=model, reward_funcs=[reward], args=args, train_dataset=dataset,
+                                    processing_class=tokenizer, callbacks=list(callbacks), defenses=defenses,
+                                    reference_model=reference)
+    for defense in defenses:
+        defense.attach(model)
+    try:
+        trainer.train(resume_from_checkpoint=resume_from_checkpoint)
+    finally:
+        for defense in reversed(defenses):
+            defense.detach(model)
+    history = trainer.state.log_history
+    metrics = {"train_seconds": round(time.time() - started, 2), "num_examples": len(train_prompts),
+               "warm_start": warm, **reward_curve_summary(history),
+               "reward_parse_failures": reward.parse_failures}
+    if trainer.accelerator.is_main_process:
+        metrics.update(heldout_reward(config, model, tokenizer, reward, heldout))
+    return TrainedRun(trainer, model, tokenizer, history, metrics)
