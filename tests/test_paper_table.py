@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 
 from emray.sweep.pareto import load_results
-from tests.sweep_fixture import write_sweep
+from sweep_fixture import write_sweep
 
 ROOT = Path(__file__).resolve().parents[1]
 spec = importlib.util.spec_from_file_location("paper_table", ROOT / "analysis" / "paper_table.py")
