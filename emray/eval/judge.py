@@ -417,20 +417,7 @@ class JudgeClient:
     def grade_many(self, prompts: list[str], schema: dict, model: str, max_tokens: int = 64) -> list[str | None]:
         """Synchronous ``agrade_many``."""
 
-        async def main():
-            try:
-                return await self.agrade_many(prompts, schema, model, max_tokens)
-            finally:
-                await self.aclose_session()
-
-        try:
-            asyncio.get_running_loop()
-        except RuntimeError:
-            return asyncio.run(main())
-        from concurrent.futures import ThreadPoolExecutor
-
-        with ThreadPoolExecutor(1) as pool:
-            return pool.submit(asyncio.run, main()).result()
+        return self._run_sync(lambda: self.agrade_many(prompts, schema, model, max_tokens))
 
     async def _judge_one(self, request: JudgeRequest, key: str) -> JudgeResult:
         model = self.cfg.model or request.model
@@ -492,9 +479,14 @@ class JudgeClient:
                    max_failure_rate: float = 0.0) -> list[JudgeResult]:
         """Synchronous ``ajudge_many`` (runs its own event loop; not callable from inside one)."""
 
+        return self._run_sync(lambda: self.ajudge_many(requests, progress, max_failure_rate))
+
+    def _run_sync(self, make_coroutine):
+        """Run ``make_coroutine()`` to completion from synchronous code, closing the HTTP session after."""
+
         async def main():
             try:
-                return await self.ajudge_many(requests, progress, max_failure_rate)
+                return await make_coroutine()
             finally:
                 await self.aclose_session()
 
