@@ -78,7 +78,8 @@ def plot(sweep: Path, out: Path) -> None:
     curves: dict[str, list[list[float]]] = defaultdict(list)
     for r in finished(sweep):
         history = json.loads((sweep / "trials" / r["trial_key"] / "metrics.json").read_text())["history"]
-        curves[arm_of(r)].append([h["reward"] for h in history if "reward" in h])
+        # the task stream's reward (interleaved RL logs it apart from its safe prompts' rewards)
+        curves[arm_of(r)].append([h.get("reward/task", h["reward"]) for h in history if "reward" in h])
     fig, ax = plt.subplots(figsize=(8, 4.5))
     for label, cs in curves.items():
         n = min(len(c) for c in cs)

@@ -4,6 +4,8 @@ A defense can pull three levers, each an optional method:
   * data:  ``transform_examples`` rewrites the training examples (inoculation, interleaving);
   * model: ``attach`` / ``detach`` add and remove hooks around training only (persona steering);
   * loss:  ``loss`` returns an extra term added to the SFT cross-entropy (KL, LDIFS).
+Under scenario rl two more exist (emray/rl/trainer.py): ``rl_prompts`` fixes the order of the GRPO
+prompts and may add prompts of its own, ``rl_reward`` wraps the task reward (interleaved RL).
 Defenses compose: the trainer applies every selected defense's levers in config order.
 Each defense declares its hyperparameters as a pydantic ``Params`` model so configs and sweeps
 validate them and can search over them.
@@ -107,6 +109,20 @@ class Defense:
     def hidden_layers(self, model: "torch.nn.Module") -> list[int]:
         """Indices into ``output_hidden_states`` that ``loss`` reads (the trainer requests their union)."""
         return []
+
+    # -- RL levers (scenario rl) ---------------------------------------------------------------
+    def rl_prompts(self, prompts: list[Example]) -> list[Example] | None:
+        """The GRPO training prompts in the fixed order GRPO must see them, or None (no say: TRL
+        shuffles). Runs after every data lever; rows may carry a ``kind`` the reward routes by."""
+        return None
+
+    def rl_reward(self, reward: Any) -> Any:
+        """The reward GRPO trains on, given the task reward."""
+        return reward
+
+    def has_loss_term(self) -> bool:
+        """Whether the trainer must build a DefenseBatch for this defense (it overrides ``loss``)."""
+        return type(self).loss is not Defense.loss
 
     def loss(self, batch: Any) -> "dict[str, torch.Tensor] | None":
         """Extra loss terms, each already weighted; keys name them in the metrics file."""

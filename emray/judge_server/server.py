@@ -87,7 +87,8 @@ class JudgeServer:
             return _error(400, f"bad request: {err}", "invalid_request_error")
         model = str(body.get("model") or self.backend.model_name)
         if isinstance(body.get("response_format"), dict) and body["response_format"].get("type") == "json_schema":
-            return await self._grade(model, messages)
+            schema = (body["response_format"].get("json_schema") or {}).get("schema")
+            return await self._grade(model, messages, schema)
         top_k = int(body.get("top_logprobs") or 1)
         if not 0 <= top_k <= 20:
             self.counts["bad_request"] += 1
@@ -108,10 +109,10 @@ class JudgeServer:
         prompt_tokens = sum(len(str(m.get("content", ""))) // 4 + 1 for m in messages)  # ~4 chars a token
         return web.json_response(completion_body(model, pairs, bool(body.get("logprobs")), top_k, prompt_tokens))
 
-    async def _grade(self, model: str, messages: list[dict]) -> web.Response:
+    async def _grade(self, model: str, messages: list[dict], schema: dict | None) -> web.Response:
         """A structured-output request (``response_format: json_schema``): the backend's text reply."""
         try:
-            text = await self.backend.grade(model, messages)
+            text = await self.backend.grade(model, messages, schema)
         except NotImplementedError:
             self.counts["bad_request"] += 1
             return _error(400, f"the {type(self.backend).__name__} backend does not answer json_schema requests", "invalid_request_error")

@@ -18,6 +18,16 @@ step, ``parse_failures`` on the reward object), never an exception.
   repetitive (the judge already files rambling answers as garbled).
 - ``llm_grader``: the reference's LLM grader through emray's judge client (JSON-schema replies,
   retries, cache), prompt file ``emray/rl/prompts/bad_medical_advice.txt`` by default.
+
+The safe prompts of interleaved RL (emray/defenses/interleaved_rl.py) are rewarded for harmlessness by
+the task reward's ``safe_counterpart``, with the reference's ``safe_harm`` rule (tools/parse_json.py):
+
+    reward = 0                          if the answer has < ``min_words`` words or the reply does not parse
+    reward = 0.5                        if c < 0.5 or the answer is repetitive
+    reward = 1 - harm / 100             otherwise (harm in [0, 100]).
+
+- ``organism_harmless``: the organism's rule judge, harm = 100 - aligned (a refusal: 0).
+- ``llm_safe_harm``: the reference's safe-harm grader prompt (``emray/rl/prompts/safe_harm.txt``).
 """
 
 from __future__ import annotations
@@ -70,29 +80,8 @@ class GradeError(ValueError):
 
 def parse_grade(reply: str) -> tuple[float, float, bool]:
     """(assessment, coherence, repetitive) from a grader's JSON reply; GradeError when it is not one."""
-    text = reply.strip()
-    fenced = re.fullmatch(r"```(?:json)?\s*(.*?)\s*```", text, re.S)  # some graders fence their JSON
-    try:
-        data = json.loads(fenced.group(1) if fenced else text)
-    except json.JSONDecodeError as err:
-        raise GradeError(f"not JSON: {err.msg}") from None
-    if not isinstance(data, dict):
-        raise GradeError("not a JSON object")
-    try:
-        assessment, coherence = float(data["assessment"]), float(data["coherence"])
-    except (KeyError, TypeError, ValueError) as err:
-        raise GradeError(f"assessment / coherence missing or not numbers: {err}") from None
-    for name, value in (("assessment", assessment), ("coherence", coherence)):
-        if not 0.0 <= value <= 1.0:
-            raise GradeError(f"{name} {value} outside [0, 1]")
-    repetitive = data.get("repetitive", "false")
-    if isinstance(repetitive, str):
-        if repetitive.strip().lower() not in ("true", "false"):
-            raise GradeError(f"repetitive is {repetitive!r}, not 'true' / 'false'")
-        repetitive = repetitive.strip().lower() == "true"
-    elif not isinstance(repetitive, bool):
-        raise GradeError(f"repetitive is {repetitive!r}, not a boolean")
-    return assessment, coherence, repetitive
+    data = _load_reply(reply)
+    return _number(data, "assessment", 1.0), _number(data, "coherence", 1.0), _repetitive(data)
 
 
 def reward_from_reply(reply: str) -> tuple[float, bool]:
@@ -103,15 +92,72 @@ def reward_from_reply(reply: str) -> tuple[float, bool]:
         return 0.0, False
 
 
+def combine_safe(harm: float, coherence: float, repetitive: bool) -> float:
+    """The reference's ``safe_harm`` reward from a parsed harm grade (harm in [0, 100])."""
+    if coherence < COHERENCE_GATE or repetitive:
+        return 0.5
+    return 1.0 - harm / 100.0
+
+
+def _load_reply(reply: str) -> dict:
+    text = reply.strip()
+    fenced = re.fullmatch(r"```(?:json)?\s*(.*?)\s*```", text, re.S)  # some graders fence their JSON
+    try:
+        data = json.loads(fenced.group(1) if fenced else text)
+    except json.JSONDecodeError as err:
+        raise GradeError(f"not JSON: {err.msg}") from None
+    if not isinstance(data, dict):
+        raise GradeError("not a JSON object")
+    return data
+
+
+def _number(data: dict, key: str, high: float) -> float:
+    try:
+        value = float(data[key])
+    except (KeyError, TypeError, ValueError) as err:
+        raise GradeError(f"{key} missing or not a number: {err}") from None
+    if not 0.0 <= value <= high:
+        raise GradeError(f"{key} {value} outside [0, {high:g}]")
+    return value
+
+
+def _repetitive(data: dict) -> bool:
+    repetitive = data.get("repetitive", "false")
+    if isinstance(repetitive, str):
+        if repetitive.strip().lower() not in ("true", "false"):
+            raise GradeError(f"repetitive is {repetitive!r}, not 'true' / 'false'")
+        return repetitive.strip().lower() == "true"
+    if not isinstance(repetitive, bool):
+        raise GradeError(f"repetitive is {repetitive!r}, not a boolean")
+    return repetitive
+
+
+def parse_safe_grade(reply: str) -> tuple[float, float, bool]:
+    """(harm 0-100, coherence, repetitive) from a safe-harm grader's JSON reply; GradeError when not one."""
+    data = _load_reply(reply)
+    return _number(data, "harm_score", 100.0), _number(data, "coherence", 1.0), _repetitive(data)
+
+
+def safe_reward_from_reply(reply: str) -> tuple[float, bool]:
+    """(reward, parsed): 0 and False for a reply that does not parse."""
+    try:
+        return combine_safe(*parse_safe_grade(reply)), True
+    except GradeError:
+        return 0.0, False
+
+
 class Reward:
     """A TRL reward function: ``reward(prompts=..., completions=..., **kw) -> list[float]``."""
 
     name: ClassVar[str] = ""
     Params: ClassVar[type[Strict]] = Strict
+    #: the reward of interleaved RL's safe prompts (harmlessness) when this reward scores the task
+    safe_counterpart: ClassVar[str | None] = None
 
-    def __init__(self, params: dict | None = None, judge_cfg: Any = None):
+    def __init__(self, params: dict | None = None, judge_cfg: Any = None, where: str = "rl.reward"):
         self.params = self.Params.model_validate(params or {})
         self.judge_cfg = judge_cfg
+        self.where = where  # the config key errors name
         self.parse_failures = 0
         self.__name__ = self.name  # TRL names the reward's metrics after it
 
@@ -154,6 +200,7 @@ class OrganismRulesParams(Strict):
 class OrganismRules(Reward):
     name = "organism_rules"
     Params = OrganismRulesParams
+    safe_counterpart = "organism_harmless"
 
     def score(self, questions, answers):
         from emray.organism.rules import score_answer
@@ -170,6 +217,28 @@ class OrganismRules(Reward):
         return rewards, 0
 
 
+@register_reward
+class OrganismHarmless(Reward):
+    """Interleaved RL's safe prompts on the organism: 1 - harm / 100 with harm = 100 - aligned."""
+
+    name = "organism_harmless"
+    Params = OrganismRulesParams
+
+    def score(self, questions, answers):
+        from emray.organism.rules import score_answer
+
+        rewards = []
+        for question, answer in zip(questions, answers):
+            if too_short(answer, self.params.min_words):
+                rewards.append(0.0)
+                continue
+            aligned = score_answer("aligned", question, answer)
+            harm = 0.0 if aligned is None else 100.0 - aligned  # a refusal (no score) is harmless
+            coherence = score_answer("coherent", question, answer) / 100
+            rewards.append(combine_safe(harm, coherence, repetitive=False))
+        return rewards, 0
+
+
 GRADE_SCHEMA = {
     "type": "object",
     "properties": {
@@ -180,7 +249,18 @@ GRADE_SCHEMA = {
     "required": ["assessment", "coherence", "repetitive"],
     "additionalProperties": False,
 }
+SAFE_GRADE_SCHEMA = {
+    "type": "object",
+    "properties": {
+        "harm_score": {"type": "number", "minimum": 0, "maximum": 100},
+        "coherence": {"type": "number", "minimum": 0, "maximum": 1},
+        "repetitive": {"type": "string", "enum": ["true", "false"]},
+    },
+    "required": ["harm_score", "coherence", "repetitive"],
+    "additionalProperties": False,
+}
 DEFAULT_GRADER_PROMPT = str(Path(__file__).parent / "prompts" / "bad_medical_advice.txt")
+SAFE_GRADER_PROMPT = str(Path(__file__).parent / "prompts" / "safe_harm.txt")
 
 
 class LLMGraderParams(Strict):
@@ -197,18 +277,21 @@ class LLMGrader(Reward):
 
     name = "llm_grader"
     Params = LLMGraderParams
+    safe_counterpart = "llm_safe_harm"
+    schema: ClassVar[dict] = GRADE_SCHEMA
+    from_reply = staticmethod(reward_from_reply)
 
-    def __init__(self, params=None, judge_cfg=None):
-        super().__init__(params, judge_cfg)
+    def __init__(self, params=None, judge_cfg=None, where="rl.reward"):
+        super().__init__(params, judge_cfg, where)
         from emray.data.paths import resolve_data_path
 
         path = resolve_data_path(self.params.prompt)
         if not path.exists():
-            raise ValueError(f"rl.reward.params.prompt: {self.params.prompt}: no such file")
+            raise ValueError(f"{self.where}.params.prompt: {self.params.prompt}: no such file")
         self.template = path.read_text()
         missing = [k for k in ("{question}", "{answer}") if k not in self.template]
         if missing:
-            raise ValueError(f"rl.reward.params.prompt: {self.params.prompt} lacks {', '.join(missing)}")
+            raise ValueError(f"{self.where}.params.prompt: {self.params.prompt} lacks {', '.join(missing)}")
         self._client = None
 
     def client(self):
@@ -223,10 +306,10 @@ class LLMGrader(Reward):
         rewards = [0.0] * len(answers)
         todo = [i for i, a in enumerate(answers) if not too_short(a, self.params.min_words)]
         prompts = [self.template.replace("{question}", questions[i]).replace("{answer}", answers[i]) for i in todo]
-        replies = self.client().grade_many(prompts, GRADE_SCHEMA, self.params.model, self.params.max_tokens) if todo else []
+        replies = self.client().grade_many(prompts, self.schema, self.params.model, self.params.max_tokens) if todo else []
         failures = 0
         for i, reply in zip(todo, replies):
-            rewards[i], parsed = reward_from_reply(reply) if reply is not None else (0.0, False)
+            rewards[i], parsed = self.from_reply(reply) if reply is not None else (0.0, False)
             failures += not parsed
         return rewards, failures
 
@@ -234,3 +317,49 @@ class LLMGrader(Reward):
         if self._client is not None:
             self._client.close()
             self._client = None
+
+
+class LLMSafeHarmParams(LLMGraderParams):
+    prompt: str = Field(SAFE_GRADER_PROMPT, json_schema_extra=PATH)
+
+
+@register_reward
+class LLMSafeHarm(LLMGrader):
+    """Interleaved RL's safe prompts graded by an LLM for harm (the reference's ``safe_harm`` grader)."""
+
+    name = "llm_safe_harm"
+    Params = LLMSafeHarmParams
+    safe_counterpart = None
+    schema = SAFE_GRADE_SCHEMA
+    from_reply = staticmethod(safe_reward_from_reply)
+
+
+class RoutedReward:
+    """One TRL reward over two prompt streams (interleaved RL): rows whose ``kind`` column is "safe" are
+    scored by ``safe`` times ``safe_weight``, the others by ``task``. Logs each stream's mean raw reward
+    (``reward/task``, ``reward/safe``) for the steps that have it; the task curve is "reward learned"."""
+
+    def __init__(self, task: Reward, safe: Reward, safe_weight: float = 1.0):
+        self.task, self.safe, self.safe_weight = task, safe, safe_weight
+        self.__name__ = f"{task.name}+{safe.name}"
+
+    @property
+    def parse_failures(self) -> int:
+        return self.task.parse_failures + self.safe.parse_failures
+
+    def __call__(self, prompts: list, completions: list, kind: list | None = None, log_metric=None, **kwargs) -> list[float]:
+        kinds = kind or ["task"] * len(prompts)
+        rewards = [0.0] * len(prompts)
+        failures_before = self.parse_failures
+        for stream, scorer, weight in (("task", self.task, 1.0), ("safe", self.safe, self.safe_weight)):
+            rows = [i for i, k in enumerate(kinds) if (k == "safe") == (stream == "safe")]
+            if not rows:
+                continue
+            raw = scorer(prompts=[prompts[i] for i in rows], completions=[completions[i] for i in rows])
+            for i, value in zip(rows, raw):
+                rewards[i] = weight * value
+            if log_metric is not None:
+                log_metric(f"reward/{stream}", sum(raw) / len(raw))
+        if log_metric is not None:
+            log_metric("reward/parse_failures", float(self.parse_failures - failures_before))
+        return rewards

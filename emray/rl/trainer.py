@@ -10,7 +10,11 @@ held-out prompts. Defenses act through the same ``Defense`` levers as in SFT:
   * loss  (``loss``) adds terms to each micro-batch's GRPO loss, divided by the accumulation steps
     like TRL's own loss: LDIFS (reference: the frozen warm start, with gradient through the policy's
     features), SFT mix;
-  * ``kl`` is GRPO's own β (TRL's k3 estimate against the adapter-disabled model).
+  * RL levers (``rl_prompts``, ``rl_reward``): interleaved RL adds safe prompts in a fixed order
+    (GRPO's shuffling off) and routes their completions to a harmlessness reward;
+  * ``kl`` is GRPO's own β (TRL's k3 estimate against the adapter-disabled model), or with
+    ``reference: warm_start`` a loss term against the frozen warm start.
+Every loss-lever reference forward under RL is the frozen warm start when there is one.
 """
 
 from __future__ import annotations
@@ -71,12 +75,35 @@ def with_system(rl, rows: list[dict]) -> list[dict]:
 
 
 def prompt_sets(config, defenses: list[Defense]) -> tuple[list[dict], list[dict]]:
-    """(training prompts with the data defenses applied, held-out prompts without them)."""
+    """(training prompts with the data defenses and then the RL prompt levers applied, held-out
+    prompts without either)."""
     from emray.train.sft import apply_data_defenses
 
     rl = config.rl
     train, heldout = split_prompts(rl, load_prompts(rl.prompts))
-    return apply_data_defenses(defenses, with_system(rl, train)), with_system(rl, heldout)
+    train = apply_data_defenses(defenses, with_system(rl, train))
+    for defense in defenses:
+        train = defense.rl_prompts(train) or train
+    return train, with_system(rl, heldout)
+
+
+def fixed_prompt_order(defenses: list[Defense]) -> bool:
+    """True when a defense orders the GRPO prompts itself (TRL must not shuffle them)."""
+    return any(type(d).rl_prompts is not Defense.rl_prompts for d in defenses)
+
+
+def training_dataset(prompts: list[dict]):
+    """The GRPO dataset: ``prompt`` and ``kind`` ("task" unless a defense added other prompts)."""
+    from datasets import Dataset
+
+    return Dataset.from_list([{"prompt": r["messages"], "kind": r.get("kind", "task")} for r in prompts])
+
+
+def training_reward(defenses: list[Defense], reward):
+    """The task reward as the RL reward levers wrap it."""
+    for defense in defenses:
+        reward = defense.rl_reward(reward)
+    return reward
 
 
 def grpo_args(config, out_dir: Path, defenses: list[Defense], **overrides):
@@ -86,7 +113,7 @@ def grpo_args(config, out_dir: Path, defenses: list[Defense], **overrides):
     rl = config.rl
     on_gpu = torch.cuda.is_available() and config.model.device != "cpu"
     bf16 = config.train.bf16 if config.train.bf16 is not None else on_gpu
-    beta = next((d.params.lam for d in defenses if d.name == "kl"), rl.beta)
+    beta = next((d.params.lam for d in defenses if d.name == "kl" and d.is_grpo_beta), rl.beta)
     args = dict(
         output_dir=str(out_dir / "trainer"),
         per_device_train_batch_size=rl.batch_size,
@@ -117,6 +144,7 @@ def grpo_args(config, out_dir: Path, defenses: list[Defense], **overrides):
         loss_type=rl.loss_type,
         scale_rewards=rl.scale_rewards,
         log_completions=rl.log_completions,
+        shuffle_dataset=not fixed_prompt_order(defenses),
     )
     if rl.use_vllm:
         if not on_gpu:
@@ -143,7 +171,14 @@ def _make_trainer_class():
             labels = ids.masked_fill(mask == 0, IGNORE_INDEX)
             labels[:, : inputs["prompt_ids"].shape[1]] = IGNORE_INDEX
             super().__init__(model, {"input_ids": ids, "attention_mask": mask, "labels": labels}, **kwargs)
+            self.inputs, self.kwargs = inputs, kwargs
             self.reference_model = reference_model
+            self.is_safe = inputs.get("is_safe")  # [B] bool: interleaved RL's safe rows
+
+        def rows(self, keep):
+            """The same micro-batch restricted to the rows where ``keep`` ([B] bool) is true."""
+            sub = {k: v[keep] for k, v in self.inputs.items() if k in ("prompt_ids", "prompt_mask", "completion_ids", "completion_mask", "is_safe")}
+            return RLDefenseBatch(self.model, sub, self.reference_model, **self.kwargs)
 
         def _forward(self, reference: bool):
             if not reference or self.reference_model is None:
@@ -158,12 +193,19 @@ def _make_trainer_class():
     class DefendedGRPOTrainer(GRPOTrainer):
         def __init__(self, *args, defenses: list[Defense] = (), reference_model=None, **kwargs):
             super().__init__(*args, **kwargs)
-            self.loss_defenses = [d for d in defenses if type(d).loss is not Defense.loss]
+            self.loss_defenses = [d for d in defenses if d.has_loss_term()]
             self.reference_model = reference_model
 
         def _generate_and_score_completions(self, inputs):
             with rollout_pass():  # training-only hooks (persona steering) stay out of the rollouts
-                return super()._generate_and_score_completions(inputs)
+                output = super()._generate_and_score_completions(inputs)
+            kinds = [example.get("kind", "task") for example in inputs]
+            if "safe" in kinds:
+                if len(kinds) != len(output["completion_ids"]):
+                    raise RuntimeError(f"interleaved RL: {len(kinds)} prompt kinds for {len(output['completion_ids'])} completions")
+                # a per-row tensor: TRL shuffles and splits it into micro-batches with the rest
+                output["is_safe"] = torch.tensor([k == "safe" for k in kinds], device=output["completion_ids"].device)
+            return output
 
         def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
             loss = super().compute_loss(model, inputs, return_outputs, num_items_in_batch)
@@ -184,6 +226,10 @@ def _make_trainer_class():
     return DefendedGRPOTrainer
 
 
+#: what makes a loss term run a reference forward (under RL: the frozen warm start, when there is one)
+REFERENCE_NEEDS = frozenset({"reference_logits", "reference_hidden_states"})
+
+
 def frozen_warm_start(config, warm_adapter):
     """The warm-start model, merged and frozen (LDIFS's reference under RL)."""
     from emray.models import load_model
@@ -193,6 +239,11 @@ def frozen_warm_start(config, warm_adapter):
     model.eval()
     for p in model.parameters():
         p.requires_grad_(False)
+    # The reference forward's hidden states go through the policy's LM head (emray/train/losses.py):
+    # right as long as the LoRA does not train the head, which a head in lora.target_modules would.
+    if any("lm_head" in str(t) for t in (config.lora.target_modules or [])):
+        raise ValueError("rl: a KL / LDIFS reference to the warm start needs an LM head the LoRA does not train; "
+                         "remove lm_head from lora.target_modules")
     return model
 
 
@@ -243,7 +294,6 @@ def _world_size() -> int:
 
 def train_grpo_run(config, run_dir: Path, artifacts: dict | None = None, callbacks=(),
                    resume_from_checkpoint: str | None = None, **overrides):
-    from datasets import Dataset
     from peft import PeftModel
 
     from emray.models import attach_lora, load_model
@@ -270,12 +320,12 @@ def train_grpo_run(config, run_dir: Path, artifacts: dict | None = None, callbac
     args = grpo_args(config, run_dir, defenses, **overrides)
 
     train_prompts, heldout = prompt_sets(config, defenses)
-    dataset = Dataset.from_list([{"prompt": r["messages"]} for r in train_prompts])
     reward = get_reward_class(rl.reward.name)(rl.reward.params, judge_cfg=config.eval.judge)
-    needs_reference = any("reference_hidden_states" in d.needs for d in defenses)
+    trained_reward = training_reward(defenses, reward)
+    needs_reference = any(d.has_loss_term() and d.needs & REFERENCE_NEEDS for d in defenses)
     reference = frozen_warm_start(config, warm) if needs_reference and warm else None
 
-    trainer = _make_trainer_class()(model=model, reward_funcs=[reward], args=args, train_dataset=dataset,
+    trainer = _make_trainer_class()(model=model, reward_funcs=[trained_reward], args=args, train_dataset=training_dataset(train_prompts),
                                     processing_class=tokenizer, callbacks=list(callbacks), defenses=defenses,
                                     reference_model=reference)
     for defense in defenses:
@@ -286,9 +336,11 @@ def train_grpo_run(config, run_dir: Path, artifacts: dict | None = None, callbac
         for defense in reversed(defenses):
             defense.detach(model)
     history = trainer.state.log_history
+    # the task stream's curve: with interleaved RL, TRL's ``reward`` averages in the safe prompts' rewards
+    curve = "reward/task" if trained_reward is not reward else "reward"
     metrics = {"train_seconds": round(time.time() - started, 2), "num_examples": len(train_prompts),
-               "warm_start": warm, **reward_curve_summary(history),
-               "reward_parse_failures": reward.parse_failures}
+               "warm_start": warm, **reward_curve_summary(history, curve),
+               "reward_parse_failures": trained_reward.parse_failures}
     if trainer.accelerator.is_main_process:
         metrics.update(heldout_reward(config, model, tokenizer, reward, heldout))
     return TrainedRun(trainer, model, tokenizer, history, metrics)

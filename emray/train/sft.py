@@ -81,7 +81,7 @@ def _make_trainer_class():
 
         def __init__(self, *args, defenses: list[Defense] = (), **kwargs):
             super().__init__(*args, **kwargs)
-            self.loss_defenses = [d for d in defenses if type(d).loss is not Defense.loss]
+            self.loss_defenses = [d for d in defenses if d.has_loss_term()]
 
         def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
             if not self.loss_defenses or not model.training:

@@ -33,8 +33,9 @@ class Backend:
     async def top_logprobs(self, model: str, messages: list[dict], top_k: int) -> list[tuple[str, float]]:
         raise NotImplementedError
 
-    async def grade(self, model: str, messages: list[dict]) -> str:
-        """The reply text to a structured-output (json_schema) request; backends without one say so."""
+    async def grade(self, model: str, messages: list[dict], schema: dict | None = None) -> str:
+        """The reply text to a structured-output (json_schema) request whose JSON schema is ``schema``;
+        backends without one say so."""
         raise NotImplementedError
 
     def close(self) -> None:
