@@ -107,15 +107,14 @@ def training_reward(defenses: list[Defense], reward):
 
 
 def grpo_args(config, out_dir: Path, defenses: list[Defense], **overrides):
-    import torch
     from trl import GRPOConfig
 
+    from emray.train.sft import common_trainer_args, runs_on_gpu
+
     rl = config.rl
-    on_gpu = torch.cuda.is_available() and config.model.device != "cpu"
-    bf16 = config.train.bf16 if config.train.bf16 is not None else on_gpu
     beta = next((d.params.lam for d in defenses if d.name == "kl" and d.is_grpo_beta), rl.beta)
     args = dict(
-        output_dir=str(out_dir / "trainer"),
+        common_trainer_args(config, out_dir),
         per_device_train_batch_size=rl.batch_size,
         gradient_accumulation_steps=rl.grad_accum(config.resources.num_workers),
         learning_rate=rl.lr,
@@ -124,17 +123,6 @@ def grpo_args(config, out_dir: Path, defenses: list[Defense], **overrides):
         warmup_steps=math.ceil(rl.warmup_ratio * rl.max_steps),
         weight_decay=rl.weight_decay,
         logging_steps=1,  # the reward curve, every step
-        gradient_checkpointing=config.train.gradient_checkpointing,
-        bf16=bf16,
-        fp16=False,
-        use_cpu=not on_gpu,
-        seed=config.seed,
-        data_seed=config.seed,
-        save_strategy="no",
-        report_to="none",
-        disable_tqdm=not config.train.progress,
-        logging_nan_inf_filter=False,
-        dataloader_num_workers=0,
         num_generations=rl.num_generations,
         temperature=rl.temperature,
         top_p=rl.top_p,
@@ -147,7 +135,7 @@ def grpo_args(config, out_dir: Path, defenses: list[Defense], **overrides):
         shuffle_dataset=not fixed_prompt_order(defenses),
     )
     if rl.use_vllm:
-        if not on_gpu:
+        if not runs_on_gpu(config):
             raise ValueError("rl.use_vllm needs a GPU (TRL's colocated vLLM); on CPU rollouts use HF generate")
         args.update(use_vllm=True, vllm_mode="colocate", vllm_gpu_memory_utilization=rl.vllm_gpu_memory_utilization)
     args.update(overrides)

@@ -124,14 +124,37 @@ def _make_trainer_class():
     return DefendedSFTTrainer
 
 
-def build_sft_args(config: RunConfig, out_dir: Path, **overrides):
+def runs_on_gpu(config: RunConfig) -> bool:
     import torch
+
+    return torch.cuda.is_available() and config.model.device != "cpu"
+
+
+def common_trainer_args(config: RunConfig, out_dir: Path) -> dict:
+    """The transformers TrainingArguments every emray trainer shares (SFT and GRPO): precision, device,
+    seeds, no trainer-side checkpoints or reporting (emray's callbacks do both), no NaN filtering."""
+    on_gpu = runs_on_gpu(config)
+    return dict(
+        output_dir=str(out_dir / "trainer"),
+        gradient_checkpointing=config.train.gradient_checkpointing,
+        bf16=config.train.bf16 if config.train.bf16 is not None else on_gpu,  # TRL's bf16 default is slow on CPU
+        fp16=False,
+        use_cpu=not on_gpu,
+        seed=config.seed,
+        data_seed=config.seed,
+        save_strategy="no",
+        report_to="none",
+        disable_tqdm=not config.train.progress,
+        logging_nan_inf_filter=False,  # a diverged loss must show in the history, never be averaged away
+        dataloader_num_workers=0,
+    )
+
+
+def build_sft_args(config: RunConfig, out_dir: Path, **overrides):
     from trl import SFTConfig
 
-    on_gpu = torch.cuda.is_available() and config.model.device != "cpu"
-    bf16 = config.train.bf16 if config.train.bf16 is not None else on_gpu
     args = dict(
-        output_dir=str(out_dir / "trainer"),
+        common_trainer_args(config, out_dir),
         per_device_train_batch_size=config.train.batch_size,
         gradient_accumulation_steps=config.train.grad_accum,
         learning_rate=config.train.lr,
@@ -141,18 +164,7 @@ def build_sft_args(config: RunConfig, out_dir: Path, **overrides):
         warmup_steps=config.train.warmup_steps,
         weight_decay=config.train.weight_decay,
         logging_steps=config.train.logging_steps,
-        gradient_checkpointing=config.train.gradient_checkpointing,
-        bf16=bf16,
-        fp16=False,
-        use_cpu=not on_gpu,
-        seed=config.seed,
-        data_seed=config.seed,
-        save_strategy="no",
-        report_to="none",
         max_length=config.train.max_len,
-        disable_tqdm=not config.train.progress,
-        logging_nan_inf_filter=False,  # a diverged loss must show in the history, never be averaged away
-        dataloader_num_workers=0,
         remove_unused_columns=False,
     )
     args.update(overrides)
