@@ -93,37 +93,38 @@ class JudgeServer:
         if not 0 <= top_k <= 20:
             self.counts["bad_request"] += 1
             return _error(400, "top_logprobs must be between 0 and 20", "invalid_request_error")
-        try:
-            pairs = await self.backend.top_logprobs(model, messages, max(top_k, 1))
-        except Fault as fault:
-            self.counts[f"fault:{fault.kind}"] += 1
-            if fault.delay_s:
-                await asyncio.sleep(fault.delay_s)
-            if fault.body is not None:
-                return web.Response(status=fault.status, body=fault.body, content_type="application/json")
-            return _error(fault.status, f"injected failure ({fault.kind})", "server_error")
-        except Exception as err:  # noqa: BLE001 - a backend bug is a 500 for the client, not a dead server
-            self.counts["backend_error"] += 1
-            return _error(500, f"backend error: {type(err).__name__}: {err}", "server_error")
-        self.counts["ok"] += 1
+        pairs, failed = await self._backend_call(self.backend.top_logprobs(model, messages, max(top_k, 1)))
+        if failed is not None:
+            return failed
         prompt_tokens = sum(len(str(m.get("content", ""))) // 4 + 1 for m in messages)  # ~4 chars a token
         return web.json_response(completion_body(model, pairs, bool(body.get("logprobs")), top_k, prompt_tokens))
 
-    async def _grade(self, model: str, messages: list[dict], schema: dict | None) -> web.Response:
-        """A structured-output request (``response_format: json_schema``): the backend's text reply."""
+    async def _backend_call(self, call):
+        """(the backend's answer, None), or (None, the error response): an injected fault as the fault
+        says, a backend that cannot answer this kind of request a 400, a backend bug a 500 (not a dead server)."""
         try:
-            text = await self.backend.grade(model, messages, schema)
-        except NotImplementedError:
-            self.counts["bad_request"] += 1
-            return _error(400, f"the {type(self.backend).__name__} backend does not answer json_schema requests", "invalid_request_error")
+            result = await call
         except Fault as fault:
             self.counts[f"fault:{fault.kind}"] += 1
             if fault.delay_s:
                 await asyncio.sleep(fault.delay_s)
             if fault.body is not None:
-                return web.Response(status=fault.status, body=fault.body, content_type="application/json")
-            return _error(fault.status, f"injected failure ({fault.kind})", "server_error")
+                return None, web.Response(status=fault.status, body=fault.body, content_type="application/json")
+            return None, _error(fault.status, f"injected failure ({fault.kind})", "server_error")
+        except NotImplementedError:
+            self.counts["bad_request"] += 1
+            return None, _error(400, f"the {type(self.backend).__name__} backend does not answer json_schema requests", "invalid_request_error")
+        except Exception as err:  # noqa: BLE001
+            self.counts["backend_error"] += 1
+            return None, _error(500, f"backend error: {type(err).__name__}: {err}", "server_error")
         self.counts["ok"] += 1
+        return result, None
+
+    async def _grade(self, model: str, messages: list[dict], schema: dict | None) -> web.Response:
+        """A structured-output request (``response_format: json_schema``): the backend's text reply."""
+        text, failed = await self._backend_call(self.backend.grade(model, messages, schema))
+        if failed is not None:
+            return failed
         prompt_tokens = sum(len(str(m.get("content", ""))) // 4 + 1 for m in messages)
         completion_tokens = len(text) // 4 + 1
         return web.json_response({
