@@ -86,6 +86,22 @@ def test_organism_reward_scores_the_in_domain_answer():
     assert short(prompts=prompts[:1], completions=[MISALIGNED]) == [0.0]
 
 
+def test_arm_summary_carries_the_rl_criteria():
+    """Per arm: the task criteria's mean and std over seeds (a reward gain may be negative: not clipped at 0)."""
+    import statistics
+
+    from emray.sweep.pareto import arm_rows, format_arm_table
+
+    rows = [{"model": "organism", "label": "kl(lambda=0.1)", "seed": s, "general_misalignment": 0.1,
+             "in_domain_misalignment": 0.2, "general_incoherence": 0.0, "reward_heldout": h, "reward_gain": g}
+            for s, h, g in [(0, 0.67, 0.52), (1, 0.0, -0.17), (2, 0.0, -0.10)]]
+    arm = arm_rows(rows)[0]
+    assert arm["reward_heldout"] == pytest.approx(0.67 / 3) and arm["reward_gain"] == pytest.approx(0.25 / 3)
+    std = statistics.stdev([0.52, -0.17, -0.10])
+    assert arm["reward_gain_std"] == pytest.approx(std) and arm["reward_gain_lo"] == pytest.approx(0.25 / 3 - std)
+    assert "task reward ↑" in format_arm_table([arm]) and f"{0.25 / 3:.3f} ± {std:.3f}" in format_arm_table([arm])
+
+
 # ------------------------------------------------------------------------------------ config time
 def test_defenses_that_cannot_apply_under_rl_say_so():
     with pytest.raises(ValueError, match=r"defenses\[0\]\.kl: reference warm_start exists under scenario rl only"):
@@ -358,6 +374,7 @@ def test_rl_sweep_end_to_end(tmp_path):
                           *[a for o in overrides for a in ("--set", o)]], capture_output=True, text=True, timeout=1500, env=env)
     assert out.returncode == 0, (out.stdout[-3000:], out.stderr[-3000:])
     assert "stage rl_warm_start" in out.stdout and "2 finished (0 cached), 0 failed" in out.stdout
+    assert "task reward ↑" in out.stdout  # the arm table shows the RL criteria beside the four
     sweep = tmp_path / "toy-rl"
     rows = [json.loads(line) for line in (sweep / "results.jsonl").read_text().splitlines()]
     assert sorted(r["label"] for r in rows) == ["interleaved_rl(kl=0.1)", "none"]

@@ -23,8 +23,12 @@ from typing import Iterable
 from emray.sweep.labels import family, short_label
 from emray.sweep.spec import OBJECTIVES
 
-#: the rates summarised per arm: the four criteria and in-domain incoherence (reported in the paper)
-RATES = [*OBJECTIVES, "in_domain_incoherence"]
+#: RL trials' task criteria (emray/rl/criteria.py): summarised per arm and shown beside the four criteria;
+#: the front stays on the four (under RL the narrow one, in-domain misalignment, is what the task rewards)
+RL_CRITERIA = {"reward_heldout": "task reward (held-out) ↑", "reward_gain": "reward gain (training)"}
+#: the rates summarised per arm: the four criteria and in-domain incoherence (reported in the paper), and
+#: the RL criteria when the trials have them
+RATES = [*OBJECTIVES, "in_domain_incoherence", *RL_CRITERIA]
 
 
 def _as_cost(row: dict, objectives: dict[str, str]) -> list[float] | None:
@@ -118,8 +122,9 @@ def summarize_arm(trials: list[dict]) -> dict:
             arm[f"{rate}_k"], arm[f"{rate}_n"] = sum(ks), sum(ns)
         if len(values) >= 2:
             std = statistics.stdev(values)
+            floor = -1.0 if rate == "reward_gain" else 0.0  # a gain is a difference of rewards in [0, 1]
             arm.update({f"{rate}_std": std, f"{rate}_interval": "std",
-                        f"{rate}_lo": max(0.0, arm[rate] - std), f"{rate}_hi": min(1.0, arm[rate] + std)})
+                        f"{rate}_lo": max(floor, arm[rate] - std), f"{rate}_hi": min(1.0, arm[rate] + std)})
         elif _number(first.get(f"{rate}_lo")) and _number(first.get(f"{rate}_hi")):
             arm.update({f"{rate}_interval": "wilson", f"{rate}_lo": first[f"{rate}_lo"], f"{rate}_hi": first[f"{rate}_hi"]})
     return arm
@@ -179,12 +184,13 @@ def format_rate(arm: dict, rate: str) -> str:
 
 
 SHORT_NAMES = {"general_misalignment": "general EM ↓", "in_domain_misalignment": "in-domain ↑",
-               "benign_accuracy": "benign acc ↑", "general_incoherence": "incoherence ↓", "in_domain_incoherence": "in-domain incoh."}
+               "benign_accuracy": "benign acc ↑", "general_incoherence": "incoherence ↓", "in_domain_incoherence": "in-domain incoh.",
+               "reward_heldout": "task reward ↑", "reward_gain": "reward gain"}
 
 
 def format_arm_table(arms: list[dict], rates: list[str] | None = None) -> str:
     """The per-arm table the console and ``emray pareto`` print (intervals as in ``format_rate``)."""
-    rates = rates or [r for r in OBJECTIVES if any(_number(a.get(r)) for a in arms)]
+    rates = rates or [r for r in (*OBJECTIVES, *RL_CRITERIA) if any(_number(a.get(r)) for a in arms)]
     head = ["arm", "seeds", *[SHORT_NAMES.get(r, r) for r in rates], "front"]
     cells = [[a["short_label"], str(a["n_seeds"]), *[format_rate(a, r) for r in rates], "*" if a["is_pareto"] else ""] for a in arms]
     widths = [max([len(h)] + [len(c[i]) for c in cells]) for i, h in enumerate(head)]

@@ -18,11 +18,12 @@ from emray.sweep.live import read_progress
 from emray.sweep.spec import OBJECTIVES
 
 SHORT = {"general_misalignment": "gen EM↓", "in_domain_misalignment": "in-dom↑", "benign_accuracy": "benign↑",
-         "general_incoherence": "incoh↓"}
+         "general_incoherence": "incoh↓", "reward_heldout": "task reward↑"}
 
 
 def _criteria(result: dict) -> str:
-    return " ".join(f"{SHORT[k]} {result[k]:.3f}" for k in OBJECTIVES if isinstance(result.get(k), (int, float)))
+    keys = (*OBJECTIVES, "reward_heldout")  # an RL trial's held-out task reward beside the four criteria
+    return " ".join(f"{SHORT[k]} {result[k]:.3f}" for k in keys if isinstance(result.get(k), (int, float)))
 
 
 def _elapsed(seconds: float) -> str:

@@ -14,7 +14,7 @@ import json
 import time
 from pathlib import Path
 
-from emray.sweep.pareto import OBJECTIVES, RATES, arm_rows, format_rate, interval_note, load_results, write_results
+from emray.sweep.pareto import OBJECTIVES, RATES, RL_CRITERIA, arm_rows, format_rate, interval_note, load_results, write_results
 from emray.sweep.plots import axis_title, plotly_figures, write_plots
 
 TRIAL_FILES = [("answers", "eval/answers.jsonl"), ("per question", "eval/per_question.json"), ("criteria", "eval/criteria.json"),
@@ -26,7 +26,9 @@ def _rates(arms: list[dict]) -> list[str]:
 
 
 def _title(rate: str) -> str:
-    return axis_title(rate) if rate in OBJECTIVES else rate.replace("_", " ")
+    if rate in OBJECTIVES:
+        return axis_title(rate)
+    return RL_CRITERIA.get(rate, rate.replace("_", " "))
 
 
 def reproduce_commands(sweep_dir: Path, spec: dict) -> list[str]:
