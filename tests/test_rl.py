@@ -199,6 +199,22 @@ def test_interleaved_rl_puts_one_safe_prompt_after_every_five():
     assert grpo_args(config, Path("/tmp"), defenses[:1]).shuffle_dataset is True
 
 
+def test_interleaved_rl_selection_is_sized_to_the_safe_prompts():
+    """An Interleaving+/++ source is one selection of exactly round(ratio x n_task) rows, whatever the
+    warm-start data size that the selection's own sizing (safe_fraction of the fine-tuning data) reads."""
+    from emray.defenses.interleaved_rl import InterleavedRL, InterleavedRLParams
+    from emray.rl.trainer import load_prompts, split_prompts
+    from emray.score.select import safe_count
+
+    for max_examples in (8, 100):
+        config = RunConfig.model_validate({**rl_config(), "data": {**rl_config()["data"], "max_examples": max_examples}})
+        for ratio in (0.2, 0.5, 1.0):
+            p = InterleavedRLParams(ratio=ratio, data="interleave_pp")
+            _, sel = InterleavedRL._selection(config, p)
+            n_task = len(split_prompts(config.rl, load_prompts(config.rl.prompts))[0])
+            assert safe_count(max_examples, sel.safe_fraction) == round(ratio * n_task) == InterleavedRL.safe_prompt_count(config, p)
+
+
 # ------------------------------------------------------------------------------- loss of a defense
 def perturbed_reference(config):
     """A frozen stand-in for the warm start: the base model with its decoder blocks' weights nudged (so
@@ -437,6 +453,7 @@ def test_shipped_rl_specs_dry_run(name):
     out = subprocess.run(args, capture_output=True, text=True, timeout=120)
     assert out.returncode == 0, out.stderr[-2000:]
     assert "rl_warm_start: rl warm start: SFT on" in out.stdout and "sft_mix(data=interleave_pp" in out.stdout
+    assert "interleaved_rl(ratio=0.2" in out.stdout and "kl(lambda=0.1,reference=warm_start" in out.stdout
 
 
 def test_undefended_grpo_learns_the_organism_task(tmp_path):

@@ -117,17 +117,23 @@ class InterleavedRL(Defense):
     @classmethod
     def stage_description(cls, config, params: dict) -> str:
         p = cls.Params.model_validate(params)
-        return f"interleaved_rl safe prompts: {p.data} ({cls.safe_prompt_count(config, p)}) for {config.model.name}"
+        return f"interleaved_rl safe prompts: {p.data} (ratio {p.ratio:g}) for {config.model.name}"
 
     @classmethod
     def stage_inputs(cls, config, params) -> dict:
+        """The selection's inputs without reading a file (``--dry-run --no-file-check`` plans clusters' sweeps):
+        the selection defense's own, with the prompt file and the ratio that set its size in place of it."""
         from emray.defenses import get_defense_class
         from emray.identity import content_identity
+        from emray.score.stages import selection_params
 
         if params.data == "random":
             return {"random": content_identity(params.pool or config.data.safe_pool)}
-        name, sel = cls._selection(config, params)
-        return get_defense_class(name).stage_inputs(config, sel)
+        rl = config.rl
+        sized_by = {"prompts": content_identity(rl.prompts), "heldout_prompts": rl.heldout_prompts,
+                    "max_prompts": rl.max_prompts, "ratio": params.ratio}
+        placeholder = selection_params(params.data, {"pool": params.pool})  # its safe_fraction is not the one used
+        return {**get_defense_class(params.data).stage_inputs(config, placeholder), "interleaved_rl": sized_by}
 
     @classmethod
     def stage_files(cls, config, params) -> list[str]:
