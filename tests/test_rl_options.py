@@ -23,6 +23,11 @@ def test_persona_completion_positions_config_errors_and_keys():
         RunConfig.model_validate({**rl_config(), "defenses": [{"persona": {"positions": "completion"}}, "sft_mix"]})
     with pytest.raises(ValueError, match="positions"):
         RunConfig.model_validate({**rl_config(), "defenses": [{"persona": {"positions": "answer"}}]})
+    with pytest.raises(ValueError, match=r"cannot be combined with kl"):  # the KL to the warm start: a loss forward
+        RunConfig.model_validate({**rl_config(), "defenses": [{"persona": {"positions": "completion"}},
+                                                              {"kl": {"lambda": 0.1, "reference": "warm_start"}}]})
+    # kl as GRPO's beta adds no loss forward: allowed
+    RunConfig.model_validate({**rl_config(), "defenses": [{"persona": {"positions": "completion"}}, {"kl": {"lambda": 0.1}}]})
     # `all` is the default and keeps the default's trial key (trials run before the option existed stay valid)
     keys = {trial_key(RunConfig.model_validate({**rl_config(), "defenses": [{"persona": p}]}))
             for p in ({}, {"positions": "all"}, {"positions": "completion"})}

@@ -96,10 +96,11 @@ class PersonaSteering(Defense):
         if config.scenario != "rl":
             raise ValueError(f"{where}: positions: completion steers where the next token is a GRPO completion token: "
                              f"it needs scenario rl (under scenario {config.scenario} persona steers every position)")
-        from emray.defenses import get_defense_class
+        from emray.defenses import DefenseContext, get_defense_class
 
+        context = DefenseContext(config=config)  # kl as GRPO's beta adds no loss forward; kl to the warm start does
         extra = [s.name for s in config.defenses if s.name not in (cls.name, "none")
-                 and get_defense_class(s.name)(s.params).has_loss_term()]
+                 and get_defense_class(s.name)(s.params, context).has_loss_term()]
         if extra:
             raise ValueError(f"{where}: positions: completion steers only GRPO's own loss forward (as the reference's "
                              f"decode_only, which allowed no other loss term); it cannot be combined with "
