@@ -88,7 +88,7 @@ def onpolicy_rows(config, params: SFTMixParams) -> tuple[list[int], list[dict]]:
     return indices, [prompt_messages(pool[i]) for i in indices]
 
 
-def ensure_onpolicy(config, params: SFTMixParams, model=None, tokenizer=None) -> Path:
+def ensure_onpolicy(config, params: SFTMixParams) -> Path:
     """safe.jsonl: the base model's sampled answers to the ``onpolicy_rows`` questions, cached by
     ``onpolicy_inputs`` (one generation per seed and inputs, however many trials use it)."""
     from emray.data.chat import write_chat_jsonl
@@ -102,8 +102,7 @@ def ensure_onpolicy(config, params: SFTMixParams, model=None, tokenizer=None) ->
         return path
     indices, questions = onpolicy_rows(config, params)
     gen = params.generation
-    # make_generator without a model loads the base model with no adapter (vLLM on a GPU when installed)
-    generator = make_generator(config, model=model, tokenizer=tokenizer)
+    generator = make_generator(config)  # the base model, no adapter (vLLM on a GPU when installed)
     answers = generator.generate(questions, max_new_tokens=gen.max_new_tokens, temperature=gen.temperature,
                                  top_p=gen.top_p, batch_size=gen.batch_size, seed=config.seed, label=ONPOLICY_ARTIFACT)
     GENERATED.append((config.seed, len(answers)))
