@@ -29,11 +29,11 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Literal
 
-from pydantic import Field
+from pydantic import Field, field_validator
 
 from emray.configio import Strict
 from emray.defenses.base import Defense, register_defense
-from emray.identity import NOT_IDENTITY, PATH
+from emray.identity import NOT_IDENTITY, OPTIONAL_SECTION, PATH
 
 
 class PersonaParams(Strict):
@@ -52,6 +52,15 @@ class PersonaParams(Strict):
     judge_model: str | None = None  # None: eval.judge.model, else the reference's gpt-4.1-mini
     min_kept: int = Field(10, gt=0, json_schema_extra=NOT_IDENTITY)  # fewer kept pairs: an error, not a vector
     extraction_seed: int = 0  # sampling seed of the reference extraction
+    # Where the hook adds α·e^l. None (= all): every position of every training forward. completion
+    # (scenario rl only): in GRPO's loss forward, only at positions whose next token is a completion token
+    # (the reference's `mode: decode_only`). Enters trial keys only when set, so "all" keys stay the old ones.
+    positions: Literal["completion"] | None = Field(None, json_schema_extra=OPTIONAL_SECTION)
+
+    @field_validator("positions", mode="before")
+    @classmethod
+    def _all_is_default(cls, value):
+        return None if value == "all" else value
 
 
 def judge_filter(config, params: PersonaParams):
@@ -78,6 +87,24 @@ class PersonaSteering(Defense):
     name = "persona"
     Params = PersonaParams
     stage_name = "persona_vector"
+
+    @classmethod
+    def check_scenario(cls, config, params: dict, where: str) -> None:
+        super().check_scenario(config, params, where)
+        if cls.Params.model_validate(params).positions != "completion":
+            return
+        if config.scenario != "rl":
+            raise ValueError(f"{where}: positions: completion steers where the next token is a GRPO completion token: "
+                             f"it needs scenario rl (under scenario {config.scenario} persona steers every position)")
+        from emray.defenses import DefenseContext, get_defense_class
+
+        context = DefenseContext(config=config)  # kl as GRPO's beta adds no loss forward; kl to the warm start does
+        extra = [s.name for s in config.defenses if s.name not in (cls.name, "none")
+                 and get_defense_class(s.name)(s.params, context).has_loss_term()]
+        if extra:
+            raise ValueError(f"{where}: positions: completion steers only GRPO's own loss forward (as the reference's "
+                             f"decode_only, which allowed no other loss term); it cannot be combined with "
+                             f"{', '.join(extra)}, whose loss forwards have other positions")
 
     @classmethod
     def stage_description(cls, config, params: dict) -> str:
@@ -161,12 +188,17 @@ class PersonaSteering(Defense):
 
         from emray.train.losses import in_rollout
 
+        completion_only = self.params.positions == "completion"
+
         def add_persona(module, args, output):
             if not module.training or in_rollout():
                 return None
-            if isinstance(output, tuple):
-                return (output[0] + delta.to(output[0].dtype), *output[1:])
-            return output + delta.to(output.dtype)
+            hidden = output[0] if isinstance(output, tuple) else output
+            add = delta.to(hidden.dtype)
+            if completion_only:
+                add = completion_positions(hidden) * add
+            steered = hidden + add
+            return (steered, *output[1:]) if isinstance(output, tuple) else steered
 
         self._handle = decoder_layers(model)[self.layer - 1].register_forward_hook(add_persona)
 
@@ -174,3 +206,19 @@ class PersonaSteering(Defense):
         if self._handle is not None:
             self._handle.remove()
             self._handle = None
+
+
+def completion_positions(hidden):
+    """[B, T, 1] 0/1 of the current GRPO loss forward's completion-predicting positions (emray/rl/trainer.py
+    sets them); an error, never a silent no-op, when they are missing or do not match the forward."""
+    from emray.train.losses import steered_positions
+
+    mask = steered_positions()
+    if mask is None:
+        raise RuntimeError("persona positions: completion: a training forward with no steered positions; only "
+                           "GRPO's loss forward (DefendedGRPOTrainer.compute_loss, scenario rl) sets them")
+    if tuple(mask.shape) != tuple(hidden.shape[:2]):
+        raise RuntimeError(f"persona positions: completion: the recorded positions are {tuple(mask.shape)} but the "
+                           f"forward's hidden states are {tuple(hidden.shape[:2])} (batch x tokens): a chunked or "
+                           "truncated forward (TRL logits_to_keep / batch chunks) would be steered at the wrong places")
+    return mask.to(device=hidden.device, dtype=hidden.dtype).unsqueeze(-1)

@@ -12,29 +12,105 @@ Safe data, ``data``:
   * ``random``: a seeded random sample of the safe pool (``data.safe_pool`` or ``pool``);
   * ``interleave_plus`` / ``interleave_pp``: the Interleaving+ / ++ selection (the cached
     ``safe_selection`` stage, with the EM warm-start data ``data.fine`` as the misaligned ensemble's
-    data by default), best first.
-Both take k = round(f * n / (1 - f)) rows, n the warm-start data size and f = ``safe_fraction``, as the
+    data by default), best first;
+  * ``onpolicy``: the reference's "onpolicy" data (generate_wildguard_onpolicy.py): the rows ``random``
+    would take, their questions answered once by the BASE model (no adapter; sampled, T 0.7, top-p 0.9 by
+    default, ``generation``), a cached stage (``ensure_onpolicy``) reused by every trial with the same
+    inputs. Static data: the base model's answers, not the current policy's.
+All take k = round(f * n / (1 - f)) rows, n the warm-start data size and f = ``safe_fraction``, as the
 interleaving defenses do.
 """
 
 from __future__ import annotations
 
+import json
+from pathlib import Path
 from typing import Literal
 
-from pydantic import Field
+from pydantic import Field, model_validator
 
 from emray.configio import Strict
 from emray.defenses.base import Defense, register_defense
-from emray.identity import PATH
+from emray.identity import OPTIONAL_SECTION, PATH
+
+ONPOLICY_ARTIFACT = "sft_mix_onpolicy"
+#: (seed, number of answers) per on-policy generation this process ran (tests assert a cache hit adds none)
+GENERATED: list[tuple[int, int]] = []
+
+
+class OnPolicyGeneration(Strict):
+    """How the base model answers the safe questions (the reference: T 0.7, top-p 0.9, max_tokens 1024)."""
+
+    temperature: float = Field(0.7, ge=0)  # 0: greedy
+    top_p: float = Field(0.9, gt=0, le=1)
+    max_new_tokens: int = Field(128, gt=0)
+    batch_size: int = Field(16, gt=0)  # answers per generate call (each batch seeded: part of the result)
 
 
 class SFTMixParams(Strict):
     every: int = Field(4, gt=0)  # N: the micro-batches between safe batches
     weight: float = Field(1.0, ge=0)
-    data: Literal["random", "interleave_plus", "interleave_pp"] = "random"
+    data: Literal["random", "interleave_plus", "interleave_pp", "onpolicy"] = "random"
     safe_fraction: float = Field(0.5, gt=0, lt=1)
     batch_size: int | None = Field(None, gt=0)  # None: rl.batch_size
     pool: str | None = Field(None, json_schema_extra=PATH)
+    # data: onpolicy only (filled with the defaults then); enters trial keys only when set
+    generation: OnPolicyGeneration | None = Field(None, json_schema_extra=OPTIONAL_SECTION)
+
+    @model_validator(mode="after")
+    def _generation_for_onpolicy(self):
+        if self.data == "onpolicy" and self.generation is None:
+            self.generation = OnPolicyGeneration()
+        elif self.data != "onpolicy" and self.generation is not None:
+            raise ValueError(f"generation: applies to data: onpolicy only (data is {self.data})")
+        return self
+
+
+def onpolicy_inputs(config, params: SFTMixParams) -> dict:
+    """Everything the on-policy answers depend on (its cache key; dry-run cheap: no file is parsed)."""
+    from emray.identity import content_identity, identity_dict, model_identity
+
+    return {"model": model_identity(config.model), "pool": content_identity(params.pool or config.data.safe_pool),
+            "fine": content_identity(config.data.fine), "max_examples": config.data.max_examples,
+            "safe_fraction": params.safe_fraction, "seed": config.seed, "generation": identity_dict(params.generation)}
+
+
+def onpolicy_rows(config, params: SFTMixParams) -> tuple[list[int], list[dict]]:
+    """(pool indices, questions): the k rows ``data: random`` takes, each cut before its last answer."""
+    from emray.data.chat import load_safe_pool, prompt_messages
+    from emray.score.select import check_pool, random_indices, safe_count
+    from emray.train.sft import load_training_examples
+
+    k = safe_count(len(load_training_examples(config)), params.safe_fraction)
+    pool = load_safe_pool(params.pool or config.data.safe_pool)
+    check_pool(len(pool), k, f"sft_mix ({params.pool or config.data.safe_pool})")
+    indices = random_indices(len(pool), k, config.seed)
+    return indices, [prompt_messages(pool[i]) for i in indices]
+
+
+def ensure_onpolicy(config, params: SFTMixParams) -> Path:
+    """safe.jsonl: the base model's sampled answers to the ``onpolicy_rows`` questions, cached by
+    ``onpolicy_inputs`` (one generation per seed and inputs, however many trials use it)."""
+    from emray.data.chat import write_chat_jsonl
+    from emray.eval.run import make_generator
+    from emray.identity import sha256, short
+    from emray.paths import cache_subdir
+
+    out_dir = cache_subdir("sft_mix_onpolicy", short(sha256(onpolicy_inputs(config, params))))
+    path = out_dir / "safe.jsonl"
+    if path.exists():
+        return path
+    indices, questions = onpolicy_rows(config, params)
+    gen = params.generation
+    generator = make_generator(config)  # the base model, no adapter (vLLM on a GPU when installed)
+    answers = generator.generate(questions, max_new_tokens=gen.max_new_tokens, temperature=gen.temperature,
+                                 top_p=gen.top_p, batch_size=gen.batch_size, seed=config.seed, label=ONPOLICY_ARTIFACT)
+    GENERATED.append((config.seed, len(answers)))
+    (out_dir / "meta.json").write_text(json.dumps({
+        "pool_indices": indices, "empty_answers": sum(not a.strip() for a in answers),
+        "inputs": onpolicy_inputs(config, params)}, indent=2, default=str))
+    write_chat_jsonl(path, ({"messages": [*q, {"role": "assistant", "content": a}]} for q, a in zip(questions, answers)))
+    return path
 
 
 @register_defense
@@ -59,6 +135,10 @@ class SFTMix(Defense):
     @classmethod
     def stage_description(cls, config, params: dict) -> str:
         p = cls.Params.model_validate(params)
+        if p.data == "onpolicy":
+            g = p.generation
+            return (f"sft_mix safe data: onpolicy ({p.safe_fraction * 100:g} %), answered by {config.model.name} "
+                    f"(no adapter, T {g.temperature:g}, top-p {g.top_p:g}, seed {config.seed})")
         return f"sft_mix safe data: {p.data} ({p.safe_fraction * 100:g} %) for {config.model.name}"
 
     @classmethod
@@ -68,6 +148,8 @@ class SFTMix(Defense):
 
         if params.data == "random":
             return {"random": content_identity(params.pool or config.data.safe_pool)}
+        if params.data == "onpolicy":
+            return {"onpolicy": onpolicy_inputs(config, params)}
         name, sel = cls._selection(config, params)
         return get_defense_class(name).stage_inputs(config, sel)
 
@@ -83,6 +165,8 @@ class SFTMix(Defense):
         p = cls.Params.model_validate(params)
         if p.data == "random":
             return {}
+        if p.data == "onpolicy":
+            return {ONPOLICY_ARTIFACT: str(ensure_onpolicy(config, p))}
         from emray.score.stages import SELECTION_ARTIFACT, ensure_selection
 
         name, sel = cls._selection(config, p)
@@ -106,6 +190,11 @@ class SFTMix(Defense):
             pool = load_safe_pool(p.pool or config.data.safe_pool)
             check_pool(len(pool), k, f"sft_mix ({p.pool or config.data.safe_pool})")
             return [{"messages": pool[i]["messages"]} for i in random_indices(len(pool), k, self.context.seed)]
+        if p.data == "onpolicy":
+            path = self.context.artifacts.get(ONPOLICY_ARTIFACT) or ensure_onpolicy(config, p)
+            rows = load_chat_jsonl(path)
+            check_pool(len(rows), k, f"sft_mix onpolicy answers {path}")
+            return rows[:k]
         from emray.score.stages import SELECTION_ARTIFACT, ensure_selection
 
         name, sel = self._selection(config, p)

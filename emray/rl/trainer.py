@@ -147,7 +147,7 @@ def _make_trainer_class():
     from trl import GRPOTrainer
 
     from emray.data.tokenize import IGNORE_INDEX
-    from emray.train.losses import DefenseBatch, reference_pass, rollout_pass
+    from emray.train.losses import DefenseBatch, completion_predicting, reference_pass, rollout_pass, steering_positions
 
     class RLDefenseBatch(DefenseBatch):
         """A GRPO micro-batch as a DefenseBatch: prompt + completion, answer = completion tokens;
@@ -196,7 +196,9 @@ def _make_trainer_class():
             return output
 
         def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
-            loss = super().compute_loss(model, inputs, return_outputs, num_items_in_batch)
+            # persona `positions: completion`: TRL's loss forward runs on cat(prompt, completion) in one chunk
+            with steering_positions(completion_predicting(inputs["prompt_mask"], inputs["completion_mask"])):
+                loss = super().compute_loss(model, inputs, return_outputs, num_items_in_batch)
             if not self.loss_defenses or not model.training:
                 return loss
             layers = sorted({i for d in self.loss_defenses for i in d.hidden_layers(model)})

@@ -48,6 +48,32 @@ def rollout_pass():
         _ROLLOUT_PASS.reset(token)
 
 
+_STEERED_POSITIONS = contextvars.ContextVar("emray_steered_positions", default=None)
+
+
+@contextlib.contextmanager
+def steering_positions(mask: torch.Tensor):
+    """The [B, T] positions persona ``positions: completion`` steers in the forwards inside (GRPO's loss
+    forward, emray/rl/trainer.py). Gradient checkpointing does not re-run hooks in the backward pass
+    (transformers checkpoints a layer's ``forward``, its hooks stay outside), so the forward is enough."""
+    token = _STEERED_POSITIONS.set(mask)
+    try:
+        yield
+    finally:
+        _STEERED_POSITIONS.reset(token)
+
+
+def steered_positions() -> "torch.Tensor | None":
+    return _STEERED_POSITIONS.get()
+
+
+def completion_predicting(prompt_mask: torch.Tensor, completion_mask: torch.Tensor) -> torch.Tensor:
+    """[B, P+C] bool: position t of ``cat(prompt, completion)`` is followed by a completion token
+    (its output predicts one). The reference's ``mask[:, :-1] = label_mask[:, 1:]``."""
+    follows = torch.cat([torch.zeros_like(prompt_mask), completion_mask], dim=1).bool()
+    return torch.cat([follows[:, 1:], torch.zeros_like(follows[:, :1])], dim=1)
+
+
 @contextlib.contextmanager
 def reference_pass():
     token = _REFERENCE_PASS.set(True)
