@@ -54,7 +54,7 @@ def schedule(task: list[dict], safe: list[dict], ratio: float) -> list[dict]:
     for row in task:
         out.append(row)
         budget += ratio
-        while budget >= 1.0 - 1e-9 and next_safe < len(safe):  # 5 x 0.2 is 0.9999999999999999 in floats
+        while budget >= 1.0 - 1e-9 and next_safe < len(safe):  # ten additions of 0.1 make 0.9999999999999999
             out.append(safe[next_safe])
             next_safe += 1
             budget -= 1.0
