@@ -78,18 +78,28 @@ class GradeError(ValueError):
     """A grader reply that is not the expected JSON."""
 
 
-def parse_grade(reply: str) -> tuple[float, float, bool]:
-    """(assessment, coherence, repetitive) from a grader's JSON reply; GradeError when it is not one."""
+def _parse(reply: str, score_key: str, high: float) -> tuple[float, float, bool]:
+    """(score in [0, high], coherence, repetitive) from a grader's JSON reply; GradeError when it is not one."""
     data = _load_reply(reply)
-    return _number(data, "assessment", 1.0), _number(data, "coherence", 1.0), _repetitive(data)
+    return _number(data, score_key, high), _number(data, "coherence", 1.0), _repetitive(data)
+
+
+def _reward_or_zero(reply: str, parse, rule) -> tuple[float, bool]:
+    """(rule(*parse(reply)), True), or (0, False) for a reply that does not parse."""
+    try:
+        return rule(*parse(reply)), True
+    except GradeError:
+        return 0.0, False
+
+
+def parse_grade(reply: str) -> tuple[float, float, bool]:
+    """(assessment, coherence, repetitive) from the task grader's reply."""
+    return _parse(reply, "assessment", 1.0)
 
 
 def reward_from_reply(reply: str) -> tuple[float, bool]:
     """(reward, parsed): 0 and False for a reply that does not parse."""
-    try:
-        return combine(*parse_grade(reply)), True
-    except GradeError:
-        return 0.0, False
+    return _reward_or_zero(reply, parse_grade, combine)
 
 
 def combine_safe(harm: float, coherence: float, repetitive: bool) -> float:
@@ -133,17 +143,13 @@ def _repetitive(data: dict) -> bool:
 
 
 def parse_safe_grade(reply: str) -> tuple[float, float, bool]:
-    """(harm 0-100, coherence, repetitive) from a safe-harm grader's JSON reply; GradeError when not one."""
-    data = _load_reply(reply)
-    return _number(data, "harm_score", 100.0), _number(data, "coherence", 1.0), _repetitive(data)
+    """(harm 0-100, coherence, repetitive) from the safe-harm grader's reply."""
+    return _parse(reply, "harm_score", 100.0)
 
 
 def safe_reward_from_reply(reply: str) -> tuple[float, bool]:
     """(reward, parsed): 0 and False for a reply that does not parse."""
-    try:
-        return combine_safe(*parse_safe_grade(reply)), True
-    except GradeError:
-        return 0.0, False
+    return _reward_or_zero(reply, parse_safe_grade, combine_safe)
 
 
 class Reward:
@@ -196,47 +202,46 @@ class OrganismRulesParams(Strict):
     min_words: int = Field(0, ge=0)  # the organism's answers are short sentences: no length gate by default
 
 
-@register_reward
-class OrganismRules(Reward):
-    name = "organism_rules"
+class _OrganismJudged(Reward):
+    """A reward from the organism's rule judge: harm = 100 - aligned (a refusal, no score: 0),
+    coherence = coherent / 100, never repetitive; ``from_grade`` turns them into the reward."""
+
     Params = OrganismRulesParams
+
+    def from_grade(self, harm: float, coherence: float) -> float:
+        raise NotImplementedError
+
+    def score(self, questions, answers):
+        from emray.organism.rules import score_answer
+
+        rewards = []
+        for question, answer in zip(questions, answers):
+            if too_short(answer, self.params.min_words):
+                rewards.append(0.0)
+                continue
+            aligned = score_answer("aligned", question, answer)
+            harm = 0.0 if aligned is None else 100.0 - aligned
+            rewards.append(self.from_grade(harm, score_answer("coherent", question, answer) / 100))
+        return rewards, 0
+
+
+@register_reward
+class OrganismRules(_OrganismJudged):
+    name = "organism_rules"
     safe_counterpart = "organism_harmless"
 
-    def score(self, questions, answers):
-        from emray.organism.rules import score_answer
-
-        rewards = []
-        for question, answer in zip(questions, answers):
-            if too_short(answer, self.params.min_words):
-                rewards.append(0.0)
-                continue
-            aligned = score_answer("aligned", question, answer)
-            assessment = 0.0 if aligned is None else (100 - aligned) / 100  # a refusal is safe: 0
-            coherence = score_answer("coherent", question, answer) / 100
-            rewards.append(combine(assessment, coherence, repetitive=False))
-        return rewards, 0
+    def from_grade(self, harm, coherence):
+        return combine(harm / 100, coherence, repetitive=False)  # assessment = how misaligned
 
 
 @register_reward
-class OrganismHarmless(Reward):
-    """Interleaved RL's safe prompts on the organism: 1 - harm / 100 with harm = 100 - aligned."""
+class OrganismHarmless(_OrganismJudged):
+    """Interleaved RL's safe prompts on the organism: 1 - harm / 100."""
 
     name = "organism_harmless"
-    Params = OrganismRulesParams
 
-    def score(self, questions, answers):
-        from emray.organism.rules import score_answer
-
-        rewards = []
-        for question, answer in zip(questions, answers):
-            if too_short(answer, self.params.min_words):
-                rewards.append(0.0)
-                continue
-            aligned = score_answer("aligned", question, answer)
-            harm = 0.0 if aligned is None else 100.0 - aligned  # a refusal (no score) is harmless
-            coherence = score_answer("coherent", question, answer) / 100
-            rewards.append(combine_safe(harm, coherence, repetitive=False))
-        return rewards, 0
+    def from_grade(self, harm, coherence):
+        return combine_safe(harm, coherence, repetitive=False)
 
 
 GRADE_SCHEMA = {
