@@ -33,6 +33,7 @@ from pydantic import Field
 
 from emray.configio import Strict
 from emray.defenses.base import Defense, register_defense
+from emray.defenses.safe_source import SafeDataSource
 from emray.identity import PATH
 from emray.rl.config import RewardSpec
 
@@ -62,10 +63,9 @@ def schedule(task: list[dict], safe: list[dict], ratio: float) -> list[dict]:
 
 
 @register_defense
-class InterleavedRL(Defense):
+class InterleavedRL(SafeDataSource, Defense):
     name = "interleaved_rl"
     Params = InterleavedRLParams
-    stage_name = "safe_selection"
     scenarios = frozenset({"rl"})
     needs = frozenset({"reference_logits"})  # only with kl > 0 (``has_loss_term``)
     term_names = ("interleaved_kl",)
@@ -128,7 +128,7 @@ class InterleavedRL(Defense):
         from emray.score.stages import selection_params
 
         if params.data == "random":
-            return {"random": content_identity(params.pool or config.data.safe_pool)}
+            return cls.random_stage_inputs(config, params)
         rl = config.rl
         sized_by = {"prompts": content_identity(rl.prompts), "heldout_prompts": rl.heldout_prompts,
                     "max_prompts": rl.max_prompts, "ratio": params.ratio}
@@ -136,41 +136,14 @@ class InterleavedRL(Defense):
         return {**get_defense_class(params.data).stage_inputs(config, placeholder), "interleaved_rl": sized_by}
 
     @classmethod
-    def stage_files(cls, config, params) -> list[str]:
-        pool = params.pool or config.data.safe_pool
-        if not pool:
-            raise ValueError("interleaved_rl: no safe pool (set data.safe_pool or the defense's `pool` param)")
-        return [pool]
-
-    @classmethod
     def build_stage(cls, config, params: dict) -> dict:
         p = cls.Params.model_validate(params)
-        if p.data == "random":
-            return {}
-        from emray.score.stages import SELECTION_ARTIFACT, ensure_selection
-
-        name, sel = cls._selection(config, p)
-        return {f"{SELECTION_ARTIFACT}:{name}": str(ensure_selection(config, name, sel))}
+        return {} if p.data == "random" else cls.selection_artifact(config, p)
 
     # -- training ------------------------------------------------------------------------------
     def safe_rows(self, n_safe: int) -> list[dict]:
         """n_safe safe chat rows: a seeded sample of the pool, or the selection's first n_safe."""
-        from emray.data.chat import load_chat_jsonl, load_safe_pool
-        from emray.score.select import check_pool, random_indices
-
-        config, p = self.context.config, self.params
-        if p.data == "random":
-            source = p.pool or config.data.safe_pool
-            pool = load_safe_pool(source)
-            check_pool(len(pool), n_safe, f"interleaved_rl ({source})")
-            return [pool[i] for i in random_indices(len(pool), n_safe, self.context.seed)]
-        from emray.score.stages import SELECTION_ARTIFACT, ensure_selection
-
-        name, sel = self._selection(config, p)
-        path = self.context.artifacts.get(f"{SELECTION_ARTIFACT}:{name}") or ensure_selection(config, name, sel, workers=0)
-        selected = load_chat_jsonl(path)
-        check_pool(len(selected), n_safe, f"interleaved_rl {name} selection {path}")
-        return selected[:n_safe]
+        return self.random_rows(n_safe) if self.params.data == "random" else self.selection_rows(n_safe)
 
     def safe_prompts(self, n_safe: int) -> list[dict]:
         """The safe rows' first user turns as RL prompts, with the RL system prompt when there is one."""

@@ -31,6 +31,7 @@ from pydantic import Field, model_validator
 
 from emray.configio import Strict
 from emray.defenses.base import Defense, register_defense
+from emray.defenses.safe_source import SafeDataSource
 from emray.identity import OPTIONAL_SECTION, PATH
 
 ONPOLICY_ARTIFACT = "sft_mix_onpolicy"
@@ -114,10 +115,9 @@ def ensure_onpolicy(config, params: SFTMixParams) -> Path:
 
 
 @register_defense
-class SFTMix(Defense):
+class SFTMix(SafeDataSource, Defense):
     name = "sft_mix"
     Params = SFTMixParams
-    stage_name = "safe_selection"
     scenarios = frozenset({"rl"})
     #: logged every micro-batch (0 where no safe batch joined), so loss_sft_mix is its mean share of a step
     term_names = ("sft_mix",)
@@ -144,21 +144,13 @@ class SFTMix(Defense):
     @classmethod
     def stage_inputs(cls, config, params) -> dict:
         from emray.defenses import get_defense_class
-        from emray.identity import content_identity
 
         if params.data == "random":
-            return {"random": content_identity(params.pool or config.data.safe_pool)}
+            return cls.random_stage_inputs(config, params)
         if params.data == "onpolicy":
             return {"onpolicy": onpolicy_inputs(config, params)}
         name, sel = cls._selection(config, params)
         return get_defense_class(name).stage_inputs(config, sel)
-
-    @classmethod
-    def stage_files(cls, config, params) -> list[str]:
-        pool = params.pool or config.data.safe_pool
-        if not pool:
-            raise ValueError("sft_mix: no safe pool (set data.safe_pool or the defense's `pool` param)")
-        return [pool]
 
     @classmethod
     def build_stage(cls, config, params: dict) -> dict:
@@ -167,10 +159,7 @@ class SFTMix(Defense):
             return {}
         if p.data == "onpolicy":
             return {ONPOLICY_ARTIFACT: str(ensure_onpolicy(config, p))}
-        from emray.score.stages import SELECTION_ARTIFACT, ensure_selection
-
-        name, sel = cls._selection(config, p)
-        return {f"{SELECTION_ARTIFACT}:{name}": str(ensure_selection(config, name, sel))}
+        return cls.selection_artifact(config, p)
 
     # -- training ------------------------------------------------------------------------------
     def __init__(self, params=None, context=None):
@@ -180,28 +169,20 @@ class SFTMix(Defense):
         self._next = 0
 
     def safe_examples(self) -> list[dict]:
-        from emray.data.chat import load_chat_jsonl, load_safe_pool
-        from emray.score.select import check_pool, random_indices, safe_count
+        from emray.data.chat import load_chat_jsonl
+        from emray.score.select import check_pool, safe_count
         from emray.train.sft import load_training_examples
 
         config, p = self.context.config, self.params
         k = safe_count(len(load_training_examples(config)), p.safe_fraction)
         if p.data == "random":
-            pool = load_safe_pool(p.pool or config.data.safe_pool)
-            check_pool(len(pool), k, f"sft_mix ({p.pool or config.data.safe_pool})")
-            return [{"messages": pool[i]["messages"]} for i in random_indices(len(pool), k, self.context.seed)]
+            return [{"messages": row["messages"]} for row in self.random_rows(k)]
         if p.data == "onpolicy":
             path = self.context.artifacts.get(ONPOLICY_ARTIFACT) or ensure_onpolicy(config, p)
             rows = load_chat_jsonl(path)
             check_pool(len(rows), k, f"sft_mix onpolicy answers {path}")
             return rows[:k]
-        from emray.score.stages import SELECTION_ARTIFACT, ensure_selection
-
-        name, sel = self._selection(config, p)
-        path = self.context.artifacts.get(f"{SELECTION_ARTIFACT}:{name}") or ensure_selection(config, name, sel, workers=0)
-        selected = load_chat_jsonl(path)
-        check_pool(len(selected), k, f"sft_mix {name} selection {path}")
-        return selected[:k]
+        return self.selection_rows(k)
 
     def _batch_rows(self) -> list[dict]:
         if self._rows is None:
