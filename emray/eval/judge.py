@@ -270,8 +270,9 @@ class JudgeClient:
         model = self.cfg.model or request.model
         return judge_cache_key(self.identity, model, self._messages(request.prompt), JUDGE_PARAMS)
 
-    async def _call(self, session: _Session, model: str, prompt: str) -> tuple[list[tuple[str, float]], dict]:
-        estimate = estimate_tokens(prompt) + JUDGE_PARAMS["max_tokens"]
+    async def _post(self, session: _Session, model: str, prompt: str, params: dict) -> tuple[dict, int]:
+        """One chat completion within the session's rate limits: (the response body, its token estimate)."""
+        estimate = estimate_tokens(prompt) + params["max_tokens"]
         if session.requests:
             await session.requests.acquire(1)
         if session.tokens:
@@ -283,11 +284,20 @@ class JudgeClient:
             # the response, which took ~2/3 of the client's CPU per call (measured at concurrency 64).
             body = await session.client.post(
                 "/chat/completions", cast_to=object,
-                body={"model": model, "messages": self._messages(prompt), **JUDGE_PARAMS},
+                body={"model": model, "messages": self._messages(prompt), **params},
             )
-        top, usage = _parse_top_logprobs(body)
+        return body, estimate
+
+    @staticmethod
+    def _settle_tokens(session: _Session, usage: dict, estimate: int) -> None:
+        """Correct the token limiter by what the response says it used."""
         if session.tokens and usage.get("total_tokens"):
             session.tokens.adjust(usage["total_tokens"] - estimate)
+
+    async def _call(self, session: _Session, model: str, prompt: str) -> tuple[list[tuple[str, float]], dict]:
+        body, estimate = await self._post(session, model, prompt, JUDGE_PARAMS)
+        top, usage = _parse_top_logprobs(body)
+        self._settle_tokens(session, usage, estimate)
         return top, usage
 
     def _retry_kind(self, err: BaseException) -> str | None:
@@ -359,15 +369,7 @@ class JudgeClient:
                 "response_format": {"type": "json_schema", "json_schema": {"name": "grade", "strict": True, "schema": schema}}}
 
     async def _grade_call(self, session: _Session, model: str, prompt: str, params: dict) -> tuple[str, dict]:
-        estimate = estimate_tokens(prompt) + params["max_tokens"]
-        if session.requests:
-            await session.requests.acquire(1)
-        if session.tokens:
-            await session.tokens.acquire(estimate)
-        async with session.semaphore:
-            self.stats.calls += 1
-            body = await session.client.post("/chat/completions", cast_to=object,
-                                             body={"model": model, "messages": self._messages(prompt), **params})
+        body, estimate = await self._post(session, model, prompt, params)
         try:
             text = body["choices"][0]["message"]["content"]
         except (KeyError, IndexError, TypeError):
@@ -375,8 +377,7 @@ class JudgeClient:
         if not isinstance(text, str):
             raise MalformedResponse("choices[0].message.content is not text")
         usage = body.get("usage") or {}
-        if session.tokens and usage.get("total_tokens"):
-            session.tokens.adjust(usage["total_tokens"] - estimate)
+        self._settle_tokens(session, usage, estimate)
         return text, usage
 
     async def agrade_many(self, prompts: list[str], schema: dict, model: str, max_tokens: int = 64) -> list[str | None]:
