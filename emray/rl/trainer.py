@@ -289,7 +289,7 @@ def train_grpo_run(config, run_dir: Path, artifacts: dict | None = None, callbac
     from emray.models import attach_lora, load_model
     from emray.rl.rewards import get_reward_class
     from emray.rl.warm_start import ARTIFACT, ensure_warm_start
-    from emray.train.sft import TrainedRun, seed_everything, set_threads
+    from emray.train.sft import TrainedRun, seed_everything, set_threads, train_with_defenses
 
     rl = config.rl
     set_threads(config.train.threads)
@@ -318,13 +318,7 @@ def train_grpo_run(config, run_dir: Path, artifacts: dict | None = None, callbac
     trainer = _make_trainer_class()(model=model, reward_funcs=[trained_reward], args=args, train_dataset=training_dataset(train_prompts),
                                     processing_class=tokenizer, callbacks=list(callbacks), defenses=defenses,
                                     reference_model=reference)
-    for defense in defenses:
-        defense.attach(model)
-    try:
-        trainer.train(resume_from_checkpoint=resume_from_checkpoint)
-    finally:
-        for defense in reversed(defenses):
-            defense.detach(model)
+    train_with_defenses(trainer, model, defenses, resume_from_checkpoint)
     history = trainer.state.log_history
     # the task stream's curve: with interleaved RL, TRL's ``reward`` averages in the safe prompts' rewards
     curve = "reward/task" if trained_reward is not reward else "reward"

@@ -23,6 +23,16 @@ from emray.data.tokenize import IGNORE_INDEX
 
 DEFAULT_CHUNK_TOKENS = 1024
 
+@contextlib.contextmanager
+def _scoped(var: contextvars.ContextVar, value):
+    """``var`` set to ``value`` inside the block, restored after it."""
+    token = var.set(value)
+    try:
+        yield
+    finally:
+        var.reset(token)
+
+
 _REFERENCE_PASS = contextvars.ContextVar("emray_reference_pass", default=False)
 
 
@@ -39,28 +49,18 @@ def in_rollout() -> bool:
     return _ROLLOUT_PASS.get()
 
 
-@contextlib.contextmanager
 def rollout_pass():
-    token = _ROLLOUT_PASS.set(True)
-    try:
-        yield
-    finally:
-        _ROLLOUT_PASS.reset(token)
+    return _scoped(_ROLLOUT_PASS, True)
 
 
 _STEERED_POSITIONS = contextvars.ContextVar("emray_steered_positions", default=None)
 
 
-@contextlib.contextmanager
 def steering_positions(mask: torch.Tensor):
     """The [B, T] positions persona ``positions: completion`` steers in the forwards inside (GRPO's loss
     forward, emray/rl/trainer.py). Gradient checkpointing does not re-run hooks in the backward pass
     (transformers checkpoints a layer's ``forward``, its hooks stay outside), so the forward is enough."""
-    token = _STEERED_POSITIONS.set(mask)
-    try:
-        yield
-    finally:
-        _STEERED_POSITIONS.reset(token)
+    return _scoped(_STEERED_POSITIONS, mask)
 
 
 def steered_positions() -> "torch.Tensor | None":
@@ -74,13 +74,8 @@ def completion_predicting(prompt_mask: torch.Tensor, completion_mask: torch.Tens
     return torch.cat([follows[:, 1:], torch.zeros_like(follows[:, :1])], dim=1)
 
 
-@contextlib.contextmanager
 def reference_pass():
-    token = _REFERENCE_PASS.set(True)
-    try:
-        yield
-    finally:
-        _REFERENCE_PASS.reset(token)
+    return _scoped(_REFERENCE_PASS, True)
 
 
 def unwrap(model):

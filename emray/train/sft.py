@@ -209,6 +209,12 @@ def train_model(config: RunConfig, model, tokenizer, defenses: list[Defense], ou
         callbacks=list(callbacks),
         defenses=defenses,
     )
+    train_with_defenses(trainer, model, defenses, resume_from_checkpoint)
+    return trainer, trainer.state.log_history, num_examples
+
+
+def train_with_defenses(trainer, model, defenses: list[Defense], resume_from_checkpoint=None) -> None:
+    """``trainer.train`` with the defenses' model levers attached around it (SFT and GRPO alike)."""
     for defense in defenses:
         defense.attach(model)
     try:
@@ -217,7 +223,6 @@ def train_model(config: RunConfig, model, tokenizer, defenses: list[Defense], ou
         # Steering hooks are for training only: evaluation and the saved adapter never see them.
         for defense in reversed(defenses):
             defense.detach(model)
-    return trainer, trainer.state.log_history, num_examples
 
 
 def summarize_history(history: list[dict]) -> dict[str, Any]:
