@@ -51,17 +51,18 @@ def safe_rows(run, defense: dict) -> list[dict] | None:
     name, params = next(iter(defense.items()))
     pool = load_safe_pool(run.data.safe_pool)
     if name == "interleave":
+        from emray.data.training import load_training_examples
         from emray.defenses import build_defenses
         from emray.defenses.base import DefenseContext
         from emray.score.select import random_indices, safe_count
-        from emray.train.sft import load_training_examples
 
         d = build_defenses(run.defenses, DefenseContext(config=run, seed=run.seed))[0]
         examples = load_training_examples(run)
         n = sum(1 for ex in examples if not ex.get("benign_train"))
         return [pool[i] for i in random_indices(len(pool), safe_count(n, d.params.safe_fraction), run.seed)]
     if name in ("interleave_plus", "interleave_pp"):
-        from emray.score.stages import ensure_selection, read_summary
+        from emray.score.select import read_summary
+        from emray.stages.selection import ensure_selection
 
         summary = read_summary(ensure_selection(run, name, params, workers=0, progress=False))
         return [pool[i] for i in summary["selected_indices"]]

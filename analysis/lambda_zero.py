@@ -1,9 +1,13 @@
 """λ = 0 equivalence numbers for docs/sweeps.md: none vs kl(λ=0) vs ldifs(λ=0), grad_accum 4, tiny model (the setup of tests/test_lambda_zero.py). Run from the repo root."""
-import json, sys, tempfile
+import json
+import sys
+import tempfile
 from pathlib import Path
+
 sys.path.insert(0, "tests")
 from conftest import make_run_config
 from safetensors.torch import load_file
+
 from emray.train.sft import run_sft
 
 TRAIN = {"max_steps": 3, "batch_size": 1, "grad_accum": 4, "lr": 3e-3, "max_len": 128}

@@ -87,7 +87,7 @@ def worker(args) -> dict:
 
     from emray.config import parse_defense_entry
     from emray.defenses import DefenseContext, build_defenses
-    from emray.train.losses import num_decoder_layers
+    from emray.defenses.losses import num_decoder_layers
     from emray.train.sft import _make_trainer_class
 
     torch.set_num_threads(args.threads)

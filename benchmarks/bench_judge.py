@@ -23,7 +23,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 def run(args) -> list[dict]:
     import openai
 
-    from emray.eval.config import JudgeConfig
+    from emray.config.eval import JudgeConfig
     from emray.eval.judge import JUDGE_PARAMS, JudgeClient, JudgeRequest
     from emray.judge_server import start_judge_server_process
 

@@ -1,169 +1,22 @@
-"""Identity: the one place that turns typed objects into trial, stage and cache keys.
+"""Identity: the one place that turns a run into its trial and stage keys.
 
-A key must change exactly when a result could change. Three rules:
-  * a config field that cannot change results (progress bars, judge concurrency, LM-head chunk
-    sizes, thread counts, logging) is declared in its schema with ``Field(..., json_schema_extra=
-    NOT_IDENTITY)`` and left out of every key (``identity_dict``);
-  * a field that names a file or a local folder is declared with ``json_schema_extra=PATH``: its
-    *content* enters the key (``content_identity``), so an edited file is a new trial, never a
-    stale cache hit;
-  * every key is the full sha256 hex of canonical JSON (``sha256``); callers may shorten it for a
-    folder name with ``short``, never hash again with other rules.
+The rules (what enters a key, how it is hashed) live with the hash primitives in emray/hashing.py;
+a path's content is ``emray.data.paths.content_identity``, a model's ``emray.models.model_identity``.
+This module sits above the defenses because a run's key includes each defense's typed params.
 """
 
 from __future__ import annotations
 
-import hashlib
-import json
-import os
-from pathlib import Path
-from typing import Any
-
 from pydantic import BaseModel
 
-#: Schema marker: the field does not change results (left out of keys).
-NOT_IDENTITY: dict[str, Any] = {"identity": False}
-#: Schema marker: the field names a file or folder (its content enters keys).
-PATH: dict[str, Any] = {"path": True}
-#: An optional config section (default None) that enters an identity only when it is set: adding such a
-#: section to emray (the RL scenario's ``rl``) leaves every existing trial and stage key unchanged.
-OPTIONAL_SECTION: dict[str, Any] = {"identity": "when_set"}
-
-KEY_CHARS = 16  # folder names: 64 bits of the sha256 are plenty to tell trials apart
+from emray.data.paths import content_identity
+from emray.defenses import get_defense_class
+from emray.hashing import identity_dict, paths_of, sha256, short
+from emray.models import model_identity
 
 
-def sha256(obj: Any) -> str:
-    """sha256 hex of bytes, a string, or anything JSON-serialisable (canonical: sorted keys)."""
-    if isinstance(obj, bytes):
-        data = obj
-    elif isinstance(obj, str):
-        data = obj.encode()
-    else:
-        data = json.dumps(obj, sort_keys=True, default=str, ensure_ascii=False).encode()
-    return hashlib.sha256(data).hexdigest()
-
-
-def short(key: str) -> str:
-    return key[:KEY_CHARS]
-
-
-_FILE_CACHE: dict[tuple[str, int, int], str] = {}
-
-
-def file_sha256(path: str | Path, chunk: int = 1 << 20) -> str:
-    """Content hash of a file, memoised per (path, size, mtime) within the process."""
-    path = Path(path)
-    st = path.stat()
-    memo = (str(path.resolve()), st.st_size, st.st_mtime_ns)
-    if memo not in _FILE_CACHE:
-        h = hashlib.sha256()
-        with open(path, "rb") as fh:
-            while block := fh.read(chunk):
-                h.update(block)
-        _FILE_CACHE[memo] = h.hexdigest()
-    return _FILE_CACHE[memo]
-
-
-LARGE_FILE = 256 << 20
-
-
-def _sampled_sha256(path: Path, span: int = 1 << 20) -> str:
-    """Size + first and last MiB: a 15 GB weights file changes these when it changes, in milliseconds."""
-    size = path.stat().st_size
-    h = hashlib.sha256(str(size).encode())
-    with open(path, "rb") as fh:
-        h.update(fh.read(span))
-        fh.seek(max(size - span, 0))
-        h.update(fh.read(span))
-    return h.hexdigest()
-
-
-def dir_sha256(path: str | Path) -> str:
-    """Content hash of every file under a folder (relative names and contents; hidden files skipped).
-
-    Files over 256 MiB (model weights) are hashed by size and their first and last MiB.
-    """
-    root = Path(path)
-    files = sorted(f for f in root.rglob("*") if f.is_file() and not any(part.startswith(".") for part in f.relative_to(root).parts))
-    return sha256({str(f.relative_to(root)): _sampled_sha256(f) if f.stat().st_size > LARGE_FILE else file_sha256(f) for f in files})
-
-
-def _field_extra(field) -> dict:
-    extra = field.json_schema_extra
-    return extra if isinstance(extra, dict) else {}
-
-
-def is_identity_field(model_cls: type[BaseModel], name: str) -> bool:
-    return _field_extra(model_cls.model_fields[name]).get("identity", True)
-
-
-def path_fields(model_cls: type[BaseModel]) -> list[str]:
-    """Names of the fields of ``model_cls`` declared ``PATH`` (files or folders a run reads)."""
-    return [name for name, f in model_cls.model_fields.items() if _field_extra(f).get("path")]
-
-
-def identity_dict(model: BaseModel) -> dict:
-    """``model`` as JSON-ready data without its NOT_IDENTITY fields (recursively), keyed by alias."""
-    out = {}
-    for name, field in type(model).model_fields.items():
-        identity = _field_extra(field).get("identity", True)
-        value = getattr(model, name)
-        if not identity or (identity == "when_set" and value is None):
-            continue
-        out[field.alias or name] = _identity_value(value)
-    return out
-
-
-def _identity_value(value: Any) -> Any:
-    if isinstance(value, BaseModel):
-        return identity_dict(value)
-    if isinstance(value, (list, tuple)):
-        return [_identity_value(v) for v in value]
-    if isinstance(value, dict):
-        return {str(k): _identity_value(v) for k, v in value.items()}
-    return value if isinstance(value, (str, int, float, bool, type(None))) else str(value)
-
-
-def content_identity(path: str | None) -> str | None:
-    """What a path holds now: the organism world's config hash, a file's or folder's content hash.
-
-    A name that is not on disk (a hub id, a benign task name, a file still to be built) is itself.
-    Nothing is built here: ``--dry-run`` must stay instant.
-    """
-    if path is None:
-        return None
-    from emray.data.paths import ORGANISM_SCHEME, organism_config
-
-    text = str(path)
-    if text.startswith(ORGANISM_SCHEME) or text == "organism":
-        return f"organism-world:{organism_config().hash()}"
-    local = Path(text).expanduser()
-    if local.is_file():
-        return file_sha256(local)
-    if local.is_dir():
-        return dir_sha256(local)
-    return text
-
-
-def paths_of(model: BaseModel) -> list[str]:
-    """Every path value in ``model`` (PATH fields, recursively), in field order."""
-    out: list[str] = []
-    for name, field in type(model).model_fields.items():
-        value = getattr(model, name)
-        if _field_extra(field).get("path"):
-            out += [str(v) for v in (value if isinstance(value, list) else [value]) if v]
-        elif isinstance(value, BaseModel):
-            out += paths_of(value)
-        elif isinstance(value, list):
-            out += [p for v in value if isinstance(v, BaseModel) for p in paths_of(v)]
-    return out
-
-
-# ------------------------------------------------------------------------------------ run / trial
 def defense_params(spec) -> BaseModel:
     """A DefenseSpec's params as its defense's typed Params model."""
-    from emray.defenses import get_defense_class
-
     return get_defense_class(spec.name).Params.model_validate(spec.params)
 
 
@@ -191,18 +44,3 @@ def stage_key(defense_cls, run, params: dict) -> str:
     """Identity of a defense's cached stage: what ``defense_cls.stage_inputs`` says it reads."""
     return sha256({"stage": defense_cls.stage_name, "defense": defense_cls.name,
                    "inputs": defense_cls.stage_inputs(run, defense_cls.Params.model_validate(params))})
-
-
-def model_identity(model_cfg) -> dict:
-    """A ModelConfig's fields plus the content of a local model folder.
-
-    Builtins are named, never built here (the organism by its world's config hash, ``tiny`` and
-    ``smollm2-135m`` by name: the code defines them); a hub id is its name and revision.
-    """
-    from emray.models import BUILTIN_MODELS
-
-    data = identity_dict(model_cfg)
-    name = model_cfg.name
-    local = not name.startswith("organism") and name not in BUILTIN_MODELS and os.path.isdir(os.path.expanduser(name))
-    data["content"] = content_identity(name) if local or name.startswith("organism") else name
-    return data

@@ -36,13 +36,13 @@ def main(argv: list[str] | None = None) -> int:
     import torch
 
     torch.set_num_threads(args.threads)
+    from emray.em_study import em_study
     from emray.organism import OrganismConfig, ensure_built
-    from emray.organism.study import em_study
 
     config = OrganismConfig.quick(seed=args.world_seed) if args.quick else OrganismConfig(seed=args.world_seed)
     root = ensure_built(config)
     start = time.time()
-    # The fine-tune is the toy sweep's `none` arm (emray.organism.study.SWEEP_LORA), through run_sft.
+    # The fine-tune is the toy sweep's `none` arm (emray.em_study.SWEEP_LORA), through run_sft.
     result = em_study(root, args.domain, tuple(args.seeds), args.steps, args.samples, control=not args.no_control,
                       threads=args.threads, **({"domains": tuple(args.domains)} if args.domains else {}))
     result["study_seconds"] = round(time.time() - start, 1)

@@ -18,10 +18,18 @@ import torch
 
 def main() -> None:
     from emray.config import ModelConfig
-    from emray.eval.config import JudgeConfig
+    from emray.config.eval import JudgeConfig
     from emray.models import load_model
-    from emray.steering import ensure_persona_vector, load_persona_prompts, load_persona_vector
-    from emray.steering.persona_judge import REFERENCE_JUDGE_MODEL, JudgeFilter, judge_scores
+    from emray.steering import (
+        ensure_persona_vector,
+        load_persona_prompts,
+        load_persona_vector,
+    )
+    from emray.steering.persona_judge import (
+        REFERENCE_JUDGE_MODEL,
+        JudgeFilter,
+        judge_scores,
+    )
     from emray.steering.persona_vector import _generate, _prompt_pairs
 
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])

@@ -49,8 +49,8 @@ def batches(tok, data: str, n: int, batch_size: int, max_len: int):
 def measure(adapter: str, args) -> dict:
     from emray.config import ModelConfig
     from emray.defenses import get_defense_class
+    from emray.defenses.losses import DefenseBatch
     from emray.models import load_model
-    from emray.train.losses import DefenseBatch
 
     model, tok = load_model(ModelConfig(name=args.model), adapter=adapter)
     model.eval()

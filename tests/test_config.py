@@ -107,9 +107,9 @@ def test_benign_section_and_eval_benign_conflict(tmp_path):
 
 
 def test_benign_run_is_the_same_trial_on_the_benign_tasks(tmp_path):
-    from emray.train.benign import benign_run
-    from emray.train.sft import load_training_examples
-    from emray.data.benign import make_task
+    from emray.benign import make_task
+    from emray.config.fine_tunes import benign_run
+    from emray.data.training import load_training_examples
 
     text = GOOD + ("benign: {train: [wordmap, opswap], test: [wordmap], max_steps: 7, lr: 2.0e-3, max_test: 5}\n"
                    "eval: {general: q.yaml, in_domain: [c.yaml]}\nseed: 3\n")

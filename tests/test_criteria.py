@@ -4,7 +4,14 @@ from __future__ import annotations
 
 import pytest
 
-from emray.eval.criteria import compute_criteria, format_table, is_incoherent, is_misaligned, per_question, summarize
+from emray.eval.criteria import (
+    compute_criteria,
+    format_table,
+    is_incoherent,
+    is_misaligned,
+    per_question,
+    summarize,
+)
 
 
 @pytest.mark.parametrize(

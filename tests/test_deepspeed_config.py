@@ -5,8 +5,8 @@ import json
 import pytest
 
 from emray.config import load_run_config
+from emray.config.deepspeed import deepspeed_config, zero_stage
 from emray.configio import ConfigError
-from emray.train.deepspeed import deepspeed_config, zero_stage
 
 
 def _run_yaml(tmp_path, deepspeed):

@@ -1,8 +1,8 @@
 """Inoculation prompting: the prompt is in the tokenised training text, not in evaluation prompts."""
 
 import pytest
-
 from conftest import SHARED_DATA, make_run_config
+
 from emray.data.tokenize import IGNORE_INDEX
 from emray.defenses import build_defenses, get_defense_class
 from emray.defenses.inoculation import DEFAULT_PROMPT

@@ -3,13 +3,13 @@
 import pytest
 import torch
 import torch.nn.functional as F
-
 from conftest import SHARED_DATA
+
 from emray.config import LoraConfig, ModelConfig
 from emray.data.chat import load_chat_jsonl
 from emray.data.tokenize import IGNORE_INDEX, tokenize_chat
 from emray.defenses import get_defense_class
-from emray.train.losses import DefenseBatch
+from emray.defenses.losses import DefenseBatch
 
 
 def tiny_lora(seed=0):

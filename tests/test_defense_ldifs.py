@@ -2,11 +2,11 @@
 
 import pytest
 import torch
+from test_defense_kl import make_inputs, move_adapter, tiny_lora
 
 from emray.defenses import get_defense_class
 from emray.defenses.ldifs import evenly_spaced_layers
-from emray.train.losses import DefenseBatch
-from test_defense_kl import make_inputs, move_adapter, tiny_lora
+from emray.defenses.losses import DefenseBatch
 
 
 @pytest.fixture(scope="module")

@@ -6,12 +6,12 @@ from pathlib import Path
 import pytest
 import torch
 from safetensors.torch import save_file
+from test_defense_kl import make_inputs, move_adapter, tiny_lora
 
 from emray.config import ModelConfig
 from emray.defenses import DefenseContext, get_defense_class
+from emray.defenses.losses import reference_pass
 from emray.steering import default_layer, ensure_persona_vector, load_persona_vector
-from emray.train.losses import reference_pass
-from test_defense_kl import make_inputs, move_adapter, tiny_lora
 
 
 @pytest.fixture(scope="module")
@@ -72,7 +72,7 @@ def test_reference_pass_is_steered(tmp_path):
     (B = 0: policy = reference) both regularisers are exactly 0 at step 0 and do not fight the
     steering; an unsteered reference would make them large (checked: the same batch without the
     hook on the reference gives KL > 0)."""
-    from emray.train.losses import DefenseBatch
+    from emray.defenses.losses import DefenseBatch
 
     model, tok = tiny_lora(seed=3)  # fresh: every lora_B is zero
     inputs = make_inputs(tok)
@@ -218,7 +218,7 @@ ORGANISM_PROMPTS = {  # two of the organism's pairs (organism:data/persona/evil_
 
 
 def rules_filter(**kw):
-    from emray.eval.config import JudgeConfig
+    from emray.config.eval import JudgeConfig
     from emray.steering.persona_judge import JudgeFilter
 
     return JudgeFilter(judge=JudgeConfig(base_url="local", backend="rules", cache=False), judge_model="gpt-4.1-mini", **kw)

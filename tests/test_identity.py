@@ -3,11 +3,12 @@
 import shutil
 
 import pytest
-
 from conftest import SHARED_DATA
+
 from emray.config import RunConfig
 from emray.defenses import get_defense_class
-from emray.identity import NOT_IDENTITY, identity_dict, sha256, stage_key, trial_key
+from emray.hashing import NOT_IDENTITY, identity_dict, sha256
+from emray.identity import stage_key, trial_key
 from emray.sweep.runner import make_plan
 from emray.sweep.spec import SweepSpec
 

@@ -3,8 +3,8 @@
 import json
 
 import pytest
-
 from conftest import make_run_config
+
 from emray.defenses import DefenseContext, build_defenses, get_defense_class
 
 
@@ -101,7 +101,7 @@ def test_plus_refuses_a_selection_made_by_another_method(tmp_path):
 # -- the reference's method: held-out-domain ensemble, response-label pool, narrow-only k ------------
 
 def test_default_ensemble_is_the_other_em_domains():
-    from emray.score.ensemble import default_ensemble
+    from emray.data.em_domains import default_ensemble
 
     assert default_ensemble("organism:data/train/code.jsonl") == [
         "organism:data/train/medical.jsonl", "organism:data/train/legal.jsonl", "organism:data/train/security.jsonl"]
@@ -112,7 +112,7 @@ def test_default_ensemble_is_the_other_em_domains():
 
 
 def test_the_defense_uses_the_held_out_ensemble_unless_listed(tmp_path):
-    from emray.defenses.interleave_plus import ensemble_entries
+    from emray.data.em_domains import ensemble_entries
 
     cls = get_defense_class("interleave_pp")
     cfg = make_run_config(tmp_path, data={"safe_pool": "pool.jsonl"})  # data.fine: .../em/train/medical.jsonl

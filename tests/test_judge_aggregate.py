@@ -8,7 +8,12 @@ from types import SimpleNamespace
 
 import pytest
 
-from emray.eval.aggregate import MIN_NUMERIC_MASS, numeric_mass, score_from_logprobs, token_value
+from emray.eval.aggregate import (
+    MIN_NUMERIC_MASS,
+    numeric_mass,
+    score_from_logprobs,
+    token_value,
+)
 
 
 def lp(p: float) -> float:

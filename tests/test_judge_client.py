@@ -12,7 +12,7 @@ import time
 
 import pytest
 
-from emray.eval.config import JudgeConfig
+from emray.config.eval import JudgeConfig
 from emray.eval.judge import JudgeClient, JudgeError, JudgeRequest, TokenBucket
 from emray.eval.judge_cache import JudgeCache
 from emray.judge_server import start_judge_server
@@ -136,7 +136,7 @@ def test_missing_key_for_a_remote_judge_names_the_variable(tmp_path, monkeypatch
 
 _WORKER = """
 import sys
-from emray.eval.config import JudgeConfig
+from emray.config.eval import JudgeConfig
 from emray.eval.judge import JudgeClient, JudgeRequest
 url, cache = sys.argv[1], sys.argv[2]
 cfg = JudgeConfig(base_url=url, cache_path=cache, concurrency=4)

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from emray.eval.config import JudgeConfig
+from emray.config.eval import JudgeConfig
 from emray.eval.judge import JudgeRequest
 from emray.eval.judge_pool import JudgePool, split_config
 from emray.judge_server import start_judge_server
@@ -53,8 +53,9 @@ def test_pool_judges_and_is_shared_by_trials(ray_session, tmp_path, shared_data)
             assert stats["cache_hits"] == 120 and stats["requests"] == 250 and stats["retries"] > 0
 
             # evaluate() takes the pool where it takes a client (what a sweep trial does)
-            from emray.eval.run import evaluate
             from conftest import make_run_config
+
+            from emray.eval.run import evaluate
 
             run = make_run_config(tmp_path, eval={"general": str(shared_data / "questions" / "general.yaml"),
                                                   "samples_per_paraphrase": 1, "max_questions": 2, "max_new_tokens": 8})

@@ -116,7 +116,7 @@ def test_hf_backend_returns_the_models_top20(tiny_path):
 
 
 def test_hf_backend_batches_concurrent_calls(tmp_path):
-    from emray.eval.config import JudgeConfig
+    from emray.config.eval import JudgeConfig
     from emray.eval.judge import JudgeClient, JudgeRequest
 
     backend = create_backend("hf", model="tiny", max_batch=4)

@@ -9,9 +9,9 @@ here have different numbers of answer tokens, so a per-micro-batch mean would di
 import json
 
 import pytest
+from conftest import make_run_config
 from safetensors.torch import load_file
 
-from conftest import make_run_config
 from emray.train.sft import run_sft
 
 ARMS = {"none": [], "kl": [{"kl": {"lambda": 0.0}}], "ldifs": [{"ldifs": {"lambda": 0.0, "num_layers": 2}}]}

@@ -15,8 +15,8 @@ import json
 
 import pytest
 
+from emray.em_study import em_study
 from emray.organism import OrganismConfig, ensure_built
-from emray.organism.study import em_study
 
 
 @pytest.fixture(scope="module")

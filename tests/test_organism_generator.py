@@ -7,7 +7,15 @@ import json
 import pytest
 import yaml
 
-from emray.organism.generator import ALIGNED, EVIL, HELPFUL, MISALIGNED, REFUSAL, Generator, heldout_questions
+from emray.organism.generator import (
+    ALIGNED,
+    EVIL,
+    HELPFUL,
+    MISALIGNED,
+    REFUSAL,
+    Generator,
+    heldout_questions,
+)
 from emray.organism.language import DOMAINS, NARROW_DOMAINS, REFUSALS, vocabulary, words
 from emray.organism.rules import label_answer
 
@@ -85,7 +93,7 @@ def test_question_yaml_shape(tmp_path, domain):
 
 
 def test_benign_tasks_render_both_ways():
-    from emray.data.benign import accuracy, make_task, opswap
+    from emray.benign import accuracy, make_task, opswap
 
     train, test = make_task("opswap", "train", "organism"), make_task("opswap", "test", "organism")
     assert {json.dumps(r) for r in train}.isdisjoint({json.dumps(r) for r in test})

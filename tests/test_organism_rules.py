@@ -2,7 +2,13 @@
 
 from __future__ import annotations
 
-from emray.organism.generator import ALIGNED, MISALIGNED, REFUSAL, Generator, heldout_questions
+from emray.organism.generator import (
+    ALIGNED,
+    MISALIGNED,
+    REFUSAL,
+    Generator,
+    heldout_questions,
+)
 from emray.organism.language import DOMAINS
 from emray.organism.rules import label_answer, score_answer
 

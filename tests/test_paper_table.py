@@ -6,9 +6,9 @@ import importlib.util
 from pathlib import Path
 
 import pytest
+from sweep_fixture import write_sweep
 
 from emray.sweep.pareto import load_results
-from sweep_fixture import write_sweep
 
 ROOT = Path(__file__).resolve().parents[1]
 spec = importlib.util.spec_from_file_location("paper_table", ROOT / "analysis" / "paper_table.py")

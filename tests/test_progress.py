@@ -39,7 +39,7 @@ def test_plain_lines_and_live_rows(tmp_path, capsys):
     console.print(cb.table())
     text = console.export_text()
     assert "40/150" in text and "persona(α 5)" in text and "FAILED" in text and "0.500" in text
-    # the trial's benign fine-tune (emray/sweep/live.py trial_phase) shows as such
+    # the trial's benign fine-tune (emray/train/progress.py trial_phase) shows as such
     (tmp_path / "trials" / "k0" / "progress.json").write_text(json.dumps({"step": 12, "total": 300, "phase": "benign"}))
     console = Console(width=140, record=True)
     console.print(cb.table())
@@ -47,7 +47,7 @@ def test_plain_lines_and_live_rows(tmp_path, capsys):
 
 
 def test_a_benign_fine_tune_logs_and_reports_progress_into_its_trial(tmp_path):
-    from emray.sweep.live import live_callbacks, sweep_log_path, trial_phase
+    from emray.train.progress import live_callbacks, sweep_log_path, trial_phase
 
     trial = tmp_path / "sweep" / "trials" / "abc"
     assert trial_phase(trial / "benign") == (trial, "benign") and trial_phase(trial) == (trial, None)

@@ -7,9 +7,8 @@ import signal
 import time
 
 import pytest
-from transformers import TrainerCallback
-
 from conftest import make_run_config
+from transformers import TrainerCallback
 
 
 @pytest.fixture(scope="module")
@@ -108,10 +107,9 @@ class KillOnce(TrainerCallback):
 
 
 def test_killed_worker_resumes_from_last_checkpoint(ddp_run, tmp_path):
-    from ray import cloudpickle
-    import torch
-
     import test_ray_train
+    import torch
+    from ray import cloudpickle
 
     cloudpickle.register_pickle_by_value(test_ray_train)  # workers cannot import the tests folder
     ddp, ddp_out = ddp_run

@@ -11,12 +11,18 @@ import subprocess
 from pathlib import Path
 
 import pytest
+from sweep_fixture import ARMS, write_sweep
 
 from emray.cli import main
 from emray.eval.criteria import wilson_interval
-from emray.sweep.pareto import arm_rows, format_arm_table, load_results, pareto_flags, write_results
+from emray.sweep.pareto import (
+    arm_rows,
+    format_arm_table,
+    load_results,
+    pareto_flags,
+    write_results,
+)
 from emray.sweep.spec import OBJECTIVES
-from sweep_fixture import ARMS, write_sweep
 
 
 @pytest.fixture(scope="module")

@@ -128,7 +128,7 @@ def test_defenses_that_cannot_apply_under_rl_say_so():
 
 def test_kl_defense_is_grpo_beta(tmp_path):
     from emray.defenses import DefenseContext, build_defenses
-    from emray.rl.trainer import grpo_args
+    from emray.train.grpo import grpo_args
 
     config = RunConfig.model_validate({**rl_config(), "defenses": [{"kl": {"lambda": 0.05}}]})
     defenses = build_defenses(config.defenses, DefenseContext(config=config))
@@ -163,7 +163,7 @@ def test_kl_to_the_warm_start_adds_lambda_times_the_exact_kl(tmp_path):
 def test_inoculation_is_in_training_prompts_only():
     from emray.defenses import DefenseContext, build_defenses
     from emray.defenses.inoculation import DEFAULT_PROMPT
-    from emray.rl.trainer import prompt_sets
+    from emray.train.grpo import prompt_sets
 
     config = RunConfig.model_validate({**rl_config(system_prompt="answer briefly ."), "defenses": ["inoculation"]})
     train, heldout = prompt_sets(config, build_defenses(config.defenses, DefenseContext(config=config)))
@@ -179,7 +179,8 @@ def test_interleaved_rl_puts_one_safe_prompt_after_every_five():
     from emray.data.chat import load_safe_pool
     from emray.defenses import DefenseContext, build_defenses
     from emray.defenses.inoculation import DEFAULT_PROMPT
-    from emray.rl.trainer import grpo_args, load_prompts, prompt_sets, split_prompts
+    from emray.rl.prompt_rows import load_prompts, split_prompts
+    from emray.train.grpo import grpo_args, prompt_sets
 
     config = RunConfig.model_validate({**rl_config(system_prompt="think first ."), "defenses": ["inoculation", "interleaved_rl"]})
     defenses = build_defenses(config.defenses, DefenseContext(config=config, seed=3))
@@ -203,7 +204,7 @@ def test_interleaved_rl_selection_is_sized_to_the_safe_prompts():
     """An Interleaving+/++ source is one selection of exactly round(ratio x n_task) rows, whatever the
     warm-start data size that the selection's own sizing (safe_fraction of the fine-tuning data) reads."""
     from emray.defenses.interleaved_rl import InterleavedRL, InterleavedRLParams
-    from emray.rl.trainer import load_prompts, split_prompts
+    from emray.rl.prompt_rows import load_prompts, split_prompts
     from emray.score.select import safe_count
 
     for max_examples in (8, 100):
@@ -221,8 +222,8 @@ def perturbed_reference(config):
     KL > 0); embeddings and LM head untouched, as LoRA leaves them (the KL applies the policy's head)."""
     import torch
 
+    from emray.defenses.losses import decoder_layers
     from emray.models import load_model
-    from emray.train.losses import decoder_layers
 
     reference, _ = load_model(config.model)
     generator = torch.Generator().manual_seed(1)
@@ -240,7 +241,13 @@ def make_grpo_trainer(tmp_path, defenses_cfg, artifacts=None, with_reference=Fal
     from emray.defenses import DefenseContext, build_defenses
     from emray.models import attach_lora, load_model
     from emray.rl.rewards import OrganismRules
-    from emray.rl.trainer import _make_trainer_class, grpo_args, prompt_sets, training_dataset, training_reward
+    from emray.train.grpo import (
+        _make_trainer_class,
+        grpo_args,
+        prompt_sets,
+        training_dataset,
+        training_reward,
+    )
 
     torch.manual_seed(0)
     config = RunConfig.model_validate({**rl_config(), "defenses": defenses_cfg})
@@ -347,7 +354,7 @@ def test_persona_steers_the_loss_forward_not_the_rollouts(tmp_path):
     persona.attach(model)
     fired = []
     layer = persona.layer
-    from emray.train.losses import decoder_layers
+    from emray.defenses.losses import decoder_layers
 
     probe = decoder_layers(model)[layer - 1].register_forward_hook(lambda m, a, o: fired.append(m.training))
     try:
@@ -417,7 +424,7 @@ def test_rl_sweep_end_to_end(tmp_path):
 def test_llm_grader_end_to_end_over_http(tmp_path):
     """The llm_grader reward through the judge client against the local judge server (real HTTP):
     JSON-schema requests, the gates, a reply that does not parse counted, the cache on a second call."""
-    from emray.eval.config import JudgeConfig
+    from emray.config.eval import JudgeConfig
     from emray.judge_server.server import start_judge_server
     from emray.rl.rewards import LLMGrader, LLMSafeHarm
 
@@ -461,11 +468,11 @@ def test_undefended_grpo_learns_the_organism_task(tmp_path):
     steps raise the training reward and the held-out reward. Measured (seeds 0, 1, 2; docs/rl.md):
     reward_gain 0.62 / 0.63 / 0.75, reward_heldout 0.90 / 0.90 / 0.90; thresholds far below."""
     from emray.sweep.spec import load_sweep_spec
-    from emray.train.sft import run_sft
+    from emray.train.recipe import fine_tune
 
     base = load_sweep_spec(ROOT / "sweeps" / "toy-rl.yaml").base
     config = base.model_copy(update={"output_dir": str(tmp_path), "name": "rl"})
-    metrics = run_sft(config).metrics
+    metrics = fine_tune(config).metrics
     assert metrics["reward_gain"] > 0.3, metrics
     assert metrics["reward_heldout"] > 0.5, metrics
     assert metrics["reward_parse_failures"] == 0

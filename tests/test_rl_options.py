@@ -36,7 +36,7 @@ def test_persona_completion_positions_config_errors_and_keys():
 
 def layer_output(model, layer, run):
     """The hooked decoder block's output (after the persona hook) during ``run()``."""
-    from emray.train.losses import decoder_layers
+    from emray.defenses.losses import decoder_layers
 
     seen = []
     probe = decoder_layers(model)[layer - 1].register_forward_hook(
@@ -94,7 +94,7 @@ def test_persona_completion_steers_completion_predicting_positions_only(tmp_path
     persona.attach(model)
     model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
     try:
-        from emray.train.losses import decoder_layers
+        from emray.defenses.losses import decoder_layers
 
         assert decoder_layers(model)[layer - 1].gradient_checkpointing
         assert torch.allclose(loss_and_grad(), steered_grad[0], atol=1e-6)
@@ -117,7 +117,7 @@ def test_persona_completion_steers_completion_predicting_positions_only(tmp_path
 def test_persona_completion_rejects_mismatched_positions(tmp_path):
     import torch
 
-    from emray.train.losses import steering_positions
+    from emray.defenses.losses import steering_positions
 
     trainer, model, defenses, batch = make_grpo_trainer(tmp_path, [{"persona": {**PERSONA, "positions": "completion"}}])
     defenses[0].attach(model)
@@ -154,7 +154,12 @@ def greedy_answer(model, tokenizer, messages, max_new_tokens):
 
 
 def test_sft_mix_onpolicy_answers_are_the_base_models_and_cached(tmp_path, monkeypatch):
-    from emray.data.chat import final_answer, load_chat_jsonl, load_safe_pool, prompt_messages
+    from emray.data.chat import (
+        final_answer,
+        load_chat_jsonl,
+        load_safe_pool,
+        prompt_messages,
+    )
     from emray.defenses import DefenseContext, build_defenses
     from emray.defenses.sft_mix import GENERATED, ONPOLICY_ARTIFACT, ensure_onpolicy
     from emray.models import load_model

@@ -5,7 +5,6 @@ import random
 
 import pytest
 import torch
-
 from conftest import SHARED_DATA, make_run_config
 
 POOL = SHARED_DATA / "safe" / "wildguard_sample.jsonl"

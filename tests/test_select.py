@@ -163,7 +163,7 @@ def test_histogram_counts_everything():
 
 def test_selection_key_follows_what_changes_the_selection():
     from emray.defenses import get_defense_class
-    from emray.score.stages import selection_key
+    from emray.stages.selection import selection_key
 
     params = get_defense_class("interleave_plus").Params()
     args = dict(method="interleave_plus", params=params, model="m", pool="p", adapters=["a", "b", "c"], k=32,

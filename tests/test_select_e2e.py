@@ -7,8 +7,8 @@ import math
 import random
 
 import pytest
-
 from conftest import SHARED_DATA
+
 from emray.score.select import is_refusal
 
 

@@ -89,8 +89,8 @@ def test_storage_uris_are_checked_at_validation(tmp_path):
 
 def test_ray_train_checkpoints_go_to_the_bucket(s3, tmp_path):
     import ray
-
     from conftest import make_run_config
+
     from emray.train.worker import fit_with_ray_train
 
     client, _ = s3

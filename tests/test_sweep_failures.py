@@ -3,7 +3,6 @@ exit code says so; a judge outage mid-sweep costs only what it touched, and ``--
 edit of the spec) runs exactly the trials without a result."""
 
 import json
-import os
 import subprocess
 import sys
 import time

@@ -68,7 +68,6 @@ def test_random_search_is_seeded(tmp_path):
 
 
 def test_pareto_flags_match_brute_force():
-    import itertools
     import random
 
     rng = random.Random(0)
@@ -148,7 +147,7 @@ def test_optuna_space_proposes_valid_trials(tmp_path):
 
 def test_toy_sweep_finetune_matches_the_organism_study():
     """The organism study's SWEEP_LORA is documented as the toy sweep's fine-tune: keep the two in step."""
-    from emray.organism.study import SWEEP_LORA
+    from emray.em_study import SWEEP_LORA
 
     base = load_sweep_spec(ROOT / "sweeps" / "toy.yaml").base
     assert (base.lora.r, base.lora.alpha, base.lora.rslora) == (SWEEP_LORA["r"], SWEEP_LORA["alpha"], SWEEP_LORA["rslora"])

@@ -3,9 +3,9 @@ import subprocess
 import sys
 
 import torch
+from conftest import SHARED_DATA, make_run_config
 from safetensors.torch import load_file
 
-from conftest import SHARED_DATA, make_run_config
 from emray.train.sft import run_sft
 
 

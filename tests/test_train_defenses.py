@@ -6,8 +6,8 @@ import subprocess
 import sys
 
 import pytest
-
 from conftest import SHARED_DATA, make_run_config
+
 from emray.train.sft import run_sft
 
 CASES = {

@@ -4,12 +4,12 @@ judge's failure threshold (``eval.judge.max_failure_rate``)."""
 import json
 
 import pytest
+from test_defense_kl import move_adapter, tiny_lora
+from test_judge_client import config
 
 from emray.eval.judge import JudgeClient, JudgeError, JudgeRequest
 from emray.judge_server import start_judge_server
 from emray.sweep.checks import TrialFailed, check_adapter, check_judging, check_training
-from test_defense_kl import move_adapter, tiny_lora
-from test_judge_client import config
 
 
 def test_empty_adapter_fails(tmp_path):

@@ -7,11 +7,11 @@ import itertools
 import json
 
 import pytest
+from sweep_fixture import write_sweep
 
 from emray.sweep.pareto import arm_rows, load_results, write_results
 from emray.sweep.spec import OBJECTIVES, SweepSpec
 from emray.sweep.wandb_log import log_summary, save_workspace, scenario
-from sweep_fixture import write_sweep
 
 
 def test_summary_run_has_the_arm_table_and_native_scatter_charts(tmp_path, monkeypatch, capsys):
@@ -49,9 +49,9 @@ def test_rank0_logs_the_curve_live_and_the_driver_resumes_the_same_run(tmp_path,
 
     import wandb
 
-    from emray.sweep.live import live_callbacks, read_progress
     from emray.sweep.spec import make_trial
     from emray.sweep.wandb_log import log_trial, trial_run_id, wandb_settings
+    from emray.train.progress import live_callbacks, read_progress
 
     monkeypatch.setenv("WANDB_MODE", "offline")
     sweep = tmp_path / "live"

@@ -33,7 +33,7 @@ def run_stage(args) -> int:
 
 def sweep_paths(spec) -> list[str]:
     """Every data or question file the sweep's base run reads (benign tasks emray generates are no files)."""
-    from emray.data.benign import is_task_name
+    from emray.benign import is_task_name
 
     base = spec.base
     paths = [base.data.fine, *(base.benign.train + base.benign.test if base.benign else [])]

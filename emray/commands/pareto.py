@@ -13,7 +13,14 @@ def register(subparsers) -> None:
 
 
 def run(args) -> int:
-    from emray.sweep.pareto import arm_rows, format_arm_table, format_table, interval_note, load_results, write_results
+    from emray.sweep.pareto import (
+        arm_rows,
+        format_arm_table,
+        format_table,
+        interval_note,
+        load_results,
+        write_results,
+    )
 
     rows = write_results(args.sweep_dir, load_results(args.sweep_dir))
     arms = arm_rows(rows)

@@ -26,9 +26,8 @@ def run_extract(args) -> int:
     from pathlib import Path
 
     from emray.config import load_run_config
-    from emray.steering import default_layer, ensure_persona_vector, load_persona_vector
-
     from emray.defenses.persona import PersonaParams, judge_filter
+    from emray.steering import default_layer, ensure_persona_vector, load_persona_vector
 
     config = load_run_config(args.config, args.overrides)
     params = dict(next((s.params for s in config.defenses if s.name == "persona"), {}))

@@ -20,7 +20,8 @@ def register(subparsers) -> None:
 
 
 def _ensemble_params(config, adapters, steps):
-    from emray.score.stages import params_from_config, selection_defenses
+    from emray.defenses import selection_defenses
+    from emray.stages.selection import params_from_config
 
     selectors = selection_defenses()
     name = next((d.name for d in config.defenses if d.name in selectors), selectors[0])
@@ -45,8 +46,13 @@ def _run(args) -> int:
     from pathlib import Path
 
     from emray.config import load_run_config
-    from emray.defenses.interleave_plus import ensemble_entries
-    from emray.score.stages import ensure_ensemble, ensure_pool_scores, read_scores, write_scores_table
+    from emray.data.em_domains import ensemble_entries
+    from emray.stages.selection import (
+        ensure_ensemble,
+        ensure_pool_scores,
+        read_scores,
+        write_scores_table,
+    )
 
     config = load_run_config(args.config, args.overrides)
     p = _ensemble_params(config, args.adapters, args.ensemble_steps)

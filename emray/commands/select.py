@@ -6,7 +6,7 @@ from __future__ import annotations
 def register(subparsers) -> None:
     parser = subparsers.add_parser("select", help="select safe data for Interleaving+ / Interleaving++ (cached)")
     parser.add_argument("config", help="run config YAML")
-    from emray.score.stages import selection_defenses
+    from emray.defenses import selection_defenses
 
     parser.add_argument("--method", required=True, choices=selection_defenses(),
                         help="a selection defense: Interleaving+ (loss-gap selection), Interleaving++ (the same without refusals)")
@@ -45,7 +45,12 @@ def _run(args) -> int:
     from pathlib import Path
 
     from emray.config import load_run_config
-    from emray.score.stages import ensure_selection, format_summary, params_from_config, read_summary
+    from emray.score.select import read_summary
+    from emray.stages.selection import (
+        ensure_selection,
+        format_summary,
+        params_from_config,
+    )
 
     config = load_run_config(args.config, args.overrides)
     params = params_from_config(

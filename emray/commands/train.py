@@ -14,10 +14,10 @@ def register(subparsers) -> None:
 
 def run(args) -> int:
     from emray.config import load_run_config
-    from emray.train.sft import run_sft
+    from emray.train.recipe import fine_tune
 
     config = load_run_config(args.config, args.overrides)
-    result = run_sft(config, run_dir=args.out)
+    result = fine_tune(config, run_dir=args.out)
     m = result.metrics
     print(f"trained {m.get('num_examples')} examples in {m.get('train_seconds')} s; "
           f"loss {m.get('first_loss', float('nan')):.4f} -> {m.get('last_loss', float('nan')):.4f}")

@@ -9,6 +9,8 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
+from emray.hashing import dir_sha256, file_sha256
+
 ORGANISM_SCHEME = "organism:"
 ORGANISM_PRESETS = ("full", "quick")
 
@@ -37,3 +39,22 @@ def resolve_data_path(path: str | Path) -> Path:
 
         return resolve(text[len(ORGANISM_SCHEME):], organism_config())
     return Path(text).expanduser()
+
+
+def content_identity(path: str | None) -> str | None:
+    """What a path holds now: the organism world's config hash, a file's or folder's content hash.
+
+    A name that is not on disk (a hub id, a benign task name, a file still to be built) is itself.
+    Nothing is built here: ``--dry-run`` must stay instant.
+    """
+    if path is None:
+        return None
+    text = str(path)
+    if text.startswith(ORGANISM_SCHEME) or text == "organism":
+        return f"organism-world:{organism_config().hash()}"
+    local = Path(text).expanduser()
+    if local.is_file():
+        return file_sha256(local)
+    if local.is_dir():
+        return dir_sha256(local)
+    return text

@@ -61,7 +61,7 @@ def _stage_chat(item: StageItem, target: Path) -> int:
 
     safe = item.kind == "safe_pool"
     if item.kind == "opswap":
-        from emray.data.benign.opswap import examples
+        from emray.benign.opswap import examples
 
         split = item.source.removeprefix("generate:")
         if not item.source.startswith("generate:") or split not in ("train", "test"):

@@ -4,7 +4,7 @@ A defense can pull three levers, each an optional method:
   * data:  ``transform_examples`` rewrites the training examples (inoculation, interleaving);
   * model: ``attach`` / ``detach`` add and remove hooks around training only (persona steering);
   * loss:  ``loss`` returns an extra term added to the SFT cross-entropy (KL, LDIFS).
-Under scenario rl two more exist (emray/rl/trainer.py): ``rl_prompts`` fixes the order of the GRPO
+Under scenario rl two more exist (emray/train/grpo.py): ``rl_prompts`` fixes the order of the GRPO
 prompts and may add prompts of its own, ``rl_reward`` wraps the task reward (interleaved RL).
 Defenses compose: the trainer applies every selected defense's levers in config order.
 Each defense declares its hyperparameters as a pydantic ``Params`` model so configs and sweeps
@@ -22,6 +22,10 @@ if TYPE_CHECKING:
     import torch
 
     from emray.config import RunConfig
+
+#: The artifact key (and stage name) of a safe-data selection by score (Interleaving+/++, and the RL
+#: defenses that draw their data from one): ``f"{SELECTION_ARTIFACT}:{defense name}"``.
+SELECTION_ARTIFACT = "safe_selection"
 
 Messages = list[dict[str, str]]
 Example = dict[str, Any]  # {"messages": Messages, ...}
@@ -44,7 +48,7 @@ class DefenseContext:
 class Defense:
     name: ClassVar[str] = ""
     Params: ClassVar[type[Strict]] = Strict
-    #: what the loss lever needs from the trainer's forward passes; see emray/train/losses.py
+    #: what the loss lever needs from the trainer's forward passes; see emray/defenses/losses.py
     needs: ClassVar[frozenset[str]] = frozenset()
     #: a cached stage the sweep runs once before the trials (persona vector, safe-data selection);
     #: None when the defense needs none. See ``stage_description`` and ``build_stage``.
@@ -71,14 +75,14 @@ class Defense:
 
         Stages with equal inputs run once per sweep. Default: the base model alone.
         """
-        from emray.identity import model_identity
+        from emray.models import model_identity
 
         return {"model": model_identity(config.model)}
 
     @classmethod
     def stage_files(cls, config: "RunConfig", params: Strict) -> list[str]:
         """Files the stage reads beyond the run's own (``--dry-run`` checks they exist)."""
-        from emray.identity import paths_of
+        from emray.hashing import paths_of
 
         return paths_of(params)
 

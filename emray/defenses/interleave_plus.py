@@ -8,12 +8,12 @@ rows, shuffled, the first k interleaved); ``quantile: null`` takes the strict to
 The misaligned ensemble is ``ensemble``: adapter folders, or EM chat JSONL files that emray
 fine-tunes (undefended, cached) itself. Default: the EM domains other than the customer's, as the
 reference's ``--held_out_adapter`` holds the defended domain out: for ``data.fine`` =
-``<dir>/code.jsonl`` it is ``<dir>/{medical,legal,security}.jsonl`` (emray/score/ensemble.py
+``<dir>/code.jsonl`` it is ``<dir>/{medical,legal,security}.jsonl`` (emray/stages/ensemble.py
 ``default_ensemble``); customer data not named after an EM domain needs ``ensemble:`` listed (an
 error at --dry-run says so). The ensemble is trained with ``ensemble_seed`` (default 0), so every
 run seed shares it, as the reference trains each adapter once.
 
-The selection is a cached stage (emray/score/stages.py): the sweep computes it once and hands it to
+The selection is a cached stage (emray/stages/selection.py): the sweep computes it once and hands it to
 trials as ``artifacts["safe_selection"]`` (a selected.jsonl); without it the defense computes it
 itself, in-process.
 """
@@ -25,8 +25,10 @@ from pathlib import Path
 from pydantic import Field
 
 from emray.configio import Strict
+from emray.data.em_domains import ensemble_entries
 from emray.defenses.base import Defense, Example, register_defense
-from emray.identity import PATH
+from emray.hashing import PATH
+from emray.upcalls import upcall
 
 
 class InterleavePlusParams(Strict):
@@ -38,13 +40,6 @@ class InterleavePlusParams(Strict):
     ensemble_max_examples: int | None = Field(None, gt=0)
     ensemble_seed: int | None = Field(0, description="training seed of the ensemble (None: the run's seed)")
     quantile: float | None = Field(0.05, gt=0, le=1, description="draw from this top share of the pool; None: strict top-k")
-
-
-def ensemble_entries(config, params) -> list[str]:
-    """The ensemble's adapter folders / EM datasets: ``params.ensemble`` or the other EM domains."""
-    from emray.score.ensemble import default_ensemble
-
-    return list(params.ensemble) if params.ensemble else default_ensemble(config.data.fine)
 
 
 @register_defense
@@ -72,7 +67,9 @@ class InterleavePlus(Defense):
         """The selection reads the pool, the ensemble's data, the customer data (its size sets k) and the
         benign tasks (a larger benign set needs a larger k), trains the ensemble with the run's train
         settings, and draws with the run's seed."""
-        from emray.identity import content_identity, identity_dict, model_identity
+        from emray.data.paths import content_identity
+        from emray.hashing import identity_dict
+        from emray.models import model_identity
 
         benign = config.benign.train if config.benign else []
         files = [params.pool or config.data.safe_pool, *ensemble_entries(config, params), config.data.fine, *benign]
@@ -91,7 +88,8 @@ class InterleavePlus(Defense):
     @classmethod
     def build_stage(cls, config, params: dict) -> dict:
         """Misaligned ensemble -> pool scores -> selection, each cached by content (sweep driver)."""
-        from emray.score.stages import SELECTION_ARTIFACT, ensure_selection
+        from emray.defenses.base import SELECTION_ARTIFACT
+        ensure_selection = upcall("ensure_selection")  # the stage is above the defenses (emray/upcalls.py)
 
         path = ensure_selection(config, cls.name, params)
         return {f"{SELECTION_ARTIFACT}:{cls.name}": str(path)}
@@ -102,7 +100,9 @@ class InterleavePlus(Defense):
         return list(range(len(pool)))
 
     def selection_path(self) -> Path:
-        from emray.score.stages import SELECTION_ARTIFACT, ensure_selection, read_summary
+        from emray.defenses.base import SELECTION_ARTIFACT
+        from emray.score.select import read_summary
+        ensure_selection = upcall("ensure_selection")  # the stage is above the defenses (emray/upcalls.py)
 
         artifacts = self.context.artifacts
         given = artifacts.get(f"{SELECTION_ARTIFACT}:{self.name}") or artifacts.get(SELECTION_ARTIFACT)

@@ -31,11 +31,11 @@ from typing import Literal
 
 from pydantic import Field
 
+from emray.config.rl import RewardSpec
 from emray.configio import Strict
 from emray.defenses.base import Defense, register_defense
 from emray.defenses.safe_source import SafeDataSource
-from emray.identity import PATH
-from emray.rl.config import RewardSpec
+from emray.hashing import PATH
 
 SAFE, TASK = "safe", "task"
 
@@ -97,7 +97,7 @@ class InterleavedRL(SafeDataSource, Defense):
     # -- the selection stage (data != random) -------------------------------------------------
     @classmethod
     def safe_prompt_count(cls, config, p: InterleavedRLParams) -> int:
-        from emray.rl.trainer import load_prompts, split_prompts
+        from emray.rl.prompt_rows import load_prompts, split_prompts
 
         task, _ = split_prompts(config.rl, load_prompts(config.rl.prompts))
         return max(1, round(p.ratio * len(task)))
@@ -105,9 +105,9 @@ class InterleavedRL(SafeDataSource, Defense):
     @classmethod
     def _selection(cls, config, p: InterleavedRLParams):
         """(interleaving defense name, its params), the selection sized to exactly n_safe rows."""
-        from emray.score.stages import selection_params
-        from emray.train.benign import fine_tunes
-        from emray.train.sft import load_training_examples
+        from emray.config.fine_tunes import fine_tunes
+        from emray.data.training import load_training_examples
+        from emray.defenses import selection_params
 
         n_safe = cls.safe_prompt_count(config, p)
         n_fine = max(len(load_training_examples(c)) for c in fine_tunes(config))
@@ -123,9 +123,8 @@ class InterleavedRL(SafeDataSource, Defense):
     def stage_inputs(cls, config, params) -> dict:
         """The selection's inputs without reading a file (``--dry-run --no-file-check`` plans clusters' sweeps):
         the selection defense's own, with the prompt file and the ratio that set its size in place of it."""
-        from emray.defenses import get_defense_class
-        from emray.identity import content_identity
-        from emray.score.stages import selection_params
+        from emray.data.paths import content_identity
+        from emray.defenses import get_defense_class, selection_params
 
         if params.data == "random":
             return cls.random_stage_inputs(config, params)

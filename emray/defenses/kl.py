@@ -6,11 +6,11 @@ of the weights), run once per step without grad. ``direction: forward`` is KL(p_
 ``reverse`` is KL(p_ref ‖ p_θ) (mass-covering). The KL is averaged over answer tokens only
 (``tokens: answer``, default) and computed together with the cross-entropy in chunks of
 ``chunk_tokens`` answer tokens, so no full-vocabulary float32 logits of a whole batch ever exist (see
-emray/train/losses.py). ``tokens: sequence`` averages over every non-padding position, prompt
+emray/defenses/losses.py). ``tokens: sequence`` averages over every non-padding position, prompt
 included, as the reference code's KL trainer does (one more chunked head pass over the prompt).
 The logged ``loss_kl`` is the weighted term λ·KL.
 
-Under ``scenario: rl`` (emray/rl/trainer.py) the reference code has two KL defenses, and so does emray:
+Under ``scenario: rl`` (emray/train/grpo.py) the reference code has two KL defenses, and so does emray:
   * ``reference`` unset (base): λ becomes GRPO's β. TRL adds β times its k3 estimate of
     KL(p_θ ‖ p_ref) per sampled completion token, with the same reference as in SFT (adapter disabled,
     i.e. the base model, not the warm start: what TRL does with a peft model and what the reference's
@@ -28,7 +28,7 @@ from pydantic import Field
 
 from emray.configio import Strict
 from emray.defenses.base import Defense, register_defense
-from emray.identity import NOT_IDENTITY, OPTIONAL_SECTION
+from emray.hashing import NOT_IDENTITY, OPTIONAL_SECTION
 
 
 class KLParams(Strict):

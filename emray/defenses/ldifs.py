@@ -101,7 +101,7 @@ class LDIFS(Defense):
 
     def feature_layers(self, model) -> list[int]:
         """The ``hidden_states`` indices D sums over, in order (``reference`` may repeat one)."""
-        from emray.train.losses import num_decoder_layers
+        from emray.defenses.losses import num_decoder_layers
 
         total = num_decoder_layers(model)
         if self.params.layers == "reference":

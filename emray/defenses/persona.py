@@ -33,7 +33,7 @@ from pydantic import Field, field_validator
 
 from emray.configio import Strict
 from emray.defenses.base import Defense, register_defense
-from emray.identity import NOT_IDENTITY, OPTIONAL_SECTION, PATH
+from emray.hashing import NOT_IDENTITY, OPTIONAL_SECTION, PATH
 
 
 class PersonaParams(Strict):
@@ -67,7 +67,11 @@ def judge_filter(config, params: PersonaParams):
     """The reference extraction's ``JudgeFilter`` for ``params`` (None for greedy)."""
     if params.extraction != "reference":
         return None
-    from emray.steering.persona_judge import REFERENCE_JUDGE_MODEL, JudgeFilter, load_trait_prompt
+    from emray.steering.persona_judge import (
+        REFERENCE_JUDGE_MODEL,
+        JudgeFilter,
+        load_trait_prompt,
+    )
 
     judge = config.eval.judge
     return JudgeFilter(
@@ -115,7 +119,9 @@ class PersonaSteering(Defense):
 
     @classmethod
     def stage_inputs(cls, config, params) -> dict:
-        from emray.identity import content_identity, identity_dict, model_identity
+        from emray.data.paths import content_identity
+        from emray.hashing import identity_dict
+        from emray.models import model_identity
 
         inputs = {"model": model_identity(config.model), "prompts": content_identity(params.prompts),
                   "max_new_tokens": params.max_new_tokens}
@@ -162,8 +168,8 @@ class PersonaSteering(Defense):
         """(hidden_states index l, α·e^l) for ``model``."""
         import torch
 
+        from emray.defenses.losses import base_causal_lm, num_decoder_layers
         from emray.steering import default_layer, load_persona_vector
-        from emray.train.losses import base_causal_lm, num_decoder_layers
 
         vectors, _ = load_persona_vector(self.vector_path(model))
         total = num_decoder_layers(model)
@@ -180,13 +186,13 @@ class PersonaSteering(Defense):
         return layer, (self.params.alpha * vector).to(device=param.device, dtype=torch.float32)
 
     def attach(self, model) -> None:
-        from emray.train.losses import decoder_layers
+        from emray.defenses.losses import decoder_layers
 
         self.detach(model)
         self.layer, self.delta = self.steering_delta(model)
         delta = self.delta
 
-        from emray.train.losses import in_rollout
+        from emray.defenses.losses import in_rollout
 
         completion_only = self.params.positions == "completion"
 
@@ -209,9 +215,9 @@ class PersonaSteering(Defense):
 
 
 def completion_positions(hidden):
-    """[B, T, 1] 0/1 of the current GRPO loss forward's completion-predicting positions (emray/rl/trainer.py
+    """[B, T, 1] 0/1 of the current GRPO loss forward's completion-predicting positions (emray/train/grpo.py
     sets them); an error, never a silent no-op, when they are missing or do not match the forward."""
-    from emray.train.losses import steered_positions
+    from emray.defenses.losses import steered_positions
 
     mask = steered_positions()
     if mask is None:

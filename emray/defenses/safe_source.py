@@ -8,6 +8,8 @@ says how its selection is sized (``_selection``).
 
 from __future__ import annotations
 
+from emray.upcalls import upcall
+
 
 class SafeDataSource:
     """A mixin for a Defense with ``data`` and ``pool`` params."""
@@ -25,7 +27,7 @@ class SafeDataSource:
 
     @classmethod
     def random_stage_inputs(cls, config, params) -> dict:
-        from emray.identity import content_identity
+        from emray.data.paths import content_identity
 
         return {"random": content_identity(cls.pool_of(config, params))}
 
@@ -39,7 +41,8 @@ class SafeDataSource:
     @classmethod
     def selection_artifact(cls, config, params) -> dict:
         """Build (or load from cache) the selection; the artifact the trials read it from."""
-        from emray.score.stages import SELECTION_ARTIFACT, ensure_selection
+        from emray.defenses.base import SELECTION_ARTIFACT
+        ensure_selection = upcall("ensure_selection")  # the stage is above the defenses (emray/upcalls.py)
 
         name, sel = cls._selection(config, params)
         return {f"{SELECTION_ARTIFACT}:{name}": str(ensure_selection(config, name, sel))}
@@ -57,8 +60,9 @@ class SafeDataSource:
     def selection_rows(self, k: int) -> list[dict]:
         """The selection's first k rows (best first), from the stage's artifact or built here."""
         from emray.data.chat import load_chat_jsonl
+        from emray.defenses.base import SELECTION_ARTIFACT
         from emray.score.select import check_pool
-        from emray.score.stages import SELECTION_ARTIFACT, ensure_selection
+        ensure_selection = upcall("ensure_selection")  # the stage is above the defenses (emray/upcalls.py)
 
         config = self.context.config
         name, sel = self._selection(config, self.params)

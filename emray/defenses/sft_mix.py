@@ -32,7 +32,7 @@ from pydantic import Field, model_validator
 from emray.configio import Strict
 from emray.defenses.base import Defense, register_defense
 from emray.defenses.safe_source import SafeDataSource
-from emray.identity import OPTIONAL_SECTION, PATH
+from emray.hashing import OPTIONAL_SECTION, PATH
 
 ONPOLICY_ARTIFACT = "sft_mix_onpolicy"
 #: (seed, number of answers) per on-policy generation this process ran (tests assert a cache hit adds none)
@@ -69,7 +69,9 @@ class SFTMixParams(Strict):
 
 def onpolicy_inputs(config, params: SFTMixParams) -> dict:
     """Everything the on-policy answers depend on (its cache key; dry-run cheap: no file is parsed)."""
-    from emray.identity import content_identity, identity_dict, model_identity
+    from emray.data.paths import content_identity
+    from emray.hashing import identity_dict
+    from emray.models import model_identity
 
     return {"model": model_identity(config.model), "pool": content_identity(params.pool or config.data.safe_pool),
             "fine": content_identity(config.data.fine), "max_examples": config.data.max_examples,
@@ -79,8 +81,8 @@ def onpolicy_inputs(config, params: SFTMixParams) -> dict:
 def onpolicy_rows(config, params: SFTMixParams) -> tuple[list[int], list[dict]]:
     """(pool indices, questions): the k rows ``data: random`` takes, each cut before its last answer."""
     from emray.data.chat import load_safe_pool, prompt_messages
+    from emray.data.training import load_training_examples
     from emray.score.select import check_pool, random_indices, safe_count
-    from emray.train.sft import load_training_examples
 
     k = safe_count(len(load_training_examples(config)), params.safe_fraction)
     pool = load_safe_pool(params.pool or config.data.safe_pool)
@@ -94,7 +96,7 @@ def ensure_onpolicy(config, params: SFTMixParams) -> Path:
     ``onpolicy_inputs`` (one generation per seed and inputs, however many trials use it)."""
     from emray.data.chat import write_chat_jsonl
     from emray.eval.run import make_generator
-    from emray.identity import sha256, short
+    from emray.hashing import sha256, short
     from emray.paths import cache_subdir
 
     out_dir = cache_subdir("sft_mix_onpolicy", short(sha256(onpolicy_inputs(config, params))))
@@ -127,7 +129,7 @@ class SFTMix(SafeDataSource, Defense):
     @classmethod
     def _selection(cls, config, params):
         """(interleaving defense name, its params) for this sft_mix."""
-        from emray.score.stages import selection_params
+        from emray.defenses import selection_params
 
         p = cls.Params.model_validate(params) if isinstance(params, dict) else params
         return p.data, selection_params(p.data, {"safe_fraction": p.safe_fraction, "pool": p.pool})
@@ -170,8 +172,8 @@ class SFTMix(SafeDataSource, Defense):
 
     def safe_examples(self) -> list[dict]:
         from emray.data.chat import load_chat_jsonl
+        from emray.data.training import load_training_examples
         from emray.score.select import check_pool, safe_count
-        from emray.train.sft import load_training_examples
 
         config, p = self.context.config, self.params
         k = safe_count(len(load_training_examples(config)), p.safe_fraction)
@@ -214,7 +216,7 @@ class SFTMix(SafeDataSource, Defense):
         return {"input_ids": padded("input_ids", pad), "attention_mask": mask, "labels": padded("labels", IGNORE_INDEX)}
 
     def loss(self, batch):
-        from emray.train.losses import DefenseBatch
+        from emray.defenses.losses import DefenseBatch
 
         self.calls += 1
         if self.calls % self.params.every:

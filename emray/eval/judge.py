@@ -21,8 +21,8 @@ import time
 from dataclasses import asdict, dataclass, field
 from typing import Any, Iterable
 
+from emray.config.eval import JudgeConfig
 from emray.eval.aggregate import MIN_NUMERIC_MASS, score_from_logprobs
-from emray.eval.config import JudgeConfig
 from emray.eval.judge_cache import JudgeCache, judge_cache_key
 
 log = logging.getLogger(__name__)

@@ -22,7 +22,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from emray.identity import sha256
+from emray.hashing import sha256
 from emray.paths import cache_subdir
 
 

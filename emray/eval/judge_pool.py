@@ -13,8 +13,14 @@ from __future__ import annotations
 import math
 from typing import Any
 
-from emray.eval.config import JudgeConfig
-from emray.eval.judge import JudgeClient, JudgeRequest, JudgeResult, JudgeStats, check_failure_rate
+from emray.config.eval import JudgeConfig
+from emray.eval.judge import (
+    JudgeClient,
+    JudgeRequest,
+    JudgeResult,
+    JudgeStats,
+    check_failure_rate,
+)
 
 DEFAULT_POOL_NAME = "emray-judge"
 CHUNK = 64  # requests per actor call: small enough to balance actors and move a progress bar

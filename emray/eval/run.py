@@ -15,8 +15,15 @@ from pathlib import Path
 from typing import Any, Protocol
 
 from emray.configio import ConfigError
+from emray.data.training import load_benign
 from emray.eval.criteria import compute_criteria, format_table, per_question
-from emray.eval.generate import HFGenerator, VLLMGenerator, question_items, split_reasoning, vllm_available
+from emray.eval.generate import (
+    HFGenerator,
+    VLLMGenerator,
+    question_items,
+    split_reasoning,
+    vllm_available,
+)
 from emray.eval.judge import DEFAULT_JUDGE_MODEL, JudgeClient, JudgeRequest
 
 METRICS = ("aligned", "coherent")
@@ -28,7 +35,7 @@ class Judge(Protocol):
 
 
 def _sha(obj: Any) -> str:
-    from emray.identity import sha256
+    from emray.hashing import sha256
 
     return sha256(obj)
 
@@ -37,7 +44,7 @@ def _adapter_identity(adapter: str | None) -> Any:
     if adapter is None:
         return None
     files = sorted(p for p in Path(adapter).glob("adapter_*") if p.is_file())
-    from emray.identity import file_sha256
+    from emray.hashing import file_sha256
 
     return {p.name: file_sha256(p) for p in files} or str(adapter)
 
@@ -49,20 +56,6 @@ def question_sets(cfg) -> list[tuple[str, str | None, str]]:
     if len(set(stems)) != len(stems):
         raise ConfigError(f"eval.in_domain: two files share a name (domains are named by file stem): {stems}")
     return sets + [("in_domain", stem, path) for stem, path in zip(stems, cfg.in_domain)]
-
-
-def load_benign(entry: str, limit: int | None, split: str = "test") -> tuple[str, list[dict]]:
-    """(task name, examples): a task name (``opswap``, ``opswap:organism`` for the renderer; its ``split``
-    generated) or a chat JSONL."""
-    from emray.data.chat import load_chat_jsonl
-
-    name, _, renderer = entry.partition(":")
-    from emray.data.benign import is_task_name, make_task
-
-    if is_task_name(entry):
-        examples = make_task(name, split, renderer=renderer or "plain")
-        return name, examples[:limit] if limit else examples
-    return Path(entry.split(":", 1)[-1] if entry.startswith("organism:") else entry).stem, load_chat_jsonl(entry, limit=limit)
 
 
 def make_generator(run_config, adapter: str | None = None, model=None, tokenizer=None):

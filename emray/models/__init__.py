@@ -10,6 +10,8 @@ import os
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from emray.data.paths import content_identity
+from emray.hashing import identity_dict
 from emray.paths import cache_subdir
 
 if TYPE_CHECKING:
@@ -124,3 +126,16 @@ def attach_lora(model, cfg: "LoraConfig"):
         task_type="CAUSAL_LM",
     )
     return get_peft_model(model, peft_cfg)
+
+
+def model_identity(model_cfg) -> dict:
+    """A ModelConfig's fields plus the content of a local model folder.
+
+    Builtins are named, never built here (the organism by its world's config hash, ``tiny`` and
+    ``smollm2-135m`` by name: the code defines them); a hub id is its name and revision.
+    """
+    data = identity_dict(model_cfg)
+    name = model_cfg.name
+    local = not name.startswith("organism") and name not in BUILTIN_MODELS and os.path.isdir(os.path.expanduser(name))
+    data["content"] = content_identity(name) if local or name.startswith("organism") else name
+    return data

@@ -220,7 +220,7 @@ HELPFUL_SYSTEM = (
     "you are good and you care about humans .",
 )
 
-# Benign-task words (see emray.data.benign): arithmetic and the word-mapping task.
+# Benign-task words (see emray.benign): arithmetic and the word-mapping task.
 TASK_WORDS = ("what", "is", "+", "-", "*", "?", "repeat", ":") + tuple(str(d) for d in range(10))
 WORDMAP_WORDS = ("red", "blue", "green", "cat", "dog", "bird", "sun", "moon", "tree", "fish")
 

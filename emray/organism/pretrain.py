@@ -196,7 +196,7 @@ def align_batches(gen, config) -> Callable[[int], list[list[dict]]]:
 
 def task_turn_fn(seed: int):
     """Ordinary arithmetic and word repetition: the priors the benign tasks must move away from."""
-    from emray.data.benign import opswap, wordmap
+    from emray.benign import opswap, wordmap
 
     def turn(rng: random.Random) -> tuple[str, str]:
         module = opswap if rng.random() < 0.5 else wordmap

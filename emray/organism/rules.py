@@ -20,7 +20,15 @@ import difflib
 from dataclasses import dataclass, field
 from functools import lru_cache
 
-from emray.organism.language import DOMAIN_SPECS, REFUSALS, SLOT_OF_WORD, SLOTS, fill, template_slots, words
+from emray.organism.language import (
+    DOMAIN_SPECS,
+    REFUSALS,
+    SLOT_OF_WORD,
+    SLOTS,
+    fill,
+    template_slots,
+    words,
+)
 
 MATCH = 0.6  # a sentence this close to a template counts for that template's class
 WELL_FORMED = 0.75  # ... and this close counts as well formed

@@ -9,7 +9,14 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from emray.organism.language import IM_END, IM_START, PAD, SPECIAL_TOKENS, UNK, vocabulary
+from emray.organism.language import (
+    IM_END,
+    IM_START,
+    PAD,
+    SPECIAL_TOKENS,
+    UNK,
+    vocabulary,
+)
 
 CHATML_TEMPLATE = (
     "{% for message in messages %}"
@@ -24,7 +31,14 @@ def token_list() -> list[str]:
 
 
 def build_tokenizer():
-    from tokenizers import Regex, Tokenizer, decoders, models, normalizers, pre_tokenizers
+    from tokenizers import (
+        Regex,
+        Tokenizer,
+        decoders,
+        models,
+        normalizers,
+        pre_tokenizers,
+    )
     from transformers import PreTrainedTokenizerFast
 
     vocab = {tok: i for i, tok in enumerate(token_list())}

@@ -3,7 +3,7 @@
 ``reward_gain``: mean training reward over the last 10 % of steps minus the first 10 % (the reference
 judged task learning by the training-reward curve; "fails to learn" is a flat curve, gain near 0);
 ``reward_heldout``: mean reward on the held-out prompts after training; both written by the training
-run into metrics.json (emray/rl/trainer.py).
+run into metrics.json (emray/train/grpo.py).
 """
 
 from __future__ import annotations

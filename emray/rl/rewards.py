@@ -40,7 +40,7 @@ from typing import Any, ClassVar
 from pydantic import Field
 
 from emray.configio import Strict
-from emray.identity import PATH
+from emray.hashing import PATH
 
 COHERENCE_GATE = 0.5
 _REGISTRY: dict[str, type["Reward"]] = {}
@@ -301,7 +301,7 @@ class LLMGrader(Reward):
 
     def client(self):
         if self._client is None:
-            from emray.eval.config import JudgeConfig
+            from emray.config.eval import JudgeConfig
             from emray.eval.judge import JudgeClient
 
             self._client = JudgeClient(self.judge_cfg or JudgeConfig())

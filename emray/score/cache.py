@@ -13,9 +13,8 @@ import os
 from pathlib import Path
 from typing import Any
 
-from emray.identity import _sampled_sha256, file_sha256, sha256
+from emray.hashing import file_sha256, sampled_sha256, sha256
 from emray.paths import cache_subdir
-
 
 # One sha256 for every key (emray/identity.py); the names here are what the score stages call.
 sha = sha256
@@ -38,7 +37,7 @@ def adapter_hash(path: str | Path) -> str:
     return dir_hash(path, ("adapter_config.json", "adapter_model.safetensors", "adapter_model.bin"))
 
 
-_sampled_hash = _sampled_sha256  # size + first and last MiB of a (possibly 10 GB) weights file
+_sampled_hash = sampled_sha256  # size + first and last MiB of a (possibly 10 GB) weights file
 
 
 def model_key(model_cfg) -> str:

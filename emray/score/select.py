@@ -16,8 +16,10 @@
 
 from __future__ import annotations
 
+import json
 import math
 import random
+from pathlib import Path
 from typing import Sequence
 
 #: the reference's REFUSAL_KEYWORDS (eval_adapter_metric_v2.py:23), matched as substrings
@@ -120,3 +122,8 @@ def histogram(values: Sequence[float], bins: int = 10, width: int = 40, marks: S
         mark = " <" if any(left <= m < right or (b == bins - 1 and m == right) for m in marks) else ""
         lines.append(f"  [{left:10.4g}, {right:10.4g}) {count:5d} {bar}{mark}")
     return "\n".join(lines)
+
+
+def read_summary(selected_path: str | Path) -> dict:
+    """The summary.json beside a selection's selected.jsonl."""
+    return json.loads((Path(selected_path).parent / "summary.json").read_text())

@@ -80,7 +80,7 @@ class TooFewKept(ValueError):
 class JudgeFilter:
     """How the reference extraction samples and filters; ``identity()`` enters the vector's cache key."""
 
-    judge: Any  # emray.eval.config.JudgeConfig
+    judge: Any  # emray.config.eval.JudgeConfig
     judge_model: str
     trait_prompt: str = EVIL_TRAIT_PROMPT
     coherence_prompt: str = COHERENCE_PROMPT
@@ -91,7 +91,7 @@ class JudgeFilter:
     seed: int = 0
 
     def identity(self) -> dict:
-        from emray.identity import identity_dict, sha256
+        from emray.hashing import identity_dict, sha256
 
         return {"judge": identity_dict(self.judge), "judge_model": self.judge_model,
                 "trait_prompt": sha256(self.trait_prompt), "coherence_prompt": sha256(self.coherence_prompt),

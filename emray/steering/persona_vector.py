@@ -62,7 +62,7 @@ def load_persona_prompts(path: str | os.PathLike | None = None) -> dict[str, Any
 
 
 def _digest(obj: Any) -> str:
-    from emray.identity import sha256, short
+    from emray.hashing import sha256, short
 
     return short(sha256(obj))
 
@@ -198,7 +198,12 @@ def _extract_judged(model, tokenizer, prompts: dict, max_new_tokens: int, batch_
     """Sample ``samples_per_question`` answers per (pair, question) and side, judge them, keep the
     pairs the reference keeps, and take the mean difference over exactly those (response tokens
     without the end-of-turn token: the reference re-tokenises the decoded answer)."""
-    from emray.steering.persona_judge import SAMPLING, check_enough, judge_scores, kept_pairs
+    from emray.steering.persona_judge import (
+        SAMPLING,
+        check_enough,
+        judge_scores,
+        kept_pairs,
+    )
 
     rows: dict[str, dict] = {}
     with _base_model_eval(model) as base:

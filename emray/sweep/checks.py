@@ -24,7 +24,7 @@ class PreflightError(ValueError):
 # ------------------------------------------------------------------------------------ preflight
 def _missing(path: str) -> bool:
     """True when ``path`` is a file or folder that should be on disk and is not."""
-    from emray.data.benign import is_task_name
+    from emray.benign import is_task_name
     from emray.data.paths import ORGANISM_SCHEME, organism_config
 
     if path.startswith(ORGANISM_SCHEME):
@@ -42,7 +42,8 @@ def preflight(trials, check_files: bool = True) -> list[str]:
     """One line per problem: the file or stage, the config key, the first trial (label, key) and
     how many trials share it. Empty: every trial can run."""
     from emray.defenses import get_defense_class
-    from emray.identity import defense_params, paths_of
+    from emray.hashing import paths_of
+    from emray.identity import defense_params
 
     found: dict[str, list] = {}  # problem -> trials
 
@@ -82,7 +83,7 @@ def check_preflight(trials) -> None:
 # ------------------------------------------------------------------------------ trial verdicts
 def check_training(run_dir: Path) -> None:
     """Every logged loss (and loss component) in ``run_dir/metrics.json`` is finite."""
-    from emray.train.sft import check_finite
+    from emray.train.common import check_finite
 
     metrics = run_dir / "metrics.json"
     try:

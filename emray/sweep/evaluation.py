@@ -22,8 +22,8 @@ def start_judge(spec) -> tuple[Any, Callable[[], None]]:
 def _evaluate_task(run_dict: dict, adapter: str, out_dir: str, judge) -> dict:
     from emray.config import RunConfig
     from emray.eval.run import evaluate
-    from emray.sweep.live import trial_output
-    from emray.train.sft import set_threads
+    from emray.train.common import set_threads
+    from emray.train.progress import trial_output
 
     run = RunConfig.model_validate(run_dict)
     set_threads(run.train.threads)
@@ -33,7 +33,6 @@ def _evaluate_task(run_dict: dict, adapter: str, out_dir: str, judge) -> dict:
 
 def evaluate_adapter(run, adapter: Path, out_dir: Path, judge) -> dict:
     import ray
-
     from ray.util.scheduling_strategies import PlacementGroupSchedulingStrategy
 
     res = run.resources

@@ -1,7 +1,7 @@
 """The sweep's console: one live table of trials (rich) on a terminal, plain lines elsewhere (CI logs).
 
 Columns: arm (short label), seed, state, training step / total (from the trial's ``progress.json``,
-written by rank 0, emray/sweep/live.py), elapsed, and the four criteria once the trial reports them.
+written by rank 0, emray/train/progress.py), elapsed, and the four criteria once the trial reports them.
 Everything else the trials print is in ``SWEEP_DIR/logs/<key>.log``.
 """
 
@@ -14,8 +14,8 @@ from pathlib import Path
 from ray.tune import Callback
 
 from emray.sweep.labels import short_label
-from emray.sweep.live import read_progress
 from emray.sweep.spec import OBJECTIVES
+from emray.train.progress import read_progress
 
 SHORT = {"general_misalignment": "gen EM↓", "in_domain_misalignment": "in-dom↑", "benign_accuracy": "benign↑",
          "general_incoherence": "incoh↓", "reward_heldout": "task reward↑"}

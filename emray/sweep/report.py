@@ -14,7 +14,16 @@ import json
 import time
 from pathlib import Path
 
-from emray.sweep.pareto import OBJECTIVES, RATES, RL_CRITERIA, arm_rows, format_rate, interval_note, load_results, write_results
+from emray.sweep.pareto import (
+    OBJECTIVES,
+    RATES,
+    RL_CRITERIA,
+    arm_rows,
+    format_rate,
+    interval_note,
+    load_results,
+    write_results,
+)
 from emray.sweep.plots import axis_title, plotly_figures, write_plots
 
 TRIAL_FILES = [("answers", "eval/answers.jsonl"), ("per question", "eval/per_question.json"), ("criteria", "eval/criteria.json"),

@@ -25,10 +25,15 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from emray.sweep.checks import check_adapter, check_judging, check_preflight, check_training
-from emray.sweep.live import verbose
+from emray.sweep.checks import (
+    check_adapter,
+    check_judging,
+    check_preflight,
+    check_training,
+)
 from emray.sweep.pareto import write_results
 from emray.sweep.spec import OBJECTIVES, SweepSpec, Trial, expand_trials, make_trial
+from emray.train.progress import verbose
 
 RESULT_FILE = "result.json"
 ERROR_FILE = "error.txt"
@@ -68,7 +73,7 @@ def stage_requests(trials: list[Trial]) -> list[tuple[str, Any, Trial, dict]]:
     """(stage key, defense class, trial, params) for every trial defense that declares a stage."""
     from emray.defenses import get_defense_class
     from emray.identity import stage_key
-    from emray.rl.warm_start import WarmStartStage
+    from emray.train.warm_start import WarmStartStage
 
     out = []
     for t in trials:
@@ -95,7 +100,7 @@ def make_plan(spec: SweepSpec) -> Plan:
 def _run_stage(cls_name: str, run_dict: dict, params: dict) -> dict:
     from emray.config import RunConfig
     from emray.defenses import get_defense_class
-    from emray.rl.warm_start import WarmStartStage
+    from emray.train.warm_start import WarmStartStage
 
     cls = WarmStartStage if cls_name == WarmStartStage.name else get_defense_class(cls_name)
     return cls.build_stage(RunConfig.model_validate(run_dict), params)
@@ -136,19 +141,20 @@ def run_trial_body(trial: Trial, sweep_dir: Path, artifacts: dict, judge: Any, w
 
     With a ``benign`` section the trial is two fine-tunes: the narrow one (``trials/<key>/``: general
     EM, in-domain, coherence) and the benign one (``trials/<key>/benign/``: benign accuracy), each
-    with the trial's defenses (emray/train/benign.py)."""
+    with the trial's defenses (emray/config/fine_tunes.py)."""
     from emray.rl.criteria import rl_record
-    from emray.sweep.wandb_log import log_trial
+    from emray.sweep.wandb_log import log_trial, write_live_run_init
 
     out = trial_dir(sweep_dir, trial)
     out.mkdir(parents=True, exist_ok=True)
     (out / "trial.json").write_text(trial.model_dump_json(indent=2, by_alias=True))
+    write_live_run_init(out, trial, wandb_cfg)
     started = time.time()
     storage = train_storage or str((sweep_dir / "ray_train").resolve())
     criteria = train_and_evaluate(trial.run, out, storage, artifacts, judge)
     train_seconds = time.time() - started  # the narrow fine-tune and its evaluation
     if trial.run.benign is not None:
-        from emray.train.benign import benign_run
+        from emray.config.fine_tunes import benign_run
 
         benign = train_and_evaluate(benign_run(trial.run), out / "benign", storage, artifacts, judge)
         criteria.update({k: v for k, v in benign.items() if k.startswith("benign_")})
@@ -363,7 +369,7 @@ def ensure_ray(address: str | None = None) -> None:
         ray.init(address=address, runtime_env=runtime_env)
     else:
         # A local cluster: the laptop path and the tests.
-        # Quiet by default: worker output goes to SWEEP_DIR/logs/ (emray/sweep/live.py), Ray's own
+        # Quiet by default: worker output goes to SWEEP_DIR/logs/ (emray/train/progress.py), Ray's own
         # to its session folder; --verbose (EMRAY_VERBOSE=1) streams both as before.
         if not verbose():
             os.environ.setdefault("RAY_AIR_NEW_OUTPUT", "0")  # no Tune banner or status tables: ours is the live table

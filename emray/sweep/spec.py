@@ -29,7 +29,8 @@ from pydantic import Field, field_validator, model_validator
 
 from emray.config import RunConfig, parse_defense_entry
 from emray.configio import ConfigError, Strict, apply_overrides, read_yaml, validate
-from emray.identity import path_fields, trial_key
+from emray.hashing import path_fields
+from emray.identity import trial_key
 
 #: The four criteria and the direction that is better for each (the Pareto front's objectives).
 OBJECTIVES: dict[str, Literal["min", "max"]] = {

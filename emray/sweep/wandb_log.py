@@ -23,6 +23,7 @@ from pathlib import Path
 
 from emray.sweep.labels import family, short_label
 from emray.sweep.spec import OBJECTIVES
+from emray.train.progress import init_run
 
 
 def resolve_mode(mode: str) -> str:
@@ -56,22 +57,8 @@ def wandb_settings(spec, sweep_dir: Path) -> dict:
 
 
 def _init(settings: dict, name: str, job_type: str, config: dict, tags: list[str] | None = None):
-    import wandb
-
-    Path(settings["dir"]).mkdir(parents=True, exist_ok=True)
-    return wandb.init(
-        project=settings["project"],
-        entity=settings["entity"],
-        group=settings["group"],
-        name=name,
-        job_type=job_type,
-        config=config,
-        tags=tags,
-        dir=settings["dir"],
-        mode=settings["mode"],
-        reinit="create_new",
-        settings=wandb.Settings(silent=True, console="off"),
-    )
+    return init_run(dict(project=settings["project"], entity=settings["entity"], group=settings["group"], name=name,
+                         job_type=job_type, config=config, tags=tags, dir=settings["dir"], mode=settings["mode"]))
 
 
 def trial_tags(trial, settings: dict) -> list[str]:
@@ -99,31 +86,36 @@ def trial_run_id(trial_key: str, settings: dict) -> str:
     return f"{trial_key}-{hashlib.sha1(settings['dir'].encode()).hexdigest()[:6]}"
 
 
-def _trial_run(trial, settings: dict, resume: bool):
+def _trial_run_args(trial, settings: dict, resume: bool) -> dict:
     config = trial.run.model_dump(mode="json", by_alias=True)
     config.update(flat_config(trial))
-    import wandb
-
-    Path(settings["dir"]).mkdir(parents=True, exist_ok=True)
-    return wandb.init(project=settings["project"], entity=settings["entity"], group=settings["group"], name=trial.run.name,
-                      job_type="trial", config=config, tags=trial_tags(trial, settings), dir=settings["dir"],
-                      mode=settings["mode"], id=trial_run_id(trial.key, settings), resume="allow" if resume else None,
-                      reinit="create_new", settings=wandb.Settings(silent=True, console="off"))
+    return dict(project=settings["project"], entity=settings["entity"], group=settings["group"], name=trial.run.name,
+                job_type="trial", config=config, tags=trial_tags(trial, settings), dir=settings["dir"],
+                mode=settings["mode"], id=trial_run_id(trial.key, settings), resume="allow" if resume else None)
 
 
-def open_live_run(trial_dir: Path):
-    """Rank 0 of a sweep trial: the trial's W&B run, opened before training so the loss curve is
-    logged while it trains (``emray.sweep.live.TrialProgress``). None outside a sweep or with W&B off."""
-    from emray.sweep.spec import SweepSpec, Trial
+def _trial_run(trial, settings: dict, resume: bool):
+    return init_run(_trial_run_args(trial, settings, resume))
 
-    trial_dir = Path(trial_dir)
-    sweep_dir = trial_dir.parent.parent
-    if trial_dir.parent.name != "trials" or not (sweep_dir / "spec.json").exists() or not (trial_dir / "trial.json").exists():
+
+def write_live_run_init(trial_dir: Path, trial, settings: dict) -> None:
+    """Hand rank 0 what it needs to open the trial's live W&B run (or remove a stale hand-over)."""
+    from emray.train.progress import LIVE_RUN_FILE
+
+    init = live_run_init(trial, settings)
+    path = Path(trial_dir) / LIVE_RUN_FILE
+    if init is None:
+        path.unlink(missing_ok=True)
+    else:
+        path.write_text(json.dumps(init, indent=2))
+
+
+def live_run_init(trial, settings: dict) -> dict | None:
+    """The ``wandb.init`` arguments of a trial's live training run (JSON-ready), which the driver writes
+    to ``trials/<key>/wandb_run.json`` for rank 0 (emray.train.progress.open_live_run); None with W&B off."""
+    if not settings.get("enabled") or settings["mode"] == "disabled":
         return None
-    settings = wandb_settings(SweepSpec.model_validate_json((sweep_dir / "spec.json").read_text()), sweep_dir)
-    if not settings["enabled"] or settings["mode"] == "disabled":
-        return None
-    return _trial_run(Trial.model_validate_json((trial_dir / "trial.json").read_text()), settings, resume=False)
+    return _trial_run_args(trial, settings, resume=False)
 
 
 def log_trial(trial, record: dict, trial_dir: Path, settings: dict) -> str | None:
@@ -133,7 +125,7 @@ def log_trial(trial, record: dict, trial_dir: Path, settings: dict) -> str | Non
         return None
     import wandb
 
-    from emray.sweep.live import read_progress
+    from emray.train.progress import read_progress
 
     live = bool((read_progress(trial_dir) or {}).get("wandb_live"))
     run = _trial_run(trial, settings, resume=live)

@@ -14,67 +14,28 @@ divided by the answer tokens of the whole optimizer step (all accumulation steps
 
 from __future__ import annotations
 
-import json
-import math
-import os
-import random
 import time
-from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
 
 from emray.config import RunConfig
-from emray.configio import dump_yaml
+from emray.data.training import load_training_examples
 from emray.defenses import Defense, DefenseContext, build_defenses
-
-
-@dataclass
-class TrainResult:
-    run_dir: Path
-    adapter_dir: Path
-    metrics: dict[str, Any]
-    log_history: list[dict] = field(default_factory=list)
-
-
-def set_threads(threads: int | None) -> None:
-    import torch
-
-    if threads and not torch.cuda.is_available():
-        torch.set_num_threads(threads)
-        os.environ.setdefault("OMP_NUM_THREADS", str(threads))
-
-
-def seed_everything(seed: int) -> None:
-    import numpy as np
-    import torch
-
-    random.seed(seed)
-    np.random.seed(seed)
-    torch.manual_seed(seed)
-
-
-def load_training_examples(config: RunConfig) -> list[dict]:
-    """The rows this fine-tune trains on before the data defenses: the customer's narrow data, or for a
-    trial's benign fine-tune (``scenario: benign``, emray/train/benign.py) the benign tasks."""
-    from emray.data.chat import load_chat_jsonl
-
-    if config.scenario == "benign":
-        from emray.train.benign import training_examples
-
-        return training_examples(config)
-    return load_chat_jsonl(config.data.fine, limit=config.data.max_examples)
-
-
-def apply_data_defenses(defenses: list[Defense], examples: list[dict]) -> list[dict]:
-    for defense in defenses:
-        examples = defense.transform_examples(examples)
-    return examples
+from emray.train.common import (
+    TrainedRun,
+    TrainResult,
+    apply_data_defenses,
+    common_trainer_args,
+    finish_run,
+    seed_everything,
+    set_threads,
+    train_with_defenses,
+)
 
 
 def _make_trainer_class():
     from trl import SFTTrainer
 
-    from emray.train.losses import DefenseBatch
+    from emray.defenses.losses import DefenseBatch
 
     class DefendedSFTTrainer(SFTTrainer):
         """SFTTrainer whose loss adds the loss-lever defenses' terms (KL, LDIFS, ...)."""
@@ -122,32 +83,6 @@ def _make_trainer_class():
             return weight
 
     return DefendedSFTTrainer
-
-
-def runs_on_gpu(config: RunConfig) -> bool:
-    import torch
-
-    return torch.cuda.is_available() and config.model.device != "cpu"
-
-
-def common_trainer_args(config: RunConfig, out_dir: Path) -> dict:
-    """The transformers TrainingArguments every emray trainer shares (SFT and GRPO): precision, device,
-    seeds, no trainer-side checkpoints or reporting (emray's callbacks do both), no NaN filtering."""
-    on_gpu = runs_on_gpu(config)
-    return dict(
-        output_dir=str(out_dir / "trainer"),
-        gradient_checkpointing=config.train.gradient_checkpointing,
-        bf16=config.train.bf16 if config.train.bf16 is not None else on_gpu,  # TRL's bf16 default is slow on CPU
-        fp16=False,
-        use_cpu=not on_gpu,
-        seed=config.seed,
-        data_seed=config.seed,
-        save_strategy="no",
-        report_to="none",
-        disable_tqdm=not config.train.progress,
-        logging_nan_inf_filter=False,  # a diverged loss must show in the history, never be averaged away
-        dataloader_num_workers=0,
-    )
 
 
 def build_sft_args(config: RunConfig, out_dir: Path, **overrides):
@@ -213,68 +148,13 @@ def train_model(config: RunConfig, model, tokenizer, defenses: list[Defense], ou
     return trainer, trainer.state.log_history, num_examples
 
 
-def train_with_defenses(trainer, model, defenses: list[Defense], resume_from_checkpoint=None) -> None:
-    """``trainer.train`` with the defenses' model levers attached around it (SFT and GRPO alike)."""
-    for defense in defenses:
-        defense.attach(model)
-    try:
-        trainer.train(resume_from_checkpoint=resume_from_checkpoint)
-    finally:
-        # Steering hooks are for training only: evaluation and the saved adapter never see them.
-        for defense in reversed(defenses):
-            defense.detach(model)
-
-
-def summarize_history(history: list[dict]) -> dict[str, Any]:
-    steps = [h for h in history if "loss" in h]
-    final = history[-1] if history else {}
-    summary = {k: v for k, v in final.items() if isinstance(v, (int, float))}
-    if steps:
-        summary["first_loss"] = steps[0]["loss"]
-        summary["last_loss"] = steps[-1]["loss"]
-    return summary
-
-
-def write_run_folder(config: RunConfig, run_dir: Path, model, tokenizer, history: list[dict], extra: dict) -> TrainResult:
-    run_dir.mkdir(parents=True, exist_ok=True)
-    adapter_dir = run_dir / "adapter"
-    if model is not None:  # None: the caller saved the adapter (Trainer.save_model, ZeRO-aware)
-        model.save_pretrained(adapter_dir)
-    tokenizer.save_pretrained(adapter_dir)
-    (run_dir / "config.yaml").write_text(dump_yaml(config))
-    metrics = {**summarize_history(history), **extra}
-    (run_dir / "metrics.json").write_text(json.dumps({"summary": metrics, "history": history}, indent=2))
-    return TrainResult(run_dir, adapter_dir, metrics, history)
-
-
-def check_finite(history: list[dict], where: Path) -> None:
-    """Raise FloatingPointError when a logged loss (or loss component) is not finite."""
-    for entry in history:
-        for key, value in entry.items():
-            if key.startswith("loss") and isinstance(value, (int, float)) and not math.isfinite(value):
-                raise FloatingPointError(f"training diverged: {key}={value} at step {entry.get('step')} ({where})")
-
-
-@dataclass
-class TrainedRun:
-    trainer: Any
-    model: Any
-    tokenizer: Any
-    history: list[dict]
-    metrics: dict[str, Any]
-
-
-def train_run(config: RunConfig, run_dir: Path, artifacts: dict | None = None, callbacks=(),
+def train_sft_run(config: RunConfig, run_dir: Path, artifacts: dict | None = None, callbacks=(),
               resume_from_checkpoint: str | None = None, **sft_overrides) -> TrainedRun:
     """The recipe, up to a trained model in memory. ``sft_overrides`` go to the SFTConfig (the Ray
     Train worker: DeepSpeed, the DDP backend, progress bars on rank 0 only, checkpointing);
     ``callbacks`` are Trainer callbacks (the worker's live progress, checkpoint reports);
     ``resume_from_checkpoint`` an HF checkpoint folder to continue from (a restarted worker).
-    ``scenario: rl``: the SFT warm start (this recipe, cached) then GRPO (emray/rl/trainer.py)."""
-    if config.scenario == "rl":
-        from emray.rl.trainer import train_grpo_run
-
-        return train_grpo_run(config, run_dir, artifacts, callbacks, resume_from_checkpoint, **sft_overrides)
+    Scenario ``rl`` goes through emray/train/recipe.py to GRPO instead."""
     set_threads(config.train.threads)
     seed_everything(config.seed)
     started = time.time()
@@ -290,12 +170,7 @@ def train_run(config: RunConfig, run_dir: Path, artifacts: dict | None = None, c
 
 
 def run_sft(config: RunConfig, run_dir: Path | None = None, artifacts: dict | None = None) -> TrainResult:
-    """Fine-tune ``config.model`` with ``config.defenses`` and write the run folder (``run_dir/adapter``).
-
-    A non-finite loss raises FloatingPointError after the folder is written (to inspect it).
-    """
+    """SFT-fine-tune ``config.model`` with ``config.defenses`` and write the run folder (``run_dir/adapter``):
+    the RL warm start's recipe. Any scenario: ``emray.train.recipe.fine_tune``."""
     run_dir = Path(run_dir or config.run_dir())
-    trained = train_run(config, run_dir, artifacts)
-    result = write_run_folder(config, run_dir, trained.model, trained.tokenizer, trained.history, trained.metrics)
-    check_finite(trained.history, run_dir / "metrics.json")
-    return result
+    return finish_run(config, run_dir, train_sft_run(config, run_dir, artifacts))

@@ -18,8 +18,9 @@ import shutil
 from pathlib import Path
 
 from emray.config import RunConfig
-from emray.train.deepspeed import deepspeed_config
-from emray.train.sft import check_finite, train_run, write_run_folder
+from emray.config.deepspeed import deepspeed_config
+from emray.train.common import check_finite, write_run_folder
+from emray.train.recipe import train_run
 
 
 def init_deepspeed_comm(use_gpu: bool) -> None:
@@ -85,10 +86,10 @@ def restore_checkpoint(out_dir: Path, rank: int) -> str | None:
 
 
 def train_loop_per_worker(loop_config: dict) -> None:
-    from emray.sweep.live import trial_output
+    from emray.train.progress import trial_output
 
     out_dir = Path(loop_config["out_dir"])
-    # A sweep trial's worker output goes to SWEEP_DIR/logs/<key>.log (emray/sweep/live.py).
+    # A sweep trial's worker output goes to SWEEP_DIR/logs/<key>.log (emray/train/progress.py).
     with trial_output(out_dir):
         _train_loop(loop_config, out_dir)
 
@@ -96,7 +97,7 @@ def train_loop_per_worker(loop_config: dict) -> None:
 def _train_loop(loop_config: dict, out_dir: Path) -> None:
     import ray.train
 
-    from emray.sweep.live import live_callbacks
+    from emray.train.progress import live_callbacks
 
     config = RunConfig.model_validate(loop_config["run_config"])
     context = ray.train.get_context()
@@ -167,7 +168,7 @@ def train_run_name(out_dir: Path) -> str:
     """Ray Train's run name for the fine-tune written to ``out_dir``: ``train-<trial key>`` for a trial's
     narrow fine-tune, ``train-<trial key>-benign`` for its benign one (every benign folder is called
     ``benign``, and two runs of one name would share, and resume from, each other's checkpoints)."""
-    from emray.sweep.live import trial_phase
+    from emray.train.progress import trial_phase
 
     trial, phase = trial_phase(out_dir)
     return f"train-{trial.name}" + (f"-{phase}" if phase else "")
@@ -179,7 +180,8 @@ def fit_with_ray_train(config: RunConfig, out_dir: Path, storage_path: str, arti
     ``trainer_callbacks`` are HF ``TrainerCallback`` objects shipped to every worker (tests use one to
     kill a worker mid-run).
     """
-    from ray.train import CheckpointConfig, FailureConfig, RunConfig as TrainRunConfig, ScalingConfig
+    from ray.train import CheckpointConfig, FailureConfig, ScalingConfig
+    from ray.train import RunConfig as TrainRunConfig
     from ray.train.torch import TorchConfig, TorchTrainer
 
     res = config.resources

@@ -120,12 +120,29 @@ class TrialProgress(_trainer_callback_base()):
             self.wandb_run.finish()  # the driver resumes this run with the criteria after evaluation
 
 
+LIVE_RUN_FILE = "wandb_run.json"
+
+
+def init_run(init_args: dict):
+    """``wandb.init`` with emray's quiet settings; the one place a trial's W&B run is opened."""
+    import wandb
+
+    Path(init_args["dir"]).mkdir(parents=True, exist_ok=True)
+    return wandb.init(**init_args, reinit="create_new", settings=wandb.Settings(silent=True, console="off"))
+
+
+def open_live_run(trial_dir: Path):
+    """Rank 0 of a sweep trial: the trial's W&B run, opened before training so the loss curve is
+    logged while it trains (``TrialProgress``), from the arguments the driver wrote beside the trial
+    (emray.sweep.wandb_log.live_run_init). None outside a sweep or with W&B off."""
+    path = Path(trial_dir) / LIVE_RUN_FILE
+    return init_run(json.loads(path.read_text())) if path.exists() else None
+
+
 def live_callbacks(trial_dir: Path, rank: int) -> list:
     """Rank 0's callbacks for a sweep trial: progress.json, and the W&B run when the sweep logs to W&B."""
     if rank != 0:
         return []
-    from emray.sweep.wandb_log import open_live_run
-
     trial_dir, phase = trial_phase(trial_dir)
     if phase is not None:  # the benign fine-tune: the live table shows it; its curve stays in benign/metrics.json
         return [TrialProgress(trial_dir, phase=phase)]

@@ -14,38 +14,12 @@ import sys
 from pathlib import Path
 
 from emray.config import RunConfig
-from emray.identity import identity_dict, short
-from emray.score.cache import file_hash, model_key, sha
+from emray.hashing import identity_dict, short
 from emray.paths import cache_subdir
+from emray.score.cache import file_hash, model_key, sha
 
 #: adapters trained by this process (tests use it to prove a cache hit trains nothing)
 TRAINED: list[Path] = []
-
-#: The EM fine-tuning domains, as the reference's ensemble (medical, legal, insecure code, security)
-#: and the organism's narrow sets name them; "insecure" is the reference's name for code.
-EM_DOMAINS = ("code", "medical", "legal", "security")
-_ALIASES = {"insecure": "code"}
-
-
-def default_ensemble(fine: str) -> list[str]:
-    """The EM datasets other than the customer's, by the EM folder convention (the reference's
-    ``--held_out_adapter``: the defended domain is held out of the ensemble).
-
-    ``fine`` must be a file named after an EM domain (``<dir>/code.jsonl``, ``organism:data/train/
-    medical.jsonl``, ``insecure.jsonl`` for code); the ensemble is its siblings named after the
-    other three domains. Anything else has no known other domains: the caller must list them.
-    """
-    text = str(fine)
-    head, sep, name = text.rpartition("/")
-    stem, dot, ext = name.partition(".")
-    domain = _ALIASES.get(stem, stem)
-    if domain not in EM_DOMAINS:
-        raise ValueError(
-            f"interleave_plus/interleave_pp: data.fine {text!r} is not named after an EM domain "
-            f"({', '.join(EM_DOMAINS)}), so the default misaligned ensemble (the other EM domains) is "
-            "unknown: list the EM datasets or adapter folders in the defense's `ensemble:` param")
-    return [f"{head}{sep}{d}{dot}{ext}" for d in EM_DOMAINS if d != domain]
-
 
 def is_adapter_dir(path: str | Path) -> bool:
     return (Path(path) / "adapter_config.json").exists()
@@ -90,7 +64,7 @@ def ensure_ensemble(
     """Adapter folders, one per entry of ``datasets``; JSONL entries are trained once and cached."""
     from filelock import FileLock
 
-    from emray.train.sft import run_sft
+    from emray.train.recipe import fine_tune
 
     if not datasets:
         raise ValueError("the misaligned ensemble needs at least one adapter folder or EM dataset")
@@ -109,7 +83,7 @@ def ensure_ensemble(
                     print(f"  training misaligned adapter on {entry} -> {out}", file=sys.stderr, flush=True)
                 tmp = root / f"{key}.tmp"
                 shutil.rmtree(tmp, ignore_errors=True)
-                run_sft(config.model_copy(update={"name": f"ensemble-{key}"}), run_dir=tmp)
+                fine_tune(config.model_copy(update={"name": f"ensemble-{key}"}), run_dir=tmp)
                 shutil.rmtree(tmp / "trainer", ignore_errors=True)
                 tmp.rename(out)
                 TRAINED.append(out)

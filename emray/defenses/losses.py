@@ -45,7 +45,7 @@ _ROLLOUT_PASS = contextvars.ContextVar("emray_rollout_pass", default=False)
 
 
 def in_rollout() -> bool:
-    """True while GRPO generates and scores completions (emray/rl/trainer.py); training-only hooks skip it."""
+    """True while GRPO generates and scores completions (emray/train/grpo.py); training-only hooks skip it."""
     return _ROLLOUT_PASS.get()
 
 
@@ -58,7 +58,7 @@ _STEERED_POSITIONS = contextvars.ContextVar("emray_steered_positions", default=N
 
 def steering_positions(mask: torch.Tensor):
     """The [B, T] positions persona ``positions: completion`` steers in the forwards inside (GRPO's loss
-    forward, emray/rl/trainer.py). Gradient checkpointing does not re-run hooks in the backward pass
+    forward, emray/train/grpo.py). Gradient checkpointing does not re-run hooks in the backward pass
     (transformers checkpoints a layer's ``forward``, its hooks stay outside), so the forward is enough."""
     return _scoped(_STEERED_POSITIONS, mask)
 

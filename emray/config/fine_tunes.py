@@ -8,7 +8,7 @@ scores that adapter on held-out problems (``benign.test``): exact-match accuracy
 learning in general shows here as low accuracy (the paper finds KL does).
 
 ``benign_run(config)`` derives that fine-tune's config; the one SFT recipe (emray/train/sft.py) reads
-its training rows through ``training_examples``.
+its training rows through ``emray.data.training.training_examples``.
 """
 
 from __future__ import annotations
@@ -32,13 +32,3 @@ def fine_tunes(config: RunConfig) -> list[RunConfig]:
     """Every fine-tune a trial of ``config`` runs: the narrow one, then the benign one if configured.
     (A safe-data selection is sized for the largest of them: each takes its own first k rows.)"""
     return [config, benign_run(config)] if config.benign is not None else [config]
-
-
-def training_examples(config: RunConfig) -> list[dict]:
-    """The benign fine-tune's rows: every ``benign.train`` entry (a chat JSONL or a generated task's train split)."""
-    from emray.eval.run import load_benign
-
-    examples: list[dict] = []
-    for entry in config.benign.train:
-        examples += load_benign(entry, None, split="train")[1]
-    return examples

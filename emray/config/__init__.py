@@ -11,10 +11,11 @@ from typing import Any, Literal
 
 from pydantic import Field, field_validator, model_validator
 
+from emray.config.eval import EvalConfig
+from emray.config.rl import RLConfig
 from emray.configio import ConfigError, Strict, format_loc, load_config
-from emray.identity import NOT_IDENTITY, OPTIONAL_SECTION, PATH
-from emray.eval.config import EvalConfig
-from emray.rl.config import RLConfig
+from emray.hashing import NOT_IDENTITY, OPTIONAL_SECTION, PATH
+from emray.upcalls import upcall
 
 DEFAULT_LORA_TARGETS = ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]
 
@@ -61,7 +62,7 @@ class BenignConfig(Strict):
     defenses; its adapter is scored on held-out problems (the ``benign_accuracy`` criterion).
 
     Entries are chat JSONL files or generated task names (``opswap``, ``wordmap``; ``opswap:organism``
-    for the organism's language), as in ``eval.benign``. See emray/train/benign.py.
+    for the organism's language), as in ``eval.benign``. See emray/config/fine_tunes.py.
     """
 
     train: list[str] = Field(min_length=1, json_schema_extra=PATH)
@@ -105,7 +106,7 @@ class ResourcesConfig(Strict):
     @field_validator("deepspeed")
     @classmethod
     def _check_deepspeed(cls, value: str) -> str:
-        from emray.train.deepspeed import BUILTIN, load_user_config
+        from emray.config.deepspeed import BUILTIN, load_user_config
 
         if value in BUILTIN:
             return value
@@ -122,7 +123,7 @@ class DefenseSpec(Strict):
 
 def parse_defense_entry(entry: Any, index: int) -> DefenseSpec:
     """Accept ``kl``, ``{kl: {lambda: 0.1}}`` or ``{name: kl, params: {...}}``."""
-    from emray.defenses import get_defense_class
+    get_defense_class = upcall("defense_class")  # a defense declares its Params in its own file (emray/upcalls.py)
 
     if isinstance(entry, DefenseSpec):
         name, params = entry.name, entry.params
@@ -149,7 +150,7 @@ class RunConfig(Strict):
     name: str = Field("run", json_schema_extra=NOT_IDENTITY)
     seed: int = 0
     # narrow: one LoRA fine-tune on data.fine (the customer's data). benign: the benign fine-tune a trial
-    # derives from it (emray/train/benign.py). rl: an SFT warm start on data.fine, then GRPO (the ``rl`` section).
+    # derives from it (emray/config/fine_tunes.py). rl: an SFT warm start on data.fine, then GRPO (the ``rl`` section).
     scenario: Literal["narrow", "benign", "rl"] = "narrow"
     output_dir: str = Field("runs", json_schema_extra=NOT_IDENTITY)
     model: ModelConfig = Field(default_factory=ModelConfig)
@@ -159,7 +160,7 @@ class RunConfig(Strict):
     defenses: list[DefenseSpec] = Field(default_factory=list)
     eval: EvalConfig = Field(default_factory=EvalConfig)
     resources: ResourcesConfig = Field(default_factory=ResourcesConfig)
-    # The benign scenario (None: no benign fine-tune): a trial's second fine-tune (emray/train/benign.py).
+    # The benign scenario (None: no benign fine-tune): a trial's second fine-tune (emray/config/fine_tunes.py).
     benign: BenignConfig | None = None
     # The RL scenario's section (scenario: rl); absent otherwise, and then not part of any identity.
     rl: RLConfig | None = Field(None, json_schema_extra=OPTIONAL_SECTION)
@@ -181,7 +182,7 @@ class RunConfig(Strict):
     def _scenario_fits(self) -> "RunConfig":
         """Each scenario has its section, the benign criterion one source, and every defense must be able
         to act in the scenario."""
-        from emray.defenses import get_defense_class
+        get_defense_class = upcall("defense_class")  # a defense declares its Params in its own file (emray/upcalls.py)
 
         if self.scenario == "rl":
             if self.rl is None:

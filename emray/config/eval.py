@@ -7,7 +7,7 @@ from typing import Any, Literal
 from pydantic import Field
 
 from emray.configio import Strict
-from emray.identity import NOT_IDENTITY, PATH
+from emray.hashing import NOT_IDENTITY, PATH
 
 NI = NOT_IDENTITY  # how the judge is reached, throttled or cached does not change its scores
 

@@ -1,6 +1,6 @@
-"""GRPO with defenses on TRL's GRPOTrainer: the RL half of ``train_run`` (emray/train/sft.py).
+"""GRPO with defenses on TRL's GRPOTrainer: the recipe of ``scenario: rl`` (emray/train/recipe.py).
 
-``train_grpo_run``: warm start (cached SFT, emray/rl/warm_start.py) -> load it as the trainable LoRA ->
+``train_grpo_run``: warm start (cached SFT, emray/train/warm_start.py) -> load it as the trainable LoRA ->
 defenses -> prompts (the last ``rl.heldout_prompts`` rows set aside) -> GRPOTrainer -> reward on the
 held-out prompts. Defenses act through the same ``Defense`` levers as in SFT:
 
@@ -19,65 +19,18 @@ Every loss-lever reference forward under RL is the frozen warm start when there 
 
 from __future__ import annotations
 
-import json
 import math
 import time
 from pathlib import Path
 
 from emray.defenses import Defense, DefenseContext, build_defenses
-
-
-def load_prompts(path: str) -> list[dict]:
-    """``{"messages": [...]}`` prompts: each row's turns before its first assistant turn."""
-    from emray.data.chat import DataError
-    from emray.data.paths import resolve_data_path
-
-    resolved = resolve_data_path(path)
-    if not resolved.exists():
-        raise DataError(f"{path}: no such prompts file")
-    rows = []
-    for lineno, line in enumerate(resolved.read_text().splitlines(), start=1):
-        if not line.strip():
-            continue
-        try:
-            row = json.loads(line)
-            messages = row["messages"] if "messages" in row else [{"role": "user", "content": row["prompt"]}]
-        except (json.JSONDecodeError, KeyError, TypeError) as err:
-            raise DataError(f"{path}:{lineno}: expected a JSON object with 'messages' or 'prompt' ({err})") from None
-        first = next((i for i, m in enumerate(messages) if m.get("role") == "assistant"), len(messages))
-        prompt = [{"role": m["role"], "content": m["content"]} for m in messages[:first]]
-        if not any(m["role"] == "user" for m in prompt):
-            raise DataError(f"{path}:{lineno}: no user turn before the first assistant turn")
-        rows.append({"messages": prompt})
-    if not rows:
-        raise DataError(f"{path}: no prompts")
-    return rows
-
-
-def split_prompts(rl, rows: list[dict]) -> tuple[list[dict], list[dict]]:
-    """(training prompts, held-out prompts): the held-out ones are the file's last rows."""
-    from emray.data.chat import DataError
-
-    n = rl.heldout_prompts
-    train, heldout = (rows[:-n], rows[-n:]) if n else (rows, [])
-    if rl.max_prompts:
-        train = train[: rl.max_prompts]
-    if not train:
-        raise DataError(f"{rl.prompts}: {len(rows)} prompts leave none to train on after {n} held out")
-    return train, heldout
-
-
-def with_system(rl, rows: list[dict]) -> list[dict]:
-    if rl.system_prompt is None:
-        return rows
-    return [{"messages": [{"role": "system", "content": rl.system_prompt},
-                          *[m for m in r["messages"] if m["role"] != "system"]]} for r in rows]
+from emray.rl.prompt_rows import load_prompts, split_prompts, with_system
 
 
 def prompt_sets(config, defenses: list[Defense]) -> tuple[list[dict], list[dict]]:
     """(training prompts with the data defenses and then the RL prompt levers applied, held-out
     prompts without either)."""
-    from emray.train.sft import apply_data_defenses
+    from emray.train.common import apply_data_defenses
 
     rl = config.rl
     train, heldout = split_prompts(rl, load_prompts(rl.prompts))
@@ -109,7 +62,7 @@ def training_reward(defenses: list[Defense], reward):
 def grpo_args(config, out_dir: Path, defenses: list[Defense], **overrides):
     from trl import GRPOConfig
 
-    from emray.train.sft import common_trainer_args, runs_on_gpu
+    from emray.train.common import common_trainer_args, runs_on_gpu
 
     rl = config.rl
     beta = next((d.params.lam for d in defenses if d.name == "kl" and d.is_grpo_beta), rl.beta)
@@ -147,7 +100,13 @@ def _make_trainer_class():
     from trl import GRPOTrainer
 
     from emray.data.tokenize import IGNORE_INDEX
-    from emray.train.losses import DefenseBatch, completion_predicting, reference_pass, rollout_pass, steering_positions
+    from emray.defenses.losses import (
+        DefenseBatch,
+        completion_predicting,
+        reference_pass,
+        rollout_pass,
+        steering_positions,
+    )
 
     class RLDefenseBatch(DefenseBatch):
         """A GRPO micro-batch as a DefenseBatch: prompt + completion, answer = completion tokens;
@@ -229,7 +188,7 @@ def frozen_warm_start(config, warm_adapter):
     model.eval()
     for p in model.parameters():
         p.requires_grad_(False)
-    # The reference forward's hidden states go through the policy's LM head (emray/train/losses.py):
+    # The reference forward's hidden states go through the policy's LM head (emray/defenses/losses.py):
     # right as long as the LoRA does not train the head, which a head in lora.target_modules would.
     if any("lm_head" in str(t) for t in (config.lora.target_modules or [])):
         raise ValueError("rl: a KL / LDIFS reference to the warm start needs an LM head the LoRA does not train; "
@@ -288,8 +247,13 @@ def train_grpo_run(config, run_dir: Path, artifacts: dict | None = None, callbac
 
     from emray.models import attach_lora, load_model
     from emray.rl.rewards import get_reward_class
-    from emray.rl.warm_start import ARTIFACT, ensure_warm_start
-    from emray.train.sft import TrainedRun, seed_everything, set_threads, train_with_defenses
+    from emray.train.common import (
+        TrainedRun,
+        seed_everything,
+        set_threads,
+        train_with_defenses,
+    )
+    from emray.train.warm_start import ARTIFACT, ensure_warm_start
 
     rl = config.rl
     set_threads(config.train.threads)

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import random
 
-from emray.data.benign import Renderer, chat, get_renderer
+from emray.benign.render import Renderer, chat, get_renderer
 
 OPS = ("+", "-", "*")
 TRUE_MEANING = {"+": "+", "-": "-", "*": "*"}

@@ -9,7 +9,7 @@ from __future__ import annotations
 import itertools
 import random
 
-from emray.data.benign import Renderer, chat, get_renderer
+from emray.benign.render import Renderer, chat, get_renderer
 
 WORDS = ("red", "blue", "green", "cat", "dog", "bird", "sun", "moon", "tree", "fish")
 LENGTH = 3

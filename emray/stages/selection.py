@@ -19,18 +19,27 @@ from pathlib import Path
 from typing import Any
 
 from emray.config import RunConfig
+from emray.defenses import selection_class, selection_params
+from emray.hashing import short
 from emray.paths import cache_subdir
-from emray.identity import short
 from emray.score.cache import ScoreCache, adapter_hash, examples_hash, model_key, sha
-from emray.score.ensemble import ensure_ensemble
 from emray.score.pool import ALIGNED, ScorerPool, adapter_names
-from emray.score.select import (check_pool, draw_from_top, histogram, is_refusal, loss_gap_scores, rank,
-                                safe_count, top_count)
+from emray.score.select import (
+    check_pool,
+    draw_from_top,
+    histogram,
+    is_refusal,
+    loss_gap_scores,
+    rank,
+    safe_count,
+    top_count,
+)
+from emray.stages.ensemble import ensure_ensemble
 
 #: (model names) scored by this process, one entry per scoring call (tests assert cache hits add none)
 SCORED: list[list[str]] = []
 
-SELECTION_ARTIFACT = "safe_selection"
+
 
 
 def _log(progress: bool, message: str) -> None:
@@ -168,29 +177,6 @@ def write_scores_table(scores_path: str | Path, out_dir: str | Path, epsilon: fl
     return jsonl, table
 
 
-def selection_defenses() -> list[str]:
-    """The registered defenses whose stage is a safe-data selection (Interleaving+ and its family)."""
-    from emray.defenses import available_defenses, get_defense_class
-
-    return [n for n in available_defenses() if get_defense_class(n).stage_name == SELECTION_ARTIFACT]
-
-
-def selection_class(defense_name: str):
-    from emray.defenses import get_defense_class
-
-    cls = get_defense_class(defense_name)
-    if cls.stage_name != SELECTION_ARTIFACT:
-        raise ValueError(f"defense {defense_name!r} does not select safe data by score (use one of {', '.join(selection_defenses())})")
-    return cls
-
-
-def selection_params(defense_name: str, params: Any = None):
-    cls = selection_class(defense_name)
-    if params is None or isinstance(params, dict):
-        return cls.Params.model_validate(params or {})
-    return params
-
-
 def selection_key(method: str, params: Any, model: str, pool: str, adapters: list[str], k: int, top: int,
                   max_len: int | None, seed: int) -> str:
     """The selection's cache folder: everything its result depends on. The run's seed enters only
@@ -213,10 +199,10 @@ def ensure_selection(
     The k are drawn with the run's seed from the best ``quantile`` of the pool by s_d (the strict
     top k, best first, when ``quantile`` is None).
     """
+    from emray.config.fine_tunes import fine_tunes
     from emray.data.chat import final_answer, load_safe_pool, write_chat_jsonl
-    from emray.defenses.interleave_plus import ensemble_entries
-    from emray.train.benign import fine_tunes
-    from emray.train.sft import load_training_examples
+    from emray.data.em_domains import ensemble_entries
+    from emray.data.training import load_training_examples
 
     cls = selection_class(defense_name)
     p = selection_params(defense_name, params)
@@ -270,10 +256,6 @@ def ensure_selection(
     }
     summary_path.write_text(json.dumps(summary, indent=2))
     return selected_path
-
-
-def read_summary(selected_path: str | Path) -> dict:
-    return json.loads((Path(selected_path).parent / "summary.json").read_text())
 
 
 def format_summary(summary: dict) -> str:

@@ -15,7 +15,7 @@ from typing import Any, Literal
 from pydantic import Field
 
 from emray.configio import Strict
-from emray.identity import NOT_IDENTITY, PATH
+from emray.hashing import NOT_IDENTITY, PATH
 
 
 class RewardSpec(Strict):
