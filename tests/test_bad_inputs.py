@@ -214,3 +214,40 @@ def test_emray_debug_keeps_the_traceback(tmp_path, monkeypatch):
     monkeypatch.setenv("EMRAY_DEBUG", "1")
     with pytest.raises(ConfigError, match="duplicate key"):
         main(["config", "show", str(path)])
+
+
+# -- a corrupt trial result: reported with its file, the trial runs again ------------------------------
+
+def test_corrupt_result_json_is_named_and_skipped_by_pareto(tmp_path, capsys):
+    from sweep_fixture import write_sweep
+
+    sweep = write_sweep(tmp_path)
+    results = sorted(sweep.glob("trials/*/result.json"))
+    bad, good = results[0], results[1]
+    bad.write_text('{"trial_key": "abc", "label"')  # cut short (a full disk)
+    good_before = good.read_bytes()
+    code, err = cli(["pareto", str(sweep)], capsys)
+    assert code == 0
+    assert f"[emray] {bad}: corrupt trial result (" in err and "`emray sweep SPEC --resume` runs that trial again" in err
+    assert bad.exists() and good.read_bytes() == good_before  # pareto reads, it does not move results
+    write(bad, b"\xff\xfe")
+    code, err = cli(["pareto", str(sweep)], capsys)
+    assert code == 0 and f"{bad}: corrupt trial result" in err
+
+
+def test_corrupt_result_json_makes_the_sweep_rerun_that_trial(tmp_path, capsys):
+    from emray.sweep.runner import read_finished
+    from emray.sweep.spec import expand_trials
+
+    spec = write(tmp_path / "s.yaml", SPEC)
+    trial = expand_trials(load_sweep_spec(spec))[0]
+    folder = tmp_path / "trials" / trial.key
+    folder.mkdir(parents=True)
+    (folder / "result.json").write_text("[1, 2]")
+    assert read_finished(tmp_path, trial) is None
+    err = capsys.readouterr().err
+    assert f"[emray] {folder / 'result.json'}: corrupt trial result (expected a JSON object, got list); " \
+           "moved to result.json.corrupt; the trial runs again" in err
+    assert not (folder / "result.json").exists() and (folder / "result.json.corrupt").read_text() == "[1, 2]"
+    (folder / "result.json").write_text('{"trial_key": "k"}')
+    assert read_finished(tmp_path, trial) == {"trial_key": "k"}
