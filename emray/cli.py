@@ -45,6 +45,8 @@ def main(argv: list[str] | None = None) -> int:
     try:
         return int(args.func(args) or 0)
     except (ConfigError, DataError, QuestionError, TemplateError, FileNotFoundError) as err:
+        if os.environ.get("EMRAY_DEBUG"):
+            raise
         print(f"emray {args.command}: error: {err}", file=sys.stderr)
         return 2
     except ValueError as err:

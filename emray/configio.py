@@ -7,6 +7,8 @@ and turns pydantic's errors into one message a user can act on.
 
 from __future__ import annotations
 
+import errno
+import os
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -19,7 +21,8 @@ M = TypeVar("M", bound=BaseModel)
 class Strict(BaseModel):
     """Base for every config section: unknown keys are errors, not silently ignored."""
 
-    model_config = ConfigDict(extra="forbid", populate_by_name=True)
+    # allow_inf_nan=False: an inf or NaN coefficient (λ, α, a fraction) makes an arm infinite or a no-op.
+    model_config = ConfigDict(extra="forbid", populate_by_name=True, allow_inf_nan=False)
 
 
 class ConfigError(ValueError):
@@ -59,13 +62,60 @@ def _line_for(loc: tuple, lines: dict[tuple, int]) -> int | None:
     return None
 
 
+def read_text(path: str | Path, shown: str | Path | None = None, error: type[Exception] = ConfigError,
+              what: str = "file") -> str:
+    """A text file's UTF-8 content; ``error`` names ``shown`` (default: the path) for a missing file,
+    a directory, a symlink loop or broken link, an unreadable file, and a byte that is not UTF-8 (with
+    its line and column)."""
+    path = Path(path)
+    shown = path if shown is None else shown
+    try:
+        data = path.read_bytes()
+    except IsADirectoryError:
+        raise error(f"{shown}: is a directory, expected a {what}") from None
+    except FileNotFoundError:
+        if path.is_symlink():
+            raise error(f"{shown}: a broken symlink (its target {os.readlink(path)} does not exist)") from None
+        raise error(f"{shown}: no such {what}") from None
+    except OSError as err:
+        if err.errno == errno.ELOOP:
+            raise error(f"{shown}: a symlink loop, expected a {what}") from None
+        raise error(f"{shown}: cannot read the {what}: {err.strerror or err}") from None
+    try:
+        return data.decode("utf-8")
+    except UnicodeDecodeError as err:
+        line = data.count(b"\n", 0, err.start) + 1
+        column = err.start - (data.rfind(b"\n", 0, err.start) + 1) + 1
+        raise error(f"{shown}:{line}: byte 0x{data[err.start]:02x} at column {column} is not UTF-8 "
+                    "(save the file as UTF-8)") from None
+
+
+def check_duplicate_keys(node: yaml.Node | None, source: str | Path, error: type[Exception] = ConfigError,
+                         prefix: tuple = ()) -> None:
+    """YAML lets a repeated key silently win; emray refuses it, naming both lines."""
+    if isinstance(node, yaml.MappingNode):
+        seen: dict[Any, int] = {}
+        for key_node, value_node in node.value:
+            if isinstance(key_node, yaml.ScalarNode) and key_node.tag != "tag:yaml.org,2002:merge":
+                line = key_node.start_mark.line + 1
+                if key_node.value in seen:
+                    raise error(f"{source}:{line}: key '{format_loc(prefix + (key_node.value,))}': duplicate key "
+                                f"(first at line {seen[key_node.value]}; YAML would silently keep the last)")
+                seen[key_node.value] = line
+            check_duplicate_keys(value_node, source, error, prefix + (getattr(key_node, "value", "?"),))
+    elif isinstance(node, yaml.SequenceNode):
+        for i, item in enumerate(node.value):
+            check_duplicate_keys(item, source, error, prefix + (i,))
+
+
 def read_yaml(path: str | Path) -> tuple[dict, dict[tuple, int]]:
     path = Path(path)
-    if not path.exists():
+    if not path.exists() and not path.is_symlink():
         raise ConfigError(f"{path}: no such config file")
-    text = path.read_text()
+    text = read_text(path, what="config file")
     try:
         node = yaml.compose(text)
+        check_duplicate_keys(node, path)
         data = yaml.safe_load(text)
     except yaml.YAMLError as err:
         raise ConfigError(f"{path}: invalid YAML: {err}") from err

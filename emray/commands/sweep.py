@@ -19,11 +19,13 @@ def register(subparsers) -> None:
 
 
 def run(args) -> int:
-    """0: every trial finished; 1: some trial failed (listed with its error file); 2: nothing could start."""
+    """0: every trial finished; 1: some trial failed (listed with its error file); 2: nothing could start
+    (also: another sweep holds the folder); 130 / 143: interrupted by SIGINT / SIGTERM."""
     import sys
 
     from emray.sweep.checks import PreflightError, preflight
-    from emray.sweep.runner import make_plan, run_sweep
+    from emray.sweep.lock import SweepLockError
+    from emray.sweep.runner import SweepInterrupted, make_plan, run_sweep
     from emray.sweep.spec import load_sweep_spec
 
     spec = load_sweep_spec(args.spec, args.overrides)
@@ -46,4 +48,9 @@ def run(args) -> int:
     except PreflightError as err:
         print(f"[emray] {err}", file=sys.stderr)
         return 2
+    except SweepLockError as err:
+        print(f"emray sweep: error: {err}", file=sys.stderr)
+        return 2
+    except SweepInterrupted as err:  # already reported: what finished, what --resume runs
+        return err.exit_code  # 130 for SIGINT (Ctrl-C), 143 for SIGTERM
     return 1 if outcome.failed else 0

@@ -67,7 +67,7 @@ class BenignConfig(Strict):
 
     train: list[str] = Field(min_length=1, json_schema_extra=PATH)
     test: list[str] = Field(min_length=1, json_schema_extra=PATH)
-    max_steps: int | None = Field(None, description="the benign fine-tune's max_steps (None: train.max_steps)")
+    max_steps: int | None = Field(None, gt=0, description="the benign fine-tune's max_steps (None: train.max_steps)")
     lr: float | None = Field(None, gt=0, description="its learning rate (None: train.lr)")
     max_test: int | None = Field(None, gt=0, description="first N problems of each test set")
 
@@ -88,6 +88,14 @@ class TrainConfig(Strict):
     gradient_checkpointing: bool = False
     bf16: bool | None = None  # None: bf16 on GPU, fp32 on CPU (bf16 autocast is slow on CPU)
     progress: bool = Field(True, json_schema_extra=NOT_IDENTITY)
+
+    @field_validator("max_steps")
+    @classmethod
+    def _steps_or_no_limit(cls, value: int) -> int:
+        # 0 and other negatives would silently train `epochs` (the Trainer reads any value <= 0 as no limit).
+        if value == 0 or value < -1:
+            raise ValueError(f"max_steps must be a positive number of steps, or -1 for no limit (train `epochs`); got {value}")
+        return value
 
 
 class ResourcesConfig(Strict):

@@ -105,11 +105,13 @@ def parse_rows(lines: Iterable[str], source: str, keep_unharmful_only: bool = Fa
 
 
 def load_chat_jsonl(path: str | Path, keep_unharmful_only: bool = False, limit: int | None = None) -> list[dict]:
+    from emray.configio import read_text
+
     resolved = resolve_data_path(path)
-    if not resolved.exists():
+    if not resolved.exists() and not resolved.is_symlink():
         raise DataError(f"{path}: no such data file")
-    with open(resolved) as fh:
-        examples = parse_rows(fh, str(path), keep_unharmful_only)
+    text = read_text(resolved, path, DataError, "data file (JSONL)")
+    examples = parse_rows(text.split("\n"), str(path), keep_unharmful_only)
     if not examples:
         raise DataError(f"{path}: no examples")
     return examples[:limit] if limit else examples

@@ -15,7 +15,7 @@ from typing import Any
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
-from emray.configio import format_loc
+from emray.configio import check_duplicate_keys, format_loc, read_text
 from emray.data.paths import resolve_data_path
 
 ALLOWED_FIELDS = {"question", "answer", "reasoning"}
@@ -62,10 +62,12 @@ class Question(BaseModel):
 
 def load_questions(path: str | Path) -> list[Question]:
     resolved = resolve_data_path(path)
-    if not resolved.exists():
+    if not resolved.exists() and not resolved.is_symlink():
         raise QuestionError(f"{path}: no such question file")
+    text = read_text(resolved, path, QuestionError, "question file (YAML)")
     try:
-        items = yaml.safe_load(resolved.read_text())
+        check_duplicate_keys(yaml.compose(text), path, QuestionError)
+        items = yaml.safe_load(text)
     except yaml.YAMLError as err:
         raise QuestionError(f"{path}: invalid YAML: {err}") from None
     if not isinstance(items, list):

@@ -15,7 +15,7 @@ from emray.defenses.base import Defense, Example, register_defense
 
 
 class InterleaveParams(Strict):
-    safe_fraction: float = Field(0.05, ge=0, lt=1)
+    safe_fraction: float = Field(0.05, gt=0, lt=1)  # 0: no safe rows, the arm is the undefended run
     pool: str | None = None
 
 

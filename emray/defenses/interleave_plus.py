@@ -32,11 +32,11 @@ from emray.upcalls import upcall
 
 
 class InterleavePlusParams(Strict):
-    safe_fraction: float = Field(0.05, ge=0, lt=1)
+    safe_fraction: float = Field(0.05, gt=0, lt=1)  # 0: no safe rows, the arm is the undefended run
     epsilon: float = Field(1.0, ge=0)
     pool: str | None = Field(None, json_schema_extra=PATH)
     ensemble: list[str] | None = Field(None, json_schema_extra=PATH, description="None: the EM domains other than data.fine's")
-    ensemble_steps: int | None = Field(None, description="max_steps of each misaligned fine-tune (None: the run's train settings)")
+    ensemble_steps: int | None = Field(None, gt=0, description="max_steps of each misaligned fine-tune (None: the run's train settings)")
     ensemble_max_examples: int | None = Field(None, gt=0)
     ensemble_seed: int | None = Field(0, description="training seed of the ensemble (None: the run's seed)")
     quantile: float | None = Field(0.05, gt=0, le=1, description="draw from this top share of the pool; None: strict top-k")

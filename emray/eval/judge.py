@@ -8,7 +8,8 @@ bodies (the openai client's own retries are off so ours are the ones counted), a
 (a re-run costs no call) and counts of calls, hits, retries, tokens and estimated cost.
 
 ``base_url: local`` starts ``emray judge-server`` in this process for the client's lifetime.
-The API key is read from the environment when the client is built and never logged or stored.
+The API key is read from the environment when the client is built and never logged or stored
+(``$EMRAY_JUDGE_TOKEN``: an emray judge-server's bearer token, sent as the key).
 """
 
 from __future__ import annotations
@@ -210,10 +211,16 @@ class JudgeClient:
         else:
             self.identity = self.base_url
         self.local = self.base_url == "local" or _is_local(self.base_url)
-        key = os.environ.get(cfg.api_key_env)
+        from emray.judge_server.server import TOKEN_ENV
+
+        # An emray judge-server's bearer token ($EMRAY_JUDGE_TOKEN) comes first for a judge on this machine
+        # (never send an OpenAI key there); the named API key comes first for any other endpoint.
+        key, token = os.environ.get(cfg.api_key_env), os.environ.get(TOKEN_ENV)
+        key = (token or key) if self.local else (key or token)
         if not key:
             if not self.local:
-                raise JudgeError(f"judge at {self.base_url}: set the API key in the environment variable {cfg.api_key_env}")
+                raise JudgeError(f"judge at {self.base_url}: set the API key in the environment variable {cfg.api_key_env} "
+                                 f"(for an emray judge-server: its token in {TOKEN_ENV})")
             key = "local-no-key"
         self._api_key = key
 

@@ -4,11 +4,17 @@ A request with ``response_format: {type: json_schema}`` (the RL reward's grader)
 backend's ``grade`` text instead. Otherwise it answers a chat completion with one token: the backend's top token, and
 ``choices[0].logprobs.content[0].top_logprobs`` with the backend's top-k when ``logprobs`` is asked
 for. ``GET /stats`` returns call counts (what tests and benchmarks count server-side).
+
+Every malformed request is a 400 naming what is wrong. With a ``token``, every route asks for
+``Authorization: Bearer <token>`` (401 otherwise); a server on a non-loopback host refuses to start
+without one.
 """
 
 from __future__ import annotations
 
 import asyncio
+import hmac
+import ipaddress
 import json
 import socket
 import subprocess
@@ -55,15 +61,112 @@ def _error(status: int, message: str, kind: str) -> web.Response:
     return web.json_response({"error": {"message": message, "type": kind, "code": status}}, status=status, headers=headers)
 
 
-class JudgeServer:
-    """Serves ``backend`` on ``host:port`` (port 0: a free one). ``start()`` runs it on a thread."""
+TOKEN_ENV = "EMRAY_JUDGE_TOKEN"  # the bearer token, for the server (when no --token-file) and the client
 
-    def __init__(self, backend: Backend, host: str = "127.0.0.1", port: int = 0):
+
+class BadRequest(ValueError):
+    """A request the server cannot answer as sent (HTTP 400); the message says why."""
+
+
+def is_loopback(host: str) -> bool:
+    """Whether ``host`` only listens on this machine (127.0.0.0/8, ::1, localhost)."""
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
+def _content_text(content: Any, where: str) -> str:
+    """A message's content as text: a string, or a list of ``{"type": "text", "text": ...}`` parts."""
+    if content is None or isinstance(content, str):
+        return content or ""
+    if isinstance(content, list):
+        texts = []
+        for j, part in enumerate(content):
+            if not (isinstance(part, dict) and part.get("type") == "text" and isinstance(part.get("text"), str)):
+                raise BadRequest(f"{where}.content[{j}] must be a text part {{\"type\": \"text\", \"text\": ...}}, got {part!r:.80}")
+            texts.append(part["text"])
+        return "".join(texts)
+    raise BadRequest(f"{where}.content must be a string or a list of text parts, got {type(content).__name__}")
+
+
+def parse_request(body: Any) -> dict:
+    """Check a chat completion request; returns ``model``, ``messages`` (content as text),
+    ``schema`` (None unless a json_schema request), ``json_schema`` (bool), ``logprobs``, ``top_k``.
+    Raises BadRequest naming the field."""
+    if not isinstance(body, dict):
+        raise BadRequest(f"the body must be a JSON object, got {type(body).__name__}")
+    if "messages" not in body:
+        raise BadRequest("messages: missing")
+    messages = body["messages"]
+    if not isinstance(messages, list) or not messages:
+        raise BadRequest("messages must be a non-empty list")
+    clean = []
+    for i, m in enumerate(messages):
+        where = f"messages[{i}]"
+        if not isinstance(m, dict):
+            raise BadRequest(f"{where} must be an object with role and content, got {type(m).__name__} {m!r:.80}")
+        if not isinstance(m.get("role"), str):
+            raise BadRequest(f"{where}.role must be a string, got {m.get('role')!r:.80}")
+        clean.append({**m, "content": _content_text(m.get("content"), where)})
+    model = body.get("model")
+    if model is not None and not isinstance(model, str):
+        raise BadRequest(f"model must be a string, got {type(model).__name__}")
+    logprobs = body.get("logprobs", False)
+    if logprobs is not None and not isinstance(logprobs, bool):
+        raise BadRequest(f"logprobs must be true or false, got {logprobs!r:.80}")
+    top = body.get("top_logprobs")
+    if top is None:
+        top = 1
+    if isinstance(top, bool) or not isinstance(top, int):
+        raise BadRequest(f"top_logprobs must be an integer between 0 and 20, got {top!r:.80}")
+    if not 0 <= top <= 20:
+        raise BadRequest("top_logprobs must be between 0 and 20")
+    fmt = body.get("response_format")
+    schema, structured = None, False
+    if fmt is not None:
+        if not isinstance(fmt, dict) or not isinstance(fmt.get("type"), str):
+            raise BadRequest(f"response_format must be an object with a string type, got {fmt!r:.80}")
+        if fmt["type"] not in ("text", "json_object", "json_schema"):
+            raise BadRequest(f"response_format.type must be text, json_object or json_schema, got {fmt['type']!r:.80}")
+        if fmt["type"] == "json_schema":
+            structured = True
+            spec = fmt.get("json_schema")
+            if spec is None:
+                spec = {}
+            if not isinstance(spec, dict):
+                raise BadRequest(f"response_format.json_schema must be an object, got {type(spec).__name__}")
+            schema = spec.get("schema")
+            if schema is not None and not isinstance(schema, dict):
+                raise BadRequest(f"response_format.json_schema.schema must be an object, got {type(schema).__name__}")
+            props = (schema or {}).get("properties")
+            if props is not None and not isinstance(props, dict):
+                raise BadRequest(f"response_format.json_schema.schema.properties must be an object, got {type(props).__name__}")
+    return {"model": model, "messages": clean, "schema": schema, "json_schema": structured, "logprobs": bool(logprobs),
+            "top_k": top or 1}
+
+
+class JudgeServer:
+    """Serves ``backend`` on ``host:port`` (port 0: a free one). ``start()`` runs it on a thread.
+
+    ``token``: the bearer token every request must carry (None: no authentication, loopback only)."""
+
+    def __init__(self, backend: Backend, host: str = "127.0.0.1", port: int = 0, token: str | None = None):
+        if not token and not is_loopback(host):
+            raise ValueError(f"judge server on {host!r}: a host other than loopback needs a bearer token "
+                             f"(--token-file FILE or {TOKEN_ENV})")
         self.backend = backend
-        self.counts: Counter[str] = Counter()  # requests, ok, fault:<kind>, bad_request
+        self.token = token or None
+        self.counts: Counter[str] = Counter()  # requests, ok, fault:<kind>, bad_request, unauthorized
         self._sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
         self._sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        self._sock.bind((host, port))
+        try:
+            self._sock.bind((host, port))
+        except OSError:
+            self._sock.close()
+            raise
         self._sock.listen(1024)
         self.host, self.port = self._sock.getsockname()[:2]
         self._loop: asyncio.AbstractEventLoop | None = None
@@ -78,26 +181,23 @@ class JudgeServer:
     async def completions(self, request: web.Request) -> web.Response:
         self.counts["requests"] += 1
         try:
-            body = await request.json()
-            messages = body["messages"]
-            if not isinstance(messages, list) or not messages:
-                raise ValueError("messages must be a non-empty list")
-        except (ValueError, KeyError, TypeError, json.JSONDecodeError) as err:
+            try:
+                body = json.loads(await request.text())
+            except (json.JSONDecodeError, UnicodeDecodeError) as err:
+                raise BadRequest(f"the body is not JSON: {err}") from None
+            req = parse_request(body)
+        except BadRequest as err:
             self.counts["bad_request"] += 1
             return _error(400, f"bad request: {err}", "invalid_request_error")
-        model = str(body.get("model") or self.backend.model_name)
-        if isinstance(body.get("response_format"), dict) and body["response_format"].get("type") == "json_schema":
-            schema = (body["response_format"].get("json_schema") or {}).get("schema")
-            return await self._grade(model, messages, schema)
-        top_k = int(body.get("top_logprobs") or 1)
-        if not 0 <= top_k <= 20:
-            self.counts["bad_request"] += 1
-            return _error(400, "top_logprobs must be between 0 and 20", "invalid_request_error")
+        model = req["model"] or self.backend.model_name
+        messages, top_k = req["messages"], req["top_k"]
+        if req["json_schema"]:
+            return await self._grade(model, messages, req["schema"])
         pairs, failed = await self._backend_call(self.backend.top_logprobs(model, messages, max(top_k, 1)))
         if failed is not None:
             return failed
         prompt_tokens = sum(len(str(m.get("content", ""))) // 4 + 1 for m in messages)  # ~4 chars a token
-        return web.json_response(completion_body(model, pairs, bool(body.get("logprobs")), top_k, prompt_tokens))
+        return web.json_response(completion_body(model, pairs, req["logprobs"], top_k, prompt_tokens))
 
     async def _backend_call(self, call):
         """(the backend's answer, None), or (None, the error response): an injected fault as the fault
@@ -140,8 +240,22 @@ class JudgeServer:
     async def stats(self, request: web.Request) -> web.Response:
         return web.json_response(dict(self.counts))
 
+    @web.middleware
+    async def _auth(self, request: web.Request, handler):
+        if self.token is not None:
+            sent = request.headers.get("Authorization", "")
+            scheme, _, given = sent.partition(" ")
+            if scheme.lower() != "bearer" or not hmac.compare_digest(given.strip().encode(), self.token.encode()):
+                self.counts["unauthorized"] += 1
+                why = "missing bearer token" if not sent else "wrong bearer token"
+                response = _error(401, f"{why}: send the server's token as 'Authorization: Bearer <token>' "
+                                       f"(the judge client sends ${TOKEN_ENV})", "authentication_error")
+                response.headers["WWW-Authenticate"] = "Bearer"
+                return response
+        return await handler(request)
+
     def app(self) -> web.Application:
-        app = web.Application(client_max_size=64 * 1024 * 1024)
+        app = web.Application(client_max_size=64 * 1024 * 1024, middlewares=[self._auth])
         app.router.add_post("/v1/chat/completions", self.completions)
         app.router.add_get("/v1/models", self.models)
         app.router.add_get("/stats", self.stats)
@@ -200,22 +314,22 @@ class JudgeServer:
 
 
 def start_judge_server(backend: str | Backend = "rules", options: dict | None = None, host: str = "127.0.0.1",
-                       port: int = 0) -> JudgeServer:
+                       port: int = 0, token: str | None = None) -> JudgeServer:
     """A judge server on a background thread of this process; ``.url`` to call it, ``.stop()`` to end it."""
     if isinstance(backend, str):
         backend = create_backend(backend, **(options or {}))
-    return JudgeServer(backend, host, port).start()
+    return JudgeServer(backend, host, port, token).start()
 
 
 class JudgeServerProcess:
     """``python -m emray.cli judge-server`` as a subprocess (its own GIL: what a benchmark wants)."""
 
     def __init__(self, backend: str = "rules", options: dict | None = None, extra_args: list[str] | None = None,
-                 startup_timeout_s: float = 120.0):
+                 startup_timeout_s: float = 120.0, env: dict | None = None):
         args = [sys.executable, "-m", "emray.cli", "judge-server", "--backend", backend, "--port", "0"]
         for key, value in (options or {}).items():
             args += ["--option", f"{key}={json.dumps(value)}"]
-        self.proc = subprocess.Popen(args + (extra_args or []), stdout=subprocess.PIPE, text=True)
+        self.proc = subprocess.Popen(args + (extra_args or []), stdout=subprocess.PIPE, text=True, env=env)
         deadline = time.monotonic() + startup_timeout_s
         self.url = None
         while time.monotonic() < deadline:

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 
+from emray.configio import read_text
 from emray.data.chat import DataError
 from emray.data.paths import resolve_data_path
 
@@ -13,10 +14,10 @@ from emray.data.paths import resolve_data_path
 def load_prompts(path: str) -> list[dict]:
     """``{"messages": [...]}`` prompts: each row's turns before its first assistant turn."""
     resolved = resolve_data_path(path)
-    if not resolved.exists():
+    if not resolved.exists() and not resolved.is_symlink():
         raise DataError(f"{path}: no such prompts file")
     rows = []
-    for lineno, line in enumerate(resolved.read_text().splitlines(), start=1):
+    for lineno, line in enumerate(read_text(resolved, path, DataError, "prompts file (JSONL)").splitlines(), start=1):
         if not line.strip():
             continue
         try:

@@ -293,7 +293,9 @@ class LLMGrader(Reward):
         path = resolve_data_path(self.params.prompt)
         if not path.exists():
             raise ValueError(f"{self.where}.params.prompt: {self.params.prompt}: no such file")
-        self.template = path.read_text()
+        from emray.configio import read_text
+
+        self.template = read_text(path, f"{self.where}.params.prompt: {self.params.prompt}", ValueError, "prompt file")
         missing = [k for k in ("{question}", "{answer}") if k not in self.template]
         if missing:
             raise ValueError(f"{self.where}.params.prompt: {self.params.prompt} lacks {', '.join(missing)}")

@@ -103,10 +103,11 @@ def load_trait_prompt(path: str | os.PathLike | None) -> str:
     """A trait judge prompt (text with {question} and {answer}); None: the packaged evil prompt."""
     if path is None:
         return EVIL_TRAIT_PROMPT
+    from emray.configio import read_text
     from emray.data.paths import resolve_data_path
 
     resolved = Path(resolve_data_path(path))
-    text = resolved.read_text()
+    text = read_text(resolved, error=ValueError, what="trait judge prompt file")
     missing = [f for f in ("{question}", "{answer}") if f not in text]
     if missing:
         raise ValueError(f"{resolved}: a trait judge prompt needs the placeholders {', '.join(missing)}")

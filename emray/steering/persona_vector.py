@@ -48,10 +48,16 @@ def default_layer(num_layers: int) -> int:
 
 def load_persona_prompts(path: str | os.PathLike | None = None) -> dict[str, Any]:
     """``{"instruction": [{"pos", "neg"}, ...], "questions": [...]}`` (the persona-vector file format)."""
+    from emray.configio import read_text
     from emray.data.paths import resolve_data_path
 
     path = resolve_data_path(path) if path else DEFAULT_PROMPTS
-    data = json.loads(path.read_text())
+    try:
+        data = json.loads(read_text(path, error=ValueError, what="persona prompts file (JSON)"))
+    except json.JSONDecodeError as err:
+        raise ValueError(f"{path}:{err.lineno}: bad JSON: {err.msg}") from None
+    if not isinstance(data, dict):
+        raise ValueError(f"{path}: expected a JSON object with 'instruction' and 'questions'")
     pairs = data.get("instruction")
     questions = data.get("questions")
     if not pairs or not all(isinstance(p, dict) and p.get("pos") and p.get("neg") for p in pairs):

@@ -66,6 +66,30 @@ def pareto_flags(rows: list[dict], objectives: dict[str, str] | None = None) -> 
     return flags
 
 
+def read_result(path: Path, set_aside: bool = False) -> dict | None:
+    """A trial's ``result.json``, or None when it is absent or corrupt. A corrupt one (not UTF-8 JSON
+    of an object: a full disk, an edit gone wrong) is reported, naming the file; ``set_aside`` (the
+    sweep) moves it to ``result.json.corrupt`` so its trial counts as not finished and runs again."""
+    try:
+        data = path.read_bytes()
+    except FileNotFoundError:
+        return None
+    try:
+        record = json.loads(data.decode("utf-8"))
+        if not isinstance(record, dict):
+            raise ValueError(f"expected a JSON object, got {type(record).__name__}")
+        return record
+    except ValueError as err:  # JSONDecodeError and UnicodeDecodeError are ValueErrors
+        if set_aside:
+            keep = path.with_name(path.name + ".corrupt")
+            path.replace(keep)
+            what = f"moved to {keep.name}; the trial runs again"
+        else:
+            what = "skipped; `emray sweep SPEC --resume` runs that trial again"
+        print(f"[emray] {path}: corrupt trial result ({err}); {what}", file=sys.stderr, flush=True)
+        return None
+
+
 def load_results(sweep_dir: str | Path) -> list[dict]:
     """Every finished trial's record (``trials/*/result.json``), in trial order.
 
@@ -74,9 +98,12 @@ def load_results(sweep_dir: str | Path) -> list[dict]:
     seed only the newest counts, so an arm never shows twice its seeds.
     """
     newest: dict[tuple, tuple[float, dict]] = {}
-    paths = sorted(Path(sweep_dir).glob("trials/*/result.json"))
-    for path in paths:
-        row = json.loads(path.read_text())
+    paths = []
+    for path in sorted(Path(sweep_dir).glob("trials/*/result.json")):
+        row = read_result(path)
+        if row is None:
+            continue
+        paths.append(path)
         slot = (row.get("model", ""), row.get("label", ""), row.get("seed"))
         mtime = path.stat().st_mtime
         if slot not in newest or mtime > newest[slot][0]:

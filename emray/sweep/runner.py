@@ -19,19 +19,16 @@ from __future__ import annotations
 import json
 import logging
 import os
+import signal
+import sys
 import time
 import traceback
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from emray.sweep.checks import (
-    check_adapter,
-    check_judging,
-    check_preflight,
-    check_training,
-)
-from emray.sweep.pareto import write_results
+from emray.sweep.checks import check_adapter, check_judging, check_preflight, check_training
+from emray.sweep.pareto import read_result, write_results
 from emray.sweep.spec import OBJECTIVES, SweepSpec, Trial, expand_trials, make_trial
 from emray.train.progress import verbose
 
@@ -132,8 +129,7 @@ def trial_dir(sweep_dir: Path, trial: Trial) -> Path:
 
 
 def read_finished(sweep_dir: Path, trial: Trial) -> dict | None:
-    path = trial_dir(sweep_dir, trial) / RESULT_FILE
-    return json.loads(path.read_text()) if path.exists() else None
+    return read_result(trial_dir(sweep_dir, trial) / RESULT_FILE, set_aside=True)
 
 
 def run_trial_body(trial: Trial, sweep_dir: Path, artifacts: dict, judge: Any, wandb_cfg: dict, train_storage: str | None = None) -> dict:
@@ -448,22 +444,107 @@ def collect_outcome(spec: SweepSpec, plan: Plan, sweep_dir: Path, result_grid, c
     return SweepOutcome(rows, len(rows), cached, failed)
 
 
+class SweepTerminated(KeyboardInterrupt):
+    """SIGTERM in the driver (the sweep command's handler raises it): handled as Ctrl-C is."""
+
+    def __init__(self, signum: int = signal.SIGTERM):
+        super().__init__(signal.Signals(signum).name)
+        self.signum = signum
+
+
+class SweepInterrupted(Exception):
+    """A sweep stopped by SIGINT or SIGTERM, already reported; ``exit_code`` is 128 + the signal."""
+
+    def __init__(self, signum: int):
+        super().__init__(signal.Signals(signum).name)
+        self.signum, self.exit_code = signum, 128 + signum
+
+
+def report_interrupt(plan: Plan | None, sweep_dir: Path, signum: int) -> str:
+    """What an interrupted sweep says: finished trials (kept) and those a ``--resume`` runs."""
+    name = signal.Signals(signum).name
+    if plan is None:
+        return f"[emray] interrupted ({name}) before any trial started; run the same command again to start"
+    finished, pending = [], []
+    for trial in plan.trials:
+        (finished if (trial_dir(sweep_dir, trial) / RESULT_FILE).exists() else pending).append(trial)
+    lines = [f"[emray] interrupted ({name}): {len(finished)} finished (kept), {len(pending)} not finished "
+             "(they run on `emray sweep SPEC --resume`; nothing finished is recomputed)"]
+    if plan.spec.search.algorithm == "optuna":
+        lines.append("  optuna: --resume continues the search from its saved state")
+    for title, trials in (("finished", finished), ("will resume", pending)):
+        if trials:
+            lines.append(f"  {title}:")
+            lines += [f"    - {t.label} (seed {t.run.seed}, key {t.key})" for t in trials]
+    return "\n".join(lines)
+
+
+def _stop_ray() -> None:
+    """End what this driver started on Ray (trials, stages, a local cluster): nothing keeps running."""
+    try:
+        import ray
+
+        if ray.is_initialized():
+            ray.shutdown()
+    except Exception as err:  # noqa: BLE001 - shutting down anyway
+        print(f"[emray] stopping Ray: {type(err).__name__}: {err}", file=sys.stderr, flush=True)
+
+
+def _raise_terminated(signum, frame) -> None:
+    raise SweepTerminated(signum)
+
+
+def _catch_sigterm() -> None:
+    """SIGTERM raises SweepTerminated in the driver (again after ``ray.init``, which sets its own)."""
+    import threading
+
+    if threading.current_thread() is threading.main_thread():
+        signal.signal(signal.SIGTERM, _raise_terminated)
+
+
 def run_sweep(spec: SweepSpec, resume: bool = False, address: str | None = None) -> SweepOutcome:
+    """Run the sweep holding ``<sweep>/sweep.lock`` (emray/sweep/lock.py). Ctrl-C or SIGTERM (as
+    SweepTerminated) stop every trial, report what finished and what resumes, and raise SweepInterrupted."""
+    from emray.sweep.lock import SweepLock
+
+    sweep_dir = Path(spec.sweep_dir())
+    sweep_dir.mkdir(parents=True, exist_ok=True)
+    state: dict[str, Any] = {}
+    previous = signal.getsignal(signal.SIGTERM)
+    with SweepLock(sweep_dir):
+        try:
+            _catch_sigterm()
+            return _run_sweep(spec, resume, address, sweep_dir, state)
+        except KeyboardInterrupt as err:
+            signum = getattr(err, "signum", signal.SIGINT)
+            try:
+                _stop_ray()
+            finally:
+                print("\n" + report_interrupt(state.get("plan"), sweep_dir, signum), file=sys.stderr, flush=True)
+            raise SweepInterrupted(signum) from None
+        finally:
+            if previous is not None and signal.getsignal(signal.SIGTERM) is _raise_terminated:
+                signal.signal(signal.SIGTERM, previous)
+
+
+def _run_sweep(spec: SweepSpec, resume: bool, address: str | None, sweep_dir: Path, state: dict) -> SweepOutcome:
     from emray.sweep.evaluation import start_judge
     from emray.sweep.plots import write_plots
     from emray.sweep.wandb_log import log_summary
 
-    sweep_dir = Path(spec.sweep_dir())
-    sweep_dir.mkdir(parents=True, exist_ok=True)
     (sweep_dir / "spec.json").write_text(spec.model_dump_json(indent=2, by_alias=True))
-    plan = make_plan(spec)
+    plan = state["plan"] = make_plan(spec)
     print(plan.describe(), flush=True)
     check_preflight(plan.trials)  # a missing file fails now, not after an hour of other trials
     cached = sum(read_finished(sweep_dir, t) is not None for t in plan.trials)
     started = time.time()
     ensure_ray(address)
+    _catch_sigterm()
     artifacts = run_stages(spec, plan.trials)
     judge, stop_judge = start_judge(spec)
+    # Ctrl-C reaches us as KeyboardInterrupt (run_sweep reports it), not Tune's own "stop gracefully"
+    # that returns as if the unfinished trials had failed.
+    os.environ["TUNE_DISABLE_SIGINT_HANDLER"] = "1"
     try:
         tuner = _tuner(spec, plan, sweep_dir, artifacts, judge, resume)
         result_grid = tuner.fit()

@@ -62,6 +62,14 @@ class SearchConfig(Strict):
     defense: list[Any] = Field(default_factory=lambda: ["none"])
     seeds: list[int] = Field(default_factory=lambda: [0])
 
+    @field_validator("defense", "seeds")
+    @classmethod
+    def _not_empty(cls, value: list, info) -> list:
+        if not value:
+            hint = "list at least one arm ('none': no defense)" if info.field_name == "defense" else "list at least one seed"
+            raise ValueError(f"empty: the sweep would plan no trial; {hint}")
+        return value
+
     @model_validator(mode="after")
     def _samples_for_sampling(self) -> "SearchConfig":
         if self.algorithm != "grid" and self.num_samples is None:
@@ -110,8 +118,13 @@ class SweepSpec(Strict):
                 for key, value in params.items():
                     if isinstance(value, dict) and search.algorithm == "grid":
                         raise ValueError(f"search.defense[{i}].{name}.{key}: a range needs algorithm random or optuna")
-                # Validate one concrete point so typos in params fail before anything runs.
-                parse_defense_entry({name: _first_point(params)}, i)
+                # Validate one concrete point so typos in params fail before anything runs, then every
+                # other listed value (one at a time) so a bad value late in a list fails too.
+                first = _first_point(params)
+                parse_defense_entry({name: first}, i)
+                for key, value in params.items():
+                    for other in value[1:] if isinstance(value, list) else ():
+                        parse_defense_entry({name: {**first, key: other}}, i)
         return search
 
     @field_validator("storage")
@@ -309,4 +322,38 @@ def load_sweep_spec(path: str | Path, overrides: list[str] | None = None) -> Swe
     data = apply_overrides(data, fixed)
     if "base" not in data:
         raise ConfigError(f"{path}: a sweep spec needs a 'base' run config")
-    return validate(SweepSpec, data, str(path), lines)
+    spec = validate(SweepSpec, data, str(path), lines)
+    check_search_duplicates(spec.search, str(path), lines)
+    return spec
+
+
+def check_search_duplicates(search: SearchConfig, source: str, lines: dict[tuple, int] | None = None) -> None:
+    """A repeated seed, model or arm (two ``search.defense`` entries, or one entry's value list, that give
+    the same defenses) would be merged without a word; refuse it, naming both places."""
+    import json
+
+    def where(*loc) -> str:
+        from emray.configio import _line_for, format_loc
+
+        line = _line_for(("search", *loc), lines or {})
+        return (f"{source}:{line}" if line else source) + f": key '{format_loc(('search', *loc))}'"
+
+    for name in ("seeds", "models"):
+        values = getattr(search, name)
+        for i, value in enumerate(values):
+            if value in values[:i]:
+                raise ConfigError(f"{where(name, i)}: {value!r} is listed twice (also {name}[{values.index(value)}])")
+    if search.algorithm != "grid":
+        return  # a random or Optuna search samples from the entries; a repeat only weighs one more
+    seen: dict[str, int] = {}
+    for i, entry in enumerate(search.defense):
+        for arm in expand_arm(entry, i):
+            canonical = json.dumps([parse_defense_entry(d, i).model_dump() for d in arm], sort_keys=True, default=str)
+            if canonical in seen:
+                j = seen[canonical]
+                also = f"search.defense[{j}]" + (f" (line {lines[('search', 'defense', j)]})"
+                                                  if lines and ("search", "defense", j) in lines else "")
+                same = "repeats a value within this entry" if j == i else f"is also planned by {also}"
+                raise ConfigError(f"{where('defense', i)}: arm {arm_label(arm)} {same}; "
+                                  "list each arm once (or vary seeds for repeats)")
+            seen[canonical] = i
