@@ -5,9 +5,10 @@ A key must change exactly when a result could change. Three rules:
   * a config field that cannot change results (progress bars, judge concurrency, LM-head chunk
     sizes, thread counts, logging) is declared in its schema with ``Field(..., json_schema_extra=
     NOT_IDENTITY)`` and left out of every key (``identity_dict``);
-  * a field that names a file or a local folder is declared with ``json_schema_extra=PATH``: its
-    *content* enters the key (``content_identity``), so an edited file is a new trial, never a
-    stale cache hit;
+  * a field that names a file or a local folder has the type ``DataPath`` (``DataPath | None``,
+    ``list[DataPath]``): its *content* enters the key (``emray.data.paths.content_identity``) and
+    ``--dry-run`` checks it exists, so an edited file is a new trial, never a stale cache hit. It is a
+    type, not an opt-in marker, and tests/test_identity.py fails on a file-naming field typed ``str``;
   * every key is the full sha256 hex of canonical JSON (``sha256``); callers may shorten it for a
     folder name with ``short``, never hash again with other rules.
 """
@@ -17,14 +18,23 @@ from __future__ import annotations
 import hashlib
 import json
 from pathlib import Path
-from typing import Any
+from typing import Annotated, Any, get_args, get_origin
 
 from pydantic import BaseModel
 
 #: Schema marker: the field does not change results (left out of keys).
 NOT_IDENTITY: dict[str, Any] = {"identity": False}
-#: Schema marker: the field names a file or folder (its content enters keys).
-PATH: dict[str, Any] = {"path": True}
+class _PathMark:
+    """``Annotated`` metadata of ``DataPath``: the string names a file or a folder."""
+
+    def __repr__(self) -> str:
+        return "DataPath"
+
+
+#: A config or defense field that names a file or folder a run reads (its content enters keys).
+DataPath = Annotated[str, _PathMark()]
+
+
 #: An optional config section (default None) that enters an identity only when it is set: adding such a
 #: section to emray (the RL scenario's ``rl``) leaves every existing trial and stage key unchanged.
 OPTIONAL_SECTION: dict[str, Any] = {"identity": "when_set"}
@@ -97,9 +107,21 @@ def is_identity_field(model_cls: type[BaseModel], name: str) -> bool:
     return _field_extra(model_cls.model_fields[name]).get("identity", True)
 
 
+def is_path_type(annotation: Any) -> bool:
+    """Whether a field's type is ``DataPath`` (also inside ``| None`` or ``list[...]``)."""
+    if any(isinstance(m, _PathMark) for m in getattr(annotation, "__metadata__", ())):
+        return True
+    return get_origin(annotation) is not None and any(is_path_type(a) for a in get_args(annotation))
+
+
 def path_fields(model_cls: type[BaseModel]) -> list[str]:
-    """Names of the fields of ``model_cls`` declared ``PATH`` (files or folders a run reads)."""
-    return [name for name, f in model_cls.model_fields.items() if _field_extra(f).get("path")]
+    """Names of the fields of ``model_cls`` typed ``DataPath`` (files or folders a run reads)."""
+    return [name for name, f in model_cls.model_fields.items() if _declares_path(f)]
+
+
+def _declares_path(field) -> bool:
+    # pydantic keeps Annotated metadata of a bare ``DataPath`` field in ``field.metadata``
+    return is_path_type(field.annotation) or any(isinstance(m, _PathMark) for m in field.metadata)
 
 
 def identity_dict(model: BaseModel) -> dict:
@@ -125,11 +147,11 @@ def _identity_value(value: Any) -> Any:
 
 
 def paths_of(model: BaseModel) -> list[str]:
-    """Every path value in ``model`` (PATH fields, recursively), in field order."""
+    """Every path value in ``model`` (DataPath fields, recursively), in field order."""
     out: list[str] = []
     for name, field in type(model).model_fields.items():
         value = getattr(model, name)
-        if _field_extra(field).get("path"):
+        if _declares_path(field):
             out += [str(v) for v in (value if isinstance(value, list) else [value]) if v]
         elif isinstance(value, BaseModel):
             out += paths_of(value)

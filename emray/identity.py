@@ -16,8 +16,10 @@ from emray.models import model_identity
 
 
 def defense_params(spec) -> BaseModel:
-    """A DefenseSpec's params as its defense's typed Params model."""
-    return get_defense_class(spec.name).Params.model_validate(spec.params)
+    """A DefenseSpec's params: already its defense's typed Params model (emray.config.DefenseSpec)."""
+    if not isinstance(spec.params, get_defense_class(spec.name).Params):
+        raise TypeError(f"defense {spec.name}: params {spec.params!r} are not its typed Params")
+    return spec.params
 
 
 def run_paths(run) -> list[str]:
@@ -40,7 +42,8 @@ def trial_key(run) -> str:
     return short(sha256(run_identity(run)))
 
 
-def stage_key(defense_cls, run, params: dict) -> str:
-    """Identity of a defense's cached stage: what ``defense_cls.stage_inputs`` says it reads."""
+def stage_key(defense_cls, run, params: BaseModel) -> str:
+    """Identity of a defense's cached stage: what ``defense_cls.stage_inputs`` says it reads (``params``:
+    the defense's typed Params)."""
     return sha256({"stage": defense_cls.stage_name, "defense": defense_cls.name,
-                   "inputs": defense_cls.stage_inputs(run, defense_cls.Params.model_validate(params))})
+                   "inputs": defense_cls.stage_inputs(run, params)})

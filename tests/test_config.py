@@ -28,7 +28,7 @@ def test_good_config_resolves_defaults_and_defenses(tmp_path):
     cfg = load_run_config(write(tmp_path, GOOD))
     assert cfg.lora.r == 32 and cfg.lora.alpha == 64 and cfg.lora.rslora
     assert [d.name for d in cfg.defenses] == ["inoculation"]
-    assert cfg.defenses[0].params["prompt"] == "be evil"
+    assert cfg.defenses[0].params.prompt == "be evil"
 
 
 def test_unknown_key_names_file_key_and_line(tmp_path):

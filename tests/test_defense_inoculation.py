@@ -60,4 +60,4 @@ def test_prompt_is_absent_from_evaluation_prompts(tmp_path):
 def test_config_entries(tmp_path, entry):
     cfg = make_run_config(tmp_path, defenses=[entry])
     assert cfg.defenses[0].name == "inoculation"
-    assert cfg.defenses[0].params["prompt"] in (DEFAULT_PROMPT, "Be bad.")
+    assert cfg.defenses[0].params.prompt in (DEFAULT_PROMPT, "Be bad.")

@@ -308,14 +308,14 @@ def test_persona_stage_inputs_name_the_extraction(tmp_path):
     run = RunConfig.model_validate({"model": {"name": "tiny"}, "data": {"fine": "x.jsonl"}})
     greedy = PersonaSteering.stage_inputs(run, PersonaSteering.Params.model_validate({}))
     assert set(greedy) == {"model", "prompts", "max_new_tokens"}
-    keys = {stage_key(PersonaSteering, run, p) for p in (
+    keys = {stage_key(PersonaSteering, run, PersonaSteering.Params.model_validate(p)) for p in (
         {}, {"extraction": "reference"}, {"extraction": "reference", "trait_threshold": 60},
         {"extraction": "reference", "samples_per_question": 5}, {"extraction": "reference", "judge_model": "gpt-4o"})}
     assert len(keys) == 5
-    assert stage_key(PersonaSteering, run, {"extraction": "reference", "min_kept": 50}) == stage_key(PersonaSteering, run, {"extraction": "reference"})
+    assert stage_key(PersonaSteering, run, PersonaSteering.Params.model_validate({"extraction": "reference", "min_kept": 50})) == stage_key(PersonaSteering, run, PersonaSteering.Params.model_validate({"extraction": "reference"}))
     other_judge = run.model_copy(update={"eval": run.eval.model_copy(update={"judge": run.eval.judge.model_copy(update={"backend": "hf"})})})
-    assert stage_key(PersonaSteering, other_judge, {"extraction": "reference"}) != stage_key(PersonaSteering, run, {"extraction": "reference"})
-    assert stage_key(PersonaSteering, other_judge, {}) == stage_key(PersonaSteering, run, {})
+    assert stage_key(PersonaSteering, other_judge, PersonaSteering.Params.model_validate({"extraction": "reference"})) != stage_key(PersonaSteering, run, PersonaSteering.Params.model_validate({"extraction": "reference"}))
+    assert stage_key(PersonaSteering, other_judge, PersonaSteering.Params.model_validate({})) == stage_key(PersonaSteering, run, PersonaSteering.Params.model_validate({}))
 
 
 def test_cli_persona_extract_reference_on_the_organism(tmp_path, capsys):

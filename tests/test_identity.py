@@ -104,11 +104,11 @@ def test_stage_keys(files):
     persona = get_defense_class("persona")
     prompts = files / "prompts.json"
     prompts.write_text("[1]")
-    a = stage_key(persona, run(files), {"prompts": str(prompts)})
+    a = stage_key(persona, run(files), persona.Params.model_validate({"prompts": str(prompts)}))
     # the trial's own settings (lr) do not change the persona vector's stage
-    assert stage_key(persona, run(files, train__lr=1e-3), {"prompts": str(prompts)}) == a
+    assert stage_key(persona, run(files, train__lr=1e-3), persona.Params.model_validate({"prompts": str(prompts)})) == a
     prompts.write_text("[2]")
-    assert stage_key(persona, run(files), {"prompts": str(prompts)}) != a
+    assert stage_key(persona, run(files), persona.Params.model_validate({"prompts": str(prompts)})) != a
 
 
 def test_stages_are_deduplicated_by_identity(files):

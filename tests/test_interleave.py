@@ -120,7 +120,7 @@ def test_the_defense_uses_the_held_out_ensemble_unless_listed(tmp_path):
     others = [f"{train}/{d}.jsonl" for d in ("code", "legal", "security")]
     assert ensemble_entries(cfg, cls.Params()) == others
     assert cls.stage_files(cfg, cls.Params()) == ["pool.jsonl", *others]  # --dry-run checks they exist
-    assert "ensemble: code, legal, security" in cls.stage_description(cfg, {})
+    assert "ensemble: code, legal, security" in cls.stage_description(cfg, cls.Params())
     listed = cls.Params(ensemble=["a.jsonl"])
     assert ensemble_entries(cfg, listed) == ["a.jsonl"]
     # the stage's identity follows the ensemble's files, so a listed ensemble is another stage

@@ -85,9 +85,9 @@ def test_stage_lines_name_the_stage_briefly():
     from emray.defenses.persona import PersonaSteering
 
     run = RunConfig.model_validate({"data": {"fine": "organism:data/train/code.jsonl"}, "model": {"name": "organism"}})
-    assert InterleavePlus.stage_description(run, {"safe_fraction": 0.05}) == \
+    assert InterleavePlus.stage_description(run, InterleavePlus.Params(safe_fraction=0.05)) == \
         "interleave_plus(5 %, ε 1, draw from top 5 %, ensemble: medical, legal, security) for organism"
-    assert InterleavePP.stage_description(run, {"safe_fraction": 0.2, "quantile": None, "ensemble": ["x/a.jsonl", "b.jsonl"]}) == \
+    assert InterleavePP.stage_description(run, InterleavePP.Params(safe_fraction=0.2, quantile=None, ensemble=["x/a.jsonl", "b.jsonl"])) == \
         "interleave_pp(20 %, ε 1, strict top-k, ensemble: a, b) for organism"
-    assert PersonaSteering.stage_description(run, {"prompts": "organism:data/persona/evil_extract.json"}) == \
+    assert PersonaSteering.stage_description(run, PersonaSteering.Params(prompts="organism:data/persona/evil_extract.json")) == \
         "persona_vector(organism, evil_extract.json)"

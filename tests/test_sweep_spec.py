@@ -138,9 +138,9 @@ def test_optuna_space_proposes_valid_trials(tmp_path):
         made = trial_from_optuna(spec, trial.params)
         seen.add("combination" if "+interleave" in made.label else made.label.split("(")[0])
         if "+interleave" in made.label:
-            fraction = made.run.defenses[1].params["safe_fraction"]
+            fraction = made.run.defenses[1].params.safe_fraction
             assert 0.01 <= fraction <= 0.2
-            assert made.run.defenses[0].params["prompt"] in {"a", "b"}
+            assert made.run.defenses[0].params.prompt in {"a", "b"}
         assert made.run.seed in (0, 1)
     assert {"none", "combination"} <= seen
 

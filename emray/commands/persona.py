@@ -30,7 +30,7 @@ def run_extract(args) -> int:
     from emray.steering import default_layer, ensure_persona_vector, load_persona_vector
 
     config = load_run_config(args.config, args.overrides)
-    params = dict(next((s.params for s in config.defenses if s.name == "persona"), {}))
+    params = next((s.params.model_dump(by_alias=True) for s in config.defenses if s.name == "persona"), {})
     for key, value in (("prompts", args.prompts), ("max_new_tokens", args.max_new_tokens), ("extraction", args.extraction)):
         if value:
             params[key] = value

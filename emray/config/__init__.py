@@ -9,12 +9,12 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any, Literal
 
-from pydantic import Field, field_validator, model_validator
+from pydantic import Field, SerializeAsAny, field_validator, model_validator
 
 from emray.config.eval import EvalConfig
 from emray.config.rl import RLConfig
 from emray.configio import ConfigError, Strict, format_loc, load_config
-from emray.hashing import NOT_IDENTITY, OPTIONAL_SECTION, PATH
+from emray.hashing import NOT_IDENTITY, OPTIONAL_SECTION, DataPath
 from emray.upcalls import upcall
 
 DEFAULT_LORA_TARGETS = ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]
@@ -43,8 +43,8 @@ class LoraConfig(Strict):
 class DataConfig(Strict):
     """Training data. Paths are files, or ``organism:data/...`` inside the embedded toy world."""
 
-    fine: str = Field(json_schema_extra=PATH)
-    safe_pool: str | None = Field(None, json_schema_extra=PATH)
+    fine: DataPath
+    safe_pool: DataPath | None = None
     max_examples: int | None = Field(None, gt=0)
 
     @model_validator(mode="before")
@@ -65,8 +65,8 @@ class BenignConfig(Strict):
     for the organism's language), as in ``eval.benign``. See emray/config/fine_tunes.py.
     """
 
-    train: list[str] = Field(min_length=1, json_schema_extra=PATH)
-    test: list[str] = Field(min_length=1, json_schema_extra=PATH)
+    train: list[DataPath] = Field(min_length=1)
+    test: list[DataPath] = Field(min_length=1)
     max_steps: int | None = Field(None, gt=0, description="the benign fine-tune's max_steps (None: train.max_steps)")
     lr: float | None = Field(None, gt=0, description="its learning rate (None: train.lr)")
     max_test: int | None = Field(None, gt=0, description="first N problems of each test set")
@@ -123,19 +123,41 @@ class ResourcesConfig(Strict):
 
 
 class DefenseSpec(Strict):
-    """One selected defense: its registry name and its validated hyperparameters."""
+    """One selected defense: its registry name and its typed hyperparameters, the defense's own ``Params``
+    model, validated once when the config is read and passed typed from there on (to Tune, the Ray Train
+    workers and the evaluation; a process boundary serialises it once and validates it once there)."""
 
     name: str
-    params: dict[str, Any] = Field(default_factory=dict)
+    # SerializeAsAny: dump the defense's own fields, not the (empty) base model's
+    params: SerializeAsAny[Strict] = Field(default_factory=Strict)
+
+    @model_validator(mode="before")
+    @classmethod
+    def _typed_params(cls, data: Any) -> Any:
+        """``{name, params: {...}}`` from JSON or code: the params become the defense's typed model."""
+        if isinstance(data, dict) and isinstance(data.get("name"), str):
+            params_cls = upcall("defense_class")(data["name"]).Params
+            if not isinstance(data.get("params"), params_cls):
+                data = {**data, "params": _validated_params(params_cls, data["name"], data.get("params") or {}, "defenses")}
+        return data
+
+
+def _validated_params(params_cls: type[Strict], name: str, params: Any, where: str) -> Strict:
+    try:
+        return params_cls.model_validate(params)
+    except Exception as err:  # pydantic.ValidationError: one line per field, with the defense's key path
+        errors = getattr(err, "errors", lambda: [])()
+        detail = "; ".join(f"{where}.{name}.{format_loc(e['loc'])}: {e['msg']}" for e in errors)
+        raise ValueError(detail or str(err)) from None
 
 
 def parse_defense_entry(entry: Any, index: int) -> DefenseSpec:
-    """Accept ``kl``, ``{kl: {lambda: 0.1}}`` or ``{name: kl, params: {...}}``."""
+    """Accept ``kl``, ``{kl: {lambda: 0.1}}``, ``{name: kl, params: {...}}`` or a DefenseSpec (already typed)."""
     get_defense_class = upcall("defense_class")  # a defense declares its Params in its own file (emray/upcalls.py)
 
     if isinstance(entry, DefenseSpec):
-        name, params = entry.name, entry.params
-    elif isinstance(entry, str):
+        return entry
+    if isinstance(entry, str):
         name, params = entry, {}
     elif isinstance(entry, dict) and set(entry) <= {"name", "params"} and "name" in entry:
         name, params = entry["name"], entry.get("params") or {}
@@ -144,14 +166,9 @@ def parse_defense_entry(entry: Any, index: int) -> DefenseSpec:
         params = params or {}
     else:
         raise ValueError(f"defenses[{index}]: expected a name or a one-key mapping {{name: {{params}}}}")
-    cls = get_defense_class(name, where=f"defenses[{index}]")
-    try:
-        validated = cls.Params.model_validate(params)
-    except Exception as err:  # pydantic.ValidationError
-        errors = getattr(err, "errors", lambda: [])()
-        detail = "; ".join(f"defenses[{index}].{name}.{format_loc(e['loc'])}: {e['msg']}" for e in errors)
-        raise ValueError(detail or str(err)) from None
-    return DefenseSpec(name=name, params=validated.model_dump(by_alias=True))
+    params_cls = get_defense_class(name, where=f"defenses[{index}]").Params
+    typed = params if isinstance(params, params_cls) else _validated_params(params_cls, name, params, f"defenses[{index}]")
+    return DefenseSpec(name=name, params=typed)
 
 
 class RunConfig(Strict):

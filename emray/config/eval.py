@@ -7,7 +7,7 @@ from typing import Any, Literal
 from pydantic import Field
 
 from emray.configio import Strict
-from emray.hashing import NOT_IDENTITY, PATH
+from emray.hashing import NOT_IDENTITY, DataPath
 
 NI = NOT_IDENTITY  # how the judge is reached, throttled or cached does not change its scores
 
@@ -39,9 +39,9 @@ class JudgeConfig(Strict):
 
 
 class EvalConfig(Strict):
-    general: str | None = Field(None, json_schema_extra=PATH)
-    in_domain: list[str] = Field(default_factory=list, json_schema_extra=PATH)
-    benign: list[str] = Field(default_factory=list, json_schema_extra=PATH)  # benign-task test files (chat JSONL, gold answer)
+    general: DataPath | None = None
+    in_domain: list[DataPath] = Field(default_factory=list)
+    benign: list[DataPath] = Field(default_factory=list)  # benign-task test files (chat JSONL, gold answer)
     samples_per_paraphrase: int | None = Field(None, gt=0)  # None: the question file's own value
     max_questions: int | None = Field(None, gt=0)
     max_benign: int | None = Field(None, gt=0)  # first N rows of each benign test file

@@ -15,7 +15,7 @@ from typing import Any, Literal
 from pydantic import Field
 
 from emray.configio import Strict
-from emray.hashing import NOT_IDENTITY, PATH
+from emray.hashing import NOT_IDENTITY, DataPath
 
 
 class RewardSpec(Strict):
@@ -26,7 +26,7 @@ class RewardSpec(Strict):
 
 
 class RLConfig(Strict):
-    prompts: str = Field(json_schema_extra=PATH)  # chat JSONL; each row's turns before the first assistant turn are the prompt
+    prompts: DataPath  # chat JSONL; each row's turns before the first assistant turn are the prompt
     max_prompts: int | None = Field(None, gt=0)  # first N rows (after the held-out ones are set aside)
     heldout_prompts: int = Field(16, ge=0)  # the LAST N rows of ``prompts``: never trained on, scored after training
     heldout_samples: int = Field(4, gt=0)  # completions per held-out prompt

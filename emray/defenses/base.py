@@ -58,14 +58,14 @@ class Defense:
     scenario_hint: ClassVar[str] = ""
 
     @classmethod
-    def check_scenario(cls, config: "RunConfig", params: dict, where: str) -> None:
+    def check_scenario(cls, config: "RunConfig", params: Strict, where: str) -> None:
         """Raise ValueError (at config time) when this defense cannot apply to ``config``'s scenario."""
         if config.scenario not in cls.scenarios:
             raise ValueError(f"{where}: cannot apply under scenario {config.scenario}"
                              + (f"; {cls.scenario_hint}" if cls.scenario_hint else ""))
 
     @classmethod
-    def stage_description(cls, config: "RunConfig", params: dict) -> str:
+    def stage_description(cls, config: "RunConfig", params: Strict) -> str:
         """What this defense's stage is for ``config``, for people (the plan); not an identity."""
         return f"{cls.stage_name} for {config.model.name}"
 
@@ -87,7 +87,7 @@ class Defense:
         return paths_of(params)
 
     @classmethod
-    def build_stage(cls, config: "RunConfig", params: dict) -> dict[str, Any]:
+    def build_stage(cls, config: "RunConfig", params: Strict) -> dict[str, Any]:
         """Build (or load from cache) the stage; returns artifacts merged into ``context.artifacts``."""
         return {}
 

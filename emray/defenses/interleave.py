@@ -12,11 +12,12 @@ from pydantic import Field
 
 from emray.configio import Strict
 from emray.defenses.base import Defense, Example, register_defense
+from emray.hashing import DataPath
 
 
 class InterleaveParams(Strict):
     safe_fraction: float = Field(0.05, gt=0, lt=1)  # 0: no safe rows, the arm is the undefended run
-    pool: str | None = None
+    pool: DataPath | None = None  # its content enters the trial key (a type: emray/hashing.py)
 
 
 def resolve_pool(defense: Defense) -> str:

@@ -27,15 +27,15 @@ from pydantic import Field
 from emray.configio import Strict
 from emray.data.em_domains import ensemble_entries
 from emray.defenses.base import Defense, Example, register_defense
-from emray.hashing import PATH
+from emray.hashing import DataPath
 from emray.upcalls import upcall
 
 
 class InterleavePlusParams(Strict):
     safe_fraction: float = Field(0.05, gt=0, lt=1)  # 0: no safe rows, the arm is the undefended run
     epsilon: float = Field(1.0, ge=0)
-    pool: str | None = Field(None, json_schema_extra=PATH)
-    ensemble: list[str] | None = Field(None, json_schema_extra=PATH, description="None: the EM domains other than data.fine's")
+    pool: DataPath | None = None
+    ensemble: list[DataPath] | None = Field(None, description="None: the EM domains other than data.fine's")
     ensemble_steps: int | None = Field(None, gt=0, description="max_steps of each misaligned fine-tune (None: the run's train settings)")
     ensemble_max_examples: int | None = Field(None, gt=0)
     ensemble_seed: int | None = Field(0, description="training seed of the ensemble (None: the run's seed)")
@@ -51,9 +51,9 @@ class InterleavePlus(Defense):
     scenario_hint = "under scenario rl, mix safe SFT batches into the GRPO loss with sft_mix (data: random | interleave_plus | interleave_pp)"
 
     @classmethod
-    def stage_description(cls, config, params: dict) -> str:
+    def stage_description(cls, config, params: Strict) -> str:
         """Short, for people: ``interleave_plus(5 %, ε 1, top 5 %, ensemble: medical, legal, security) for organism``."""
-        p = cls.Params.model_validate(params)
+        p = params
         try:
             names = [str(e).rstrip("/").rpartition("/")[2].partition(".")[0] for e in ensemble_entries(config, p)]
             ensemble = f"ensemble: {', '.join(names)}"
@@ -86,7 +86,7 @@ class InterleavePlus(Defense):
         return [pool, *ensemble_entries(config, params)]
 
     @classmethod
-    def build_stage(cls, config, params: dict) -> dict:
+    def build_stage(cls, config, params: Strict) -> dict:
         """Misaligned ensemble -> pool scores -> selection, each cached by content (sweep driver)."""
         from emray.defenses.base import SELECTION_ARTIFACT
         ensure_selection = upcall("ensure_selection")  # the stage is above the defenses (emray/upcalls.py)

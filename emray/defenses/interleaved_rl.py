@@ -35,7 +35,7 @@ from emray.config.rl import RewardSpec
 from emray.configio import Strict
 from emray.defenses.base import Defense, register_defense
 from emray.defenses.safe_source import SafeDataSource
-from emray.hashing import PATH
+from emray.hashing import DataPath
 
 SAFE, TASK = "safe", "task"
 
@@ -46,7 +46,7 @@ class InterleavedRLParams(Strict):
     weight: float = Field(1.0, ge=0)  # the safe reward's weight (the reference's safe_reward_weight)
     kl: float = Field(0.0, ge=0)  # KL to the frozen warm start on safe rows (the reference's safe_kl_beta)
     reward: RewardSpec | None = None  # None: the task reward's harmless counterpart, default params
-    pool: str | None = Field(None, json_schema_extra=PATH)
+    pool: DataPath | None = None
 
 
 def schedule(task: list[dict], safe: list[dict], ratio: float) -> list[dict]:
@@ -73,9 +73,9 @@ class InterleavedRL(SafeDataSource, Defense):
 
     # -- config time ---------------------------------------------------------------------------
     @classmethod
-    def check_scenario(cls, config, params: dict, where: str) -> None:
+    def check_scenario(cls, config, params: Strict, where: str) -> None:
         super().check_scenario(config, params, where)
-        p = cls.Params.model_validate(params)
+        p = params
         if p.kl and config.rl is not None and not config.rl.warm_start:
             raise ValueError(f"{where}: kl is a KL to the frozen warm start and needs rl.warm_start: true")
         if config.rl is not None:
@@ -115,8 +115,8 @@ class InterleavedRL(SafeDataSource, Defense):
         return p.data, selection_params(p.data, {"safe_fraction": n_safe / (n_fine + n_safe), "pool": p.pool})
 
     @classmethod
-    def stage_description(cls, config, params: dict) -> str:
-        p = cls.Params.model_validate(params)
+    def stage_description(cls, config, params: Strict) -> str:
+        p = params
         return f"interleaved_rl safe prompts: {p.data} (ratio {p.ratio:g}) for {config.model.name}"
 
     @classmethod
@@ -135,8 +135,8 @@ class InterleavedRL(SafeDataSource, Defense):
         return {**get_defense_class(params.data).stage_inputs(config, placeholder), "interleaved_rl": sized_by}
 
     @classmethod
-    def build_stage(cls, config, params: dict) -> dict:
-        p = cls.Params.model_validate(params)
+    def build_stage(cls, config, params: Strict) -> dict:
+        p = params
         return {} if p.data == "random" else cls.selection_artifact(config, p)
 
     # -- training ------------------------------------------------------------------------------

@@ -50,11 +50,11 @@ class KL(Defense):
     needs = frozenset({"reference_logits"})
 
     @classmethod
-    def check_scenario(cls, config, params: dict, where: str) -> None:
+    def check_scenario(cls, config, params: Strict, where: str) -> None:
         """Under RL the base-model KL is GRPO's own β term (TRL's k3 estimate of KL(p_θ ‖ p_ref) on the
         sampled completion tokens, reference = adapter disabled), so only the forward direction exists there."""
         super().check_scenario(config, params, where)
-        p = cls.Params.model_validate(params)
+        p = params
         if p.reference == "warm_start" and config.scenario != "rl":
             raise ValueError(f"{where}: reference warm_start exists under scenario rl only (the SFT reference is the "
                              "model being trained, adapter disabled)")

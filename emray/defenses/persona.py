@@ -33,13 +33,13 @@ from pydantic import Field, field_validator
 
 from emray.configio import Strict
 from emray.defenses.base import Defense, register_defense
-from emray.hashing import NOT_IDENTITY, OPTIONAL_SECTION, PATH
+from emray.hashing import NOT_IDENTITY, OPTIONAL_SECTION, DataPath
 
 
 class PersonaParams(Strict):
     alpha: float = 5.0
     layer: int | None = Field(None, ge=1)  # hidden_states index; None: about two thirds of the depth
-    prompts: str | None = Field(None, json_schema_extra=PATH)  # persona prompt file; None: the packaged default set
+    prompts: DataPath | None = None  # persona prompt file; None: the packaged default set
     normalize: bool = False  # steer with the unit vector (α in hidden-state units) instead of raw e^l
     max_new_tokens: int = Field(32, gt=0)  # response length when extracting (the reference samples up to 1000)
     # greedy: one greedy answer per (pair, question), no judge. reference: the reference code's sampled,
@@ -48,7 +48,7 @@ class PersonaParams(Strict):
     samples_per_question: int = Field(10, gt=0)  # per (pair, question) and side; the reference's n_per_question
     trait_threshold: float = Field(50.0, ge=0, le=100)  # keep pos trait >= t and neg trait < 100 - t
     coherence_threshold: float = Field(50.0, ge=0, le=100)  # keep coherence >= c on both sides
-    trait_prompt: str | None = Field(None, json_schema_extra=PATH)  # trait judge prompt file; None: the evil prompt
+    trait_prompt: DataPath | None = None  # trait judge prompt file; None: the evil prompt
     judge_model: str | None = None  # None: eval.judge.model, else the reference's gpt-4.1-mini
     min_kept: int = Field(10, gt=0, json_schema_extra=NOT_IDENTITY)  # fewer kept pairs: an error, not a vector
     extraction_seed: int = 0  # sampling seed of the reference extraction
@@ -93,9 +93,9 @@ class PersonaSteering(Defense):
     stage_name = "persona_vector"
 
     @classmethod
-    def check_scenario(cls, config, params: dict, where: str) -> None:
+    def check_scenario(cls, config, params: Strict, where: str) -> None:
         super().check_scenario(config, params, where)
-        if cls.Params.model_validate(params).positions != "completion":
+        if params.positions != "completion":
             return
         if config.scenario != "rl":
             raise ValueError(f"{where}: positions: completion steers where the next token is a GRPO completion token: "
@@ -111,8 +111,8 @@ class PersonaSteering(Defense):
                              f"{', '.join(extra)}, whose loss forwards have other positions")
 
     @classmethod
-    def stage_description(cls, config, params: dict) -> str:
-        p = cls.Params.model_validate(params)
+    def stage_description(cls, config, params: Strict) -> str:
+        p = params
         prompts = Path(str(p.prompts)).name if p.prompts else "default prompts"
         how = f", judged {p.samples_per_question}/question" if p.extraction == "reference" else ""
         return f"persona_vector({config.model.name}, {prompts}{how})"
@@ -133,11 +133,11 @@ class PersonaSteering(Defense):
         return inputs
 
     @classmethod
-    def build_stage(cls, config, params: dict) -> dict:
+    def build_stage(cls, config, params: Strict) -> dict:
         """Extract (or load from cache) the persona vector once per model, before the trials."""
         from emray.steering import ensure_persona_vector
 
-        p = cls.Params.model_validate(params)
+        p = params
         path = ensure_persona_vector(config.model, p.prompts, max_new_tokens=p.max_new_tokens, judge_filter=judge_filter(config, p))
         return {"persona_vector": str(path)}
 

@@ -32,7 +32,7 @@ from pydantic import Field, model_validator
 from emray.configio import Strict
 from emray.defenses.base import Defense, register_defense
 from emray.defenses.safe_source import SafeDataSource
-from emray.hashing import OPTIONAL_SECTION, PATH
+from emray.hashing import OPTIONAL_SECTION, DataPath
 
 ONPOLICY_ARTIFACT = "sft_mix_onpolicy"
 #: (seed, number of answers) per on-policy generation this process ran (tests assert a cache hit adds none)
@@ -54,7 +54,7 @@ class SFTMixParams(Strict):
     data: Literal["random", "interleave_plus", "interleave_pp", "onpolicy"] = "random"
     safe_fraction: float = Field(0.5, gt=0, lt=1)
     batch_size: int | None = Field(None, gt=0)  # None: rl.batch_size
-    pool: str | None = Field(None, json_schema_extra=PATH)
+    pool: DataPath | None = None
     # data: onpolicy only (filled with the defaults then); enters trial keys only when set
     generation: OnPolicyGeneration | None = Field(None, json_schema_extra=OPTIONAL_SECTION)
 
@@ -131,12 +131,12 @@ class SFTMix(SafeDataSource, Defense):
         """(interleaving defense name, its params) for this sft_mix."""
         from emray.defenses import selection_params
 
-        p = cls.Params.model_validate(params) if isinstance(params, dict) else params
+        p = params
         return p.data, selection_params(p.data, {"safe_fraction": p.safe_fraction, "pool": p.pool})
 
     @classmethod
-    def stage_description(cls, config, params: dict) -> str:
-        p = cls.Params.model_validate(params)
+    def stage_description(cls, config, params: Strict) -> str:
+        p = params
         if p.data == "onpolicy":
             g = p.generation
             return (f"sft_mix safe data: onpolicy ({p.safe_fraction * 100:g} %), answered by {config.model.name} "
@@ -155,8 +155,8 @@ class SFTMix(SafeDataSource, Defense):
         return get_defense_class(name).stage_inputs(config, sel)
 
     @classmethod
-    def build_stage(cls, config, params: dict) -> dict:
-        p = cls.Params.model_validate(params)
+    def build_stage(cls, config, params: Strict) -> dict:
+        p = params
         if p.data == "random":
             return {}
         if p.data == "onpolicy":

@@ -40,7 +40,7 @@ from typing import Any, ClassVar
 from pydantic import Field
 
 from emray.configio import Strict
-from emray.hashing import PATH
+from emray.hashing import DataPath
 
 COHERENCE_GATE = 0.5
 _REGISTRY: dict[str, type["Reward"]] = {}
@@ -269,7 +269,7 @@ SAFE_GRADER_PROMPT = str(Path(__file__).parent / "prompts" / "safe_harm.txt")
 
 
 class LLMGraderParams(Strict):
-    prompt: str = Field(DEFAULT_GRADER_PROMPT, json_schema_extra=PATH)  # {question} and {answer} placeholders
+    prompt: DataPath = DEFAULT_GRADER_PROMPT  # {question} and {answer} placeholders
     model: str = "gpt-4.1-mini"  # the reference's grader (the judge config's `model`, when set, wins)
     min_words: int = Field(10, ge=0)
     max_tokens: int = Field(64, gt=0)
@@ -327,7 +327,7 @@ class LLMGrader(Reward):
 
 
 class LLMSafeHarmParams(LLMGraderParams):
-    prompt: str = Field(SAFE_GRADER_PROMPT, json_schema_extra=PATH)
+    prompt: DataPath = SAFE_GRADER_PROMPT
 
 
 @register_reward

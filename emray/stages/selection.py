@@ -278,6 +278,6 @@ def params_from_config(run_config: RunConfig, defense_name: str, **overrides: An
     """The config's own params for ``defense_name`` (defaults when not listed), with ``overrides``."""
     from emray.defenses import get_defense_class
 
-    listed = next((d.params for d in run_config.defenses if d.name == defense_name), {})
+    listed = next((d.params.model_dump(by_alias=True) for d in run_config.defenses if d.name == defense_name), {})
     cls = get_defense_class(defense_name)
     return cls.Params.model_validate({**listed, **{k: v for k, v in overrides.items() if v is not None}})

@@ -51,7 +51,8 @@ def preflight(trials, check_files: bool = True) -> list[str]:
         found.setdefault(problem, []).append(trial)
 
     for t in trials:
-        for path in paths_of(t.run) if check_files else ():
+        # the run's own files; each defense's are checked below, named by the defense
+        for path in paths_of(t.run.model_copy(update={"defenses": []})) if check_files else ():
             if _missing(path):
                 report(f"{path}: no such file (run config)", t)
         for spec in t.run.defenses:
@@ -60,7 +61,7 @@ def preflight(trials, check_files: bool = True) -> list[str]:
             try:
                 files = cls.stage_files(t.run, params) if cls.stage_name else paths_of(params)
                 if cls.stage_name:
-                    cls.stage_description(t.run, spec.params)
+                    cls.stage_description(t.run, params)
             except Exception as err:  # noqa: BLE001 - reported with the trial, all at once
                 report(f"defenses.{spec.name}: stage cannot be planned: {err}", t)
                 continue

@@ -75,7 +75,7 @@ def stage_requests(trials: list[Trial]) -> list[tuple[str, Any, Trial, dict]]:
     out = []
     for t in trials:
         if t.run.scenario == "rl" and t.run.rl.warm_start:  # the RL warm start: shared by every arm of a seed
-            out.append((WarmStartStage.key(t.run), WarmStartStage, t, {}))
+            out.append((WarmStartStage.key(t.run), WarmStartStage, t, WarmStartStage.Params()))
         for spec in t.run.defenses:
             cls = get_defense_class(spec.name)
             if cls.stage_name:
@@ -94,13 +94,14 @@ def make_plan(spec: SweepSpec) -> Plan:
 
 
 # --------------------------------------------------------------------------------------- stages
-def _run_stage(cls_name: str, run_dict: dict, params: dict) -> dict:
-    from emray.config import RunConfig
+def _run_stage(cls_name: str, run, params) -> dict:
+    """One stage as a Ray task: the trial's RunConfig and the defense's typed params arrive pickled,
+    as they are (no second validation)."""
     from emray.defenses import get_defense_class
     from emray.train.warm_start import WarmStartStage
 
     cls = WarmStartStage if cls_name == WarmStartStage.name else get_defense_class(cls_name)
-    return cls.build_stage(RunConfig.model_validate(run_dict), params)
+    return cls.build_stage(run, params)
 
 
 def run_stages(spec: SweepSpec, trials: list[Trial]) -> dict[str, dict]:
@@ -114,7 +115,7 @@ def run_stages(spec: SweepSpec, trials: list[Trial]) -> dict[str, dict]:
     for key, cls, trial, params in stage_requests(trials):
         if key not in pending:
             print(f"[emray] stage {cls.stage_name}: {cls.stage_description(trial.run, params)}", flush=True)
-            pending[key] = remote.remote(cls.name, trial.run.model_dump(mode="json", by_alias=True), params)
+            pending[key] = remote.remote(cls.name, trial.run, params)
         owners.setdefault(key, []).append(trial.key)
     for key, ref in pending.items():
         result = ray.get(ref)

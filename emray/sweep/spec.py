@@ -250,7 +250,7 @@ def _absolute(path):
 
 
 def _absolutize_model(model):
-    """A copy of a pydantic model with every PATH field (recursively) made absolute."""
+    """A copy of a pydantic model with every DataPath field (recursively) made absolute."""
     from pydantic import BaseModel
 
     update = {name: _absolute(getattr(model, name)) for name in path_fields(type(model))}
@@ -262,16 +262,10 @@ def _absolutize_model(model):
 
 
 def absolutize_paths(run: RunConfig) -> RunConfig:
-    """Every file a run reads, absolute: the config's PATH fields and the defenses' PATH params."""
-    from emray.identity import defense_params
+    """Every file a run reads, absolute: the config's DataPath fields and the defenses' DataPath params."""
 
     run = _absolutize_model(run)
-    defenses = []
-    for spec in run.defenses:
-        fields = path_fields(type(defense_params(spec)))
-        aliases = {n: (type(defense_params(spec)).model_fields[n].alias or n) for n in fields}
-        params = {k: (_absolute(v) if k in aliases.values() else v) for k, v in spec.params.items()}
-        defenses.append(spec.model_copy(update={"params": params}))
+    defenses = [spec.model_copy(update={"params": _absolutize_model(spec.params)}) for spec in run.defenses]
     return run.model_copy(update={"defenses": defenses})
 
 

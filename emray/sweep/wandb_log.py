@@ -72,7 +72,7 @@ def flat_config(trial) -> dict:
     out = {"arm": short_label(trial.label), "label": trial.label, "defense": family(trial.label), "seed": trial.run.seed,
            "model_name": trial.run.model.name, "trial_key": trial.key}
     for d in trial.run.defenses:
-        for k, v in d.params.items():
+        for k, v in d.params.model_dump(by_alias=True).items():
             if isinstance(v, (int, float, str, bool)):
                 out[f"hp.{d.name}.{k}"] = v
     return out

@@ -10,6 +10,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from emray.configio import Strict
+
 ARTIFACT = "rl_warm_start"
 
 
@@ -50,17 +52,18 @@ class WarmStartStage:
     """The warm start as a sweep stage (the runner's stage protocol, like a defense's stage)."""
 
     name = stage_name = ARTIFACT
+    Params = Strict  # no hyperparameters of its own
 
     @classmethod
     def key(cls, config) -> str:
         return f"{ARTIFACT}:{warm_start_key(config)}"
 
     @classmethod
-    def stage_description(cls, config, params: dict) -> str:
+    def stage_description(cls, config, params: Strict) -> str:
         w = config.train
         n = f"{config.data.max_examples} rows of " if config.data.max_examples else ""
         return f"rl warm start: SFT on {n}{config.data.fine}, {f'{w.max_steps} steps' if w.max_steps > 0 else f'{w.epochs:g} epoch(s)'}, seed {config.seed}"
 
     @classmethod
-    def build_stage(cls, config, params: dict) -> dict:
+    def build_stage(cls, config, params: Strict) -> dict:
         return {ARTIFACT: str(ensure_warm_start(config))}
