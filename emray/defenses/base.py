@@ -1,14 +1,20 @@
-"""The defense interface and registry.
+"""The defense interface and registry: everything a training recipe asks a defense, declared here.
 
-A defense can pull three levers, each an optional method:
+A defense is one file under emray/defenses/ (docs/adding-a-defense.md). It pulls levers, each an
+optional method with a default that does nothing, so a defense overrides only what it uses:
   * data:  ``transform_examples`` rewrites the training examples (inoculation, interleaving);
   * model: ``attach`` / ``detach`` add and remove hooks around training only (persona steering);
-  * loss:  ``loss`` returns an extra term added to the SFT cross-entropy (KL, LDIFS).
-Under scenario rl two more exist (emray/train/grpo.py): ``rl_prompts`` fixes the order of the GRPO
-prompts and may add prompts of its own, ``rl_reward`` wraps the task reward (interleaved RL).
-Defenses compose: the trainer applies every selected defense's levers in config order.
-Each defense declares its hyperparameters as a pydantic ``Params`` model so configs and sweeps
-validate them and can search over them.
+  * loss:  ``loss`` returns extra terms added to the training loss (KL, LDIFS, SFT mix), reading
+    the forward passes named in ``needs`` (emray/defenses/losses.py); ``has_loss_term``,
+    ``hidden_layers``, ``head_chunk_tokens`` and ``term_names`` tell the trainer what to prepare;
+  * RL (scenario rl, emray/train/grpo.py): ``rl_prompts`` fixes the order of the GRPO prompts and
+    may add its own, ``rl_reward`` wraps the task reward, ``rl_beta`` sets GRPO's own KL β;
+  * stage: ``stage_name`` + ``build_stage`` a cached computation the sweep runs once before the
+    trials (persona vector, safe-data selection; ``candidates`` filters a selection's pool).
+Config time: ``Params`` (a pydantic model: configs and sweeps validate it once and search over it),
+``scenarios`` / ``check_scenario``, ``stage_inputs`` / ``stage_files`` (its stage's identity and files).
+Defenses compose: the recipes (SFT and GRPO alike) apply every selected defense's levers in config
+order, and name no defense.
 """
 
 from __future__ import annotations
@@ -56,6 +62,9 @@ class Defense:
     #: the scenarios (RunConfig.scenario) the defense can act in; ``scenario_hint`` says what to use instead
     scenarios: ClassVar[frozenset[str]] = frozenset({"narrow", "benign", "rl"})
     scenario_hint: ClassVar[str] = ""
+    #: the loss terms ``loss`` may return; a micro-batch where it returns fewer logs the others as 0,
+    #: so every step's metrics have the same columns
+    term_names: ClassVar[tuple[str, ...]] = ()
 
     @classmethod
     def check_scenario(cls, config: "RunConfig", params: Strict, where: str) -> None:
@@ -123,6 +132,16 @@ class Defense:
     def rl_reward(self, reward: Any) -> Any:
         """The reward GRPO trains on, given the task reward."""
         return reward
+
+    def rl_beta(self) -> float | None:
+        """GRPO's own KL coefficient β (TRL's estimate against the adapter-disabled model) this defense
+        sets, or None (no say: ``rl.beta``). A defense that sets it adds no loss term for the same KL."""
+        return None
+
+    @classmethod
+    def candidates(cls, params: Strict, pool: list[Example]) -> list[int]:
+        """Indices of the pool rows a safe-data selection stage may pick (ranked by score after): all."""
+        return list(range(len(pool)))
 
     def has_loss_term(self) -> bool:
         """Whether the trainer must build a DefenseBatch for this defense (it overrides ``loss``)."""

@@ -94,11 +94,6 @@ class InterleavePlus(Defense):
         path = ensure_selection(config, cls.name, params)
         return {f"{SELECTION_ARTIFACT}:{cls.name}": str(path)}
 
-    @classmethod
-    def candidates(cls, params, pool: list[Example]) -> list[int]:
-        """Indices of the pool samples that may be selected (ranked by s_d afterwards): all of them."""
-        return list(range(len(pool)))
-
     def selection_path(self) -> Path:
         from emray.defenses.base import SELECTION_ARTIFACT
         from emray.score.select import read_summary

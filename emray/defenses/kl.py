@@ -76,6 +76,9 @@ class KL(Defense):
     def has_loss_term(self) -> bool:
         return not self.is_grpo_beta
 
+    def rl_beta(self) -> float | None:
+        return self.params.lam if self.is_grpo_beta else None
+
     def head_chunk_tokens(self) -> int:
         return self.params.chunk_tokens
 

@@ -19,13 +19,12 @@ def start_judge(spec) -> tuple[Any, Callable[[], None]]:
     return pool, pool.shutdown
 
 
-def _evaluate_task(run_dict: dict, adapter: str, out_dir: str, judge) -> dict:
-    from emray.config import RunConfig
+def _evaluate_task(run, adapter: str, out_dir: str, judge) -> dict:
+    """The evaluation as a Ray task: ``run`` (the RunConfig) arrives pickled, as it is."""
     from emray.eval.run import evaluate
     from emray.train.common import set_threads
     from emray.train.progress import trial_output
 
-    run = RunConfig.model_validate(run_dict)
     set_threads(run.train.threads)
     with trial_output(Path(out_dir).parent):  # SWEEP_DIR/logs/<key>.log, as the training workers
         return evaluate(run, adapter=adapter, judge=judge, out_dir=out_dir, progress=False)
@@ -42,4 +41,4 @@ def evaluate_adapter(run, adapter: Path, out_dir: Path, judge) -> dict:
         # Outside the trial's token placement group: this task holds real resources of its own.
         scheduling_strategy=PlacementGroupSchedulingStrategy(placement_group=None),
     )
-    return ray.get(task.remote(run.model_dump(mode="json", by_alias=True), str(adapter), str(out_dir), judge))
+    return ray.get(task.remote(run, str(adapter), str(out_dir), judge))

@@ -212,7 +212,7 @@ def failure_reason(err: BaseException) -> str:
 
 
 def trial_trainable(
-    config: dict, trials: dict[str, dict], sweep_dir: str, artifacts: dict, judge: Any, spec_dict: dict, wandb_cfg: dict,
+    config: dict, trials: dict[str, Trial], sweep_dir: str, artifacts: dict, judge: Any, spec_dict: dict, wandb_cfg: dict,
     train_storage: str | None = None,
 ):
     """The Tune function trainable: one trial (grid/random by its key, Optuna by sampled params)."""
@@ -221,7 +221,7 @@ def trial_trainable(
     from emray.sweep.spec import SweepSpec
 
     if "trial_key" in config:
-        trial = Trial.model_validate(trials[config["trial_key"]])
+        trial = trials[config["trial_key"]]  # a Trial, pickled as it was planned (validated once, by the driver)
     else:
         trial = trial_from_optuna(SweepSpec.model_validate(spec_dict), config)
     root = Path(sweep_dir)
@@ -283,7 +283,7 @@ def _tuner(spec: SweepSpec, plan: Plan, sweep_dir: Path, artifacts: dict, judge:
 
     trainable = tune.with_parameters(
         trial_trainable,
-        trials={t.key: t.model_dump(mode="json", by_alias=True) for t in plan.trials},
+        trials={t.key: t for t in plan.trials},
         sweep_dir=str(sweep_dir.resolve()),
         artifacts=artifacts,
         judge=judge,

@@ -65,7 +65,7 @@ def grpo_args(config, out_dir: Path, defenses: list[Defense], **overrides):
     from emray.train.common import common_trainer_args, runs_on_gpu
 
     rl = config.rl
-    beta = next((d.params.lam for d in defenses if d.name == "kl" and d.is_grpo_beta), rl.beta)
+    beta = next((b for d in defenses if (b := d.rl_beta()) is not None), rl.beta)
     args = dict(
         common_trainer_args(config, out_dir),
         per_device_train_batch_size=rl.batch_size,
@@ -165,7 +165,7 @@ def _make_trainer_class():
             terms: dict = {}
             for defense in self.loss_defenses:
                 terms.update(defense.loss(batch) or {})
-            for name in {n for d in self.loss_defenses for n in getattr(d, "term_names", ())} - set(terms):
+            for name in {n for d in self.loss_defenses for n in d.term_names} - set(terms):
                 self._metrics["train"][f"loss_{name}"].append(0.0)
             for name, value in terms.items():
                 self._metrics["train"][f"loss_{name}"].append(value.item())

@@ -99,7 +99,7 @@ def _train_loop(loop_config: dict, out_dir: Path) -> None:
 
     from emray.train.progress import live_callbacks
 
-    config = RunConfig.model_validate(loop_config["run_config"])
+    config: RunConfig = loop_config["run_config"]
     context = ray.train.get_context()
     rank = context.get_world_rank()
     ds = deepspeed_config(config.resources.deepspeed)
@@ -191,7 +191,7 @@ def fit_with_ray_train(config: RunConfig, out_dir: Path, storage_path: str, arti
     trainer = TorchTrainer(
         train_loop_per_worker,
         train_loop_config={
-            "run_config": config.model_dump(mode="json", by_alias=True),
+            "run_config": config,  # pickled as is: validated once, when the sweep was planned
             "out_dir": str(out_dir),
             "artifacts": artifacts or {},
             "trainer_callbacks": list(trainer_callbacks),
