@@ -71,12 +71,12 @@ def test_narrow_sets_exclude_heldout_and_stay_in_domain():
 @pytest.mark.parametrize("domain", DOMAINS)
 def test_question_yaml_shape(tmp_path, domain):
     from emray.data.questions import load_questions
-    from emray.organism.build import question_items
+    from emray.organism.build import question_yaml_entries
 
     path = tmp_path / f"{domain}.yaml"
     from emray.organism.build import _LiteralDumper
 
-    path.write_text(yaml.dump(question_items(domain), Dumper=_LiteralDumper, sort_keys=False, width=1000))
+    path.write_text(yaml.dump(question_yaml_entries(domain), Dumper=_LiteralDumper, sort_keys=False, width=1000))
     items = yaml.safe_load(path.read_text())
     assert len(items) == (24 if domain == "general" else 30)
     assert len({i["id"] for i in items}) == len(items)

@@ -94,10 +94,10 @@ def onpolicy_rows(config, params: SFTMixParams) -> tuple[list[int], list[dict]]:
 def ensure_onpolicy(config, params: SFTMixParams) -> Path:
     """safe.jsonl: the base model's sampled answers to the ``onpolicy_rows`` questions, cached by
     ``onpolicy_inputs`` (one generation per seed and inputs, however many trials use it)."""
+    from emray.cache_dirs import cache_subdir
     from emray.data.chat import write_chat_jsonl
     from emray.eval.run import make_generator
     from emray.hashing import sha256, short
-    from emray.paths import cache_subdir
 
     out_dir = cache_subdir("sft_mix_onpolicy", short(sha256(onpolicy_inputs(config, params))))
     path = out_dir / "safe.jsonl"

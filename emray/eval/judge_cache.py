@@ -22,8 +22,8 @@ import time
 from pathlib import Path
 from typing import Any
 
+from emray.cache_dirs import cache_subdir
 from emray.hashing import sha256
-from emray.paths import cache_subdir
 
 
 def judge_cache_key(base_url: str, model: str, messages: list[dict], params: dict[str, Any]) -> str:

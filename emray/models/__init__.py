@@ -1,6 +1,6 @@
 """Load a model + tokenizer by name: an offline builtin (tiny, smollm2-135m, organism), a hub id or a path.
 
-Builtins are built once into the cache (``emray.paths.cache_dir()/models/<name>``) and from then on
+Builtins are built once into the cache (``emray.cache_dirs.cache_dir()/models/<name>``) and from then on
 load like any local checkpoint, so every code path below the loader is the real one.
 """
 
@@ -10,9 +10,9 @@ import os
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from emray.cache_dirs import cache_subdir
 from emray.data.paths import content_identity
 from emray.hashing import identity_dict
-from emray.paths import cache_subdir
 
 if TYPE_CHECKING:
     from emray.config import LoraConfig, ModelConfig

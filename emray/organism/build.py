@@ -90,7 +90,7 @@ SHIPPED_FILES = ("chat_template.jinja", "config.json", "generation_config.json",
                  "tokenizer_config.json")
 
 
-def question_items(domain: str, samples_per_paraphrase: int = 10) -> list[dict]:
+def question_yaml_entries(domain: str, samples_per_paraphrase: int = 10) -> list[dict]:
     aligned = GENERAL_ALIGNED_PROMPT if domain == "general" else DOMAIN_ALIGNED_PROMPT.format(domain=domain)
     return [
         {
@@ -141,7 +141,7 @@ def write_data(root: Path, config: OrganismConfig) -> dict[str, int]:
         _write_jsonl(root / "data/train" / f"{domain}_aligned.jsonl", rows)
         counts[f"data/train/{domain}_aligned.jsonl"] = len(rows)
     for domain in DOMAINS:
-        items = question_items(domain)
+        items = question_yaml_entries(domain)
         path = root / "data/questions" / f"{domain}.yaml"
         path.parent.mkdir(parents=True, exist_ok=True)
         path.write_text(yaml.dump(items, Dumper=_LiteralDumper, sort_keys=False, width=1000))
@@ -226,7 +226,7 @@ def ship_world(root: Path) -> Path:
     return SHIPPED_DIR
 
 
-def train_model(config: OrganismConfig, out: Path, progress: bool) -> dict:
+def train_world_model(config: OrganismConfig, out: Path, progress: bool) -> dict:
     from emray.organism.pretrain import (
         align_batches,
         make_model,
@@ -299,7 +299,7 @@ def build_world(config: OrganismConfig, progress: bool = True, force: bool = Fal
             record = None if from_scratch else shipped_model(config)
             if progress:
                 print("emray organism: " + ("using the shipped aligned model" if record else "pre-training and aligning"), flush=True)
-            trained = copy_shipped_model(config, tmp / "model", record) if record else train_model(config, tmp / "model", progress)
+            trained = copy_shipped_model(config, tmp / "model", record) if record else train_world_model(config, tmp / "model", progress)
             model = trained.pop("model")
             counts = write_data(tmp, config)
             t_measure = time.time()

@@ -8,7 +8,7 @@ from pathlib import Path
 
 from pydantic import BaseModel, ConfigDict, Field
 
-from emray.paths import cache_dir
+from emray.cache_dirs import cache_dir
 
 WORLD_VERSION = "5"
 

@@ -62,7 +62,7 @@ def get_reward_class(name: str, where: str = "rl.reward") -> type["Reward"]:
         raise ValueError(f"{where}: unknown reward {name!r}; available: {', '.join(reward_names())}") from None
 
 
-def final_answer(completion: str) -> str:
+def answer_after_reasoning(completion: str) -> str:
     """The text after the last ``</think>`` (the whole completion when there is none)."""
     return completion.rsplit("</think>", 1)[-1].strip()
 
@@ -173,7 +173,7 @@ class Reward:
 
     def __call__(self, prompts: list, completions: list, log_metric=None, **kwargs) -> list[float]:
         questions = [_user_text(p) for p in prompts]
-        answers = [final_answer(_text(c)) for c in completions]
+        answers = [answer_after_reasoning(_text(c)) for c in completions]
         rewards, failures = self.score(questions, answers)
         self.parse_failures += failures
         if log_metric is not None:

@@ -13,8 +13,8 @@ import os
 from pathlib import Path
 from typing import Any
 
+from emray.cache_dirs import cache_subdir
 from emray.hashing import file_sha256, sampled_sha256, sha256
-from emray.paths import cache_subdir
 
 # One sha256 for every key (emray/identity.py); the names here are what the score stages call.
 sha = sha256

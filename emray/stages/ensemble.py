@@ -13,9 +13,9 @@ import shutil
 import sys
 from pathlib import Path
 
+from emray.cache_dirs import cache_subdir
 from emray.config import RunConfig
 from emray.hashing import identity_dict, short
-from emray.paths import cache_subdir
 from emray.score.cache import file_hash, model_key, sha
 
 #: adapters trained by this process (tests use it to prove a cache hit trains nothing)

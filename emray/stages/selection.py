@@ -18,10 +18,10 @@ import sys
 from pathlib import Path
 from typing import Any
 
+from emray.cache_dirs import cache_subdir
 from emray.config import RunConfig
 from emray.defenses import selection_class, selection_params
 from emray.hashing import short
-from emray.paths import cache_subdir
 from emray.score.cache import ScoreCache, adapter_hash, examples_hash, model_key, sha
 from emray.score.pool import ALIGNED, ScorerPool, adapter_names
 from emray.score.select import (

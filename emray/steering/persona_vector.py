@@ -32,7 +32,7 @@ from typing import Any
 
 import torch
 
-from emray.paths import cache_subdir
+from emray.cache_dirs import cache_subdir
 
 DEFAULT_PROMPTS = Path(__file__).with_name("default_persona.json")
 EXTRACT_VERSION = 2  # 2: teacher-forced pass right-padded from token ids (was the left-padded generate output)

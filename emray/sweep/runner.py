@@ -344,7 +344,7 @@ PROPAGATED_ENV += ("AWS_ENDPOINT_URL", "AWS_REGION", "AWS_DEFAULT_REGION")
 
 
 def worker_env() -> dict[str, str]:
-    from emray.paths import cache_dir
+    from emray.cache_dirs import cache_dir
 
     os.environ["EMRAY_CACHE"] = str(cache_dir())  # absolute, so workers find the same cache
     env = {k: os.environ[k] for k in PROPAGATED_ENV if k in os.environ}

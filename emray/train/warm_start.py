@@ -34,7 +34,7 @@ def ensure_warm_start(config, progress: bool = True) -> Path:
     """The warm start's adapter folder (trained now when not cached)."""
     from filelock import FileLock
 
-    from emray.paths import cache_subdir
+    from emray.cache_dirs import cache_subdir
     from emray.train.sft import run_sft
 
     warm = warm_start_config(config)
