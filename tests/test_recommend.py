@@ -73,7 +73,6 @@ def sweep(tmp_path) -> Path:
 def test_parser_reads_absolute_and_relative_bounds(text, expected):
     c = parse_constraint(text, OBJECTIVES)
     assert (c.criterion, c.op, c.scale, pytest.approx(c.offset)) == expected
-    assert parse_constraint(c.canonical(), OBJECTIVES) == parse_constraint(c.canonical(), OBJECTIVES)
     again = parse_constraint(c.canonical(), OBJECTIVES)
     assert (again.scale, pytest.approx(again.offset)) == (c.scale, c.offset)
 
@@ -155,7 +154,8 @@ def test_ties_on_the_objective_go_to_the_next_rule(sweep):
     assert d.recommended.label == "interleave_pp(safe_fraction=0.05)"
     assert d.tied_with == ["interleave(5 %)"]
     assert [a.rank for a in d.feasible] == [1, 2]
-    assert d.recommended.train_ratio == pytest.approx(105 / 100) and d.recommended.trial_ratio == pytest.approx(155 / 150)
+    assert d.recommended.train_ratio == pytest.approx(105 / 100)
+    assert d.recommended.trial_ratio == pytest.approx(155 / 150)
     assert d.recommended.dose == {"interleave_pp": {"safe_fraction": 0.05}}
     assert d.recommended.delta["general_misalignment"] == pytest.approx(0.12 - 0.78)
     [by_margin] = decide(load_results(sweep), resolve_constraints(CONSTRAINTS), "margin")
@@ -196,7 +196,8 @@ def test_relative_constraints_need_a_none_arm(tmp_path):
     sweep = write_results_dir(tmp_path, arms)
     with pytest.raises(ValueError, match=r"no 'none' arm to compare with; constraints relative to none "
                                          r"\('benign_accuracy >= 0.9 \* none'\)"):
-        decide(load_results(sweep), resolve_constraints(["general_misalignment <= 0.2", "benign_accuracy >= 0.9 * none"]))
+        decide(load_results(sweep), resolve_constraints(["general_misalignment <= 0.2",
+                                                         "benign_accuracy >= 0.9 * none"]))
     [d] = decide(load_results(sweep), resolve_constraints(["general_misalignment <= 0.2"]))  # absolute: fine
     assert d.recommended.label == "inoculation"
 
@@ -234,9 +235,9 @@ def test_the_spec_section_is_checked_at_load_with_file_and_line(tmp_path):
     path.write_text(SPEC)
     spec = load_sweep_spec(path)
     assert spec.recommend.objective == "overhead" and len(spec.recommend.constraints) == 2
-    assert load_sweep_spec(path.with_name("x.yaml") if False else path).recommend is not None
     path.write_text(SPEC.replace("benign_accuracy >= 0.9 * none", "benign_acuracy >= 0.9 * none"))
-    with pytest.raises(ConfigError, match=r"s.yaml:11: key 'recommend.constraints\[1\]': .*unknown criterion 'benign_acuracy'"):
+    with pytest.raises(ConfigError, match=r"s.yaml:11: key 'recommend.constraints\[1\]': "
+                                          r".*unknown criterion 'benign_acuracy'"):
         load_sweep_spec(path)
     path.write_text(SPEC.replace("objective: overhead", "objective: cheapest"))
     with pytest.raises(ConfigError, match=r"s.yaml:8: key 'recommend.objective'"):
@@ -304,7 +305,8 @@ def test_report_console_and_wandb_lead_with_the_decision(tmp_path):
     assert recommendation_summary(sweep, rows)["recommend/arm"] == "interleave_pp(5 %)"
     # no none arm: the sweep's closing lines say why there is no recommendation, and do not fail
     no_none = [r for r in rows if r["label"] != "none"]
-    assert final_summary(sweep, no_none).startswith("recommendation: not made (model organism: the sweep has no 'none' arm")
+    assert final_summary(sweep, no_none).startswith(
+        "recommendation: not made (model organism: the sweep has no 'none' arm")
     assert recommendation_summary(sweep, no_none)["recommend/status"].startswith("not made:")
 
 
