@@ -156,12 +156,16 @@ class ProgressCallback(Callback):
 
 
 def final_summary(sweep_dir: Path, rows: list[dict]) -> str:
-    """What the console ends with: the per-arm table with intervals and the front, and where things are."""
+    """What the console ends with: the recommendation (emray/sweep/recommend.py), the per-arm table with
+    intervals and the front, and where things are."""
     from emray.sweep.pareto import arm_rows, format_arm_table, interval_note
+    from emray.sweep.recommend import closing_lines
 
     arms = arm_rows(rows)
     front = [a["short_label"] for a in arms if a["is_pareto"]]
     return "\n".join([
+        *closing_lines(sweep_dir, rows),
+        "",
         format_arm_table(arms),
         f"({interval_note(arms)})",
         f"Pareto front (arm means, {len(front)} of {len(arms)}): {', '.join(front)}",

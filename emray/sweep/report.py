@@ -127,6 +127,7 @@ def render_html(sweep_dir: Path, spec: dict, rows: list[dict], arms: list[dict])
 <h1>emray sweep <code>{html.escape(name)}</code></h1>
 <p class="note">{len(rows)} trials, {len(arms)} arms, seeds {html.escape(", ".join(map(str, seeds)))} · models {html.escape(", ".join(sorted({a["model"] for a in arms})))}
 · report written {time.strftime("%Y-%m-%d %H:%M")} from <code>{html.escape(str(sweep_dir))}</code></p>
+{_decision_html(sweep_dir, rows)}
 <h2>Arms</h2>
 <p><b>On the Pareto front</b> (arm means, criteria {", ".join(html.escape(_title(k)) for k in OBJECTIVES if k in rates)}): {html.escape(", ".join(on_front) or "none")}.</p>
 {_arm_table_html(arms, rates)}
@@ -151,11 +152,60 @@ narrower than the truth, and seeds show the rest. "Dominated by": arms at least 
 """
 
 
+def _decision(sweep_dir: Path, rows: list[dict]):
+    """(decisions, where the constraints came from) or (None, why not): the report leads with it."""
+    from emray.sweep.recommend import recommend_sweep
+
+    try:
+        return recommend_sweep(sweep_dir, rows)
+    except ValueError as err:
+        return None, str(err)
+
+
+def _decision_html(sweep_dir: Path, rows: list[dict]) -> str:
+    from emray.sweep.recommend import RULE, summary_lines, table_rows
+
+    decisions, source = _decision(sweep_dir, rows)
+    if decisions is None:
+        return f'<h2>Decision</h2><p class="note">No recommendation: {html.escape(source)}</p>'
+    out = ['<h2>Decision</h2>']
+    for d in decisions:
+        lines = summary_lines(d)
+        rest = "<br>".join(html.escape(x.strip()) for x in lines[1:])
+        out.append(f'<p id="decision"><b>{html.escape(lines[0])}</b><br>{rest}</p>')
+        head, cells = table_rows(d)
+        body = "".join("<tr>" + "".join(f'<td class="num">{html.escape(c)}</td>' for c in row) + "</tr>"
+                       for row in cells)
+        titles = "".join(f"<th>{html.escape(h)}</th>" for h in head)
+        out.append(f'<table id="recommend"><tr>{titles}</tr>{body}</table>')
+    out.append(f'<p class="note">Constraints from {html.escape(source)}. ✓ met with confidence, ? not decided by the '
+               'interval, ✗ fails even at the favourable end; the number is the margin past the bound. '
+               f'Rule: {html.escape(RULE)}. <code>emray recommend {html.escape(str(sweep_dir))} --constraint '
+               '...</code> decides under other constraints.</p>')
+    return "\n".join(out)
+
+
+def _decision_markdown(sweep_dir: Path, rows: list[dict]) -> list[str]:
+    from emray.sweep.recommend import RULE, markdown_table, summary_lines
+
+    decisions, source = _decision(sweep_dir, rows)
+    if decisions is None:
+        return ["## Decision", "", f"No recommendation: {source}", ""]
+    lines = ["## Decision", ""]
+    for d in decisions:
+        summary = summary_lines(d)
+        lines += [f"**{summary[0]}**", "", *[f"- {x.strip().lstrip('- ')}" for x in summary[1:]], "",
+                  *markdown_table(d), ""]
+    lines += [f"Constraints from {source}. ✓ met with confidence, ? not decided by the interval, ✗ fails even at "
+              f"the favourable end; the number is the margin past the bound. Rule: {RULE}.", "", "## Arms", ""]
+    return lines
+
+
 # -------------------------------------------------------------------------------------- Markdown
 def render_markdown(sweep_dir: Path, spec: dict, rows: list[dict], arms: list[dict]) -> str:
     rates = _rates(arms)
     name = spec.get("name", sweep_dir.name)
-    lines = [f"# emray sweep `{name}`", "",
+    lines = [f"# emray sweep `{name}`", "", *_decision_markdown(sweep_dir, rows),
              f"{len(rows)} trials, {len(arms)} arms. Intervals: {interval_note(arms)}. ★: on the Pareto front (arm means).", "",
              "| arm | seeds | " + " | ".join(_title(r) for r in rates) + " | front | dominated by |",
              "|---|---|" + "---|" * len(rates) + "---|---|"]

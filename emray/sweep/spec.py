@@ -23,14 +23,15 @@ import copy
 import itertools
 import random
 from pathlib import Path
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
-from pydantic import Field, field_validator, model_validator
+from pydantic import AfterValidator, Field, field_validator, model_validator
 
 from emray.config import RunConfig, parse_defense_entry
 from emray.configio import ConfigError, Strict, apply_overrides, read_yaml, validate
 from emray.hashing import path_fields
 from emray.identity import trial_key
+from emray.sweep.constraints import DEFAULT_CONSTRAINTS, OBJECTIVE_CHOICES, parse_constraint
 
 #: The four criteria and the direction that is better for each (the Pareto front's objectives).
 OBJECTIVES: dict[str, Literal["min", "max"]] = {
@@ -96,6 +97,27 @@ class WandbConfig(Strict):
     workspace: bool = True  # online: save a W&B workspace for the sweep's group (needs wandb-workspaces)
 
 
+def _constraint(text: str) -> str:
+    parse_constraint(text, OBJECTIVES)  # ConstraintError is a ValueError: pydantic names the entry and line
+    return text
+
+
+class RecommendConfig(Strict):
+    """``recommend:``: the constraints an arm must meet with confidence and the objective that ranks
+    those that do (emray/sweep/recommend.py, docs/recommend.md)."""
+
+    constraints: list[Annotated[str, AfterValidator(_constraint)]] = Field(
+        default_factory=lambda: list(DEFAULT_CONSTRAINTS))
+    objective: Literal[OBJECTIVE_CHOICES] = "em"  # em | overhead | margin
+
+    @field_validator("constraints")
+    @classmethod
+    def _some(cls, value: list) -> list:
+        if not value:
+            raise ValueError("empty: list at least one constraint (or drop the key for the defaults)")
+        return value
+
+
 class SweepSpec(Strict):
     name: str
     # Where the sweep persists: a local or shared folder, or a bucket (s3://bucket/path, gs://bucket/path).
@@ -108,6 +130,7 @@ class SweepSpec(Strict):
     search: SearchConfig = Field(default_factory=SearchConfig)
     resources: SweepResources = Field(default_factory=SweepResources)
     wandb: WandbConfig = Field(default_factory=WandbConfig)
+    recommend: RecommendConfig | None = None  # None: emray recommend's defaults
 
     @field_validator("search")
     @classmethod

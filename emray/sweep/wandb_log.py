@@ -188,10 +188,22 @@ def log_summary(spec, sweep_dir: Path, rows: list[dict]) -> str | None:
         run.summary["num_trials"] = len(rows)
         run.summary["num_arms"] = len(arms)
         run.summary["num_pareto_arms"] = sum(bool(a["is_pareto"]) for a in arms)
+        run.summary.update(recommendation_summary(sweep_dir, rows))
         return str(Path(run.dir).parent)
     finally:
         run.finish()
         print(save_workspace(settings, rates if arms else list(OBJECTIVES)), flush=True)
+
+
+def recommendation_summary(sweep_dir: Path, rows: list[dict]) -> dict:
+    """``recommend/*``: the recommended arm (or the closest), the count of feasible arms, objective and
+    constraints (emray/sweep/recommend.py); with none possible, ``recommend/status`` says why."""
+    from emray.sweep.recommend import recommend_sweep, wandb_summary
+
+    try:
+        return wandb_summary(recommend_sweep(sweep_dir, rows)[0])
+    except ValueError as err:  # e.g. no none arm for a relative constraint: the summary run still logs
+        return {"recommend/status": f"not made: {err}"[:256]}
 
 
 def save_workspace(settings: dict, rates: list[str]) -> str:
