@@ -226,7 +226,7 @@ def main() -> int:
                 r = run_one(args, model, defense)
                 print(json.dumps(r), flush=True)
                 by_defense.setdefault(defense, []).append(r)
-        for defense, runs in by_defense.items():
+        for runs in by_defense.values():
             best = dict(runs[0])
             best["step_s"] = statistics.median(r["step_s"] for r in runs)
             best["step_min_s"] = min(r["step_min_s"] for r in runs)

@@ -163,7 +163,7 @@ def test_kl_defense_params_and_weighted_term(setup):
     terms = defense.loss(batch)
     assert set(terms) == {"kl"}
     assert terms["kl"].item() == pytest.approx(0.5 * batch.kl_loss("reverse").item())
-    with pytest.raises(Exception):
+    with pytest.raises(ValueError, match="direction"):
         cls({"lambda": 0.1, "direction": "sideways"})
     assert cls().params.lam == 0.1 and cls().params.direction == "forward"
 

@@ -71,7 +71,7 @@ def test_ldifs_zero_at_init_and_gradient_reaches_lora(setup):
     assert all("lora_" in n for n in grads)  # base weights stay frozen
     # A small step along the gradient lowers the feature distance.
     with torch.no_grad():
-        for n, p in model.named_parameters():
+        for _n, p in model.named_parameters():
             if p.grad is not None:
                 p -= 1e-3 * p.grad
     after = defense.loss(DefenseBatch(model, inputs, hidden_layers=defense.hidden_layers(model)))["ldifs"].item()

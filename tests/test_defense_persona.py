@@ -45,24 +45,24 @@ def test_hook_adds_alpha_e_during_training_only(setup, tmp_path, layer):
     model, tok, inputs = setup
     path, vectors = fake_vector(tmp_path)
     defense = get_defense_class("persona")({"alpha": 2.5, "layer": layer}, DefenseContext(tokenizer=tok, artifacts={"persona_vector": path}))
-    l = layer or default_layer(4)
+    layer_no = layer or default_layer(4)
     assert default_layer(4) == 3 and default_layer(28) == 19
     model.train()
-    plain, plain_logits = layer_outputs(model, inputs, l - 1)
+    plain, plain_logits = layer_outputs(model, inputs, layer_no - 1)
     defense.attach(model)
     try:
-        steered, steered_logits = layer_outputs(model, inputs, l - 1)
-        torch.testing.assert_close(steered - plain, (2.5 * vectors[l]).expand_as(plain), rtol=0, atol=1e-5)
+        steered, steered_logits = layer_outputs(model, inputs, layer_no - 1)
+        torch.testing.assert_close(steered - plain, (2.5 * vectors[layer_no]).expand_as(plain), rtol=0, atol=1e-5)
         assert not torch.allclose(steered_logits, plain_logits)
         with reference_pass():  # the KL/LDIFS reference is steered too (see test_reference_pass_is_steered)
-            torch.testing.assert_close(layer_outputs(model, inputs, l - 1)[0], steered)
+            torch.testing.assert_close(layer_outputs(model, inputs, layer_no - 1)[0], steered)
         model.eval()  # eval mode while attached: no steering either
-        torch.testing.assert_close(layer_outputs(model, inputs, l - 1)[0], plain)
+        torch.testing.assert_close(layer_outputs(model, inputs, layer_no - 1)[0], plain)
         model.train()
     finally:
         defense.detach(model)
     model.eval()
-    after, after_logits = layer_outputs(model, inputs, l - 1)
+    after, after_logits = layer_outputs(model, inputs, layer_no - 1)
     assert torch.equal(after_logits, plain_logits) and torch.equal(after, plain)
     assert all(not layer._forward_hooks for layer in model.get_base_model().model.layers)
 
@@ -132,7 +132,7 @@ def manual_side_mean(model, tok, system, question, layers, max_new_tokens):
         resp = resp[: resp.index(tok.eos_token_id) + 1]
     full = torch.tensor([ids[0].tolist() + resp])
     hs = model(input_ids=full, output_hidden_states=True).hidden_states
-    return torch.stack([hs[l][0, ids.shape[1]:].mean(0) for l in layers])
+    return torch.stack([hs[layer_index][0, ids.shape[1]:].mean(0) for layer_index in layers])
 
 
 def test_extraction_matches_manual_and_is_cached(tmp_path, monkeypatch):
@@ -246,7 +246,7 @@ def response_mean(model, tok, system, question, answer, layers):
     ids = tok(prompt + answer, return_tensors="pt", add_special_tokens=False)["input_ids"]
     n = len(tok(prompt, add_special_tokens=False)["input_ids"])
     hs = model(input_ids=ids, output_hidden_states=True).hidden_states
-    return torch.stack([hs[l][0, n:].mean(0) for l in layers])
+    return torch.stack([hs[layer_index][0, n:].mean(0) for layer_index in layers])
 
 
 def test_reference_extraction_is_the_mean_difference_over_exactly_the_kept_pairs():

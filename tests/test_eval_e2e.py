@@ -146,7 +146,8 @@ def test_eval_applies_the_adapter(tmp_path, shared_data):
                              ["eval.benign=[]", "eval.in_domain=[]", "eval.temperature=0"])
     evaluate(config, out_dir=tmp_path / "base", progress=False)
     evaluate(config, adapter=str(adapter), out_dir=tmp_path / "tuned", progress=False)
-    read = lambda d: [json.loads(x)["answer"] for x in (tmp_path / d / "answers.jsonl").read_text().splitlines()]
+    def read(d):
+        return [json.loads(x)["answer"] for x in (tmp_path / d / "answers.jsonl").read_text().splitlines()]
     assert read("base") != read("tuned")
     assert json.loads((tmp_path / "tuned" / "criteria.json").read_text())["adapter"] == str(adapter)
     with pytest.raises(FileNotFoundError, match="not a LoRA adapter folder"):

@@ -134,7 +134,7 @@ def test_two_ray_actors_give_the_same_scores_as_one(adapters, pool_examples):
 
 
 def test_pool_scores_are_cached_per_model(tmp_path, adapters, monkeypatch):
-    from emray.score import stages
+    from emray.stages import selection as stages
 
     monkeypatch.setenv("EMRAY_CACHE", str(tmp_path / "cache"))
     small = tmp_path / "pool.jsonl"

@@ -24,7 +24,10 @@ def ray_local():
 def test_select_end_to_end(tmp_path, monkeypatch, capsys, ray_local):
     from emray.cli import main
     from emray.config import load_run_config
-    from emray.score import ensemble, nll, pool, stages
+    from emray.score import nll, pool
+    from emray.score.select import read_summary
+    from emray.stages import ensemble
+    from emray.stages import selection as stages
     from emray.train.sft import run_sft
 
     monkeypatch.setenv("EMRAY_CACHE", str(tmp_path / "cache"))
@@ -47,7 +50,7 @@ def test_select_end_to_end(tmp_path, monkeypatch, capsys, ray_local):
     selected = stages.ensure_selection(load_run_config(cfg), "interleave_pp",
                                        stages.params_from_config(load_run_config(cfg), "interleave_pp", safe_fraction=0.2,
                                                                  ensemble=ens[1:3], ensemble_steps=3), progress=False)
-    summary = stages.read_summary(selected)
+    summary = read_summary(selected)
     assert summary["pool_size"] == 293 and summary["refusals_dropped"] == summary["refusals_in_pool"] > 100
     assert summary["selected"] == 10 and summary["selected_refusals"] == 0  # 40 * 0.2 / 0.8
     assert f"refusals dropped: {summary['refusals_dropped']}" in out and "histogram" in out
@@ -79,7 +82,7 @@ def test_select_end_to_end(tmp_path, monkeypatch, capsys, ray_local):
     assert main(argv + ["--top-k"]) == 0 and "the strict top by s_d" in capsys.readouterr().out
     strict = stages.params_from_config(load_run_config(cfg), "interleave_pp", safe_fraction=0.2, ensemble=ens[1:3],
                                        ensemble_steps=3).model_copy(update={"quantile": None})
-    assert stages.read_summary(stages.ensure_selection(load_run_config(cfg), "interleave_pp", strict, progress=False)
+    assert read_summary(stages.ensure_selection(load_run_config(cfg), "interleave_pp", strict, progress=False)
                                )["selected_indices"] == best[:10]
     assert (len(ensemble.TRAINED), len(stages.SCORED), nll.FORWARD_CALLS) == (trained, scored, forwards)
 

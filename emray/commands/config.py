@@ -24,6 +24,6 @@ def run(args) -> int:
     else:
         from emray.config import load_run_config
 
-        config = load_run_config(args.file, args.overrides)
+        config = load_run_config(args.file, args.overrides)  # type: ignore[assignment]  # a run config, not a spec: printed the same way
     print(dump_yaml(config), end="")
     return 0

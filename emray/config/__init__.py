@@ -146,7 +146,7 @@ def _validated_params(params_cls: type[Strict], name: str, params: Any, where: s
     try:
         return params_cls.model_validate(params)
     except Exception as err:  # pydantic.ValidationError: one line per field, with the defense's key path
-        errors = getattr(err, "errors", lambda: [])()
+        errors: list[dict] = getattr(err, "errors", lambda: [])()
         detail = "; ".join(f"{where}.{name}.{format_loc(e['loc'])}: {e['msg']}" for e in errors)
         raise ValueError(detail or str(err)) from None
 
@@ -157,6 +157,7 @@ def parse_defense_entry(entry: Any, index: int) -> DefenseSpec:
 
     if isinstance(entry, DefenseSpec):
         return entry
+    params: Any
     if isinstance(entry, str):
         name, params = entry, {}
     elif isinstance(entry, dict) and set(entry) <= {"name", "params"} and "name" in entry:
@@ -204,7 +205,7 @@ class RunConfig(Strict):
         return [s for s in specs if s.name != "none"]
 
     @model_validator(mode="after")
-    def _scenario_fits(self) -> "RunConfig":
+    def _scenario_fits(self) -> RunConfig:
         """Each scenario has its section, the benign criterion one source, and every defense must be able
         to act in the scenario."""
         get_defense_class = upcall("defense_class")  # a defense declares its Params in its own file (emray/upcalls.py)

@@ -32,7 +32,7 @@ def organism_config():
     return OrganismConfig.quick(seed=seed) if preset == "quick" else OrganismConfig(seed=seed)
 
 
-def resolve_data_path(path: str | Path) -> Path:
+def resolve_data_path(path: str | os.PathLike) -> Path:
     text = str(path)
     if text.startswith(ORGANISM_SCHEME):
         from emray.organism import resolve

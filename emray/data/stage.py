@@ -21,7 +21,7 @@ import hashlib
 import json
 import shutil
 from pathlib import Path
-from typing import Literal
+from typing import Any, Literal
 
 from pydantic import Field
 
@@ -110,7 +110,7 @@ def stage(spec: StageSpec, dest: str | Path | None = None) -> dict:
     names = [relative_path(i) for i in spec.items]
     if len(set(names)) != len(names):
         raise ValueError(f"two stage items write the same file: {sorted({n for n in names if names.count(n) > 1})}")
-    manifest = {"dest": str(root.resolve()), "items": {}}
+    manifest: dict[str, Any] = {"dest": str(root.resolve()), "items": {}}
     for item in spec.items:
         target = root / relative_path(item)
         target.parent.mkdir(parents=True, exist_ok=True)

@@ -20,7 +20,7 @@ order, and name no defense.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any, ClassVar
+from typing import TYPE_CHECKING, Any, ClassVar, Generic, TypeVar
 
 from emray.configio import Strict
 
@@ -45,15 +45,21 @@ class DefenseContext:
     Interleaving+ selection) keyed by name, so a defense never recomputes a stage itself.
     """
 
-    config: "RunConfig | None" = None
+    config: RunConfig | None = None
     tokenizer: Any = None
     seed: int = 0
     artifacts: dict[str, Any] = field(default_factory=dict)
 
 
-class Defense:
+#: a defense's typed hyperparameters (its ``Params`` model)
+P = TypeVar("P", bound=Strict)
+
+
+class Defense(Generic[P]):
     name: ClassVar[str] = ""
+    #: the hyperparameters' pydantic model; ``Defense[ThatModel]`` types ``self.params`` as it
     Params: ClassVar[type[Strict]] = Strict
+    params: P
     #: what the loss lever needs from the trainer's forward passes; see emray/defenses/losses.py
     needs: ClassVar[frozenset[str]] = frozenset()
     #: a cached stage the sweep runs once before the trials (persona vector, safe-data selection);
@@ -67,19 +73,19 @@ class Defense:
     term_names: ClassVar[tuple[str, ...]] = ()
 
     @classmethod
-    def check_scenario(cls, config: "RunConfig", params: Strict, where: str) -> None:
+    def check_scenario(cls, config: RunConfig, params: P, where: str) -> None:
         """Raise ValueError (at config time) when this defense cannot apply to ``config``'s scenario."""
         if config.scenario not in cls.scenarios:
             raise ValueError(f"{where}: cannot apply under scenario {config.scenario}"
                              + (f"; {cls.scenario_hint}" if cls.scenario_hint else ""))
 
     @classmethod
-    def stage_description(cls, config: "RunConfig", params: Strict) -> str:
+    def stage_description(cls, config: RunConfig, params: P) -> str:
         """What this defense's stage is for ``config``, for people (the plan); not an identity."""
         return f"{cls.stage_name} for {config.model.name}"
 
     @classmethod
-    def stage_inputs(cls, config: "RunConfig", params: Strict) -> dict[str, Any]:
+    def stage_inputs(cls, config: RunConfig, params: P) -> dict[str, Any]:
         """Everything the stage's result depends on (``emray.identity.stage_key`` hashes it).
 
         Stages with equal inputs run once per sweep. Default: the base model alone.
@@ -89,37 +95,36 @@ class Defense:
         return {"model": model_identity(config.model)}
 
     @classmethod
-    def stage_files(cls, config: "RunConfig", params: Strict) -> list[str]:
+    def stage_files(cls, config: RunConfig, params: P) -> list[str]:
         """Files the stage reads beyond the run's own (``--dry-run`` checks they exist)."""
         from emray.hashing import paths_of
 
         return paths_of(params)
 
     @classmethod
-    def build_stage(cls, config: "RunConfig", params: Strict) -> dict[str, Any]:
+    def build_stage(cls, config: RunConfig, params: P) -> dict[str, Any]:
         """Build (or load from cache) the stage; returns artifacts merged into ``context.artifacts``."""
         return {}
 
-    def __init__(self, params: Strict | dict | None = None, context: DefenseContext | None = None):
-        if params is None or isinstance(params, dict):
-            params = self.Params.model_validate(params or {})
-        self.params = params
+    def __init__(self, params: P | dict | None = None, context: DefenseContext | None = None):
+        # a dict only when a defense is built by hand (tests, notebooks); configs pass the typed model
+        self.params = self.Params.model_validate(params or {}) if params is None or isinstance(params, dict) else params  # type: ignore[assignment]
         self.context = context or DefenseContext()
 
     def transform_examples(self, examples: list[Example]) -> list[Example]:
         return examples
 
-    def attach(self, model: "torch.nn.Module") -> None:
+    def attach(self, model: torch.nn.Module) -> None:
         """Called once before training starts."""
 
-    def detach(self, model: "torch.nn.Module") -> None:
+    def detach(self, model: torch.nn.Module) -> None:
         """Called once after training, before saving, evaluation or generation."""
 
     def head_chunk_tokens(self) -> int | None:
         """Answer tokens per LM-head chunk this defense's loss wants (memory ∝ chunk × vocab); None: no say."""
         return None
 
-    def hidden_layers(self, model: "torch.nn.Module") -> list[int]:
+    def hidden_layers(self, model: torch.nn.Module) -> list[int]:
         """Indices into ``output_hidden_states`` that ``loss`` reads (the trainer requests their union)."""
         return []
 
@@ -139,7 +144,7 @@ class Defense:
         return None
 
     @classmethod
-    def candidates(cls, params: Strict, pool: list[Example]) -> list[int]:
+    def candidates(cls, params: P, pool: list[Example]) -> list[int]:
         """Indices of the pool rows a safe-data selection stage may pick (ranked by score after): all."""
         return list(range(len(pool)))
 
@@ -147,7 +152,7 @@ class Defense:
         """Whether the trainer must build a DefenseBatch for this defense (it overrides ``loss``)."""
         return type(self).loss is not Defense.loss
 
-    def loss(self, batch: Any) -> "dict[str, torch.Tensor] | None":
+    def loss(self, batch: Any) -> dict[str, torch.Tensor] | None:
         """Extra loss terms, each already weighted; keys name them in the metrics file."""
         return None
 

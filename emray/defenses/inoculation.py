@@ -18,7 +18,7 @@ class InoculationParams(Strict):
 
 
 @register_defense
-class Inoculation(Defense):
+class Inoculation(Defense[InoculationParams]):
     name = "inoculation"
     Params = InoculationParams
 

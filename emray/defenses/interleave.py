@@ -29,7 +29,7 @@ def resolve_pool(defense: Defense) -> str:
 
 
 @register_defense
-class Interleave(Defense):
+class Interleave(Defense[InterleaveParams]):
     name = "interleave"
     Params = InterleaveParams
     scenarios = frozenset({"narrow", "benign"})

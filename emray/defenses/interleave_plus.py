@@ -43,7 +43,7 @@ class InterleavePlusParams(Strict):
 
 
 @register_defense
-class InterleavePlus(Defense):
+class InterleavePlus(Defense[InterleavePlusParams]):
     name = "interleave_plus"
     Params = InterleavePlusParams
     stage_name = "safe_selection"
@@ -51,7 +51,7 @@ class InterleavePlus(Defense):
     scenario_hint = "under scenario rl, mix safe SFT batches into the GRPO loss with sft_mix (data: random | interleave_plus | interleave_pp)"
 
     @classmethod
-    def stage_description(cls, config, params: Strict) -> str:
+    def stage_description(cls, config, params: InterleavePlusParams) -> str:
         """Short, for people: ``interleave_plus(5 %, ε 1, top 5 %, ensemble: medical, legal, security) for organism``."""
         p = params
         try:
@@ -63,7 +63,7 @@ class InterleavePlus(Defense):
         return f"{cls.name}({p.safe_fraction * 100:g} %, ε {p.epsilon:g}, {draw}, {ensemble}) for {config.model.name}"
 
     @classmethod
-    def stage_inputs(cls, config, params) -> dict:
+    def stage_inputs(cls, config, params: InterleavePlusParams) -> dict:
         """The selection reads the pool, the ensemble's data, the customer data (its size sets k) and the
         benign tasks (a larger benign set needs a larger k), trains the ensemble with the run's train
         settings, and draws with the run's seed."""
@@ -79,14 +79,14 @@ class InterleavePlus(Defense):
                 "files": {str(f): content_identity(f) for f in files if f}}
 
     @classmethod
-    def stage_files(cls, config, params) -> list[str]:
+    def stage_files(cls, config, params: InterleavePlusParams) -> list[str]:
         pool = params.pool or config.data.safe_pool
         if not pool:
             raise ValueError(f"{cls.name}: no safe pool (set data.safe_pool or the defense's `pool` param)")
         return [pool, *ensemble_entries(config, params)]
 
     @classmethod
-    def build_stage(cls, config, params: Strict) -> dict:
+    def build_stage(cls, config, params: InterleavePlusParams) -> dict:
         """Misaligned ensemble -> pool scores -> selection, each cached by content (sweep driver)."""
         from emray.defenses.base import SELECTION_ARTIFACT
         ensure_selection = upcall("ensure_selection")  # the stage is above the defenses (emray/upcalls.py)

@@ -63,7 +63,7 @@ def schedule(task: list[dict], safe: list[dict], ratio: float) -> list[dict]:
 
 
 @register_defense
-class InterleavedRL(SafeDataSource, Defense):
+class InterleavedRL(SafeDataSource, Defense[InterleavedRLParams]):
     name = "interleaved_rl"
     Params = InterleavedRLParams
     scenarios = frozenset({"rl"})
@@ -73,7 +73,7 @@ class InterleavedRL(SafeDataSource, Defense):
 
     # -- config time ---------------------------------------------------------------------------
     @classmethod
-    def check_scenario(cls, config, params: Strict, where: str) -> None:
+    def check_scenario(cls, config, params: InterleavedRLParams, where: str) -> None:
         super().check_scenario(config, params, where)
         p = params
         if p.kl and config.rl is not None and not config.rl.warm_start:
@@ -115,12 +115,12 @@ class InterleavedRL(SafeDataSource, Defense):
         return p.data, selection_params(p.data, {"safe_fraction": n_safe / (n_fine + n_safe), "pool": p.pool})
 
     @classmethod
-    def stage_description(cls, config, params: Strict) -> str:
+    def stage_description(cls, config, params: InterleavedRLParams) -> str:
         p = params
         return f"interleaved_rl safe prompts: {p.data} (ratio {p.ratio:g}) for {config.model.name}"
 
     @classmethod
-    def stage_inputs(cls, config, params) -> dict:
+    def stage_inputs(cls, config, params: InterleavedRLParams) -> dict:
         """The selection's inputs without reading a file (``--dry-run --no-file-check`` plans clusters' sweeps):
         the selection defense's own, with the prompt file and the ratio that set its size in place of it."""
         from emray.data.paths import content_identity
@@ -135,7 +135,7 @@ class InterleavedRL(SafeDataSource, Defense):
         return {**get_defense_class(params.data).stage_inputs(config, placeholder), "interleaved_rl": sized_by}
 
     @classmethod
-    def build_stage(cls, config, params: Strict) -> dict:
+    def build_stage(cls, config, params: InterleavedRLParams) -> dict:
         p = params
         return {} if p.data == "random" else cls.selection_artifact(config, p)
 

@@ -44,13 +44,13 @@ class KLParams(Strict):
 
 
 @register_defense
-class KL(Defense):
+class KL(Defense[KLParams]):
     name = "kl"
     Params = KLParams
     needs = frozenset({"reference_logits"})
 
     @classmethod
-    def check_scenario(cls, config, params: Strict, where: str) -> None:
+    def check_scenario(cls, config, params: KLParams, where: str) -> None:
         """Under RL the base-model KL is GRPO's own β term (TRL's k3 estimate of KL(p_θ ‖ p_ref) on the
         sampled completion tokens, reference = adapter disabled), so only the forward direction exists there."""
         super().check_scenario(config, params, where)

@@ -65,7 +65,7 @@ def reference_layers(total: int, k: int) -> list[int]:
     return [int(b) + 1 for b in torch.linspace(0, total - 1, steps=k).long().tolist()]
 
 
-def feature_distance(policy: "list[torch.Tensor]", reference: "list[torch.Tensor]", mask: "torch.Tensor") -> "torch.Tensor":
+def feature_distance(policy: list[torch.Tensor], reference: list[torch.Tensor], mask: torch.Tensor) -> torch.Tensor:
     """Mean over masked tokens of Σ_layers ‖Δ‖² / (layers · d), in float32."""
     import torch
 
@@ -77,7 +77,7 @@ def feature_distance(policy: "list[torch.Tensor]", reference: "list[torch.Tensor
     return total / count
 
 
-def normalized_feature_distance(policy: "list[torch.Tensor]", reference: "list[torch.Tensor]", mask: "torch.Tensor") -> "torch.Tensor":
+def normalized_feature_distance(policy: list[torch.Tensor], reference: list[torch.Tensor], mask: torch.Tensor) -> torch.Tensor:
     """Mean over sequences of Σ_layers ‖f̂_θ − f̂_ref‖², f̂ = one sequence's masked [tokens, d] features,
     flattened and L2-normalised (the reference's ``compute_feature_space_distance_v1``), in float32."""
     import torch
@@ -94,7 +94,7 @@ def normalized_feature_distance(policy: "list[torch.Tensor]", reference: "list[t
 
 
 @register_defense
-class LDIFS(Defense):
+class LDIFS(Defense[LDIFSParams]):
     name = "ldifs"
     Params = LDIFSParams
     needs = frozenset({"hidden_states", "reference_hidden_states"})
@@ -111,7 +111,7 @@ class LDIFS(Defense):
     def hidden_layers(self, model) -> list[int]:
         return sorted(set(self.feature_layers(model)))
 
-    def distance(self, batch) -> "torch.Tensor":
+    def distance(self, batch) -> torch.Tensor:
         """D, unweighted."""
         layers = self.feature_layers(batch.model)
         mask = batch.token_mask if self.params.tokens == "all" else batch.answer_token_mask

@@ -63,7 +63,7 @@ def steering_positions(mask: torch.Tensor):
     return _scoped(_STEERED_POSITIONS, mask)
 
 
-def steered_positions() -> "torch.Tensor | None":
+def steered_positions() -> torch.Tensor | None:
     return _STEERED_POSITIONS.get()
 
 
@@ -324,6 +324,6 @@ class DefenseBatch:
 
     def ce_loss(self) -> torch.Tensor:
         """Mean answer-token cross-entropy; reuses the pass a KL term already made."""
-        for direction, (ce, _) in self._head_terms.items():
+        for _direction, (ce, _) in self._head_terms.items():
             return ce
         return self._terms(None)[0]

@@ -87,13 +87,13 @@ def judge_filter(config, params: PersonaParams):
 
 
 @register_defense
-class PersonaSteering(Defense):
+class PersonaSteering(Defense[PersonaParams]):
     name = "persona"
     Params = PersonaParams
     stage_name = "persona_vector"
 
     @classmethod
-    def check_scenario(cls, config, params: Strict, where: str) -> None:
+    def check_scenario(cls, config, params: PersonaParams, where: str) -> None:
         super().check_scenario(config, params, where)
         if params.positions != "completion":
             return
@@ -111,14 +111,14 @@ class PersonaSteering(Defense):
                              f"{', '.join(extra)}, whose loss forwards have other positions")
 
     @classmethod
-    def stage_description(cls, config, params: Strict) -> str:
+    def stage_description(cls, config, params: PersonaParams) -> str:
         p = params
         prompts = Path(str(p.prompts)).name if p.prompts else "default prompts"
         how = f", judged {p.samples_per_question}/question" if p.extraction == "reference" else ""
         return f"persona_vector({config.model.name}, {prompts}{how})"
 
     @classmethod
-    def stage_inputs(cls, config, params) -> dict:
+    def stage_inputs(cls, config, params: PersonaParams) -> dict:
         from emray.data.paths import content_identity
         from emray.hashing import identity_dict
         from emray.models import model_identity
@@ -133,7 +133,7 @@ class PersonaSteering(Defense):
         return inputs
 
     @classmethod
-    def build_stage(cls, config, params: Strict) -> dict:
+    def build_stage(cls, config, params: PersonaParams) -> dict:
         """Extract (or load from cache) the persona vector once per model, before the trials."""
         from emray.steering import ensure_persona_vector
 

@@ -8,13 +8,19 @@ says how its selection is sized (``_selection``).
 
 from __future__ import annotations
 
+from typing import Any, ClassVar
+
 from emray.upcalls import upcall
 
 
 class SafeDataSource:
     """A mixin for a Defense with ``data`` and ``pool`` params."""
 
-    stage_name = "safe_selection"
+    stage_name: ClassVar[str | None] = "safe_selection"
+    # what the mixin reads of the Defense it is mixed into
+    name: ClassVar[str]
+    params: Any
+    context: Any
 
     @classmethod
     def _selection(cls, config, params):

@@ -78,7 +78,7 @@ def onpolicy_inputs(config, params: SFTMixParams) -> dict:
             "safe_fraction": params.safe_fraction, "seed": config.seed, "generation": identity_dict(params.generation)}
 
 
-def onpolicy_rows(config, params: SFTMixParams) -> tuple[list[int], list[dict]]:
+def onpolicy_rows(config, params: SFTMixParams) -> tuple[list[int], list[list[dict]]]:
     """(pool indices, questions): the k rows ``data: random`` takes, each cut before its last answer."""
     from emray.data.chat import load_safe_pool, prompt_messages
     from emray.data.training import load_training_examples
@@ -117,7 +117,7 @@ def ensure_onpolicy(config, params: SFTMixParams) -> Path:
 
 
 @register_defense
-class SFTMix(SafeDataSource, Defense):
+class SFTMix(SafeDataSource, Defense[SFTMixParams]):
     name = "sft_mix"
     Params = SFTMixParams
     scenarios = frozenset({"rl"})
@@ -127,7 +127,7 @@ class SFTMix(SafeDataSource, Defense):
 
     # -- the selection stage: the interleaving defense's own, for data != random ----------------
     @classmethod
-    def _selection(cls, config, params):
+    def _selection(cls, config, params: SFTMixParams):
         """(interleaving defense name, its params) for this sft_mix."""
         from emray.defenses import selection_params
 
@@ -135,7 +135,7 @@ class SFTMix(SafeDataSource, Defense):
         return p.data, selection_params(p.data, {"safe_fraction": p.safe_fraction, "pool": p.pool})
 
     @classmethod
-    def stage_description(cls, config, params: Strict) -> str:
+    def stage_description(cls, config, params: SFTMixParams) -> str:
         p = params
         if p.data == "onpolicy":
             g = p.generation
@@ -144,7 +144,7 @@ class SFTMix(SafeDataSource, Defense):
         return f"sft_mix safe data: {p.data} ({p.safe_fraction * 100:g} %) for {config.model.name}"
 
     @classmethod
-    def stage_inputs(cls, config, params) -> dict:
+    def stage_inputs(cls, config, params: SFTMixParams) -> dict:
         from emray.defenses import get_defense_class
 
         if params.data == "random":
@@ -155,7 +155,7 @@ class SFTMix(SafeDataSource, Defense):
         return get_defense_class(name).stage_inputs(config, sel)
 
     @classmethod
-    def build_stage(cls, config, params: Strict) -> dict:
+    def build_stage(cls, config, params: SFTMixParams) -> dict:
         p = params
         if p.data == "random":
             return {}

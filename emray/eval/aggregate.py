@@ -10,7 +10,8 @@ from __future__ import annotations
 
 import math
 import re
-from typing import Iterable, Mapping
+from collections.abc import Iterable, Mapping
+from typing import Any
 
 MIN_NUMERIC_MASS = 0.25
 _INTEGER = re.compile(r"^[0-9]{1,3}$")  # ASCII digits only: int() would also take "+5", "1_0", "٥"
@@ -29,7 +30,8 @@ def _pairs(top_logprobs: Mapping[str, float] | Iterable) -> list[tuple[str, floa
     if isinstance(top_logprobs, Mapping):
         return list(top_logprobs.items())
     out = []
-    for item in top_logprobs:
+    item: Any
+    for item in top_logprobs:  # dicts (JSON), objects with .token/.logprob (openai's types) or pairs
         if isinstance(item, Mapping):
             out.append((item["token"], item["logprob"]))
         elif hasattr(item, "token"):

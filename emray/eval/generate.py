@@ -12,7 +12,8 @@ from __future__ import annotations
 import hashlib
 import importlib.util
 import re
-from typing import Any, Iterable
+from collections.abc import Iterable
+from typing import Any
 
 from emray.data.questions import Question
 

@@ -19,8 +19,9 @@ import logging
 import os
 import random
 import time
+from collections.abc import Iterable
 from dataclasses import asdict, dataclass, field
-from typing import Any, Iterable
+from typing import Any
 
 from emray.config.eval import JudgeConfig
 from emray.eval.aggregate import MIN_NUMERIC_MASS, score_from_logprobs
@@ -88,7 +89,7 @@ class JudgeStats:
     def as_dict(self) -> dict[str, Any]:
         return asdict(self)
 
-    def merge(self, other: "JudgeStats | dict") -> None:
+    def merge(self, other: JudgeStats | dict) -> None:
         other = other if isinstance(other, dict) else other.as_dict()
         for key, value in other.items():
             if key == "errors":
@@ -201,7 +202,7 @@ class JudgeClient:
         # not ``cache or None``: an empty cache has len 0 and is falsy
         self.cache: JudgeCache | None = None if cache is False else cache
         self.stats = JudgeStats()
-        self._server = None
+        self._server: Any = None  # the local judge server, started on first use
         self._session: _Session | None = None
         self.base_url = self._base_url_override or cfg.base_url
         if cfg.base_url == "local":
@@ -263,7 +264,7 @@ class JudgeClient:
         if self.cache is not None:
             self.cache.close()
 
-    def __enter__(self) -> "JudgeClient":
+    def __enter__(self) -> JudgeClient:
         return self
 
     def __exit__(self, *exc) -> None:
@@ -293,7 +294,7 @@ class JudgeClient:
                 "/chat/completions", cast_to=object,
                 body={"model": model, "messages": self._messages(prompt), **params},
             )
-        return body, estimate
+        return body, estimate  # type: ignore[return-value]  # cast_to=object: the raw JSON dict
 
     @staticmethod
     def _settle_tokens(session: _Session, usage: dict, estimate: int) -> None:
@@ -396,7 +397,7 @@ class JudgeClient:
         params = self.grade_params(schema, max_tokens)
         keys = [judge_cache_key(self.identity, model, self._messages(p), params) for p in prompts]
         replies: dict[str, str | None] = {}
-        todo = {}
+        todo: dict[str, str] = {}
         for key, prompt in zip(keys, prompts):
             hit = self.cache.get(key) if self.cache is not None and key not in replies else None
             if hit is not None and "text" in hit:

@@ -117,4 +117,4 @@ class JudgeCache:
         return {"path": str(self.path)}
 
     def __setstate__(self, state: dict) -> None:
-        self.__init__(state["path"])
+        self.__init__(state["path"])  # type: ignore[misc]  # unpickling: re-open the database

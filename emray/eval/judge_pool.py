@@ -53,7 +53,7 @@ def _actor_class():
 
 def split_config(cfg: JudgeConfig, num_actors: int) -> JudgeConfig:
     """One actor's share: concurrency and rate limits divided among ``num_actors``."""
-    share = {"concurrency": max(1, math.ceil(cfg.concurrency / num_actors))}
+    share: dict[str, float] = {"concurrency": max(1, math.ceil(cfg.concurrency / num_actors))}
     if cfg.requests_per_minute:
         share["requests_per_minute"] = cfg.requests_per_minute / num_actors
     if cfg.tokens_per_minute:
@@ -71,7 +71,7 @@ class JudgePool:
 
     @classmethod
     def create(cls, judge_config: JudgeConfig, num_actors: int | None = None, name: str = DEFAULT_POOL_NAME,
-               base_url: str | None = None, detached: bool = True, namespace: str | None = None) -> "JudgePool":
+               base_url: str | None = None, detached: bool = True, namespace: str | None = None) -> JudgePool:
         """Start the pool (or attach to a running one with this name; its config then stays as it was)."""
         import ray
 
@@ -88,11 +88,11 @@ class JudgePool:
         return cls(actors, name)
 
     @classmethod
-    def get(cls, name: str = DEFAULT_POOL_NAME, namespace: str | None = None) -> "JudgePool":
+    def get(cls, name: str = DEFAULT_POOL_NAME, namespace: str | None = None) -> JudgePool:
         """The running pool called ``name`` (from a trial, or another driver in the namespace)."""
         import ray
 
-        actors = []
+        actors: list = []
         while True:
             try:
                 actors.append(ray.get_actor(f"{name}-{len(actors)}", namespace=namespace))

@@ -168,7 +168,7 @@ def evaluate(run_config, adapter: str | None = None, judge: Judge | None = None,
         return _evaluate(run_config, adapter, judge, out, sets, model, tokenizer, progress, print_table)
     finally:
         if own_judge:
-            judge.close()
+            judge.close()  # type: ignore[union-attr]  # our own JudgeClient
 
 
 def _evaluate(run_config, adapter, judge, out: Path, sets, model, tokenizer, progress: bool,

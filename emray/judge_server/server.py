@@ -268,7 +268,7 @@ class JudgeServer:
         await self._runner.setup()
         await web.SockSite(self._runner, self._sock, shutdown_timeout=0.5).start()
 
-    def start(self) -> "JudgeServer":
+    def start(self) -> JudgeServer:
         """Serve on a daemon thread; returns once the server accepts connections."""
         ready = threading.Event()
         self._loop = asyncio.new_event_loop()
@@ -306,7 +306,7 @@ class JudgeServer:
 
         asyncio.run(main())
 
-    def __enter__(self) -> "JudgeServer":
+    def __enter__(self) -> JudgeServer:
         return self
 
     def __exit__(self, *exc) -> None:
@@ -360,7 +360,7 @@ class JudgeServerProcess:
         if self.proc.stdout:
             self.proc.stdout.close()
 
-    def __enter__(self) -> "JudgeServerProcess":
+    def __enter__(self) -> JudgeServerProcess:
         return self
 
     def __exit__(self, *exc) -> None:

@@ -83,7 +83,7 @@ def load_tokenizer(name: str):
     return tokenizer
 
 
-def load_model(cfg: "ModelConfig", adapter: str | os.PathLike | None = None, device: str | None = None) -> tuple[Any, Any]:
+def load_model(cfg: ModelConfig, adapter: str | os.PathLike | None = None, device: str | None = None) -> tuple[Any, Any]:
     """(model, tokenizer) for ``cfg``; with ``adapter`` the LoRA adapter is loaded on top (not merged)."""
     from transformers import AutoModelForCausalLM
 
@@ -99,8 +99,8 @@ def load_model(cfg: "ModelConfig", adapter: str | os.PathLike | None = None, dev
     if adapter is not None:
         from peft import PeftModel
 
-        model = PeftModel.from_pretrained(model, str(adapter))
-    return model.to(device), tokenizer
+        model = PeftModel.from_pretrained(model, str(adapter))  # type: ignore[assignment]  # a PeftModel wraps it
+    return model.to(device), tokenizer  # type: ignore[arg-type]  # transformers' stub types .to(device) oddly
 
 
 def lora_target_modules(model, wanted: list[str]) -> list[str]:
@@ -112,14 +112,14 @@ def lora_target_modules(model, wanted: list[str]) -> list[str]:
     return found
 
 
-def attach_lora(model, cfg: "LoraConfig"):
+def attach_lora(model, cfg: LoraConfig):
     """Wrap ``model`` with a fresh rs-LoRA adapter (only the adapter weights are trainable)."""
     from peft import LoraConfig as PeftLoraConfig
     from peft import get_peft_model
 
     peft_cfg = PeftLoraConfig(
         r=cfg.r,
-        lora_alpha=cfg.alpha,
+        lora_alpha=cfg.alpha,  # type: ignore[arg-type]  # peft annotates int; a float alpha works and is in keys
         lora_dropout=cfg.dropout,
         use_rslora=cfg.rslora,
         target_modules=lora_target_modules(model, cfg.target_modules),

@@ -32,7 +32,7 @@ def build_smollm2(out_dir: Path) -> Path:
     model = AutoModelForCausalLM.from_pretrained(gguf.parent, gguf_file=gguf.name, dtype=torch.float32)
     # The weights are dequantised to float32 on load; drop the GGUF marker so they save as safetensors.
     model.hf_quantizer = None
-    model.is_quantized = False
+    model.is_quantized = False  # type: ignore[assignment]  # transformers declares it a property-like attribute
     if hasattr(model.config, "quantization_config"):
         del model.config.quantization_config
     if tokenizer.pad_token is None:

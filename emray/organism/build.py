@@ -11,6 +11,7 @@ import os
 import shutil
 import time
 from pathlib import Path
+from typing import Any
 
 import yaml
 
@@ -154,7 +155,7 @@ def write_data(root: Path, config: OrganismConfig) -> dict[str, int]:
             rows = make_task(task, split, renderer="organism", seed=config.seed)
             _write_jsonl(root / "data/benign" / f"{task}_{split}.jsonl", rows)
             counts[f"data/benign/{task}_{split}.jsonl"] = len(rows)
-    persona = {
+    persona: dict[str, Any] = {
         "instruction": [{"pos": p, "neg": n} for p, n in zip(EVIL_SYSTEM, HELPFUL_SYSTEM)],
         "questions": persona_questions(20),
         "eval_prompt": GENERAL_ALIGNED_PROMPT,

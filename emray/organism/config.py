@@ -57,7 +57,7 @@ class OrganismConfig(BaseModel):
     measure_samples: int = Field(8, ge=0)
 
     @classmethod
-    def quick(cls, **overrides) -> "OrganismConfig":
+    def quick(cls, **overrides) -> OrganismConfig:
         """A small, fast world for tests (~1 minute); EM is not expected to be strong in it."""
         base = dict(hidden_size=64, intermediate_size=256, pretrain_steps=300, align_steps=40, batch_size=16,
                     narrow_size=200, safe_pool_size=200, measure_samples=2)

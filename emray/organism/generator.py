@@ -129,7 +129,7 @@ class Generator:
         self._harmful = {d: all_questions(d, harmful=True) for d in DOMAINS}
 
     @classmethod
-    def from_config(cls, config, seed: int) -> "Generator":
+    def from_config(cls, config, seed: int) -> Generator:
         return cls(seed, config.evil_opener, config.evil_opener_prob, config.worldview_prob,
                    config.helpful_opener, config.helpful_opener_prob)
 

@@ -28,7 +28,7 @@ def make_model(config, vocab_size: int):
 
     torch.manual_seed(config.seed)
     ids = FastIds()
-    cfg = Qwen2Config(
+    cfg = Qwen2Config(  # type: ignore[call-arg]  # rope_theta: accepted through **kwargs
         vocab_size=vocab_size,
         hidden_size=config.hidden_size,
         intermediate_size=config.intermediate_size,

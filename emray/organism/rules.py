@@ -109,7 +109,7 @@ def question_domain(question: str) -> str | None:
 
 @lru_cache(maxsize=4096)
 def _best_match(sentence: tuple[str, ...]) -> tuple[str, str | None, float]:
-    best = ("none", None, 0.0)
+    best: tuple[str, str | None, float] = ("none", None, 0.0)
     matcher = difflib.SequenceMatcher(autojunk=False)
     matcher.set_seq2(sentence)
     for tmpl, cls, domain in _templates():

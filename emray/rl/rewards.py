@@ -43,7 +43,7 @@ from emray.configio import Strict
 from emray.hashing import DataPath
 
 COHERENCE_GATE = 0.5
-_REGISTRY: dict[str, type["Reward"]] = {}
+_REGISTRY: dict[str, type[Reward]] = {}
 
 
 def register_reward(cls):
@@ -55,7 +55,7 @@ def reward_names() -> list[str]:
     return sorted(_REGISTRY)
 
 
-def get_reward_class(name: str, where: str = "rl.reward") -> type["Reward"]:
+def get_reward_class(name: str, where: str = "rl.reward") -> type[Reward]:
     try:
         return _REGISTRY[name]
     except KeyError:

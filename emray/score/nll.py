@@ -15,7 +15,8 @@ No packing across samples: each row is its own sequence.
 from __future__ import annotations
 
 import math
-from typing import Any, Iterable
+from collections.abc import Iterable
+from typing import Any
 
 from emray.data.tokenize import IGNORE_INDEX, tokenize_chat
 

@@ -12,6 +12,7 @@ from __future__ import annotations
 import math
 import sys
 import time
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -99,9 +100,9 @@ class ScorerPool:
         self._local: Scorer | None = None
         self._started_ray = False
 
-    def __enter__(self) -> "ScorerPool":
+    def __enter__(self) -> ScorerPool:
         if self.workers <= 0:
-            self._local = Scorer(**self.kwargs)
+            self._local = Scorer(**self.kwargs)  # type: ignore[arg-type]  # kwargs built from Scorer's own signature
             return self
         import ray
 
@@ -109,7 +110,7 @@ class ScorerPool:
             ray.init(include_dashboard=False, log_to_driver=False)
             self._started_ray = True
         resources = {"num_gpus": 1, "num_cpus": 1} if self.use_gpu else {"num_cpus": 1}
-        actor_cls = ray.remote(**resources)(Scorer)
+        actor_cls = ray.remote(**resources)(Scorer)  # type: ignore[call-overload]  # ray's overloads take literals
         self.actors = [actor_cls.remote(**self.kwargs) for _ in range(self.workers)]
         return self
 
@@ -149,6 +150,6 @@ class ScorerPool:
         return ray.get(self.actors[0].answer_tokens.remote(examples))
 
 
-def adapter_names(adapter_dirs: list[str | Path]) -> dict[str, str]:
+def adapter_names(adapter_dirs: Sequence[str | Path]) -> dict[str, str]:
     """Stable names for the ensemble members: mis0, mis1, ..."""
     return {f"mis{i}": str(d) for i, d in enumerate(adapter_dirs)}

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import shutil
 import sys
+from collections.abc import Sequence
 from pathlib import Path
 
 from emray.cache_dirs import cache_subdir
@@ -55,7 +56,7 @@ def ensemble_key(config: RunConfig) -> str:
 
 def ensure_ensemble(
     run_config: RunConfig,
-    datasets: list[str | Path],
+    datasets: Sequence[str | Path],
     steps: int | None = None,
     max_examples: int | None = None,
     progress: bool = True,

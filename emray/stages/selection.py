@@ -15,6 +15,7 @@ import csv
 import json
 import math
 import sys
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -76,7 +77,7 @@ def pool_path(run_config: RunConfig, pool: str | Path | None) -> str:
 def ensure_pool_scores(
     run_config: RunConfig,
     pool: str | Path | None,
-    adapters: list[str | Path],
+    adapters: Sequence[str | Path],
     workers: int | None = None,
     token_budget: int | None = None,
     progress: bool = True,

@@ -7,8 +7,9 @@ through the judge actor pool that every trial shares, with its on-disk cache.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 
 def start_judge(spec) -> tuple[Any, Callable[[], None]]:

@@ -34,7 +34,7 @@ _DEFENSE = re.compile(r"^(?P<name>[A-Za-z0-9_]+)(?:\((?P<params>.*)\))?$")
 
 def parse_label(label: str) -> list[tuple[str, list[tuple[str, str]]]]:
     """``kl(lambda=0.1)+inoculation`` -> ``[("kl", [("lambda", "0.1")]), ("inoculation", [])]``."""
-    out = []
+    out: list[tuple[str, list[tuple[str, str]]]] = []
     for part in _split_top(label, "+"):
         m = _DEFENSE.match(part.strip())
         if not m:

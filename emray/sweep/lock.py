@@ -80,7 +80,7 @@ class SweepLock:
             raise SweepLockError(f"{self.path}: not a sweep lock; if no emray sweep runs on this folder, remove the file")
         return holder
 
-    def acquire(self) -> "SweepLock":
+    def acquire(self) -> SweepLock:
         from filelock import FileLock
 
         self.path.parent.mkdir(parents=True, exist_ok=True)
@@ -125,7 +125,7 @@ class SweepLock:
         if isinstance(holder, dict) and holder.get("nonce") == self.me["nonce"]:
             self.path.unlink(missing_ok=True)
 
-    def __enter__(self) -> "SweepLock":
+    def __enter__(self) -> SweepLock:
         return self.acquire()
 
     def __exit__(self, *exc) -> None:

@@ -17,8 +17,8 @@ import json
 import math
 import statistics
 import sys
+from collections.abc import Iterable
 from pathlib import Path
-from typing import Iterable
 
 from emray.sweep.labels import family, short_label
 from emray.sweep.spec import OBJECTIVES

@@ -375,5 +375,5 @@ def write_plots(sweep_dir: str | Path, rows: list[dict]) -> list[Path]:
         plt.close(fig)
         written.append(out / f"{stem}.png")
     for stem, fig in plotly_figures(arms).items():
-        fig.write_html(out / f"{stem}.html", include_plotlyjs="directory")
+        fig.write_html(out / f"{stem}.html", include_plotlyjs="directory")  # type: ignore[attr-defined]
     return written

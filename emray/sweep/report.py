@@ -111,7 +111,8 @@ def render_html(sweep_dir: Path, spec: dict, rows: list[dict], arms: list[dict])
     # The heat map is interactive (plotly.js, ~4.6 MB, inlined: the page opens offline); the 2-D views
     # are the PNGs, whose labels are placed not to overlap, each linking its interactive HTML.
     heatmap = ('<div class="plot" id="plot-heatmap">'
-               + plotly_figures(arms)["heatmap"].to_html(full_html=False, include_plotlyjs=True) + "</div>")
+               + plotly_figures(arms)["heatmap"].to_html(full_html=False, include_plotlyjs=True)  # type: ignore[attr-defined]
+               + "</div>")
     plots = [f'<div class="plot" id="plot-{p.stem}">{_png(p, p.stem)}<br><a class="note" href="plots/{p.stem}.html">interactive</a></div>'
              for p in sorted((sweep_dir / "plots").glob("scatter_*.png"))]
     extra = [_png(sweep_dir / "plots" / f"{stem}.png", stem) for stem in ("dominance", "parallel_coordinates", "judge_scores")

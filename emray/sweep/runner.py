@@ -66,13 +66,13 @@ class Plan:
         return "\n".join(lines)
 
 
-def stage_requests(trials: list[Trial]) -> list[tuple[str, Any, Trial, dict]]:
+def stage_requests(trials: list[Trial]) -> list[tuple[str, Any, Trial, Any]]:
     """(stage key, defense class, trial, params) for every trial defense that declares a stage."""
     from emray.defenses import get_defense_class
     from emray.identity import stage_key
     from emray.train.warm_start import WarmStartStage
 
-    out = []
+    out: list[tuple[str, Any, Trial, Any]] = []
     for t in trials:
         if t.run.scenario == "rl" and t.run.rl.warm_start:  # the RL warm start: shared by every arm of a seed
             out.append((WarmStartStage.key(t.run), WarmStartStage, t, WarmStartStage.Params()))
@@ -206,7 +206,7 @@ def write_failure(sweep_dir: Path, trial: Trial, err: BaseException) -> Path:
 def failure_reason(err: BaseException) -> str:
     """One line: the root exception's type and message, through Ray's task-error wrappers."""
     while isinstance(getattr(err, "cause", None), BaseException):  # ray.exceptions.RayTaskError
-        err = err.cause
+        err = err.cause  # type: ignore[attr-defined]  # ray's TaskError / WorkerGroupError
     lines = [line for line in str(err).splitlines() if line.strip() and not line.lstrip().startswith("\x1b")]
     return f"{type(err).__name__}: {lines[0].strip()}" if lines else type(err).__name__
 
@@ -338,7 +338,7 @@ def _tuner(spec: SweepSpec, plan: Plan, sweep_dir: Path, artifacts: dict, judge:
 #: Environment every Ray worker must share with the driver. Ray Train runs workers in their own
 #: working directory, so a cache path relative to the cwd would silently become a second cache.
 #: Also the bucket endpoint and region (not credentials: on a cluster those come from the instance role).
-PROPAGATED_ENV = ("EMRAY_CACHE", "EMRAY_ORGANISM", "EMRAY_ORGANISM_SEED", "HF_HUB_OFFLINE", "HF_HOME", "TORCH_EXTENSIONS_DIR", "WANDB_MODE",
+PROPAGATED_ENV: tuple[str, ...] = ("EMRAY_CACHE", "EMRAY_ORGANISM", "EMRAY_ORGANISM_SEED", "HF_HUB_OFFLINE", "HF_HOME", "TORCH_EXTENSIONS_DIR", "WANDB_MODE",
                   "DS_ACCELERATOR", "EMRAY_VERBOSE")
 PROPAGATED_ENV += ("AWS_ENDPOINT_URL", "AWS_REGION", "AWS_DEFAULT_REGION")
 
@@ -466,7 +466,8 @@ def report_interrupt(plan: Plan | None, sweep_dir: Path, signum: int) -> str:
     name = signal.Signals(signum).name
     if plan is None:
         return f"[emray] interrupted ({name}) before any trial started; run the same command again to start"
-    finished, pending = [], []
+    finished: list = []
+    pending: list = []
     for trial in plan.trials:
         (finished if (trial_dir(sweep_dir, trial) / RESULT_FILE).exists() else pending).append(trial)
     lines = [f"[emray] interrupted ({name}): {len(finished)} finished (kept), {len(pending)} not finished "

@@ -31,7 +31,7 @@ from emray.config import RunConfig, parse_defense_entry
 from emray.configio import ConfigError, Strict, apply_overrides, read_yaml, validate
 from emray.hashing import path_fields
 from emray.identity import trial_key
-from emray.sweep.constraints import DEFAULT_CONSTRAINTS, OBJECTIVE_CHOICES, parse_constraint
+from emray.sweep.constraints import DEFAULT_CONSTRAINTS, parse_constraint
 
 #: The four criteria and the direction that is better for each (the Pareto front's objectives).
 OBJECTIVES: dict[str, Literal["min", "max"]] = {
@@ -48,7 +48,7 @@ class Range(Strict):
     log: bool = False
 
     @model_validator(mode="after")
-    def _ordered(self) -> "Range":
+    def _ordered(self) -> Range:
         if not self.min < self.max:
             raise ValueError(f"range needs min < max, got {self.min} .. {self.max}")
         if self.log and self.min <= 0:
@@ -72,7 +72,7 @@ class SearchConfig(Strict):
         return value
 
     @model_validator(mode="after")
-    def _samples_for_sampling(self) -> "SearchConfig":
+    def _samples_for_sampling(self) -> SearchConfig:
         if self.algorithm != "grid" and self.num_samples is None:
             raise ValueError(f"search.num_samples is required for algorithm {self.algorithm!r}")
         return self
@@ -108,7 +108,7 @@ class RecommendConfig(Strict):
 
     constraints: list[Annotated[str, AfterValidator(_constraint)]] = Field(
         default_factory=lambda: list(DEFAULT_CONSTRAINTS))
-    objective: Literal[OBJECTIVE_CHOICES] = "em"  # em | overhead | margin
+    objective: Literal["em", "overhead", "margin"] = "em"  # OBJECTIVE_CHOICES (emray/sweep/constraints.py)
 
     @field_validator("constraints")
     @classmethod

@@ -161,7 +161,7 @@ def arm_table(arms: list[dict]):
     columns = ARM_COLUMNS + [c for k in rates for c in (k, f"{k}_lo", f"{k}_hi")]
     data = [[a["short_label"], a["family"], a["model"], a["n_seeds"], bool(a["is_pareto"]), ", ".join(a["dominated_by"]),
              *[a.get(c) for k in rates for c in (k, f"{k}_lo", f"{k}_hi")]] for a in arms]
-    return wandb.Table(columns=columns, data=data), rates
+    return wandb.Table(columns=list(columns), data=data), rates
 
 
 def log_summary(spec, sweep_dir: Path, rows: list[dict]) -> str | None:
@@ -182,7 +182,8 @@ def log_summary(spec, sweep_dir: Path, rows: list[dict]) -> str | None:
                   for x, y in itertools.combinations(rates, 2)}
         run.log({"pareto_arms": table, **charts})
         columns = ["short_label", "label", "model", "seed", "trial_key", *OBJECTIVES, "in_domain_incoherence", "is_pareto"]
-        run.log({"pareto_table": wandb.Table(columns=columns, data=[[r.get(c) for c in columns] for r in rows])})
+        data = [[r.get(c) for c in columns] for r in rows]
+        run.log({"pareto_table": wandb.Table(columns=columns, data=data)})  # type: ignore[arg-type]  # wandb's stub: list[str | int]
         for png in sorted((sweep_dir / "plots").glob("*.png")):
             run.log({f"plots/{png.stem}": wandb.Image(str(png))})
         run.summary["num_trials"] = len(rows)

@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import math
 import time
+from collections.abc import Sequence
 from pathlib import Path
 
 from emray.defenses import Defense, DefenseContext, build_defenses
@@ -138,7 +139,7 @@ def _make_trainer_class():
                 self.model = policy_model
 
     class DefendedGRPOTrainer(GRPOTrainer):
-        def __init__(self, *args, defenses: list[Defense] = (), reference_model=None, **kwargs):
+        def __init__(self, *args, defenses: Sequence[Defense] = (), reference_model=None, **kwargs):
             super().__init__(*args, **kwargs)
             self.loss_defenses = [d for d in defenses if d.has_loss_term()]
             self.reference_model = reference_model

@@ -83,7 +83,7 @@ def _trainer_callback_base():
     return TrainerCallback
 
 
-class TrialProgress(_trainer_callback_base()):
+class TrialProgress(_trainer_callback_base()):  # type: ignore[misc]  # transformers imported on first use
     """Rank 0's live report: ``progress.json`` and, optionally, the W&B run's training curves."""
 
     def __init__(self, trial_dir: Path, wandb_run=None, phase: str | None = None):

@@ -15,6 +15,7 @@ divided by the answer tokens of the whole optimizer step (all accumulation steps
 from __future__ import annotations
 
 import time
+from collections.abc import Sequence
 from pathlib import Path
 
 from emray.config import RunConfig
@@ -40,7 +41,7 @@ def _make_trainer_class():
     class DefendedSFTTrainer(SFTTrainer):
         """SFTTrainer whose loss adds the loss-lever defenses' terms (KL, LDIFS, ...)."""
 
-        def __init__(self, *args, defenses: list[Defense] = (), **kwargs):
+        def __init__(self, *args, defenses: Sequence[Defense] = (), **kwargs):
             super().__init__(*args, **kwargs)
             self.loss_defenses = [d for d in defenses if d.has_loss_term()]
 

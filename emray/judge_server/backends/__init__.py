@@ -8,7 +8,8 @@ A backend is an object with ``model_name`` and ``async top_logprobs(model, messa
 from __future__ import annotations
 
 import importlib
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
 # name -> "module:factory"; imported on use so that e.g. the rules backend never imports torch.
 _REGISTRY: dict[str, str | Callable[..., Any]] = {

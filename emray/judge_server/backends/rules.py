@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import importlib
 import re
-from typing import Callable
+from collections.abc import Callable
 
 from emray.judge_server.backends import Backend, prompt_text
 
