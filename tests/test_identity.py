@@ -68,7 +68,8 @@ def test_data_file_enters_by_content(files):
     assert trial_key(run(files)) == trial_key(run(files))
 
 
-@pytest.mark.parametrize("defense,param", [("persona", "prompts"), ("interleave_plus", "pool"), ("interleave_plus", "ensemble")])
+@pytest.mark.parametrize("defense,param", [("persona", "prompts"), ("interleave_plus", "pool"), ("interleave_plus", "ensemble"),
+                                           ("interleave", "pool"), ("persona", "trait_prompt")])
 def test_defense_path_params_enter_by_content(files, defense, param):
     target = files / "param_file.jsonl"
     target.write_text("one\n")
@@ -129,3 +130,84 @@ def test_an_absent_optional_section_is_not_part_of_the_key():
     assert "rl" not in identity_dict(run) and "benign" in identity_dict(run)
     rl = RunConfig.model_validate({"scenario": "rl", "data": {"fine": "x.jsonl"}, "rl": {"prompts": "p.jsonl"}})
     assert identity_dict(rl)["rl"]["prompts"] == "p.jsonl" and trial_key(rl) != trial_key(run)
+
+
+#: words that make a string field name a file or folder (a config or defense field whose name is one of
+#: these, or ends in one after "_", must be typed DataPath, or say why not below)
+FILE_WORDS = {"pool", "prompts", "prompt", "file", "path", "dir", "fine", "general", "in_domain", "benign", "train", "test",
+              "ensemble", "data", "questions", "adapter", "pool_path"}
+#: string fields with a file-like name that are not files, and why
+NOT_FILES = {
+    ("InoculationParams", "prompt"): "the system prompt text itself",
+    ("RLConfig", "system_prompt"): "the system prompt text itself",
+    ("SFTMixParams", "data"): "a selection method name (random | interleave_plus | interleave_pp | onpolicy)",
+    ("InterleavedRLParams", "data"): "a selection method name",
+    ("JudgeConfig", "cache_path"): "a cache location (NOT_IDENTITY): it never changes results",
+    ("RunConfig", "output_dir"): "where the run is written (NOT_IDENTITY), not read",
+}
+
+
+def _schema_models():
+    """Every pydantic model a run config or a defense is made of (the run config's tree, every defense's
+    Params, every reward's Params)."""
+    from pydantic import BaseModel
+
+    from emray.defenses import available_defenses, get_defense_class
+    from emray.rl.rewards import get_reward_class, reward_names
+
+    roots = [RunConfig] + [get_defense_class(n).Params for n in available_defenses()] + [get_reward_class(n).Params for n in reward_names()]
+    seen, todo = {}, list(roots)
+    while todo:
+        cls = todo.pop()
+        if cls.__name__ in seen:
+            continue
+        seen[cls.__name__] = cls
+        for field in cls.model_fields.values():
+            for arg in _flat_args(field.annotation):
+                if isinstance(arg, type) and issubclass(arg, BaseModel):
+                    todo.append(arg)
+    return seen
+
+
+def _flat_args(annotation):
+    from typing import get_args
+
+    yield annotation
+    for arg in get_args(annotation):
+        yield from _flat_args(arg)
+
+
+def _is_str_field(annotation) -> bool:
+    return any(arg is str for arg in _flat_args(annotation))
+
+
+def test_every_field_that_names_a_file_is_typed_as_one():
+    """A string field with a file-like name is DataPath (its content enters the key, --dry-run checks it):
+    a field left as a plain str would make an edited file a stale cache hit (the old interleave.pool)."""
+    from emray.hashing import is_path_type
+
+    models = _schema_models()
+    assert {"RunConfig", "DataConfig", "EvalConfig", "KLParams", "InterleaveParams", "RLConfig"} <= set(models)
+    untyped = []
+    for cls_name, cls in models.items():
+        for name, field in cls.model_fields.items():
+            words = {name, name.rpartition("_")[2]}
+            if (_is_str_field(field.annotation) and words & FILE_WORDS and not is_path_type(field.annotation)
+                    and not any(getattr(m, "__class__", None).__name__ == "_PathMark" for m in field.metadata)
+                    and (cls_name, name) not in NOT_FILES):
+                untyped.append(f"{cls_name}.{name}")
+    assert not untyped, f"file-naming fields typed str, not DataPath: {untyped}"
+
+
+def test_the_schema_walk_catches_a_plain_str_path():
+    """The walk above is not vacuous: a model with ``pool: str`` is reported."""
+    from emray.configio import Strict
+    from emray.hashing import DataPath, is_path_type
+
+    class Bad(Strict):
+        pool: str | None = None
+
+    class Good(Strict):
+        pool: DataPath | None = None
+
+    assert not is_path_type(Bad.model_fields["pool"].annotation) and is_path_type(Good.model_fields["pool"].annotation)
