@@ -3,6 +3,15 @@
 The rules (what enters a key, how it is hashed) live with the hash primitives in emray/hashing.py;
 a path's content is ``emray.data.paths.content_identity``, a model's ``emray.models.model_identity``.
 This module sits above the defenses because a run's key includes each defense's typed params.
+
+Code versions. A key also carries the version of the code that computes the result: the training
+recipe's (``RECIPE_VERSION``), the evaluation's (``EVALUATION_VERSION``) and each defense's
+(``Defense.version``, in its own file). Rule: bump a version when a change can alter a finished
+trial's (or stage's) result for the same config: a fixed bug, a changed computation or default. Do
+not bump it for refactors, speed-ups, logging, or a new option whose default keeps the old behaviour.
+A version enters keys only once it is past 1, so the code that never changed keeps its keys; a
+bumped one gives every affected trial a new key, and ``emray sweep`` reports the old trial folders
+as superseded (kept on disk, not reused).
 """
 
 from __future__ import annotations
@@ -13,6 +22,18 @@ from emray.data.paths import content_identity
 from emray.defenses import get_defense_class
 from emray.hashing import identity_dict, paths_of, sha256, short
 from emray.models import model_identity
+
+#: the training recipes (emray/train/): SFT, GRPO, the RL warm start
+RECIPE_VERSION = 1
+#: generation, judging and the criteria (emray/eval/)
+EVALUATION_VERSION = 1
+
+
+def code_versions(run) -> dict[str, int]:
+    """The code versions past 1 that ``run``'s result depends on (empty while none was bumped)."""
+    versions = {"recipe": RECIPE_VERSION, "evaluation": EVALUATION_VERSION}
+    versions.update({f"defense:{s.name}": get_defense_class(s.name).version for s in run.defenses})
+    return {name: v for name, v in versions.items() if v != 1}
 
 
 def defense_params(spec) -> BaseModel:
@@ -35,6 +56,8 @@ def run_identity(run) -> dict:
     data = identity_dict(run)
     data["model"] = model_identity(run.model)
     data["defenses"] = [{"name": s.name, "params": identity_dict(defense_params(s))} for s in run.defenses]
+    if versions := code_versions(run):
+        data["code_versions"] = versions
     return {"config": data, "content": {p: content_identity(p) for p in dict.fromkeys(run_paths(run))}}
 
 
@@ -45,5 +68,7 @@ def trial_key(run) -> str:
 def stage_key(defense_cls, run, params: BaseModel) -> str:
     """Identity of a defense's cached stage: what ``defense_cls.stage_inputs`` says it reads (``params``:
     the defense's typed Params)."""
-    return sha256({"stage": defense_cls.stage_name, "defense": defense_cls.name,
-                   "inputs": defense_cls.stage_inputs(run, params)})
+    key: dict = {"stage": defense_cls.stage_name, "defense": defense_cls.name, "inputs": defense_cls.stage_inputs(run, params)}
+    if getattr(defense_cls, "version", 1) != 1:  # the rule above: past 1 only
+        key["version"] = defense_cls.version
+    return sha256(key)

@@ -211,3 +211,32 @@ def test_the_schema_walk_catches_a_plain_str_path():
         pool: DataPath | None = None
 
     assert not is_path_type(Bad.model_fields["pool"].annotation) and is_path_type(Good.model_fields["pool"].annotation)
+
+
+def test_a_bumped_code_version_gives_new_keys_and_supersedes_the_old_trial(files, monkeypatch, tmp_path):
+    """Version 1 (never bumped) leaves keys as they were; bumping a defense's version or the evaluation's
+    changes the keys of exactly the trials it affects, and the sweep names the old folder superseded."""
+    import json
+
+    import emray.identity as identity
+    from emray.sweep.runner import superseded_trials
+    from emray.sweep.spec import Trial
+
+    kl = get_defense_class("kl")
+    with_kl, without = run(files, defenses=[{"kl": {"lambda": 0.1}}]), run(files, defenses=[])
+    before = {"kl": trial_key(with_kl), "none": trial_key(without)}
+    assert identity.code_versions(with_kl) == {}
+    monkeypatch.setattr(kl, "version", 2)
+    assert identity.code_versions(with_kl) == {"defense:kl": 2}
+    assert trial_key(with_kl) != before["kl"] and trial_key(without) == before["none"]
+    monkeypatch.setattr(identity, "EVALUATION_VERSION", 2)
+    assert trial_key(without) != before["none"]
+
+    sweep = tmp_path / "sweep"
+    old = sweep / "trials" / before["kl"]
+    old.mkdir(parents=True)
+    planned = Trial(key=trial_key(with_kl), label="kl(lambda=0.1)", run=with_kl, index=0)
+    (old / "trial.json").write_text(planned.model_copy(update={"key": before["kl"]}).model_dump_json(by_alias=True))
+    assert superseded_trials(sweep, [planned]) == []  # unfinished: nothing to supersede
+    (old / "result.json").write_text(json.dumps({"general_misalignment": 0.5}))
+    assert superseded_trials(sweep, [planned]) == [f"kl(lambda=0.1) seed 0: {before['kl']} -> {planned.key}"]

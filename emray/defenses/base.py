@@ -71,6 +71,9 @@ class Defense(Generic[P]):
     #: the loss terms ``loss`` may return; a micro-batch where it returns fewer logs the others as 0,
     #: so every step's metrics have the same columns
     term_names: ClassVar[tuple[str, ...]] = ()
+    #: this defense's code version: bump it when a change alters results for the same params (the
+    #: rule in emray/identity.py); its trials and stage then get new keys and old ones are superseded
+    version: ClassVar[int] = 1
 
     @classmethod
     def check_scenario(cls, config: RunConfig, params: P, where: str) -> None:

@@ -133,6 +133,22 @@ def read_finished(sweep_dir: Path, trial: Trial) -> dict | None:
     return read_result(trial_dir(sweep_dir, trial) / RESULT_FILE, set_aside=True)
 
 
+def superseded_trials(sweep_dir: Path, trials: list[Trial]) -> list[str]:
+    """Finished trial folders that a planned trial replaces: the same arm label, seed and model under
+    another key (a code version was bumped, a data file changed), so their result is never reused."""
+    planned = {(t.label, t.run.seed, t.run.model.name): t.key for t in trials}
+    out = []
+    for folder in sorted((sweep_dir / "trials").glob("*/")):
+        try:
+            old = json.loads((folder / "trial.json").read_text())
+        except (OSError, ValueError):
+            continue
+        key = planned.get((old.get("label"), old.get("run", {}).get("seed"), old.get("run", {}).get("model", {}).get("name")))
+        if key is not None and key != folder.name and (folder / RESULT_FILE).exists():
+            out.append(f"{old['label']} seed {old['run']['seed']}: {folder.name} -> {key}")
+    return out
+
+
 def run_trial_body(trial: Trial, sweep_dir: Path, artifacts: dict, judge: Any, wandb_cfg: dict, train_storage: str | None = None) -> dict:
     """Train with Ray Train, evaluate, write ``result.json``; returns the record reported to Tune.
 
@@ -539,6 +555,10 @@ def _run_sweep(spec: SweepSpec, resume: bool, address: str | None, sweep_dir: Pa
     print(plan.describe(), flush=True)
     check_preflight(plan.trials)  # a missing file fails now, not after an hour of other trials
     cached = sum(read_finished(sweep_dir, t) is not None for t in plan.trials)
+    if superseded := superseded_trials(sweep_dir, plan.trials):
+        print(f"[emray] {len(superseded)} finished trial(s) in {sweep_dir / 'trials'} are superseded: same arm, seed and "
+              f"model, older code or other inputs ({', '.join(superseded[:5])}{' ...' if len(superseded) > 5 else ''}); "
+              "kept on disk, not reused", flush=True)
     started = time.time()
     ensure_ray(address)
     _catch_sigterm()
