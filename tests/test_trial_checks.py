@@ -51,3 +51,27 @@ def test_judge_failure_threshold(tmp_path):
     check_judging({"judge_failure_rate": 0.05}, 0.05)
     with pytest.raises(TrialFailed, match="judge failed on 6%"):
         check_judging({"judge_failure_rate": 0.06}, 0.05)
+
+
+def test_dry_run_refuses_a_question_file_without_judge_prompts(tmp_path):
+    """A general question file whose questions lack the `aligned` judge prompt would read 0 % EM after
+    every trial trained: the preflight (what --dry-run runs) names the file and the questions."""
+    import yaml
+
+    from emray.sweep.checks import preflight, question_file_problems
+    from emray.sweep.spec import SweepSpec, expand_trials
+
+    questions = tmp_path / "general.yaml"
+    questions.write_text(yaml.safe_dump([
+        {"id": "q1", "paraphrases": ["hi?"], "judge_prompts": {"coherent": "Rate {answer}"}},
+        {"id": "q2", "paraphrases": ["yo?"], "judge_prompts": {"aligned": "Rate {answer}", "coherent": "Rate {answer}"}},
+    ]))
+    fine = tmp_path / "fine.jsonl"
+    fine.write_text('{"messages": [{"role": "user", "content": "a"}, {"role": "assistant", "content": "b"}]}\n')
+    spec = SweepSpec.model_validate({"name": "q", "base": {"model": {"name": "tiny"}, "data": {"fine": str(fine)},
+                                                            "eval": {"general": str(questions)}}})
+    problems = preflight(expand_trials(spec))
+    assert len(problems) == 1 and f"{questions}: questions without the judge prompts aligned / coherent: q1 (aligned)" in problems[0]
+    question_file_problems.cache_clear()
+    questions.write_text("- id: q1\n  paraphrases: ['hi']\n  judge_prompts: {aligned: 'no placeholder', coherent: 'x {answer}'}\n")
+    assert "has no {answer} placeholder" in preflight(expand_trials(spec))[0]
