@@ -56,3 +56,19 @@ def test_non_prefix_template_is_an_error(tiny_tokenizer):
     tok.chat_template = "{% for m in messages|reverse %}{{ m['content'] }}<|im_end|>{% endfor %}"
     with pytest.raises(TemplateError, match="growing prefixes"):
         tokenize_chat(tok, CONVERSATION)
+
+
+def test_a_huge_row_is_cut_before_tokenizing_with_the_same_tokens(smollm2_tokenizer):
+    """A row far longer than max_len tokenizes to exactly the ids and labels of the uncut row (what the
+    cut drops lies past max_len), without tokenizing the whole text."""
+    from emray.data import tokenize as tk
+
+    answer = "Take two tablets with water and rest. " * 3000  # ~114k characters, ~24k tokens
+    messages = [{"role": "user", "content": "What should I do?"}, {"role": "assistant", "content": answer}]
+    cut = tk.tokenize_chat(smollm2_tokenizer, messages, max_len=64)
+    ids, spans = tk.assistant_spans(smollm2_tokenizer, messages)  # the uncut row, tokenized in full
+    labels = [tk.IGNORE_INDEX] * len(ids)
+    for start, end in spans:
+        labels[start:end] = ids[start:end]
+    assert len(ids) > 10_000 and cut == {"input_ids": ids[:64], "labels": labels[:64]}
+    assert len(tk._bounded(messages, 64)[1]["content"]) == 64 * tk.MAX_CHARS_PER_TOKEN

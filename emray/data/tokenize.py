@@ -44,8 +44,22 @@ def assistant_spans(tokenizer, messages: list[dict]) -> tuple[list[int], list[tu
     return full, spans
 
 
+#: No token is longer than this many characters, so a message's text past ``max_len`` times this can only
+#: produce tokens that truncation drops: cut before tokenizing, so memory stays bounded by ``max_len``
+#: (a 10 MB answer row once took 3.9 GB to tokenize, to keep its first 512 tokens).
+MAX_CHARS_PER_TOKEN = 64
+
+
+def _bounded(messages: list[dict], max_len: int) -> list[dict]:
+    limit = max_len * MAX_CHARS_PER_TOKEN
+    return [{**m, "content": m["content"][:limit]} if isinstance(m.get("content"), str) and len(m["content"]) > limit else m
+            for m in messages]
+
+
 def tokenize_chat(tokenizer, messages: list[dict], max_len: int | None = None) -> dict[str, list[int]]:
     """``{"input_ids", "labels"}``; labels are -100 except on assistant tokens. Truncates at ``max_len``."""
+    if max_len is not None:
+        messages = _bounded(messages, max_len)
     ids, spans = assistant_spans(tokenizer, messages)
     labels = [IGNORE_INDEX] * len(ids)
     for start, end in spans:
