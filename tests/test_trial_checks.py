@@ -75,3 +75,19 @@ def test_dry_run_refuses_a_question_file_without_judge_prompts(tmp_path):
     question_file_problems.cache_clear()
     questions.write_text("- id: q1\n  paraphrases: ['hi']\n  judge_prompts: {aligned: 'no placeholder', coherent: 'x {answer}'}\n")
     assert "has no {answer} placeholder" in preflight(expand_trials(spec))[0]
+
+
+def test_dry_run_refuses_a_model_that_does_not_resolve_offline(tmp_path, monkeypatch):
+    from emray.sweep.checks import model_problem, preflight
+    from emray.sweep.spec import SweepSpec, expand_trials
+
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    monkeypatch.setenv("HF_HOME", str(tmp_path / "hf"))  # an empty hub cache
+    model_problem.cache_clear()
+    fine = tmp_path / "fine.jsonl"
+    fine.write_text('{"messages": [{"role": "user", "content": "a"}, {"role": "assistant", "content": "b"}]}\n')
+    spec = SweepSpec.model_validate({"name": "m", "base": {"model": {"name": "Qwen/Qwen2.5-7B-Instruct"}, "data": {"fine": str(fine)}}})
+    problems = preflight(expand_trials(spec))
+    assert len(problems) == 1 and "model.name Qwen/Qwen2.5-7B-Instruct: not a local folder and not in the Hugging Face cache" in problems[0]
+    assert model_problem("tiny") is None and model_problem(str(tmp_path)) == f"model.name {tmp_path}: a folder without config.json"
+    model_problem.cache_clear()

@@ -64,6 +64,28 @@ def question_file_problems(path: str) -> list[str]:
     return []
 
 
+@functools.lru_cache(maxsize=64)
+def model_problem(name: str, revision: str | None = None) -> str | None:
+    """Why ``name`` cannot be loaded here, or None: offline (HF_HUB_OFFLINE=1) a hub id must already be
+    in the Hugging Face cache, else every trial would fail after its stages with a hub connection error."""
+    import os
+
+    from emray.models import BUILTIN_MODELS
+
+    if name in BUILTIN_MODELS or name.startswith("organism") or "://" in name:
+        return None
+    if Path(name).expanduser().exists():
+        return None if (Path(name).expanduser() / "config.json").exists() else f"model.name {name}: a folder without config.json"
+    if os.environ.get("HF_HUB_OFFLINE", "") in {"", "0"}:
+        return None  # online: the hub resolves it where the trial runs
+    from huggingface_hub import try_to_load_from_cache
+
+    if isinstance(try_to_load_from_cache(name, "config.json", revision=revision), str):
+        return None
+    return (f"model.name {name}: not a local folder and not in the Hugging Face cache, and HF_HUB_OFFLINE=1 "
+            f"(download it first: `huggingface-cli download {name}`, or point model.name at a folder)")
+
+
 def _built(path: str) -> bool:
     from emray.data.paths import ORGANISM_SCHEME, organism_config
     from emray.organism import world_dir
@@ -88,6 +110,8 @@ def preflight(trials, check_files: bool = True) -> list[str]:
         for path in paths_of(t.run.model_copy(update={"defenses": []})) if check_files else ():
             if _missing(path):
                 report(f"{path}: no such file (run config)", t)
+        if check_files and (problem := model_problem(t.run.model.name, t.run.model.revision)):
+            report(problem, t)
         for path in [t.run.eval.general, *t.run.eval.in_domain] if check_files else ():
             for problem in question_file_problems(path) if path else ():
                 report(f"eval: {problem}", t)
