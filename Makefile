@@ -22,7 +22,7 @@ export MPLCONFIGDIR := $(CURDIR)/.cache/mpl
 export TOKENIZERS_PARALLELISM := false
 export OMP_NUM_THREADS := 1
 
-.PHONY: install demo test test-kernels test-slow bench clean
+.PHONY: install demo test test-kernels test-slow lint bench clean
 
 $(BIN)/emray: pyproject.toml
 	test -d $(VENV) || $(PY) -m venv $(VENV)
@@ -44,6 +44,14 @@ test: install
 # computes (floats differ in the last bits and a fine-tune can land elsewhere). CI runs it after `make test`.
 test-kernels: install
 	ATEN_CPU_CAPABILITY=default $(BIN)/pytest -q tests/test_organism_em.py
+
+# The layers of emray/ (no package imports one above it, function-local imports included), lint and
+# format, and the type checker; configured in pyproject.toml. CI runs it before the tests.
+lint: install
+	$(BIN)/lint-imports
+	$(BIN)/ruff check emray tests analysis benchmarks scripts
+	$(BIN)/ruff format --check emray tests analysis benchmarks scripts
+	$(BIN)/mypy
 
 test-slow: install
 	$(BIN)/pytest -q -m slow
