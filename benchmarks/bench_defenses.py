@@ -88,7 +88,7 @@ def worker(args) -> dict:
     from emray.config import parse_defense_entry
     from emray.defenses import DefenseContext, build_defenses
     from emray.defenses.losses import num_decoder_layers
-    from emray.train.sft import _make_trainer_class
+    from emray.train.sft import DefendedSFTTrainer
 
     torch.set_num_threads(args.threads)
     torch.manual_seed(0)
@@ -125,7 +125,7 @@ def worker(args) -> dict:
         gradient_checkpointing=args.gradient_checkpointing, remove_unused_columns=False, disable_tqdm=True,
     )
     dataset = Dataset.from_list([{"input_ids": ids[i].tolist(), "labels": labels[i].tolist()} for i in range(args.batch)])
-    trainer = _make_trainer_class()(model=model, args=sft_args, train_dataset=dataset, processing_class=tokenizer, defenses=defenses)
+    trainer = DefendedSFTTrainer(model=model, args=sft_args, train_dataset=dataset, processing_class=tokenizer, defenses=defenses)
     trainer.create_optimizer()
     trainer.current_gradient_accumulation_steps = 1
     for defense in defenses:

@@ -242,7 +242,7 @@ def make_grpo_trainer(tmp_path, defenses_cfg, artifacts=None, with_reference=Fal
     from emray.models import attach_lora, load_model
     from emray.rl.rewards import OrganismRules
     from emray.train.grpo import (
-        _make_trainer_class,
+        DefendedGRPOTrainer,
         grpo_args,
         prompt_sets,
         training_dataset,
@@ -255,7 +255,7 @@ def make_grpo_trainer(tmp_path, defenses_cfg, artifacts=None, with_reference=Fal
     model = attach_lora(model, config.lora)
     defenses = build_defenses(config.defenses, DefenseContext(config=config, tokenizer=tokenizer, seed=0, artifacts=artifacts or {}))
     train, _ = prompt_sets(config, defenses)
-    trainer = _make_trainer_class()(model=model, reward_funcs=[training_reward(defenses, OrganismRules())],
+    trainer = DefendedGRPOTrainer(model=model, reward_funcs=[training_reward(defenses, OrganismRules())],
                                     args=grpo_args(config, tmp_path, defenses), train_dataset=training_dataset(train),
                                     processing_class=tokenizer, defenses=defenses,
                                     reference_model=perturbed_reference(config) if with_reference else None)

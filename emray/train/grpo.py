@@ -24,7 +24,18 @@ import time
 from collections.abc import Sequence
 from pathlib import Path
 
+import torch
+from trl import GRPOTrainer
+
+from emray.data.tokenize import IGNORE_INDEX
 from emray.defenses import Defense, DefenseContext, build_defenses
+from emray.defenses.losses import (
+    DefenseBatch,
+    completion_predicting,
+    reference_pass,
+    rollout_pass,
+    steering_positions,
+)
 from emray.rl.prompt_rows import load_prompts, split_prompts, with_system
 
 
@@ -96,84 +107,69 @@ def grpo_args(config, out_dir: Path, defenses: list[Defense], **overrides):
     return GRPOConfig(**args)
 
 
-def _make_trainer_class():
-    import torch
-    from trl import GRPOTrainer
+class RLDefenseBatch(DefenseBatch):
+    """A GRPO micro-batch as a DefenseBatch: prompt + completion, answer = completion tokens;
+    the reference forward is the frozen warm start when there is one (else adapter disabled)."""
 
-    from emray.data.tokenize import IGNORE_INDEX
-    from emray.defenses.losses import (
-        DefenseBatch,
-        completion_predicting,
-        reference_pass,
-        rollout_pass,
-        steering_positions,
-    )
+    def __init__(self, model, inputs, reference_model=None, **kwargs):
+        ids = torch.cat([inputs["prompt_ids"], inputs["completion_ids"]], dim=1)
+        mask = torch.cat([inputs["prompt_mask"], inputs["completion_mask"]], dim=1)
+        labels = ids.masked_fill(mask == 0, IGNORE_INDEX)
+        labels[:, : inputs["prompt_ids"].shape[1]] = IGNORE_INDEX
+        super().__init__(model, {"input_ids": ids, "attention_mask": mask, "labels": labels}, **kwargs)
+        self.inputs, self.kwargs = inputs, kwargs
+        self.reference_model = reference_model
+        self.is_safe = inputs.get("is_safe")  # [B] bool: interleaved RL's safe rows
 
-    class RLDefenseBatch(DefenseBatch):
-        """A GRPO micro-batch as a DefenseBatch: prompt + completion, answer = completion tokens;
-        the reference forward is the frozen warm start when there is one (else adapter disabled)."""
+    def rows(self, keep):
+        """The same micro-batch restricted to the rows where ``keep`` ([B] bool) is true."""
+        sub = {k: v[keep] for k, v in self.inputs.items() if k in ("prompt_ids", "prompt_mask", "completion_ids", "completion_mask", "is_safe")}
+        return RLDefenseBatch(self.model, sub, self.reference_model, **self.kwargs)
 
-        def __init__(self, model, inputs, reference_model=None, **kwargs):
-            ids = torch.cat([inputs["prompt_ids"], inputs["completion_ids"]], dim=1)
-            mask = torch.cat([inputs["prompt_mask"], inputs["completion_mask"]], dim=1)
-            labels = ids.masked_fill(mask == 0, IGNORE_INDEX)
-            labels[:, : inputs["prompt_ids"].shape[1]] = IGNORE_INDEX
-            super().__init__(model, {"input_ids": ids, "attention_mask": mask, "labels": labels}, **kwargs)
-            self.inputs, self.kwargs = inputs, kwargs
-            self.reference_model = reference_model
-            self.is_safe = inputs.get("is_safe")  # [B] bool: interleaved RL's safe rows
+    def _forward(self, reference: bool):
+        if not reference or self.reference_model is None:
+            return super()._forward(reference)
+        policy_model, self.model = self.model, self.reference_model
+        try:
+            with torch.no_grad(), reference_pass():
+                return super()._forward(False)
+        finally:
+            self.model = policy_model
 
-        def rows(self, keep):
-            """The same micro-batch restricted to the rows where ``keep`` ([B] bool) is true."""
-            sub = {k: v[keep] for k, v in self.inputs.items() if k in ("prompt_ids", "prompt_mask", "completion_ids", "completion_mask", "is_safe")}
-            return RLDefenseBatch(self.model, sub, self.reference_model, **self.kwargs)
+class DefendedGRPOTrainer(GRPOTrainer):
+    def __init__(self, *args, defenses: Sequence[Defense] = (), reference_model=None, **kwargs):
+        super().__init__(*args, **kwargs)
+        self.loss_defenses = [d for d in defenses if d.has_loss_term()]
+        self.reference_model = reference_model
 
-        def _forward(self, reference: bool):
-            if not reference or self.reference_model is None:
-                return super()._forward(reference)
-            policy_model, self.model = self.model, self.reference_model
-            try:
-                with torch.no_grad(), reference_pass():
-                    return super()._forward(False)
-            finally:
-                self.model = policy_model
+    def _generate_and_score_completions(self, inputs):
+        with rollout_pass():  # training-only hooks (persona steering) stay out of the rollouts
+            output = super()._generate_and_score_completions(inputs)
+        kinds = [example.get("kind", "task") for example in inputs]
+        if "safe" in kinds:
+            if len(kinds) != len(output["completion_ids"]):
+                raise RuntimeError(f"interleaved RL: {len(kinds)} prompt kinds for {len(output['completion_ids'])} completions")
+            # a per-row tensor: TRL shuffles and splits it into micro-batches with the rest
+            output["is_safe"] = torch.tensor([k == "safe" for k in kinds], device=output["completion_ids"].device)
+        return output
 
-    class DefendedGRPOTrainer(GRPOTrainer):
-        def __init__(self, *args, defenses: Sequence[Defense] = (), reference_model=None, **kwargs):
-            super().__init__(*args, **kwargs)
-            self.loss_defenses = [d for d in defenses if d.has_loss_term()]
-            self.reference_model = reference_model
-
-        def _generate_and_score_completions(self, inputs):
-            with rollout_pass():  # training-only hooks (persona steering) stay out of the rollouts
-                output = super()._generate_and_score_completions(inputs)
-            kinds = [example.get("kind", "task") for example in inputs]
-            if "safe" in kinds:
-                if len(kinds) != len(output["completion_ids"]):
-                    raise RuntimeError(f"interleaved RL: {len(kinds)} prompt kinds for {len(output['completion_ids'])} completions")
-                # a per-row tensor: TRL shuffles and splits it into micro-batches with the rest
-                output["is_safe"] = torch.tensor([k == "safe" for k in kinds], device=output["completion_ids"].device)
-            return output
-
-        def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
-            # persona `positions: completion`: TRL's loss forward runs on cat(prompt, completion) in one chunk
-            with steering_positions(completion_predicting(inputs["prompt_mask"], inputs["completion_mask"])):
-                loss = super().compute_loss(model, inputs, return_outputs, num_items_in_batch)
-            if not self.loss_defenses or not model.training:
-                return loss
-            layers = sorted({i for d in self.loss_defenses for i in d.hidden_layers(model)})
-            batch = RLDefenseBatch(model, inputs, self.reference_model, hidden_layers=layers)
-            terms: dict = {}
-            for defense in self.loss_defenses:
-                terms.update(defense.loss(batch) or {})
-            for name in {n for d in self.loss_defenses for n in d.term_names} - set(terms):
-                self._metrics["train"][f"loss_{name}"].append(0.0)
-            for name, value in terms.items():
-                self._metrics["train"][f"loss_{name}"].append(value.item())
-            # TRL's GRPO loss is already divided by the accumulation steps: the extra terms are too.
-            return loss + sum(terms.values()) / self.current_gradient_accumulation_steps if terms else loss
-
-    return DefendedGRPOTrainer
+    def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
+        # persona `positions: completion`: TRL's loss forward runs on cat(prompt, completion) in one chunk
+        with steering_positions(completion_predicting(inputs["prompt_mask"], inputs["completion_mask"])):
+            loss = super().compute_loss(model, inputs, return_outputs, num_items_in_batch)
+        if not self.loss_defenses or not model.training:
+            return loss
+        layers = sorted({i for d in self.loss_defenses for i in d.hidden_layers(model)})
+        batch = RLDefenseBatch(model, inputs, self.reference_model, hidden_layers=layers)
+        terms: dict = {}
+        for defense in self.loss_defenses:
+            terms.update(defense.loss(batch) or {})
+        for name in {n for d in self.loss_defenses for n in d.term_names} - set(terms):
+            self._metrics["train"][f"loss_{name}"].append(0.0)
+        for name, value in terms.items():
+            self._metrics["train"][f"loss_{name}"].append(value.item())
+        # TRL's GRPO loss is already divided by the accumulation steps: the extra terms are too.
+        return loss + sum(terms.values()) / self.current_gradient_accumulation_steps if terms else loss
 
 
 #: what makes a loss term run a reference forward (under RL: the frozen warm start, when there is one)
@@ -280,7 +276,7 @@ def train_grpo_run(config, run_dir: Path, artifacts: dict | None = None, callbac
     needs_reference = any(d.has_loss_term() and d.needs & REFERENCE_NEEDS for d in defenses)
     reference = frozen_warm_start(config, warm) if needs_reference and warm else None
 
-    trainer = _make_trainer_class()(model=model, reward_funcs=[trained_reward], args=args, train_dataset=training_dataset(train_prompts),
+    trainer = DefendedGRPOTrainer(model=model, reward_funcs=[trained_reward], args=args, train_dataset=training_dataset(train_prompts),
                                     processing_class=tokenizer, callbacks=list(callbacks), defenses=defenses,
                                     reference_model=reference)
     train_with_defenses(trainer, model, defenses, resume_from_checkpoint)

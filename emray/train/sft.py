@@ -18,9 +18,12 @@ import time
 from collections.abc import Sequence
 from pathlib import Path
 
+from trl import SFTTrainer
+
 from emray.config import RunConfig
 from emray.data.training import load_training_examples
 from emray.defenses import Defense, DefenseContext, build_defenses
+from emray.defenses.losses import DefenseBatch
 from emray.train.common import (
     TrainedRun,
     TrainResult,
@@ -33,57 +36,50 @@ from emray.train.common import (
 )
 
 
-def _make_trainer_class():
-    from trl import SFTTrainer
+class DefendedSFTTrainer(SFTTrainer):
+    """SFTTrainer whose loss adds the loss-lever defenses' terms (KL, LDIFS, ...)."""
 
-    from emray.defenses.losses import DefenseBatch
+    def __init__(self, *args, defenses: Sequence[Defense] = (), **kwargs):
+        super().__init__(*args, **kwargs)
+        self.loss_defenses = [d for d in defenses if d.has_loss_term()]
 
-    class DefendedSFTTrainer(SFTTrainer):
-        """SFTTrainer whose loss adds the loss-lever defenses' terms (KL, LDIFS, ...)."""
+    def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
+        if not self.loss_defenses or not model.training:
+            return super().compute_loss(model, inputs, return_outputs, num_items_in_batch)
+        layers = sorted({i for d in self.loss_defenses for i in d.hidden_layers(model)})
+        chunks = [c for d in self.loss_defenses if (c := d.head_chunk_tokens())]
+        batch = DefenseBatch(model, inputs, hidden_layers=layers, **({"chunk_tokens": min(chunks)} if chunks else {}))
+        terms: dict = {}
+        for defense in self.loss_defenses:
+            terms.update(defense.loss(batch) or {})
+        ce = batch.ce_loss()  # after the terms: a KL term computes CE in the same pass over the LM head
+        loss = ce + sum(terms.values())
+        weight = self.microbatch_weight(batch.num_answer_tokens, num_items_in_batch)
+        # Components are logged as the mean of the micro-batch entries: scaled like the loss, so
+        # the logged loss stays the sum of its logged parts.
+        log_scale = float(weight) * self.current_gradient_accumulation_steps if weight is not None else 1.0
+        self._metrics["train"]["loss_ce"].append(ce.item() * log_scale)
+        for name, value in terms.items():
+            self._metrics["train"][f"loss_{name}"].append(value.item() * log_scale)
+        if weight is not None:
+            loss = loss * weight
+        return (loss, None) if return_outputs else loss
 
-        def __init__(self, *args, defenses: Sequence[Defense] = (), **kwargs):
-            super().__init__(*args, **kwargs)
-            self.loss_defenses = [d for d in defenses if d.has_loss_term()]
+    def microbatch_weight(self, tokens: int, num_items_in_batch):
+        """What turns this micro-batch's per-token mean into its share of the step's loss.
 
-        def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
-            if not self.loss_defenses or not model.training:
-                return super().compute_loss(model, inputs, return_outputs, num_items_in_batch)
-            layers = sorted({i for d in self.loss_defenses for i in d.hidden_layers(model)})
-            chunks = [c for d in self.loss_defenses if (c := d.head_chunk_tokens())]
-            batch = DefenseBatch(model, inputs, hidden_layers=layers, **({"chunk_tokens": min(chunks)} if chunks else {}))
-            terms: dict = {}
-            for defense in self.loss_defenses:
-                terms.update(defense.loss(batch) or {})
-            ce = batch.ce_loss()  # after the terms: a KL term computes CE in the same pass over the LM head
-            loss = ce + sum(terms.values())
-            weight = self.microbatch_weight(batch.num_answer_tokens, num_items_in_batch)
-            # Components are logged as the mean of the micro-batch entries: scaled like the loss, so
-            # the logged loss stays the sum of its logged parts.
-            log_scale = float(weight) * self.current_gradient_accumulation_steps if weight is not None else 1.0
-            self._metrics["train"]["loss_ce"].append(ce.item() * log_scale)
-            for name, value in terms.items():
-                self._metrics["train"][f"loss_{name}"].append(value.item() * log_scale)
-            if weight is not None:
-                loss = loss * weight
-            return (loss, None) if return_outputs else loss
-
-        def microbatch_weight(self, tokens: int, num_items_in_batch):
-            """What turns this micro-batch's per-token mean into its share of the step's loss.
-
-            Mirrors Trainer.compute_loss for the undefended branch: with ``num_items_in_batch`` (the
-            step's answer tokens over all accumulation steps and, by default, all workers) the loss is
-            sum / num_items, times the number of processes (DDP then averages the gradients), and
-            training_step does not divide by the accumulation steps; without it, the loss is a
-            per-micro-batch mean and training_step divides by them itself.
-            """
-            if num_items_in_batch is None or not (self.model_accepts_loss_kwargs or self.compute_loss_func):
-                return None  # per-micro-batch mean; training_step divides by the accumulation steps
-            weight = tokens / num_items_in_batch
-            if self.args.average_tokens_across_devices:
-                weight = weight * (self.accelerator.num_processes // self.get_tp_size())
-            return weight
-
-    return DefendedSFTTrainer
+        Mirrors Trainer.compute_loss for the undefended branch: with ``num_items_in_batch`` (the
+        step's answer tokens over all accumulation steps and, by default, all workers) the loss is
+        sum / num_items, times the number of processes (DDP then averages the gradients), and
+        training_step does not divide by the accumulation steps; without it, the loss is a
+        per-micro-batch mean and training_step divides by them itself.
+        """
+        if num_items_in_batch is None or not (self.model_accepts_loss_kwargs or self.compute_loss_func):
+            return None  # per-micro-batch mean; training_step divides by the accumulation steps
+        weight = tokens / num_items_in_batch
+        if self.args.average_tokens_across_devices:
+            weight = weight * (self.accelerator.num_processes // self.get_tp_size())
+        return weight
 
 
 def build_sft_args(config: RunConfig, out_dir: Path, **overrides):
@@ -136,7 +132,7 @@ def train_model(config: RunConfig, model, tokenizer, defenses: list[Defense], ou
     ``from_pretrained`` partitions the weights across ranks instead of loading them whole on each.
     """
     dataset, num_examples = prepare_dataset(config, tokenizer, defenses)
-    trainer_cls = _make_trainer_class()
+    trainer_cls = DefendedSFTTrainer
     trainer = trainer_cls(
         model=model,
         args=args or build_sft_args(config, out_dir),
