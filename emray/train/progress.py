@@ -91,10 +91,11 @@ class TrialProgress(_trainer_callback_base()):
         self.wandb_run = wandb_run
         self.phase = phase  # None: the narrow fine-tune; "benign": the trial's benign fine-tune
         self._last = 0.0
+        self._loss = None  # the last logged training loss, kept in every write (the live table's loss column)
 
     def _write(self, state, **extra) -> None:
         data = {"step": state.global_step, "total": state.max_steps, "time": time.time(),
-                "wandb_live": self.wandb_run is not None, "phase": self.phase, **extra}
+                "wandb_live": self.wandb_run is not None, "phase": self.phase, "loss": self._loss, **extra}
         tmp = self.trial_dir / (PROGRESS_FILE + ".tmp")
         tmp.write_text(json.dumps(data))
         tmp.replace(self.trial_dir / PROGRESS_FILE)
@@ -110,7 +111,9 @@ class TrialProgress(_trainer_callback_base()):
 
     def on_log(self, args, state, control, logs=None, **kwargs):
         numbers = {k: v for k, v in (logs or {}).items() if isinstance(v, (int, float))}
-        self._write(state, loss=numbers.get("loss"))
+        if "loss" in numbers:
+            self._loss = numbers["loss"]
+        self._write(state)
         if self.wandb_run is not None and numbers:
             self.wandb_run.log({f"train/{k}": v for k, v in numbers.items()}, step=state.global_step)
 
