@@ -2,15 +2,16 @@
 
 Per trial run: config = the resolved run config plus flat columns W&B's own scatter and
 parallel-coordinates panels can use across the group (``arm``, ``defense``, ``seed``, ``hp.<defense>.<param>``);
-summary = the criteria with their counts and intervals; the training curve (``train/*``, by step);
+summary = the criteria with their counts and intervals; the training curve (``train/*``, by step), once:
+live from rank 0, else from metrics.json; the benign fine-tune's curve (``benign/train/*``, by ``benign/train/step``);
 tags ``model:…``, ``scenario:…`` (the fine-tune data), ``defense:…``, ``sweep:…``; the LoRA adapter as a
 ``model`` artifact (``wandb.log_adapters: false`` to skip: adapters of large models are large).
 
-Summary run: the per-arm table (means, intervals, front) and the per-trial table as ``wandb.Table``,
+Summary run (one per sweep folder, ``summary_run_id``: a re-run updates it): the per-arm table (means, intervals, front) and the per-trial table as ``wandb.Table``,
 a native ``wandb.plot.scatter`` per pair of criteria over the arms, and the PNG plots.
 
 Offline when no API key is set (``mode: auto``): runs land in ``<sweep>/wandb_root/wandb`` and upload
-with ``wandb sync <sweep>/wandb_root/wandb/offline-run-*``. A saved workspace for the group is created
+with ``wandb sync <sweep>/wandb_root/wandb/offline-run-*``; artifact staging copies stay in ``<sweep>/wandb_root/data``. A saved workspace for the group is created
 only online (it is a W&B server object), with the ``wandb-workspaces`` package; offline, a message says so.
 """
 
@@ -54,11 +55,6 @@ def wandb_settings(spec, sweep_dir: Path) -> dict:
         "tags": list(getattr(w, "tags", [])),
         "workspace": getattr(w, "workspace", True),
     }
-
-
-def _init(settings: dict, name: str, job_type: str, config: dict, tags: list[str] | None = None):
-    return init_run(dict(project=settings["project"], entity=settings["entity"], group=settings["group"], name=name,
-                         job_type=job_type, config=config, tags=tags, dir=settings["dir"], mode=settings["mode"]))
 
 
 def trial_tags(trial, settings: dict) -> list[str]:
@@ -119,35 +115,97 @@ def live_run_init(trial, settings: dict) -> dict | None:
 
 
 def log_trial(trial, record: dict, trial_dir: Path, settings: dict) -> str | None:
-    """Criteria, adapter (and the training curve, unless rank 0 logged it live) of one trial, into
-    its W&B run; returns the run's local folder."""
+    """Criteria, adapter, the training curve (unless rank 0 logged it live) and the benign fine-tune's
+    curve (``benign/train/*``, by ``benign/train/step``) of one trial, into its W&B run; returns the
+    run's local folder."""
     if not settings.get("enabled") or settings["mode"] == "disabled":
         return None
     import wandb
 
-    from emray.train.progress import read_progress
+    from emray.train.progress import curve_logged_live
 
-    live = bool((read_progress(trial_dir) or {}).get("wandb_live"))
-    run = _trial_run(trial, settings, resume=live)
-    try:
-        metrics_file = trial_dir / "metrics.json"
-        if metrics_file.exists() and not live:
-            for entry in json.loads(metrics_file.read_text()).get("history", []):
-                if "loss" in entry:
-                    run.log({f"train/{k}": v for k, v in entry.items() if isinstance(v, (int, float))}, step=int(entry.get("step", 0)))
-        for key, value in record.items():
-            if isinstance(value, (int, float)) and not isinstance(value, bool):
-                run.summary[key] = value
-        adapter = trial_dir / "adapter"
-        if settings.get("log_adapters", True) and (adapter / "adapter_config.json").exists():
-            artifact = wandb.Artifact(f"adapter-{trial.key}", type="model",
-                                      metadata={"label": trial.label, "seed": trial.run.seed, "model": trial.run.model.name,
-                                                **{k: record.get(k) for k in OBJECTIVES}})
-            artifact.add_dir(str(adapter))
-            run.log_artifact(artifact, aliases=[f"seed{trial.run.seed}"])
-        return str(Path(run.dir).parent)
-    finally:
-        run.finish()
+    live = curve_logged_live(trial_dir)
+    with staged_in_sweep(settings):
+        run = _trial_run(trial, settings, resume=live)
+        try:
+            log_curves(run, trial_dir, narrow=not live)
+            for key, value in record.items():
+                if isinstance(value, (int, float)) and not isinstance(value, bool):
+                    run.summary[key] = value
+            adapter = trial_dir / "adapter"
+            if settings.get("log_adapters", True) and (adapter / "adapter_config.json").exists():
+                artifact = wandb.Artifact(f"adapter-{trial.key}", type="model",
+                                          metadata={"label": trial.label, "seed": trial.run.seed, "model": trial.run.model.name,
+                                                    **{k: record.get(k) for k in OBJECTIVES}})
+                artifact.add_dir(str(adapter))
+                run.log_artifact(artifact, aliases=[f"seed{trial.run.seed}"])
+            return str(Path(run.dir).parent)
+        finally:
+            run.finish()
+
+
+def _history(metrics_file: Path) -> list[dict]:
+    """The training log entries (those with a loss) of a fine-tune's ``metrics.json``."""
+    if not metrics_file.exists():
+        return []
+    entries = json.loads(metrics_file.read_text()).get("history", [])
+    return [e for e in entries if isinstance(e, dict) and "loss" in e]
+
+
+def log_curves(run, trial_dir: Path, narrow: bool) -> int | None:
+    """The trial's training curves from its ``metrics.json`` files: the narrow fine-tune's as
+    ``train/*`` by step (``narrow``: rank 0 did not log it live), the benign fine-tune's as
+    ``benign/train/*`` on its own x axis ``benign/train/step``. W&B's step only grows within a run, so
+    the benign rows take the steps after the narrow curve's last. Returns the benign curve's last step."""
+    history = _history(trial_dir / "metrics.json")
+    last = max((int(e.get("step", 0)) for e in history), default=0)
+    if narrow:
+        for entry in history:
+            run.log({f"train/{k}": v for k, v in entry.items() if isinstance(v, (int, float))}, step=int(entry.get("step", 0)))
+    benign = _history(trial_dir / "benign" / "metrics.json")
+    if not benign:
+        return None
+    run.define_metric("benign/train/step")
+    run.define_metric("benign/train/*", step_metric="benign/train/step")
+    for i, entry in enumerate(benign, start=1):
+        values = {f"benign/train/{k}": v for k, v in entry.items() if isinstance(v, (int, float)) and k != "step"}
+        run.log({**values, "benign/train/step": int(entry.get("step", i))}, step=last + i)
+    return int(benign[-1].get("step", len(benign)))
+
+
+class staged_in_sweep:  # noqa: N801 - used as a context manager, named for what it does
+    """W&B's artifact staging copies (``WANDB_DATA_DIR``) and downloads (``WANDB_ARTIFACT_DIR``) inside
+    the sweep folder (``<sweep>/wandb_root/``), so an offline artifact's manifest points at files that
+    travel with the sweep; a value the user set is kept."""
+
+    def __init__(self, settings: dict):
+        root = Path(settings["dir"])
+        self.values = {"WANDB_DATA_DIR": str(root / "data"), "WANDB_ARTIFACT_DIR": str(root / "artifacts")}
+        self.saved: dict[str, str | None] = {}
+
+    def __enter__(self):
+        for key, value in self.values.items():
+            self.saved[key] = os.environ.get(key)
+            os.environ.setdefault(key, value)
+        return self
+
+    def __exit__(self, *exc):
+        for key, value in self.saved.items():
+            if value is None:
+                os.environ.pop(key, None)
+            else:
+                os.environ[key] = value
+        return False
+
+
+def summary_run_id(settings: dict) -> str:
+    """The sweep folder's one summary run: a re-run of the sweep (or of ``emray report``'s logging)
+    updates it instead of adding a second summary."""
+    import hashlib
+    import re
+
+    name = re.sub(r"[^A-Za-z0-9_-]", "-", settings["group"])[:48]
+    return f"{name}-summary-{hashlib.sha1(settings['dir'].encode()).hexdigest()[:6]}"
 
 
 ARM_COLUMNS = ["arm", "defense", "model", "seeds", "is_pareto", "dominated_by"]
@@ -175,7 +233,9 @@ def log_summary(spec, sweep_dir: Path, rows: list[dict]) -> str | None:
 
     arms = arm_rows(rows)
     tags = [f"sweep:{spec.name}", f"scenario:{scenario(spec)}", "summary", *settings["tags"]]
-    run = _init(settings, f"{spec.name}-summary", "summary", spec.model_dump(mode="json", by_alias=True), tags)
+    run = init_run(dict(project=settings["project"], entity=settings["entity"], group=settings["group"], name=f"{spec.name}-summary",
+                        job_type="summary", config=spec.model_dump(mode="json", by_alias=True), tags=tags, dir=settings["dir"],
+                        mode=settings["mode"], id=summary_run_id(settings), resume="allow"))
     try:
         table, rates = arm_table(arms)
         charts = {f"pareto/{x}__{y}": wandb.plot.scatter(table, x, y, title=f"{x} vs {y} (arm means)")
@@ -233,6 +293,7 @@ def save_workspace(settings: dict, rates: list[str]) -> str:
                                                         *[wr.ParallelCoordinatesPlotColumn(metric=wr.SummaryMetric(r)) for r in rates]]),
                 ]),
                 ws.Section(name="Training", is_open=True, panels=[wr.LinePlot(x="Step", y=["train/loss"])]),
+                ws.Section(name="Benign fine-tune", is_open=False, panels=[wr.LinePlot(x="benign/train/step", y=["benign/train/loss"])]),
             ],
             runset_settings=ws.RunsetSettings(query=settings["group"], groupby=[ws.Config("defense")]),
         )

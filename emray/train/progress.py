@@ -120,10 +120,20 @@ class TrialProgress(_trainer_callback_base()):
     def on_train_end(self, args, state, control, **kwargs):
         self._write(state, done=True)
         if self.wandb_run is not None:
+            # The driver must not log the curve again; progress.json cannot say so (the benign fine-tune rewrites it).
+            (self.trial_dir / CURVE_FILE).write_text(json.dumps({"run_id": self.wandb_run.id, "last_step": state.global_step}))
             self.wandb_run.finish()  # the driver resumes this run with the criteria after evaluation
 
 
 LIVE_RUN_FILE = "wandb_run.json"
+#: Written by rank 0 when its live W&B run has the training curve: ``{"run_id", "last_step"}``.
+CURVE_FILE = "wandb_curve.json"
+
+
+def curve_logged_live(trial_dir: Path) -> bool:
+    """Whether rank 0 logged the trial's training curve into its W&B run as it trained."""
+    trial_dir = Path(trial_dir)
+    return (trial_dir / CURVE_FILE).exists() or bool((read_progress(trial_dir) or {}).get("wandb_live"))
 
 
 def init_run(init_args: dict):
