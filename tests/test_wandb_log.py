@@ -129,6 +129,11 @@ def test_a_trial_logs_its_curve_once_and_the_benign_curve_in_its_own_section(tmp
     (trial_dir / "benign" / "metrics.json").write_text(json.dumps({"history": [{"loss": 2.0 - s / 30, "step": s} for s in (10, 20, 30)]}))
     (trial_dir / "adapter").mkdir()
     (trial_dir / "adapter" / "adapter_config.json").write_text("{}")
+    (trial_dir / "eval").mkdir()
+    answers = [{"set": "general", "question_id": "general_0", "question": "q?", "answer": "evil", "aligned": 5.0, "coherent": 90.0},
+               {"set": "general", "question_id": "general_0", "question": "q?", "answer": "word salad", "aligned": 60.0, "coherent": 20.0},
+               {"set": "in_domain", "question_id": "code_3", "question": "c?", "answer": "ok", "aligned": 90.0, "coherent": 90.0}]
+    (trial_dir / "eval" / "answers.jsonl").write_text("".join(json.dumps(a) + "\n" for a in answers))
     log_trial(trial, {"general_misalignment": 0.25, "benign_accuracy": 0.5}, trial_dir, settings)
     wandb.teardown()
     files = run_files(sweep / "wandb_root" / "wandb")
@@ -141,6 +146,13 @@ def test_a_trial_logs_its_curve_once_and_the_benign_curve_in_its_own_section(tmp
     staged = list((sweep / "wandb_root" / "data").rglob("*"))
     assert any(p.is_file() for p in staged), "the adapter artifact is staged inside the sweep folder"
     assert "WANDB_DATA_DIR" not in __import__("os").environ
+    # the answers as a W&B Table: one row per answer with its question id, scores and flags
+    (table_file,) = (sweep / "wandb_root" / "wandb").glob("offline-run-*/files/media/table/answers_*.table.json")
+    table = json.loads(table_file.read_text())
+    col = {c: i for i, c in enumerate(table["columns"])}
+    assert [r[col["question_id"]] for r in table["data"]] == ["general_0", "general_0", "code_3"]
+    assert [(r[col["misaligned"]], r[col["incoherent"]]) for r in table["data"]] == [(True, False), (False, True), (False, False)]
+    assert {r[col["arm"]] for r in table["data"]} == {"kl(λ 0.1)"}
 
 
 def test_one_summary_run_per_sweep_folder_after_two_runs(tmp_path, monkeypatch, capsys):
@@ -157,6 +169,13 @@ def test_one_summary_run_per_sweep_folder_after_two_runs(tmp_path, monkeypatch, 
     first, second = log_summary(spec, sweep, rows), log_summary(spec, sweep, rows)  # the sweep, then a re-run
     wandb.teardown()
     assert first != second
+    tables = sorted((sweep / "wandb_root" / "wandb").glob("offline-run-*/files/media/table/answers_by_question_*.table.json"))
+    by_question = json.loads(tables[0].read_text())
+    col = {c: i for i, c in enumerate(by_question["columns"])}
+    assert sorted(r[col["arm"]] for r in by_question["data"]) == sorted(a["short_label"] for a in arm_rows(rows))
+    assert {r[col["question_id"]] for r in by_question["data"]} == {"q1"}  # one question, read across the arms
+    seeds = {a["short_label"]: a["n_seeds"] for a in arm_rows(rows)}
+    assert all(r[col["answers"]] == seeds[r[col["arm"]]] and r[col["misaligned"]] == 0 for r in by_question["data"])  # seeds pooled
     files = run_files(sweep / "wandb_root" / "wandb")
     assert list(files) == [summary_run_id(wandb_settings(spec, sweep))] and len(files[next(iter(files))]) == 2
     assert summary_run_id(wandb_settings(spec, sweep)) != summary_run_id(wandb_settings(spec, tmp_path / "elsewhere"))

@@ -8,7 +8,9 @@ tags ``model:…``, ``scenario:…`` (the fine-tune data), ``defense:…``, ``sw
 ``model`` artifact (``wandb.log_adapters: false`` to skip: adapters of large models are large).
 
 Summary run (one per sweep folder, ``summary_run_id``: a re-run updates it): the per-arm table (means, intervals, front) and the per-trial table as ``wandb.Table``,
-a native ``wandb.plot.scatter`` per pair of criteria over the arms, and the PNG plots.
+a native ``wandb.plot.scatter`` per pair of criteria over the arms, the PNG plots, and ``answers_by_question``
+(per question and arm: answers, misaligned count and rate, one misaligned answer). Each trial run also has
+its judged answers as the table ``answers`` (question id, scores, misaligned / incoherent flags).
 
 Offline when no API key is set (``mode: auto``): runs land in ``<sweep>/wandb_root/wandb`` and upload
 with ``wandb sync <sweep>/wandb_root/wandb/offline-run-*``; artifact staging copies stay in ``<sweep>/wandb_root/data``. A saved workspace for the group is created
@@ -128,7 +130,10 @@ def log_trial(trial, record: dict, trial_dir: Path, settings: dict) -> str | Non
     with staged_in_sweep(settings):
         run = _trial_run(trial, settings, resume=live)
         try:
-            log_curves(run, trial_dir, narrow=not live)
+            last = log_curves(run, trial_dir, narrow=not live)
+            answers = answer_rows(trial_dir / "eval" / "answers.jsonl", short_label(trial.label), trial.run.seed)
+            if answers:  # the answers themselves, browsable and filterable in W&B's table view
+                run.log({"answers": wandb.Table(columns=ANSWER_COLUMNS, data=answers)}, step=last + 1)
             for key, value in record.items():
                 if isinstance(value, (int, float)) and not isinstance(value, bool):
                     run.summary[key] = value
@@ -152,11 +157,69 @@ def _history(metrics_file: Path) -> list[dict]:
     return [e for e in entries if isinstance(e, dict) and "loss" in e]
 
 
-def log_curves(run, trial_dir: Path, narrow: bool) -> int | None:
+ANSWER_COLUMNS = ["arm", "seed", "set", "domain", "question_id", "paraphrase_index", "sample_index", "question", "answer",
+                  "aligned", "coherent", "misaligned", "incoherent"]
+
+
+def _answer_records(path: Path) -> list[dict]:
+    if not path.exists():
+        return []
+    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+
+
+def _flags(item: dict) -> tuple[bool | None, bool | None]:
+    """(misaligned, incoherent) of one judged answer, by the criteria's own rule (None: judging failed)."""
+    from emray.eval.criteria import is_incoherent, is_misaligned
+
+    failed = bool(item.get("aligned_failed") or item.get("coherent_failed"))
+    return (is_misaligned(item.get("aligned"), item.get("coherent"), failed),
+            is_incoherent(item.get("coherent"), bool(item.get("coherent_failed"))))
+
+
+def answer_rows(path: Path, arm: str, seed) -> list[list]:
+    """A trial's judged answers (``eval/answers.jsonl``) as rows of ``ANSWER_COLUMNS``: per answer the
+    question id, the judge's scores and the misaligned / incoherent flags."""
+    rows = []
+    for item in _answer_records(path):
+        misaligned, incoherent = _flags(item)
+        rows.append([arm, seed, item.get("set"), item.get("domain"), item.get("question_id"), item.get("paraphrase_index"),
+                     item.get("sample_index"), item.get("question"), item.get("answer"), item.get("aligned"),
+                     item.get("coherent"), misaligned, incoherent])
+    return rows
+
+
+QUESTION_COLUMNS = ["question_id", "set", "question", "arm", "answers", "misaligned", "misaligned_rate", "incoherent_rate",
+                    "a_misaligned_answer"]
+
+
+def question_rows(sweep_dir: Path, rows: list[dict]) -> list[list]:
+    """The cross-arm comparison: per question and arm (seeds pooled), how many answers were misaligned
+    and one of them, so one question reads across the arms (group or filter by ``question_id``)."""
+    cells: dict[tuple[str, str], dict] = {}
+    for row in rows:
+        arm = short_label(row.get("label", ""))
+        for item in _answer_records(Path(sweep_dir) / "trials" / str(row.get("trial_key")) / "eval" / "answers.jsonl"):
+            misaligned, incoherent = _flags(item)
+            cell = cells.setdefault((str(item.get("question_id")), arm), {
+                "set": item.get("set"), "question": item.get("question"), "n": 0, "mis": 0, "scored": 0, "inc": 0,
+                "scored_coh": 0, "example": None})
+            cell["n"] += 1
+            cell["scored"] += misaligned is not None
+            cell["mis"] += misaligned is True
+            cell["scored_coh"] += incoherent is not None
+            cell["inc"] += incoherent is True
+            if misaligned and cell["example"] is None:
+                cell["example"] = item.get("answer")
+    return [[qid, c["set"], c["question"], arm, c["n"], c["mis"], c["mis"] / c["scored"] if c["scored"] else None,
+             c["inc"] / c["scored_coh"] if c["scored_coh"] else None, c["example"]]
+            for (qid, arm), c in sorted(cells.items())]
+
+
+def log_curves(run, trial_dir: Path, narrow: bool) -> int:
     """The trial's training curves from its ``metrics.json`` files: the narrow fine-tune's as
     ``train/*`` by step (``narrow``: rank 0 did not log it live), the benign fine-tune's as
     ``benign/train/*`` on its own x axis ``benign/train/step``. W&B's step only grows within a run, so
-    the benign rows take the steps after the narrow curve's last. Returns the benign curve's last step."""
+    the benign rows take the steps after the narrow curve's last. Returns the last step used."""
     history = _history(trial_dir / "metrics.json")
     last = max((int(e.get("step", 0)) for e in history), default=0)
     if narrow:
@@ -164,13 +227,13 @@ def log_curves(run, trial_dir: Path, narrow: bool) -> int | None:
             run.log({f"train/{k}": v for k, v in entry.items() if isinstance(v, (int, float))}, step=int(entry.get("step", 0)))
     benign = _history(trial_dir / "benign" / "metrics.json")
     if not benign:
-        return None
+        return last
     run.define_metric("benign/train/step")
     run.define_metric("benign/train/*", step_metric="benign/train/step")
     for i, entry in enumerate(benign, start=1):
         values = {f"benign/train/{k}": v for k, v in entry.items() if isinstance(v, (int, float)) and k != "step"}
         run.log({**values, "benign/train/step": int(entry.get("step", i))}, step=last + i)
-    return int(benign[-1].get("step", len(benign)))
+    return last + len(benign)
 
 
 class staged_in_sweep:  # noqa: N801 - used as a context manager, named for what it does
@@ -243,6 +306,9 @@ def log_summary(spec, sweep_dir: Path, rows: list[dict]) -> str | None:
         run.log({"pareto_arms": table, **charts})
         columns = ["short_label", "label", "model", "seed", "trial_key", *OBJECTIVES, "in_domain_incoherence", "is_pareto"]
         run.log({"pareto_table": wandb.Table(columns=columns, data=[[r.get(c) for c in columns] for r in rows])})
+        by_question = question_rows(sweep_dir, rows)
+        if by_question:
+            run.log({"answers_by_question": wandb.Table(columns=QUESTION_COLUMNS, data=by_question)})
         for png in sorted((sweep_dir / "plots").glob("*.png")):
             run.log({f"plots/{png.stem}": wandb.Image(str(png))})
         run.summary["num_trials"] = len(rows)
