@@ -344,7 +344,7 @@ def save_workspace(settings: dict, rates: list[str]) -> str:
         import wandb_workspaces.reports.v2 as wr
         import wandb_workspaces.workspaces as ws
     except ImportError:
-        return "[emray] W&B workspace: skipped (pip install wandb-workspaces to have it created)"
+        return "[emray] W&B workspace: skipped (pip install 'emray[wandb]', i.e. wandb-workspaces, to have it created)"
     try:
         import wandb
 
