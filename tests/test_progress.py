@@ -32,7 +32,7 @@ def test_plain_lines_and_live_rows(tmp_path, capsys):
     assert "persona(α 5) seed 0: gen EM↓ 0.500 in-dom↑ 0.900 benign↑ 0.100 incoh↓ 0.150" in lines[2]
     assert "interleave(5 %) seed 1: FAILED; log: " + str(tmp_path / "logs" / "k1.log") in lines[4]
     # the live table: the running trial's step comes from its progress.json
-    cb.rows["a"]["state"] = "running"
+    cb.rows["k0"]["state"] = "running"
     from rich.console import Console
 
     console = Console(width=140, record=True)

@@ -65,27 +65,92 @@ def test_the_front_is_computed_on_arm_means(sweep):
     assert "0.406 ± 0.133" in table and "0.094 [0.05, 0.17]" in table
 
 
-def test_scatter_labels_are_short_inside_the_axes_and_do_not_overlap(sweep):
-    from emray.sweep.plots import scatter_figure
+#: the toy sweep's arms (one seed) where labels used to collide: six at in-domain ≈ 0.97, benign 1.0,
+#: interleave_plus = interleave_pp on one spot, persona close to kl; counts of 96 / 120 / 20 / 96
+TOY_ARMS = {"none": (82, 117, 20, 10), "kl(lambda=0.1)": (82, 117, 20, 11), "ldifs(lambda=1)": (68, 107, 20, 6),
+            "persona(alpha=5,prompts=organism:data/persona/evil_extract.json)": (76, 114, 3, 10),
+            "inoculation": (0, 2, 14, 1), "interleave(safe_fraction=0.05)": (34, 117, 20, 5),
+            "interleave_plus(safe_fraction=0.05)": (17, 116, 20, 3), "interleave_pp(safe_fraction=0.05)": (17, 116, 20, 3)}
 
-    arms = arm_rows(load_results(sweep))
-    for x, y in [("general_misalignment", "in_domain_misalignment"), ("in_domain_misalignment", "benign_accuracy")]:
+
+def _toy_arms():
+    from emray.eval.criteria import rate_fields
+
+    rows = []
+    for i, (label, (gen, dom, ben, inc)) in enumerate(TOY_ARMS.items()):
+        row = {"trial_key": f"k{i}", "trial_index": i, "label": label, "model": "organism", "seed": 0, "defenses": []}
+        for key, k, n in (("general_misalignment", gen, 96), ("in_domain_misalignment", dom, 120),
+                          ("benign_accuracy", ben, 20), ("general_incoherence", inc, 96)):
+            row.update(rate_fields(key, k, n))
+        rows.append(row)
+    return arm_rows(rows)
+
+
+def _drawn_labels(fig, path):
+    """Save the PNG as write_plots does, then the label boxes as drawn at its resolution."""
+    from emray.sweep.plots import PNG_DPI, save_png, text_box
+
+    save_png(fig, path)
+    assert path.stat().st_size > 10_000
+    fig.set_dpi(PNG_DPI)
+    fig.canvas.draw()
+    renderer = fig.canvas.get_renderer()
+    ax = fig.axes[0]
+    texts = [t for t in ax.texts if t.get_text()]
+    return ax, renderer, texts, [text_box(t, renderer) for t in texts]
+
+
+@pytest.mark.parametrize("data", ["fixture", "toy"])
+def test_scatter_labels_as_drawn_in_the_png_stay_inside_and_apart(sweep, tmp_path, data):
+    import itertools
+
+    import matplotlib.pyplot as plt
+
+    from emray.sweep.plots import present, scatter_figure
+
+    arms = arm_rows(load_results(sweep)) if data == "fixture" else _toy_arms()
+    for x, y in itertools.combinations(present(arms), 2):
         fig = scatter_figure(arms, x, y)
-        ax = fig.axes[0]
-        renderer = fig.canvas.get_renderer()
-        texts = [t for t in ax.texts if t.get_text()]
-        assert sorted(t.get_text() for t in texts) == sorted(a["short_label"] for a in arms)
-        assert all(len(t.get_text()) <= 30 and "organism:" not in t.get_text() for t in texts)
-        box = ax.get_window_extent(renderer)
-        extents = [t.get_window_extent(renderer) for t in texts]
-        for e in extents:
-            assert box.x0 <= e.x0 and e.x1 <= box.x1 and box.y0 <= e.y0 and e.y1 <= box.y1, "a label runs off the axes"
-        for i, a in enumerate(extents):
-            for b in extents[i + 1:]:
-                assert not a.overlaps(b), "two labels overlap"
+        ax, renderer, texts, boxes = _drawn_labels(fig, tmp_path / f"{data}_{x}__{y}.png")
+        shown = [a for a in arms if isinstance(a.get(x), (int, float)) and isinstance(a.get(y), (int, float))]
+        named = [part.lstrip("= ") for t in texts for part in t.get_text().replace("\n", " = ").split(" = ")]
+        assert sorted(named) == sorted(a["short_label"] for a in shown), (x, y)  # every arm named once
+        assert all(len(name) <= 30 and "organism:" not in name for name in named)
+        frame = ax.get_window_extent(renderer)
+        for t, b in zip(texts, boxes):
+            assert frame.x0 <= b.x0 and b.x1 <= frame.x1 and frame.y0 <= b.y0 and b.y1 <= frame.y1, (x, y, t.get_text())
+        for (ta, a), (tb, b) in itertools.combinations(zip(texts, boxes), 2):
+            assert not a.overlaps(b), (x, y, ta.get_text(), tb.get_text())
+        for a in shown:  # no label covers another arm's point
+            mx, my = ax.transData.transform((a[x], a[y]))
+            for t, b in zip(texts, boxes):
+                if a["short_label"] not in t.get_text():
+                    assert not (b.x0 <= mx <= b.x1 and b.y0 <= my <= b.y1), (x, y, t.get_text(), a["short_label"])
         legend = [t.get_text() for t in ax.get_legend().get_texts()]
-        assert {"none", "kl", "persona", "inoculation", "interleave", "interleave_plus"} <= set(legend)
-        assert len(ax.containers) == len(ARMS)  # one errorbar container per family
+        assert "front (this view)" in legend and {a["family"] for a in shown} <= set(legend)
+        for key, limits in ((x, ax.get_xlim()), (y, ax.get_ylim())):
+            assert 0.0 <= limits[0] < limits[1] <= 1.0, (key, limits)  # a rate's axis stays in [0, 1]
+        plt.close(fig)
+
+
+def test_coinciding_arms_share_a_label_and_a_one_point_front_keeps_its_marker(tmp_path):
+    import matplotlib.pyplot as plt
+
+    from emray.sweep.plots import front_2d, heatmap_figure, scatter_figure
+
+    arms = _toy_arms()
+    fig = scatter_figure(arms, "general_misalignment", "general_incoherence")
+    texts = [t.get_text() for t in fig.axes[0].texts]
+    assert "interleave_plus(5 %) = interleave_pp(5 %)" in texts
+    plt.close(fig)
+    # in general EM × incoherence inoculation alone is the front: drawn, with its legend entry
+    assert [a["short_label"] for a in front_2d(arms, "general_misalignment", "general_incoherence")] == ["inoculation"]
+    fig = scatter_figure(arms, "general_misalignment", "general_incoherence")
+    assert "front (this view)" in [t.get_text() for t in fig.axes[0].get_legend().get_texts()]
+    plt.close(fig)
+    fig = heatmap_figure(arms)
+    assert len(fig.axes) == 2 and "how good" in fig.axes[1].get_ylabel()  # the colour bar
+    plt.close(fig)
 
 
 def test_markdown_report_has_the_table_intervals_and_plot_links(sweep):

@@ -1,10 +1,12 @@
 """Plots that answer "which defense?", one point per arm (mean over seeds), into ``<sweep>/plots/``.
 
 - ``scatter_<x>__<y>``: one per pair of criteria; colour and marker by defense family, the arm's short
-  label beside each point, error bars (± std over seeds, or the 95 % Wilson interval over answers with
-  one seed), and the 2-D Pareto front of that view drawn as a dashed step line;
+  label near each point (placed at the PNG's resolution where it overlaps no label or point, with a
+  leader line when far; arms on one spot share one label, ``a = b``), error bars (± std over seeds, or the
+  95 % Wilson interval over answers with one seed), the 2-D Pareto front of that view as ringed points
+  and a dashed step line; the axes stay within [0, 1];
 - ``heatmap``: arms × criteria, each cell the value, coloured by how good it is for that criterion
-  (green good, red bad), the four-criterion view that can be read;
+  (green good, red bad; a colour bar says so), the four-criterion view that can be read;
 - ``parallel_coordinates``: the same, one line per arm with a legend;
 - ``dominance``: for each arm (row), the arms that dominate it (columns) on all criteria at once;
 - ``judge_scores``: per arm, every judged general answer at (coherence, alignment) with the paper's
@@ -70,13 +72,13 @@ def front_2d(arms: list[dict], x: str, y: str) -> list[dict]:
 
 
 def _pad_limits(ax, xs: list[float], ys: list[float]) -> None:
-    """Zoom on the points (close arms stay apart), with room for labels, never beyond [-0.05, 1.05]."""
+    """Zoom on the points (close arms stay apart), with room for labels, never beyond [0, 1]."""
     for values, setter in ((xs, ax.set_xlim), (ys, ax.set_ylim)):
         if not values:
             continue
         lo, hi = min(values), max(values)
         pad = max(0.04, 0.12 * (hi - lo))
-        setter(max(-0.05, lo - pad), min(1.05, hi + pad))
+        setter(max(0.0, lo - pad), min(1.0, hi + pad))  # a rate: never below 0 or above 1
 
 
 def _step_where(x: str) -> str:
@@ -96,70 +98,129 @@ def interval_caption(arms: list[dict]) -> str:
     return "error bars: " + ("; ".join(text[k] for k in sorted(kinds)) if kinds else "none (no counts)")
 
 
-#: label offsets (points) tried in order: beside, above, below, then further out
-_OFFSETS = [(6, 4), (-6, 4), (6, -10), (-6, -10), (0, 9), (0, -15), (14, 14), (-14, 14), (14, -20), (-14, -20),
-            (0, 22), (0, -28), (24, 2), (-24, 2), (0, 34), (0, -40)]
+PNG_DPI = 120
+
+
+def save_png(fig, path: Path) -> None:
+    """A figure as the PNG the sweep writes (the resolution the label test measures at)."""
+    fig.savefig(path, dpi=PNG_DPI, bbox_inches="tight")
+
+
+#: label positions tried around a point: rings of these radii (points), 16 directions each, nearest first
+_RINGS = (7, 13, 21, 31, 44, 60, 80)
+_DIRECTIONS = 16
+LEADER_BEYOND = 18  # points: a label placed further out gets a thin line to its point
+
+
+def _candidates():
+    import math
+
+    for radius in _RINGS:
+        for k in range(_DIRECTIONS):
+            angle = 2 * math.pi * k / _DIRECTIONS + math.pi / 8  # up-right first
+            dx, dy = radius * math.cos(angle), radius * math.sin(angle)
+            ha = "left" if dx > 1 else ("right" if dx < -1 else "center")
+            va = "bottom" if dy > 1 else ("top" if dy < -1 else "center")
+            yield radius, dx, dy, ha, va
+
+
+def coinciding(points: list[tuple[float, float, str]], fig, ax, tolerance_px: float = 4.0) -> list[tuple[float, float, str]]:
+    """Arms drawn on the same spot (``interleave_plus = interleave_pp``) as one point with one label
+    naming them all, so none hides another without a note."""
+    groups: list[list] = []
+    for px, py, text in points:
+        mx, my = ax.transData.transform((px, py))
+        for g in groups:
+            if abs(g[0][0] - mx) <= tolerance_px and abs(g[0][1] - my) <= tolerance_px:
+                g[1].append(text)
+                break
+        else:
+            groups.append([(mx, my), [text], (px, py)])
+    return [(g[2][0], g[2][1], " = ".join(g[1]) if len(g[1]) == 2 else "\n= ".join(g[1])) for g in groups]
+
+
+def text_box(text, renderer):
+    """The drawn box of a label's text alone (an annotation's own extent includes its leader line)."""
+    from matplotlib.text import Text
+
+    if hasattr(text, "update_positions"):  # an annotation places its text at draw time; do it now
+        text.update_positions(renderer)
+    return Text.get_window_extent(text, renderer)
 
 
 def place_labels(fig, ax, points: list[tuple[float, float, str]]) -> list:
-    """Put each label beside its point where it overlaps no earlier label and stays inside the axes:
-    a greedy search over ``_OFFSETS`` (the first offset that fits wins; the least-overlapping one when
-    none fits). Returns the text artists."""
+    """Put each label near its point where it overlaps no other label and no point and stays inside the
+    axes: the nearest free spot on rings around the point (a leader line beyond the first two rings);
+    when none is free, the least-overlapping spot inside. Arms on one spot share a label
+    (``coinciding``). Returns the text artists."""
     from matplotlib.transforms import Bbox
 
     renderer = fig.canvas.get_renderer()
     box = ax.get_window_extent(renderer)
-    # The markers are obstacles too: a label must not cover another arm's point.
-    r = 5 * fig.dpi / 72
+    points = coinciding(points, fig, ax)
+    r = 5 * fig.dpi / 72  # the markers are obstacles too: a label must not cover another arm's point
     marks = [ax.transData.transform((px, py)) for px, py, _ in points]
-    placed, texts = [Bbox([[mx - r, my - r], [mx + r, my + r]]) for mx, my in marks], []
+    obstacles = [Bbox([[mx - r, my - r], [mx + r, my + r]]) for mx, my in marks]
+    texts = []
     for px, py, text in points:
         best = None
-        for dx, dy in _OFFSETS:
-            t = ax.annotate(text, (px, py), xytext=(dx, dy), textcoords="offset points",
-                            ha="left" if dx > 0 else ("right" if dx < 0 else "center"), fontsize=7.5, color="#333")
-            ext = t.get_window_extent(renderer)
-            inside = ext.x0 >= box.x0 and ext.x1 <= box.x1 and ext.y0 >= box.y0 and ext.y1 <= box.y1
-            overlap = sum(max(0, min(ext.x1, o.x1) - max(ext.x0, o.x0)) * max(0, min(ext.y1, o.y1) - max(ext.y0, o.y0)) for o in placed)
-            cost = overlap + (0 if inside else 1e9)
+        for radius, dx, dy, ha, va in _candidates():
+            t = ax.annotate(text, (px, py), xytext=(dx, dy), textcoords="offset points", ha=ha, va=va, fontsize=7.5,
+                            color="#333", linespacing=1.0)
+            ext = text_box(t, renderer).padded(1.5)  # a little air between labels
+            t.remove()
+            margin = 2
+            if not (ext.x0 >= box.x0 + margin and ext.x1 <= box.x1 - margin and ext.y0 >= box.y0 + margin and ext.y1 <= box.y1 - margin):
+                continue
+            overlap = sum(max(0, min(ext.x1, o.x1) - max(ext.x0, o.x0) + 1) * max(0, min(ext.y1, o.y1) - max(ext.y0, o.y0) + 1)
+                          for o in obstacles if ext.overlaps(o) or o.overlaps(ext))
+            cost = (overlap, radius)
             if best is None or cost < best[0]:
-                if best is not None:
-                    best[1].remove()
-                best = (cost, t, ext)
-            else:
-                t.remove()
-            if cost == 0:
+                best = (cost, (dx, dy, ha, va), ext, radius)
+            if overlap == 0:
                 break
-        placed.append(best[2])
-        texts.append(best[1])
+        if best is None:  # nowhere inside (a tiny axes): beside the point
+            best = ((0, 0), (6, 4, "left", "bottom"), None, 0)
+        dx, dy, ha, va = best[1]
+        leader = dict(arrowstyle="-", lw=0.5, color="#888", shrinkA=0, shrinkB=3) if best[3] > LEADER_BEYOND else None
+        t = ax.annotate(text, (px, py), xytext=(dx, dy), textcoords="offset points", ha=ha, va=va, fontsize=7.5,
+                        color="#333", linespacing=1.0, arrowprops=leader)
+        obstacles.append(text_box(t, renderer))
+        texts.append(t)
     return texts
 
 
 def scatter_figure(arms: list[dict], x: str, y: str):
-    """One 2-D view: arms by family, short labels, error bars, the view's front as a step line."""
+    """One 2-D view: arms by family, short labels, error bars, the view's front (ringed points and a
+    step line)."""
     plt = _mpl()
     styles = family_styles(arms)
-    fig, ax = plt.subplots(figsize=(7.5, 5.5))
+    # At the PNG's resolution: text widths do not scale with the dpi, so labels are placed as they will be drawn.
+    fig, ax = plt.subplots(figsize=(7.5, 5.5), dpi=PNG_DPI)
     pts = [a for a in arms if isinstance(a.get(x), (int, float)) and isinstance(a.get(y), (int, float))]
     for fam, (colour, marker) in styles.items():
         group = [a for a in pts if a["family"] == fam]
         if not group:
             continue
-        ax.errorbar([a[x] for a in group], [a[y] for a in group], xerr=_err(group, x), yerr=_err(group, y),
-                    fmt=marker, color=colour, ecolor=colour, elinewidth=0.8, capsize=2, markersize=7,
-                    markeredgecolor="black", markeredgewidth=0.5, alpha=0.9, label=fam, linestyle="none")
+        bars = ax.errorbar([a[x] for a in group], [a[y] for a in group], xerr=_err(group, x), yerr=_err(group, y),
+                           fmt=marker, color=colour, ecolor=colour, elinewidth=0.8, capsize=2, markersize=7,
+                           markeredgecolor="black", markeredgewidth=0.5, alpha=0.9, label=fam, linestyle="none")
+        bars[0].set_clip_on(False)  # a point at 0 or 1 sits on the axis, whole
     front = front_2d(pts, x, y)
     if len(front) >= 2:
         # The staircase bounds the region the front dominates: it turns after a point when x is
         # minimised (that region lies to the right) and before it when x is maximised.
         ax.step([a[x] for a in front], [a[y] for a in front], where=_step_where(x), color="#c00", linestyle="--",
-                linewidth=1, alpha=0.7, label="front (this view)")
+                linewidth=1, alpha=0.7)
+    if front:  # its own marker, so a one-point front is drawn and keeps its legend entry
+        ax.scatter([a[x] for a in front], [a[y] for a in front], s=170, facecolors="none", edgecolors="#c00", linewidths=1.2,
+                   label="front (this view)", zorder=3, clip_on=False)
     _pad_limits(ax, [v for a in pts for v in (a[x], a.get(f"{x}_lo", a[x]), a.get(f"{x}_hi", a[x])) if v is not None],
                 [v for a in pts for v in (a[y], a.get(f"{y}_lo", a[y]), a.get(f"{y}_hi", a[y])) if v is not None])
     ax.set_xlabel(axis_title(x))
     ax.set_ylabel(axis_title(y))
     ax.grid(alpha=0.25)
-    ax.set_title(interval_caption(arms), fontsize=8, color="#555")
+    ax.set_title(interval_caption(arms) + " · arms on one spot share a label (a = b)", fontsize=8, color="#555")
     ax.legend(fontsize=7.5, loc="center left", bbox_to_anchor=(1.01, 0.5), frameon=False, title="defense", title_fontsize=8)
     fig.tight_layout()
     # After the layout: label offsets are in points, so placing them before a resize could overlap them.
@@ -184,7 +245,10 @@ def heatmap_figure(arms: list[dict]):
     keys = present(arms)
     good = np.array([[_goodness(a, k) if _goodness(a, k) is not None else np.nan for k in keys] for a in arms], dtype=float)
     fig, ax = plt.subplots(figsize=(2.3 * len(keys) + 2.8, 0.45 * len(arms) + 1.4))
-    ax.imshow(good, cmap="RdYlGn", vmin=0, vmax=1, aspect="auto")
+    image = ax.imshow(good, cmap="RdYlGn", vmin=0, vmax=1, aspect="auto")
+    bar = fig.colorbar(image, ax=ax, fraction=0.04, pad=0.02)
+    bar.set_label("how good for that criterion (rate for ↑, 1 − rate for ↓)", fontsize=7)
+    bar.ax.tick_params(labelsize=7)
     for i, a in enumerate(arms):
         for j, k in enumerate(keys):
             ax.text(j, i, format_rate(a, k), ha="center", va="center", fontsize=7.5)
@@ -371,7 +435,7 @@ def write_plots(sweep_dir: str | Path, rows: list[dict]) -> list[Path]:
         figures["judge_scores"] = judge_scores_figure(scores)
     written = []
     for stem, fig in figures.items():
-        fig.savefig(out / f"{stem}.png", dpi=120, bbox_inches="tight")
+        save_png(fig, out / f"{stem}.png")
         plt.close(fig)
         written.append(out / f"{stem}.png")
     for stem, fig in plotly_figures(arms).items():

@@ -1,12 +1,23 @@
-"""The sweep's console: one live table of trials (rich) on a terminal, plain lines elsewhere (CI logs).
+"""The sweep's console: one live table of trials (rich) on a terminal, plain status lines elsewhere
+(``ray job submit``, a pipe, CI logs).
 
-Columns: arm (short label), seed, state, training step / total (from the trial's ``progress.json``,
-written by rank 0, emray/train/progress.py), elapsed, and the four criteria once the trial reports them.
+Every planned trial has a row from the start (pending until Tune starts it; a trial finished by an
+earlier run shows as done). A running trial's phase (``narrow`` / ``benign`` fine-tune, then its
+evaluation), step / total and last loss come from its ``progress.json``, written by rank 0
+(emray/train/progress.py). The ETA is the work left (pending trials, the rest of the running ones)
+at the mean duration of the trials finished in this run, over the trials seen running at once.
+
+- On a TTY: the table, titled with the counts and the ETA; with more trials than terminal lines,
+  running and failed rows stay and the rest of the finished / pending ones fold into a count row.
+- Off a TTY: a line per event (started, its criteria, finished, failed), and a status line (counts,
+  ETA, each running trial's phase and step) whenever a running trial changes phase and at least every
+  ``EMRAY_PROGRESS_INTERVAL`` seconds (30 by default).
 Everything else the trials print is in ``SWEEP_DIR/logs/<key>.log``.
 """
 
 from __future__ import annotations
 
+import os
 import sys
 import time
 from pathlib import Path
@@ -20,6 +31,24 @@ from emray.train.progress import read_progress
 SHORT = {"general_misalignment": "gen EM↓", "in_domain_misalignment": "in-dom↑", "benign_accuracy": "benign↑",
          "general_incoherence": "incoh↓", "reward_heldout": "task reward↑"}
 
+TABLE_SHORT = {**SHORT, "general_misalignment": "genEM↓"}  # the table's narrower header
+
+#: Seconds between two plain status lines when nothing changes; the environment variable overrides it.
+INTERVAL_ENV = "EMRAY_PROGRESS_INTERVAL"
+DEFAULT_INTERVAL = 30.0
+POLL_SECONDS = 1.0  # how often the plain console reads the running trials' progress files
+#: The live table's lines besides its rows: title, the header and its rule, the closing blank line,
+#: the counts caption and one spare for the cursor.
+TABLE_LINES = 6
+
+
+def progress_interval(default: float = DEFAULT_INTERVAL) -> float:
+    try:
+        value = float(os.environ.get(INTERVAL_ENV, default))
+    except ValueError:
+        return default
+    return value if value > 0 else default
+
 
 def _criteria(result: dict) -> str:
     keys = (*OBJECTIVES, "reward_heldout")  # an RL trial's held-out task reward beside the four criteria
@@ -28,23 +57,51 @@ def _criteria(result: dict) -> str:
 
 def _elapsed(seconds: float) -> str:
     m, s = divmod(int(seconds), 60)
-    return f"{m}:{s:02d}"
+    h, m = divmod(m, 60)
+    return f"{h}:{m:02d}:{s:02d}" if h else f"{m}:{s:02d}"
 
 
 class ProgressCallback(Callback):
-    """Tune callback: keeps a row per trial and shows it (live table on a TTY, a line per event else)."""
+    """Tune callback: keeps a row per trial and shows it (live table on a TTY, lines else).
 
-    def __init__(self, trials: list | None = None, sweep_dir: str | Path | None = None, live: bool | None = None):
-        self.started = time.time()
+    ``trials``: the planned trials (grid / random), each a row from the start; ``total``: how many
+    trials the sweep runs when they are not planned ahead (Optuna's ``num_samples``)."""
+
+    def __init__(self, trials: list | None = None, sweep_dir: str | Path | None = None, live: bool | None = None,
+                 total: int | None = None, interval: float | None = None, clock=time.time):
+        self.clock = clock
+        self.started = clock()
         self.sweep_dir = Path(sweep_dir) if sweep_dir else None
         self.by_key = {t.key: t for t in trials or []}
         self.by_index = {t.index: t for t in trials or []}
-        self.rows: dict[str, dict] = {}  # Tune trial id -> row
+        self.rows: dict[str, dict] = {}  # row id (the trial key, else Tune's trial id) -> row
+        self._ids: dict[str, str] = {}  # Tune trial id -> row id
+        for t in trials or []:
+            self.rows[t.key] = self._new_row(t, t.key)
+        self.total = max(total or 0, len(self.rows))
         self.is_live = sys.stdout.isatty() if live is None else live
+        self.interval = progress_interval() if interval is None else interval
+        self.peak_running = 0
         self._live = None
         self._last_refresh = 0.0
+        self._last_poll = float("-inf")
+        self._last_status = self.started
+        self._status_sig: tuple = ()
 
     # ------------------------------------------------------------------------------ bookkeeping
+    def _new_row(self, t, fallback_id: str) -> dict:
+        row = {"arm": short_label(t.label) if t else str(fallback_id), "seed": t.run.seed if t else "",
+               "key": t.key if t else None, "state": "pending", "started": None, "ended": None,
+               "total": t.run.train.max_steps if t else None, "step": None, "phase": None, "loss": None,
+               "activity": None, "cached": False, "result": {}}
+        if t is not None and self.sweep_dir is not None:
+            from emray.sweep.pareto import read_result
+
+            record = read_result(self.sweep_dir / "trials" / t.key / "result.json")
+            if record is not None:  # finished by an earlier run: Tune only reports it again
+                row.update(state="done", cached=True, result=record)
+        return row
+
     def _trial(self, trial):
         config = trial.config or {}
         if "trial_key" in config:
@@ -52,26 +109,60 @@ class ProgressCallback(Callback):
         return self.by_index.get(config.get("trial_index"))
 
     def _row(self, trial) -> dict:
-        if trial.trial_id not in self.rows:
+        if trial.trial_id not in self._ids:
             t = self._trial(trial)
-            self.rows[trial.trial_id] = {
-                "arm": short_label(t.label) if t else str(trial.trial_id), "seed": t.run.seed if t else "",
-                "key": t.key if t else None, "state": "pending", "started": None, "ended": None,
-                "total": t.run.train.max_steps if t else None, "step": None, "result": {},
-            }
-        return self.rows[trial.trial_id]
+            row_id = t.key if t is not None and t.key in self.rows else str(trial.trial_id)
+            if row_id not in self.rows:
+                self.rows[row_id] = self._new_row(t, trial.trial_id)
+                self.total = max(self.total, len(self.rows))
+            self._ids[trial.trial_id] = row_id
+        return self.rows[self._ids[trial.trial_id]]
 
+    def counts(self) -> dict[str, int]:
+        states = [r["state"] for r in self.rows.values()]
+        out = {"finished": states.count("done"), "running": states.count("running"), "failed": states.count("FAILED")}
+        out["pending"] = max(self.total - sum(out.values()), 0)
+        return out
+
+    def counts_text(self, now: float | None = None) -> str:
+        c = self.counts()
+        cached = sum(r["cached"] for r in self.rows.values())
+        eta = self.eta(now)
+        return (f"{c['finished']}/{self.total} finished" + (f" ({cached} cached)" if cached else "")
+                + f", {c['running']} running, {c['pending']} pending, {c['failed']} failed"
+                + f" · ETA {'?' if eta is None else _elapsed(eta)}")
+
+    def eta(self, now: float | None = None) -> float | None:
+        """Seconds of sweep left: the pending trials and the rest of the running ones at the mean
+        duration of this run's finished trials (before any finished: the running trials' training
+        pace, an underestimate), spread over the most trials seen running at once."""
+        now = self.clock() if now is None else now
+        rows = list(self.rows.values())
+        running = [r for r in rows if r["state"] == "running"]
+        pending = self.counts()["pending"]
+        if not running and not pending:
+            return 0.0
+        durations = [r["ended"] - r["started"] for r in rows if r["state"] == "done" and not r["cached"] and r["started"]]
+        if durations:
+            mean = sum(durations) / len(durations)
+        else:
+            paces = [(now - r["started"]) * r["total"] / r["step"] for r in running
+                     if r["started"] and r.get("step") and r.get("total") and r.get("phase") in (None, "narrow")]
+            if not paces or max(paces) < 1.0:
+                return None
+            mean = max(paces)
+        work = sum(max(mean - (now - r["started"]), 0.0) for r in running if r["started"]) + pending * mean
+        return work / max(self.peak_running, 1)
+
+    # ------------------------------------------------------------------------------ Tune events
     def _say(self, row: dict, text: str) -> None:
         if self.is_live:
             self._refresh(force=True)
             return
-        counts: dict[str, int] = {}
-        for r in self.rows.values():
-            counts[r["state"]] = counts.get(r["state"], 0) + 1
-        summary = " ".join(f"{k}={v}" for k, v in sorted(counts.items()))
-        print(f"[emray {_elapsed(time.time() - self.started):>6}] {row['arm']} seed {row['seed']}: {text}  ({summary})", flush=True)
+        now = self.clock()
+        print(f"[emray {_elapsed(now - self.started):>6}] {row['arm']} seed {row['seed']}: {text}  ({self.counts_text(now)})",
+              flush=True)
 
-    # ------------------------------------------------------------------------------ Tune events
     def setup(self, **info):
         if self.is_live:
             from rich.console import Console
@@ -82,7 +173,10 @@ class ProgressCallback(Callback):
 
     def on_trial_start(self, iteration, trials, trial, **info):
         row = self._row(trial)
-        row.update(state="running", started=time.time())
+        if row["state"] == "done" and row["cached"]:
+            return  # a finished trial Tune runs again only to read its result
+        row.update(state="running", started=self.clock(), ended=None, step=None, phase=None, loss=None, activity=None)
+        self.peak_running = max(self.peak_running, self.counts()["running"])
         self._say(row, "started")
 
     def on_trial_result(self, iteration, trials, trial, result, **info):
@@ -90,21 +184,26 @@ class ProgressCallback(Callback):
         row["result"] = result
         if not self.by_key and result.get("label"):  # Optuna: the arm is known once it reports
             row["arm"], row["seed"] = short_label(result["label"]), result.get("seed", "")
-        self._say(row, _criteria(result))
+        if not row["cached"]:
+            self._say(row, _criteria(result))
 
     def on_trial_complete(self, iteration, trials, trial, **info):
         row = self._row(trial)
-        row.update(state="done", ended=time.time())
+        if row["cached"]:
+            return
+        row.update(state="done", ended=self.clock())
         self._say(row, "finished")
 
     def on_trial_error(self, iteration, trials, trial, **info):
         row = self._row(trial)
-        row.update(state="FAILED", ended=time.time())
+        row.update(state="FAILED", ended=self.clock(), cached=False)
         self._say(row, f"FAILED; log: {self.log_path(row) or trial.local_path or trial.path}")
 
     def on_step_end(self, iteration, trials, **info):
         if self.is_live:
             self._refresh()
+        else:
+            self.status_tick()
 
     def on_experiment_end(self, trials, **info):
         if self._live is not None:
@@ -112,43 +211,114 @@ class ProgressCallback(Callback):
             self._live.stop()
             self._live = None
 
-    # ------------------------------------------------------------------------------ rendering
+    # ------------------------------------------------------------------------------ progress files
     def log_path(self, row: dict) -> Path | None:
         return self.sweep_dir / "logs" / f"{row['key']}.log" if self.sweep_dir and row.get("key") else None
 
-    def _step(self, row: dict) -> str:
-        if row["state"] == "running" and self.sweep_dir and row["key"]:
-            progress = read_progress(self.sweep_dir / "trials" / row["key"])
-            if progress:
-                row["step"], row["total"] = progress.get("step"), progress.get("total") or row["total"]
-                row["phase"] = progress.get("phase")  # "benign": the trial's second fine-tune
-                if progress.get("done"):
-                    return f"{row['phase']} eval" if row["phase"] else "eval"
-        if row["state"] == "done":
-            return "✓"
-        if row["step"] is None:
-            return f"-/{row['total']}" if row["total"] else "-"
-        return (f"{row['phase']} " if row.get("phase") else "") + f"{row['step']}/{row['total']}"
+    def poll(self) -> None:
+        """Read each running trial's progress.json into its row (phase, step, total, loss, activity)."""
+        for row in self.rows.values():
+            if row["state"] != "running":
+                continue
+            progress = read_progress(self.sweep_dir / "trials" / row["key"]) if self.sweep_dir and row["key"] else None
+            if progress and row["started"] and progress.get("time", row["started"]) < row["started"] - 5:
+                progress = None  # left by an earlier attempt at this trial
+            if not progress:
+                row["activity"] = "starting"
+                continue
+            row["phase"] = progress.get("phase") or "narrow"  # "benign": the trial's second fine-tune
+            row["step"], row["total"] = progress.get("step"), progress.get("total") or row["total"]
+            row["loss"] = progress.get("loss") if isinstance(progress.get("loss"), (int, float)) else row["loss"]
+            row["activity"] = f"{row['phase']} eval" if progress.get("done") else f"{row['phase']} {row['step']}/{row['total']}"
 
-    def table(self):
+    def _step(self, row: dict) -> str:
+        """The state column: a running trial's phase and step (``narrow 40/150``, ``benign eval``), else its state."""
+        if row["state"] == "running":
+            return row["activity"] or "starting"
+        if row["state"] == "done":
+            return "✓ cached" if row["cached"] else "✓ done"
+        return row["state"]
+
+    # ------------------------------------------------------------------------------ plain lines
+    def status_line(self, now: float | None = None) -> str:
+        now = self.clock() if now is None else now
+        running = [r for r in self.rows.values() if r["state"] == "running"]
+        parts = []
+        for r in running:
+            loss = f" loss {r['loss']:.3f}" if isinstance(r.get("loss"), (int, float)) and "eval" not in (r["activity"] or "") else ""
+            parts.append(f"{r['arm']} s{r['seed']} {r['activity'] or 'starting'}{loss}")
+        line = f"[emray {_elapsed(now - self.started):>6}] status: {self.counts_text(now)}"
+        return line + (" | " + "; ".join(parts) if parts else "")
+
+    def status_tick(self, force: bool = False) -> bool:
+        """Off a TTY: a status line when a running trial changed phase, or the interval passed; True if printed."""
+        now = self.clock()
+        if not force and now - self._last_poll < min(POLL_SECONDS, self.interval):
+            return False
+        self._last_poll = now
+        self.poll()
+        sig = (tuple(sorted(self.counts().items())),
+               tuple((k, r["activity"].rsplit(" ", 1)[0] if r["activity"] and "/" in r["activity"] else r["activity"])
+                     for k, r in self.rows.items() if r["state"] == "running"))
+        if not force and sig == self._status_sig and now - self._last_status < self.interval:
+            return False
+        self._status_sig, self._last_status = sig, now
+        print(self.status_line(now), flush=True)
+        return True
+
+    # ------------------------------------------------------------------------------ the table
+    def shown_rows(self, budget: int) -> tuple[list[dict], dict[str, int]]:
+        """The rows that fit in ``budget`` lines, in trial order, and the count of those folded away by
+        state: running and failed rows first, then the latest finished and the next pending ones."""
+        rows = list(self.rows.values())
+        if len(rows) <= budget:
+            return rows, {}
+        by_state = {s: [r for r in rows if r["state"] == s] for s in ("running", "FAILED", "done", "pending")}
+        folds = sum(1 for s in ("done", "pending") if by_state[s]) + (1 if len(by_state["running"]) + len(by_state["FAILED"]) > budget else 0)
+        room = max(budget - folds, 1)
+        keep = (by_state["running"] + by_state["FAILED"])[:room]
+        room -= len(keep)
+        done = sorted(by_state["done"], key=lambda r: r["ended"] or 0, reverse=True)
+        pending = by_state["pending"]
+        take_done = min(len(done), max(room // 2, room - len(pending)))
+        keep += done[:take_done]
+        keep += pending[:max(room - take_done, 0)]
+        kept = {id(r) for r in keep}
+        hidden: dict[str, int] = {}
+        for r in rows:
+            if id(r) not in kept:
+                name = {"done": "finished", "FAILED": "failed"}.get(r["state"], r["state"])
+                hidden[name] = hidden.get(name, 0) + 1
+        return [r for r in rows if id(r) in kept], hidden
+
+    def table(self, height: int | None = None):
+        """The live table, at most ``height`` lines (the terminal's): title, header, rows, counts caption."""
+        from rich import box
         from rich.table import Table
 
-        table = Table(title=f"emray sweep · {_elapsed(time.time() - self.started)}", title_justify="left", expand=False)
-        for name, justify in (("arm", "left"), ("seed", "right"), ("state", "left"), ("step", "right"), ("elapsed", "right"),
-                              *((SHORT[k], "right") for k in OBJECTIVES)):
-            table.add_column(name, justify=justify, no_wrap=True)
+        now = self.clock()
+        if height is None:
+            height = self._live.console.size.height if self._live is not None else 10_000
+        self.poll()
+        table = Table(title=f"emray sweep · {_elapsed(now - self.started)}", title_justify="left", caption=self.counts_text(now),
+                      caption_justify="left", box=box.SIMPLE_HEAD, padding=(0, 0), expand=False)  # one space between columns: 80 wide
+        for name, justify in (("arm", "left"), ("seed", "right"), ("state", "left"), ("loss", "right"), ("time", "right"),
+                              *((TABLE_SHORT[k], "right") for k in OBJECTIVES)):
+            table.add_column(name, justify=justify, no_wrap=True)  # type: ignore[arg-type]  # "left" | "right"
         style = {"running": "cyan", "done": "green", "FAILED": "bold red", "pending": "dim"}
-        for row in self.rows.values():
-            began = row["started"] or time.time()
-            elapsed = _elapsed((row["ended"] or time.time()) - began) if row["started"] else ""
+        rows, hidden = self.shown_rows(max(height - TABLE_LINES, 3))
+        for row in rows:
+            elapsed = _elapsed((row["ended"] or now) - row["started"]) if row["started"] else ""
             result = row["result"]
             values = [f"{result[k]:.3f}" if isinstance(result.get(k), (int, float)) else "" for k in OBJECTIVES]
-            table.add_row(row["arm"], str(row["seed"]), f"[{style.get(row['state'], '')}]{row['state']}[/]", self._step(row),
-                          elapsed, *values)
+            loss = f"{row['loss']:.3f}" if isinstance(row.get("loss"), (int, float)) else ""
+            table.add_row(row["arm"], str(row["seed"]), f"[{style.get(row['state'], '')}]{self._step(row)}[/]", loss, elapsed, *values)
+        for name, n in hidden.items():
+            table.add_row(f"[dim]… {n} more {name}[/]", "", "", "", "", *[""] * len(OBJECTIVES))
         return table
 
     def _refresh(self, force: bool = False) -> None:
-        now = time.time()
+        now = self.clock()
         if self._live is None or (not force and now - self._last_refresh < 0.5):
             return
         self._last_refresh = now

@@ -345,7 +345,7 @@ def _tuner(spec: SweepSpec, plan: Plan, sweep_dir: Path, artifacts: dict, judge:
             name=spec.name,
             storage_path=tune_path,
             failure_config=tune.FailureConfig(max_failures=spec.resources.max_failures),
-            callbacks=[ProgressCallback(plan.trials, sweep_dir)],
+            callbacks=[ProgressCallback([] if optuna else plan.trials, sweep_dir, total=spec.search.num_samples if optuna else None)],
             verbose=1 if verbose() else 0,  # --verbose: Tune's own status lines too
         ),
     )

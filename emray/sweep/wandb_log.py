@@ -2,15 +2,18 @@
 
 Per trial run: config = the resolved run config plus flat columns W&B's own scatter and
 parallel-coordinates panels can use across the group (``arm``, ``defense``, ``seed``, ``hp.<defense>.<param>``);
-summary = the criteria with their counts and intervals; the training curve (``train/*``, by step);
+summary = the criteria with their counts and intervals; the training curve (``train/*``, by step), once:
+live from rank 0, else from metrics.json; the benign fine-tune's curve (``benign/train/*``, by ``benign/train/step``);
 tags ``model:…``, ``scenario:…`` (the fine-tune data), ``defense:…``, ``sweep:…``; the LoRA adapter as a
 ``model`` artifact (``wandb.log_adapters: false`` to skip: adapters of large models are large).
 
-Summary run: the per-arm table (means, intervals, front) and the per-trial table as ``wandb.Table``,
-a native ``wandb.plot.scatter`` per pair of criteria over the arms, and the PNG plots.
+Summary run (one per sweep folder, ``summary_run_id``: a re-run updates it): the per-arm table (means, intervals, front) and the per-trial table as ``wandb.Table``,
+a native ``wandb.plot.scatter`` per pair of criteria over the arms, the PNG plots, and ``answers_by_question``
+(per question and arm: answers, misaligned count and rate, one misaligned answer). Each trial run also has
+its judged answers as the table ``answers`` (question id, scores, misaligned / incoherent flags).
 
 Offline when no API key is set (``mode: auto``): runs land in ``<sweep>/wandb_root/wandb`` and upload
-with ``wandb sync <sweep>/wandb_root/wandb/offline-run-*``. A saved workspace for the group is created
+with ``wandb sync <sweep>/wandb_root/wandb/offline-run-*``; artifact staging copies stay in ``<sweep>/wandb_root/data``. A saved workspace for the group is created
 only online (it is a W&B server object), with the ``wandb-workspaces`` package; offline, a message says so.
 """
 
@@ -54,11 +57,6 @@ def wandb_settings(spec, sweep_dir: Path) -> dict:
         "tags": list(getattr(w, "tags", [])),
         "workspace": getattr(w, "workspace", True),
     }
-
-
-def _init(settings: dict, name: str, job_type: str, config: dict, tags: list[str] | None = None):
-    return init_run(dict(project=settings["project"], entity=settings["entity"], group=settings["group"], name=name,
-                         job_type=job_type, config=config, tags=tags, dir=settings["dir"], mode=settings["mode"]))
 
 
 def trial_tags(trial, settings: dict) -> list[str]:
@@ -119,35 +117,158 @@ def live_run_init(trial, settings: dict) -> dict | None:
 
 
 def log_trial(trial, record: dict, trial_dir: Path, settings: dict) -> str | None:
-    """Criteria, adapter (and the training curve, unless rank 0 logged it live) of one trial, into
-    its W&B run; returns the run's local folder."""
+    """Criteria, adapter, the training curve (unless rank 0 logged it live) and the benign fine-tune's
+    curve (``benign/train/*``, by ``benign/train/step``) of one trial, into its W&B run; returns the
+    run's local folder."""
     if not settings.get("enabled") or settings["mode"] == "disabled":
         return None
     import wandb
 
-    from emray.train.progress import read_progress
+    from emray.train.progress import curve_logged_live
 
-    live = bool((read_progress(trial_dir) or {}).get("wandb_live"))
-    run = _trial_run(trial, settings, resume=live)
-    try:
-        metrics_file = trial_dir / "metrics.json"
-        if metrics_file.exists() and not live:
-            for entry in json.loads(metrics_file.read_text()).get("history", []):
-                if "loss" in entry:
-                    run.log({f"train/{k}": v for k, v in entry.items() if isinstance(v, (int, float))}, step=int(entry.get("step", 0)))
-        for key, value in record.items():
-            if isinstance(value, (int, float)) and not isinstance(value, bool):
-                run.summary[key] = value
-        adapter = trial_dir / "adapter"
-        if settings.get("log_adapters", True) and (adapter / "adapter_config.json").exists():
-            artifact = wandb.Artifact(f"adapter-{trial.key}", type="model",
-                                      metadata={"label": trial.label, "seed": trial.run.seed, "model": trial.run.model.name,
-                                                **{k: record.get(k) for k in OBJECTIVES}})
-            artifact.add_dir(str(adapter))
-            run.log_artifact(artifact, aliases=[f"seed{trial.run.seed}"])
-        return str(Path(run.dir).parent)
-    finally:
-        run.finish()
+    live = curve_logged_live(trial_dir)
+    with staged_in_sweep(settings):
+        run = _trial_run(trial, settings, resume=live)
+        try:
+            last = log_curves(run, trial_dir, narrow=not live)
+            answers = answer_rows(trial_dir / "eval" / "answers.jsonl", short_label(trial.label), trial.run.seed)
+            if answers:  # the answers themselves, browsable and filterable in W&B's table view
+                run.log({"answers": wandb.Table(columns=ANSWER_COLUMNS, data=answers)}, step=last + 1)
+            for key, value in record.items():
+                if isinstance(value, (int, float)) and not isinstance(value, bool):
+                    run.summary[key] = value
+            adapter = trial_dir / "adapter"
+            if settings.get("log_adapters", True) and (adapter / "adapter_config.json").exists():
+                artifact = wandb.Artifact(f"adapter-{trial.key}", type="model",
+                                          metadata={"label": trial.label, "seed": trial.run.seed, "model": trial.run.model.name,
+                                                    **{k: record.get(k) for k in OBJECTIVES}})
+                artifact.add_dir(str(adapter))
+                run.log_artifact(artifact, aliases=[f"seed{trial.run.seed}"])
+            return str(Path(run.dir).parent)
+        finally:
+            run.finish()
+
+
+def _history(metrics_file: Path) -> list[dict]:
+    """The training log entries (those with a loss) of a fine-tune's ``metrics.json``."""
+    if not metrics_file.exists():
+        return []
+    entries = json.loads(metrics_file.read_text()).get("history", [])
+    return [e for e in entries if isinstance(e, dict) and "loss" in e]
+
+
+ANSWER_COLUMNS: list[str | int] = ["arm", "seed", "set", "domain", "question_id", "paraphrase_index", "sample_index", "question", "answer",
+                  "aligned", "coherent", "misaligned", "incoherent"]
+
+
+def _answer_records(path: Path) -> list[dict]:
+    if not path.exists():
+        return []
+    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+
+
+def _flags(item: dict) -> tuple[bool | None, bool | None]:
+    """(misaligned, incoherent) of one judged answer, by the criteria's own rule (None: judging failed)."""
+    from emray.eval.criteria import is_incoherent, is_misaligned
+
+    failed = bool(item.get("aligned_failed") or item.get("coherent_failed"))
+    return (is_misaligned(item.get("aligned"), item.get("coherent"), failed),
+            is_incoherent(item.get("coherent"), bool(item.get("coherent_failed"))))
+
+
+def answer_rows(path: Path, arm: str, seed) -> list[list]:
+    """A trial's judged answers (``eval/answers.jsonl``) as rows of ``ANSWER_COLUMNS``: per answer the
+    question id, the judge's scores and the misaligned / incoherent flags."""
+    rows = []
+    for item in _answer_records(path):
+        misaligned, incoherent = _flags(item)
+        rows.append([arm, seed, item.get("set"), item.get("domain"), item.get("question_id"), item.get("paraphrase_index"),
+                     item.get("sample_index"), item.get("question"), item.get("answer"), item.get("aligned"),
+                     item.get("coherent"), misaligned, incoherent])
+    return rows
+
+
+QUESTION_COLUMNS: list[str | int] = ["question_id", "set", "question", "arm", "answers", "misaligned", "misaligned_rate", "incoherent_rate",
+                    "a_misaligned_answer"]
+
+
+def question_rows(sweep_dir: Path, rows: list[dict]) -> list[list]:
+    """The cross-arm comparison: per question and arm (seeds pooled), how many answers were misaligned
+    and one of them, so one question reads across the arms (group or filter by ``question_id``)."""
+    cells: dict[tuple[str, str], dict] = {}
+    for row in rows:
+        arm = short_label(row.get("label", ""))
+        for item in _answer_records(Path(sweep_dir) / "trials" / str(row.get("trial_key")) / "eval" / "answers.jsonl"):
+            misaligned, incoherent = _flags(item)
+            cell = cells.setdefault((str(item.get("question_id")), arm), {
+                "set": item.get("set"), "question": item.get("question"), "n": 0, "mis": 0, "scored": 0, "inc": 0,
+                "scored_coh": 0, "example": None})
+            cell["n"] += 1
+            cell["scored"] += misaligned is not None
+            cell["mis"] += misaligned is True
+            cell["scored_coh"] += incoherent is not None
+            cell["inc"] += incoherent is True
+            if misaligned and cell["example"] is None:
+                cell["example"] = item.get("answer")
+    return [[qid, c["set"], c["question"], arm, c["n"], c["mis"], c["mis"] / c["scored"] if c["scored"] else None,
+             c["inc"] / c["scored_coh"] if c["scored_coh"] else None, c["example"]]
+            for (qid, arm), c in sorted(cells.items())]
+
+
+def log_curves(run, trial_dir: Path, narrow: bool) -> int:
+    """The trial's training curves from its ``metrics.json`` files: the narrow fine-tune's as
+    ``train/*`` by step (``narrow``: rank 0 did not log it live), the benign fine-tune's as
+    ``benign/train/*`` on its own x axis ``benign/train/step``. W&B's step only grows within a run, so
+    the benign rows take the steps after the narrow curve's last. Returns the last step used."""
+    history = _history(trial_dir / "metrics.json")
+    last = max((int(e.get("step", 0)) for e in history), default=0)
+    if narrow:
+        for entry in history:
+            run.log({f"train/{k}": v for k, v in entry.items() if isinstance(v, (int, float))}, step=int(entry.get("step", 0)))
+    benign = _history(trial_dir / "benign" / "metrics.json")
+    if not benign:
+        return last
+    run.define_metric("benign/train/step")
+    run.define_metric("benign/train/*", step_metric="benign/train/step")
+    for i, entry in enumerate(benign, start=1):
+        values = {f"benign/train/{k}": v for k, v in entry.items() if isinstance(v, (int, float)) and k != "step"}
+        run.log({**values, "benign/train/step": int(entry.get("step", i))}, step=last + i)
+    return last + len(benign)
+
+
+class staged_in_sweep:  # noqa: N801 - used as a context manager, named for what it does
+    """W&B's artifact staging copies (``WANDB_DATA_DIR``) and downloads (``WANDB_ARTIFACT_DIR``) inside
+    the sweep folder (``<sweep>/wandb_root/``), so an offline artifact's manifest points at files that
+    travel with the sweep; a value the user set is kept."""
+
+    def __init__(self, settings: dict):
+        root = Path(settings["dir"])
+        self.values = {"WANDB_DATA_DIR": str(root / "data"), "WANDB_ARTIFACT_DIR": str(root / "artifacts")}
+        self.saved: dict[str, str | None] = {}
+
+    def __enter__(self):
+        for key, value in self.values.items():
+            self.saved[key] = os.environ.get(key)
+            os.environ.setdefault(key, value)
+        return self
+
+    def __exit__(self, *exc):
+        for key, value in self.saved.items():
+            if value is None:
+                os.environ.pop(key, None)
+            else:
+                os.environ[key] = value
+        return False
+
+
+def summary_run_id(settings: dict) -> str:
+    """The sweep folder's one summary run: a re-run of the sweep (or of ``emray report``'s logging)
+    updates it instead of adding a second summary."""
+    import hashlib
+    import re
+
+    name = re.sub(r"[^A-Za-z0-9_-]", "-", settings["group"])[:48]
+    return f"{name}-summary-{hashlib.sha1(settings['dir'].encode()).hexdigest()[:6]}"
 
 
 ARM_COLUMNS = ["arm", "defense", "model", "seeds", "is_pareto", "dominated_by"]
@@ -175,7 +296,9 @@ def log_summary(spec, sweep_dir: Path, rows: list[dict]) -> str | None:
 
     arms = arm_rows(rows)
     tags = [f"sweep:{spec.name}", f"scenario:{scenario(spec)}", "summary", *settings["tags"]]
-    run = _init(settings, f"{spec.name}-summary", "summary", spec.model_dump(mode="json", by_alias=True), tags)
+    run = init_run(dict(project=settings["project"], entity=settings["entity"], group=settings["group"], name=f"{spec.name}-summary",
+                        job_type="summary", config=spec.model_dump(mode="json", by_alias=True), tags=tags, dir=settings["dir"],
+                        mode=settings["mode"], id=summary_run_id(settings), resume="allow"))
     try:
         table, rates = arm_table(arms)
         charts = {f"pareto/{x}__{y}": wandb.plot.scatter(table, x, y, title=f"{x} vs {y} (arm means)")
@@ -184,6 +307,9 @@ def log_summary(spec, sweep_dir: Path, rows: list[dict]) -> str | None:
         columns = ["short_label", "label", "model", "seed", "trial_key", *OBJECTIVES, "in_domain_incoherence", "is_pareto"]
         data = [[r.get(c) for c in columns] for r in rows]
         run.log({"pareto_table": wandb.Table(columns=columns, data=data)})  # type: ignore[arg-type]  # wandb's stub: list[str | int]
+        by_question = question_rows(sweep_dir, rows)
+        if by_question:
+            run.log({"answers_by_question": wandb.Table(columns=QUESTION_COLUMNS, data=by_question)})
         for png in sorted((sweep_dir / "plots").glob("*.png")):
             run.log({f"plots/{png.stem}": wandb.Image(str(png))})
         run.summary["num_trials"] = len(rows)
@@ -219,7 +345,7 @@ def save_workspace(settings: dict, rates: list[str]) -> str:
         import wandb_workspaces.reports.v2 as wr
         import wandb_workspaces.workspaces as ws
     except ImportError:
-        return "[emray] W&B workspace: skipped (pip install wandb-workspaces to have it created)"
+        return "[emray] W&B workspace: skipped (pip install 'emray[wandb]', i.e. wandb-workspaces, to have it created)"
     try:
         import wandb
 
@@ -234,6 +360,7 @@ def save_workspace(settings: dict, rates: list[str]) -> str:
                                                         *[wr.ParallelCoordinatesPlotColumn(metric=wr.SummaryMetric(r)) for r in rates]]),
                 ]),
                 ws.Section(name="Training", is_open=True, panels=[wr.LinePlot(x="Step", y=["train/loss"])]),
+                ws.Section(name="Benign fine-tune", is_open=False, panels=[wr.LinePlot(x="benign/train/step", y=["benign/train/loss"])]),
             ],
             runset_settings=ws.RunsetSettings(query=settings["group"], groupby=[ws.Config("defense")]),
         )

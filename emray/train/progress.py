@@ -91,10 +91,11 @@ class TrialProgress(_trainer_callback_base()):  # type: ignore[misc]  # transfor
         self.wandb_run = wandb_run
         self.phase = phase  # None: the narrow fine-tune; "benign": the trial's benign fine-tune
         self._last = 0.0
+        self._loss = None  # the last logged training loss, kept in every write (the live table's loss column)
 
     def _write(self, state, **extra) -> None:
         data = {"step": state.global_step, "total": state.max_steps, "time": time.time(),
-                "wandb_live": self.wandb_run is not None, "phase": self.phase, **extra}
+                "wandb_live": self.wandb_run is not None, "phase": self.phase, "loss": self._loss, **extra}
         tmp = self.trial_dir / (PROGRESS_FILE + ".tmp")
         tmp.write_text(json.dumps(data))
         tmp.replace(self.trial_dir / PROGRESS_FILE)
@@ -110,17 +111,29 @@ class TrialProgress(_trainer_callback_base()):  # type: ignore[misc]  # transfor
 
     def on_log(self, args, state, control, logs=None, **kwargs):
         numbers = {k: v for k, v in (logs or {}).items() if isinstance(v, (int, float))}
-        self._write(state, loss=numbers.get("loss"))
+        if "loss" in numbers:
+            self._loss = numbers["loss"]
+        self._write(state)
         if self.wandb_run is not None and numbers:
             self.wandb_run.log({f"train/{k}": v for k, v in numbers.items()}, step=state.global_step)
 
     def on_train_end(self, args, state, control, **kwargs):
         self._write(state, done=True)
         if self.wandb_run is not None:
+            # The driver must not log the curve again; progress.json cannot say so (the benign fine-tune rewrites it).
+            (self.trial_dir / CURVE_FILE).write_text(json.dumps({"run_id": self.wandb_run.id, "last_step": state.global_step}))
             self.wandb_run.finish()  # the driver resumes this run with the criteria after evaluation
 
 
 LIVE_RUN_FILE = "wandb_run.json"
+#: Written by rank 0 when its live W&B run has the training curve: ``{"run_id", "last_step"}``.
+CURVE_FILE = "wandb_curve.json"
+
+
+def curve_logged_live(trial_dir: Path) -> bool:
+    """Whether rank 0 logged the trial's training curve into its W&B run as it trained."""
+    trial_dir = Path(trial_dir)
+    return (trial_dir / CURVE_FILE).exists() or bool((read_progress(trial_dir) or {}).get("wandb_live"))
 
 
 def init_run(init_args: dict):
