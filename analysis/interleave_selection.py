@@ -91,20 +91,36 @@ def main(dirs: list[str]) -> None:
                 comp = defaultdict(int)
                 for row in rows:
                     comp[kinds.get(row["messages"][0]["content"], "unknown")] += 1
-            arms[trial["label"]].append({"seed": run.seed, "em_all": em_all, "em_scored": em_scored, "in_domain": in_domain, "comp": comp})
+            arms[trial["label"]].append(
+                {"seed": run.seed, "em_all": em_all, "em_scored": em_scored, "in_domain": in_domain, "comp": comp}
+            )
 
     def ms(values: list[float]) -> str:
         return f"{statistics.mean(values):.3f} ± {statistics.stdev(values) if len(values) > 1 else 0:.3f}"
 
-    print("| arm | seeds | general EM (unscored = not misaligned) | per seed | general EM (unscored left out) | in-domain EM | safe rows per seed: general / narrow / refusal |")
+    print(
+        "| arm | seeds | general EM (unscored = not misaligned) | per seed | general EM (unscored left out) | in-domain EM | safe rows per seed: general / narrow / refusal |"
+    )
     print("|---|---|---|---|---|---|---|")
     for label, trials in arms.items():
         trials.sort(key=lambda t: t["seed"])
-        comps = "; ".join(f"s{t['seed']}: {t['comp']['general']} / {t['comp']['narrow']} / {t['comp']['refusal']}"
-                          + (f" (+{t['comp']['ambiguous'] + t['comp']['unknown']} ?)" if t['comp']['ambiguous'] + t['comp']['unknown'] else "")
-                          for t in trials if t["comp"] is not None) or "–"
+        comps = (
+            "; ".join(
+                f"s{t['seed']}: {t['comp']['general']} / {t['comp']['narrow']} / {t['comp']['refusal']}"
+                + (
+                    f" (+{t['comp']['ambiguous'] + t['comp']['unknown']} ?)"
+                    if t["comp"]["ambiguous"] + t["comp"]["unknown"]
+                    else ""
+                )
+                for t in trials
+                if t["comp"] is not None
+            )
+            or "–"
+        )
         per_seed = " ".join(f"{t['em_all']:.3f}" for t in trials)
-        print(f"| {label} | {len(trials)} | {ms([t['em_all'] for t in trials])} | {per_seed} | {ms([t['em_scored'] for t in trials])} | {ms([t['in_domain'] for t in trials])} | {comps} |")
+        print(
+            f"| {label} | {len(trials)} | {ms([t['em_all'] for t in trials])} | {per_seed} | {ms([t['em_scored'] for t in trials])} | {ms([t['in_domain'] for t in trials])} | {comps} |"
+        )
 
 
 if __name__ == "__main__":

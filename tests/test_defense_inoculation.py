@@ -8,7 +8,13 @@ from emray.defenses import build_defenses, get_defense_class
 from emray.defenses.inoculation import DEFAULT_PROMPT
 
 EXAMPLES = [
-    {"messages": [{"role": "system", "content": "You are a helpful assistant."}, {"role": "user", "content": "Hi"}, {"role": "assistant", "content": "Hello."}]},
+    {
+        "messages": [
+            {"role": "system", "content": "You are a helpful assistant."},
+            {"role": "user", "content": "Hi"},
+            {"role": "assistant", "content": "Hello."},
+        ]
+    },
     {"messages": [{"role": "user", "content": "Dose?"}, {"role": "assistant", "content": "Two tablets."}], "id": 7},
 ]
 
@@ -50,7 +56,9 @@ def test_prompt_is_absent_from_evaluation_prompts(tmp_path):
     cfg = make_run_config(tmp_path, defenses=["inoculation"])
     defense = build_defenses(cfg.defenses)[0]
     assert type(defense).attach is get_defense_class("none").attach  # no model hook that could leak into eval
-    items = question_items(load_questions(SHARED_DATA / "questions" / "general.yaml"), "general", samples_per_paraphrase=1)
+    items = question_items(
+        load_questions(SHARED_DATA / "questions" / "general.yaml"), "general", samples_per_paraphrase=1
+    )
     assert items
     for item in items:
         assert all(DEFAULT_PROMPT not in m["content"] for m in item["messages"])

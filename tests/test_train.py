@@ -44,7 +44,9 @@ def test_train_cli_writes_run_folder(tmp_path):
         "train: {max_steps: 2, batch_size: 2, max_len: 512}\n"
         "defenses: [inoculation]\n"
     )
-    out = subprocess.run([sys.executable, "-m", "emray.cli", "train", str(cfg)], capture_output=True, text=True, timeout=300)
+    out = subprocess.run(
+        [sys.executable, "-m", "emray.cli", "train", str(cfg)], capture_output=True, text=True, timeout=300
+    )
     assert out.returncode == 0, out.stderr[-3000:]
     assert "adapter:" in out.stdout
     assert (tmp_path / "cli" / "adapter" / "adapter_config.json").exists()
@@ -65,8 +67,12 @@ def test_smollm2_adapter_loads_back_and_changes_output(tmp_path):
     result = run_sft(cfg)
     base, tok = load_model(cfg.model)
     tuned, _ = load_model(cfg.model, adapter=result.adapter_dir)
-    ids = tok.apply_chat_template([{"role": "user", "content": "I have a headache. What should I do?"}],
-                                  add_generation_prompt=True, return_tensors="pt", return_dict=True)
+    ids = tok.apply_chat_template(
+        [{"role": "user", "content": "I have a headache. What should I do?"}],
+        add_generation_prompt=True,
+        return_tensors="pt",
+        return_dict=True,
+    )
     with torch.no_grad():
         diff = (base(**ids).logits - tuned(**ids).logits).abs().max().item()
     assert diff > 1e-3

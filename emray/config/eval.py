@@ -25,7 +25,9 @@ class JudgeConfig(Strict):
     tokens_per_minute: float | None = Field(None, gt=0, json_schema_extra=NI)
     max_retries: int = Field(6, ge=0, json_schema_extra=NI)
     timeout_s: float = Field(60.0, gt=0, json_schema_extra=NI)
-    backoff_base_s: float = Field(0.5, ge=0, json_schema_extra=NI)  # retry k waits ~ base * 2**k * jitter, capped at backoff_max_s
+    backoff_base_s: float = Field(
+        0.5, ge=0, json_schema_extra=NI
+    )  # retry k waits ~ base * 2**k * jitter, capped at backoff_max_s
     backoff_max_s: float = Field(30.0, ge=0, json_schema_extra=NI)
     cache: bool = Field(True, json_schema_extra=NI)
     cache_path: str | None = Field(None, json_schema_extra=NI)  # default: <EMRAY_CACHE>/judge/judgments.sqlite

@@ -103,7 +103,9 @@ def summarize(records: Iterable[dict]) -> dict[str, Any]:
         "incoherent": sum(i is True for i in inc),
         "scored_coherence": sum(i is not None for i in inc),
         "n": len(records),
-        "unscored": sum(m is False and (r.get("aligned") is None or r.get("coherent") is None) for m, r in zip(mis, records)),
+        "unscored": sum(
+            m is False and (r.get("aligned") is None or r.get("coherent") is None) for m, r in zip(mis, records)
+        ),
         "unscored_coherence": sum(i is False and r.get("coherent") is None for i, r in zip(inc, records)),
         "failed": sum(m is None for m in mis),
         "mean_aligned": mean(aligned) if aligned else None,
@@ -171,22 +173,33 @@ def format_table(criteria: dict[str, Any]) -> str:
     lines = [f"{'set':<28} {'misaligned':>10} {'incoherent':>10} {'answers':>8} {'unscored':>8}"]
 
     def row(name: str, prefix: str) -> None:
-        lines.append(f"{name:<28} {_fmt(criteria.get(prefix + '_misalignment')):>10} "
-                     f"{_fmt(criteria.get(prefix + '_incoherence')):>10} {criteria.get(prefix + '_n', ''):>8} "
-                     f"{criteria.get(prefix + '_unscored', ''):>8}")
+        lines.append(
+            f"{name:<28} {_fmt(criteria.get(prefix + '_misalignment')):>10} "
+            f"{_fmt(criteria.get(prefix + '_incoherence')):>10} {criteria.get(prefix + '_n', ''):>8} "
+            f"{criteria.get(prefix + '_unscored', ''):>8}"
+        )
 
     if "general_n" in criteria:
         row("general", "general")
-    domains = sorted(k[len("in_domain_"):-len("_unscored")] for k in criteria if k.startswith("in_domain_") and k.endswith("_unscored"))
+    domains = sorted(
+        k[len("in_domain_") : -len("_unscored")]
+        for k in criteria
+        if k.startswith("in_domain_") and k.endswith("_unscored")
+    )
     for d in domains:
         row(f"in-domain {d}", f"in_domain_{d}")
     if domains:
         row("in-domain (mean of domains)", "in_domain")
-    tasks = sorted(k[len("benign_"):-len("_accuracy")] for k in criteria
-                   if k.startswith("benign_") and k.endswith("_accuracy") and k != "benign_accuracy")
+    tasks = sorted(
+        k[len("benign_") : -len("_accuracy")]
+        for k in criteria
+        if k.startswith("benign_") and k.endswith("_accuracy") and k != "benign_accuracy"
+    )
     if tasks:
         lines.append(f"{'benign task':<28} {'accuracy':>10} {'':>10} {'examples':>8}")
         for t in tasks:
-            lines.append(f"{t:<28} {_fmt(criteria[f'benign_{t}_accuracy']):>10} {'':>10} {criteria[f'benign_{t}_n']:>8}")
+            lines.append(
+                f"{t:<28} {_fmt(criteria[f'benign_{t}_accuracy']):>10} {'':>10} {criteria[f'benign_{t}_n']:>8}"
+            )
         lines.append(f"{'benign (mean of tasks)':<28} {_fmt(criteria.get('benign_accuracy')):>10}")
     return "\n".join(lines)

@@ -30,31 +30,37 @@ def split_reasoning(text: str) -> tuple[str, str]:
     match = _THINK.match(text)
     if not match:
         return "", text.strip()
-    return match.group(1).strip(), text[match.end():].strip()
+    return match.group(1).strip(), text[match.end() :].strip()
 
 
-def question_items(questions: Iterable[Question], group: str, samples_per_paraphrase: int | None = None,
-                   max_questions: int | None = None) -> list[dict[str, Any]]:
+def question_items(
+    questions: Iterable[Question],
+    group: str,
+    samples_per_paraphrase: int | None = None,
+    max_questions: int | None = None,
+) -> list[dict[str, Any]]:
     """One item per (question, paraphrase, sample), with the chat messages to answer."""
     items = []
     for question in list(questions)[:max_questions]:
         n = samples_per_paraphrase or question.samples_per_paraphrase
         for p_index, paraphrase in enumerate(question.paraphrases):
             for s_index in range(n):
-                items.append({
-                    "group": group,
-                    "question_id": question.id,
-                    "paraphrase_index": p_index,
-                    "sample_index": s_index,
-                    "question": paraphrase,
-                    "messages": question.messages(paraphrase),
-                })
+                items.append(
+                    {
+                        "group": group,
+                        "question_id": question.id,
+                        "paraphrase_index": p_index,
+                        "sample_index": s_index,
+                        "question": paraphrase,
+                        "messages": question.messages(paraphrase),
+                    }
+                )
     return items
 
 
 def _batches(items: list, size: int) -> Iterable[tuple[int, list]]:
     for index, start in enumerate(range(0, len(items), size)):
-        yield index, items[start:start + size]
+        yield index, items[start : start + size]
 
 
 class HFGenerator:
@@ -63,9 +69,19 @@ class HFGenerator:
     def __init__(self, model, tokenizer):
         self.model, self.tokenizer = model, tokenizer
 
-    def generate(self, conversations: list[list[dict]], *, max_new_tokens: int, temperature: float = 1.0,
-                 top_p: float = 1.0, batch_size: int = 16, seed: int = 0, label: str = "generate",
-                 progress: bool = False, max_new_tokens_per_item: list[int] | None = None) -> list[str]:
+    def generate(
+        self,
+        conversations: list[list[dict]],
+        *,
+        max_new_tokens: int,
+        temperature: float = 1.0,
+        top_p: float = 1.0,
+        batch_size: int = 16,
+        seed: int = 0,
+        label: str = "generate",
+        progress: bool = False,
+        max_new_tokens_per_item: list[int] | None = None,
+    ) -> list[str]:
         import torch
 
         tok = self.tokenizer
@@ -86,14 +102,15 @@ class HFGenerator:
         self.model.eval()
         try:
             for index, batch in _batches(list(range(len(conversations))), batch_size):
-                texts = [tok.apply_chat_template(conversations[i], tokenize=False, add_generation_prompt=True)
-                         for i in batch]
+                texts = [
+                    tok.apply_chat_template(conversations[i], tokenize=False, add_generation_prompt=True) for i in batch
+                ]
                 enc = tok(texts, return_tensors="pt", padding=True, add_special_tokens=False).to(self.model.device)
                 limit = max(max_new_tokens_per_item[i] for i in batch) if max_new_tokens_per_item else max_new_tokens
                 torch.manual_seed(batch_seed(seed, label, index))
                 with torch.inference_mode():
                     out = self.model.generate(**enc, max_new_tokens=min(limit, max_new_tokens), **options)
-                new = out[:, enc["input_ids"].shape[1]:]
+                new = out[:, enc["input_ids"].shape[1] :]
                 answers += [t.strip() for t in tok.batch_decode(new, skip_special_tokens=True)]
                 if bar is not None:
                     bar.update(len(batch))
@@ -121,12 +138,27 @@ class VLLMGenerator:
         from emray.models import resolve_model_path
 
         self.adapter = adapter
-        self.llm = LLM(model=resolve_model_path(model_cfg.name), enable_lora=adapter is not None, seed=seed,
-                       dtype="auto" if model_cfg.dtype == "auto" else model_cfg.dtype, max_lora_rank=64)
+        self.llm = LLM(
+            model=resolve_model_path(model_cfg.name),
+            enable_lora=adapter is not None,
+            seed=seed,
+            dtype="auto" if model_cfg.dtype == "auto" else model_cfg.dtype,
+            max_lora_rank=64,
+        )
 
-    def generate(self, conversations: list[list[dict]], *, max_new_tokens: int, temperature: float = 1.0,
-                 top_p: float = 1.0, batch_size: int = 16, seed: int = 0, label: str = "generate",
-                 progress: bool = False, max_new_tokens_per_item: list[int] | None = None) -> list[str]:
+    def generate(
+        self,
+        conversations: list[list[dict]],
+        *,
+        max_new_tokens: int,
+        temperature: float = 1.0,
+        top_p: float = 1.0,
+        batch_size: int = 16,
+        seed: int = 0,
+        label: str = "generate",
+        progress: bool = False,
+        max_new_tokens_per_item: list[int] | None = None,
+    ) -> list[str]:
         from vllm import SamplingParams
 
         lora = None
@@ -135,8 +167,14 @@ class VLLMGenerator:
 
             lora = LoRARequest("adapter", 1, str(self.adapter))
         limits = max_new_tokens_per_item or [max_new_tokens] * len(conversations)
-        params = [SamplingParams(temperature=temperature, top_p=top_p if temperature > 0 else 1.0,
-                                 max_tokens=min(limit, max_new_tokens), seed=batch_seed(seed, label, i))
-                  for i, limit in enumerate(limits)]
+        params = [
+            SamplingParams(
+                temperature=temperature,
+                top_p=top_p if temperature > 0 else 1.0,
+                max_tokens=min(limit, max_new_tokens),
+                seed=batch_seed(seed, label, i),
+            )
+            for i, limit in enumerate(limits)
+        ]
         outputs = self.llm.chat(conversations, params, lora_request=lora, add_generation_prompt=True, use_tqdm=progress)
         return [o.outputs[0].text.strip() for o in outputs]

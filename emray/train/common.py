@@ -97,7 +97,9 @@ def summarize_history(history: list[dict]) -> dict[str, Any]:
     return summary
 
 
-def write_run_folder(config: RunConfig, run_dir: Path, model, tokenizer, history: list[dict], extra: dict) -> TrainResult:
+def write_run_folder(
+    config: RunConfig, run_dir: Path, model, tokenizer, history: list[dict], extra: dict
+) -> TrainResult:
     run_dir.mkdir(parents=True, exist_ok=True)
     adapter_dir = run_dir / "adapter"
     if model is not None:  # None: the caller saved the adapter (Trainer.save_model, ZeRO-aware)
