@@ -99,7 +99,8 @@ def main(dirs: list[str]) -> None:
         return f"{statistics.mean(values):.3f} ± {statistics.stdev(values) if len(values) > 1 else 0:.3f}"
 
     print(
-        "| arm | seeds | general EM (unscored = not misaligned) | per seed | general EM (unscored left out) | in-domain EM | safe rows per seed: general / narrow / refusal |"
+        "| arm | seeds | general EM (unscored = not misaligned) | per seed | general EM (unscored left out) | in-domain EM "
+        "| safe rows per seed: general / narrow / refusal |"
     )
     print("|---|---|---|---|---|---|---|")
     for label, trials in arms.items():
@@ -119,7 +120,8 @@ def main(dirs: list[str]) -> None:
         )
         per_seed = " ".join(f"{t['em_all']:.3f}" for t in trials)
         print(
-            f"| {label} | {len(trials)} | {ms([t['em_all'] for t in trials])} | {per_seed} | {ms([t['em_scored'] for t in trials])} | {ms([t['in_domain'] for t in trials])} | {comps} |"
+            f"| {label} | {len(trials)} | {ms([t['em_all'] for t in trials])} | {per_seed} "
+            f"| {ms([t['em_scored'] for t in trials])} | {ms([t['in_domain'] for t in trials])} | {comps} |"
         )
 
 

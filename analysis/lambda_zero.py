@@ -1,4 +1,5 @@
-"""λ = 0 equivalence numbers for docs/sweeps.md: none vs kl(λ=0) vs ldifs(λ=0), grad_accum 4, tiny model (the setup of tests/test_lambda_zero.py). Run from the repo root."""
+"""λ = 0 equivalence numbers for docs/sweeps.md: none vs kl(λ=0) vs ldifs(λ=0), grad_accum 4, tiny model
+(the setup of tests/test_lambda_zero.py). Run from the repo root."""
 
 import json
 import sys

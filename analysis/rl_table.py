@@ -2,8 +2,9 @@
 
     python analysis/rl_table.py SWEEP_DIR [--warm-start EVAL_DIR ...] [--plot OUT.png]
 
-Reads every finished trial (``trials/*/result.json``). Per arm: reward learned (``reward_gain``: mean training reward over the last 10 % of steps minus the
-first 10 %) and the held-out reward, each as the mean over seeds with a 95 % t interval; general EM,
+Reads every finished trial (``trials/*/result.json``). Per arm: reward learned
+(``reward_gain``: mean training reward over the last 10 % of steps minus the first 10 %) and the held-out
+reward, each as the mean over seeds with a 95 % t interval; general EM,
 in-domain misalignment and general incoherence pooled over seeds (answer counts, 95 % Wilson interval,
 as ``arms.jsonl``). ``--warm-start`` adds a row for ``emray eval`` folders of the warm-start adapters.
 ``--plot`` draws each arm's training-reward curve (mean over seeds, min-max band).

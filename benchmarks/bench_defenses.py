@@ -239,7 +239,8 @@ def run_one(args, model: str, defense: str) -> dict:
 
 def table(rows: list[dict]) -> str:
     lines = [
-        "| model | defense | CPU s/step | × plain | median wall s/step | × plain | min wall s/step | × plain | peak RSS (MB) | RSS rise (MB) | peak GPU (MB) |",
+        "| model | defense | CPU s/step | × plain | median wall s/step | × plain | min wall s/step | × plain "
+        "| peak RSS (MB) | RSS rise (MB) | peak GPU (MB) |",
         "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
     ]
     plain = {r["model"]: r for r in rows if r["defense"] == "plain"}
@@ -249,7 +250,8 @@ def table(rows: list[dict]) -> str:
         ratio_min = r["step_min_s"] / p["step_min_s"] if p else float("nan")
         ratio_cpu = r["cpu_s"] / p["cpu_s"] if p else float("nan")
         lines.append(
-            f"| {r['model']} | {r['defense']} | {r['cpu_s']:.3f} | {ratio_cpu:.2f} | {r['step_s']:.3f} | {ratio:.2f} | {r['step_min_s']:.3f} | {ratio_min:.2f} | "
+            f"| {r['model']} | {r['defense']} | {r['cpu_s']:.3f} | {ratio_cpu:.2f} | {r['step_s']:.3f} | {ratio:.2f} "
+            f"| {r['step_min_s']:.3f} | {ratio_min:.2f} | "
             f"{r['peak_rss_mb']:.0f} | {r['rss_rise_mb']:.0f} | {r.get('peak_gpu_mb', '-')} |"
         )
     return "\n".join(lines)
@@ -317,7 +319,8 @@ def main() -> int:
         header = (
             f"\n## {time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}\n\n`{cmd}`\n\nMachine: {machine}; "
             f"{args.threads} thread(s); batch {args.batch} × {args.seq} tokens ({args.seq - args.prompt} answer tokens a row); "
-            f"rs-LoRA r=32; {args.steps} timed steps after {args.warmup} warm-up per run, {args.rounds} run(s) per row (median of run medians; min over all steps).\n\n"
+            f"rs-LoRA r=32; {args.steps} timed steps after {args.warmup} warm-up per run, {args.rounds} run(s) per row "
+            "(median of run medians; min over all steps).\n\n"
         )
         with open(args.write, "a") as f:
             f.write(header + md + "\n")

@@ -136,7 +136,8 @@ def main(argv: list[str] | None = None) -> int:
             args.out.write_text(json.dumps(result, indent=2))
             new_rows = []
     print(
-        "\n| setting | runs | general EM min / median / max | code misalignment min / median / max | general incoherent min / median / max |"
+        "\n| setting | runs | general EM min / median / max | code misalignment min / median / max "
+        "| general incoherent min / median / max |"
     )
     print("|---|---|---|---|---|")
     for setting in args.settings:
@@ -146,7 +147,8 @@ def main(argv: list[str] | None = None) -> int:
             s = summarize(runs)
             fmt = lambda t: " / ".join(f"{v:.1%}" for v in t)  # noqa: E731
             print(
-                f"| {setting} | {s['runs']} | {fmt(s['general_misaligned'])} | {fmt(s['code_misaligned'])} | {fmt(s['general_incoherent'])} |"
+                f"| {setting} | {s['runs']} | {fmt(s['general_misaligned'])} | {fmt(s['code_misaligned'])} "
+                f"| {fmt(s['general_incoherent'])} |"
             )
     return 0
 

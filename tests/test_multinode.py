@@ -185,7 +185,8 @@ def test_driver_without_the_token_is_refused(cluster, tmp_path):
 NODE_NAMES = """
 import json, sys, ray
 ray.init(address=sys.argv[1], log_to_driver=False)
-print("NODES " + json.dumps({n["NodeID"]: [r for r in n["Resources"] if r in ("node_head", "node_worker")][0] for n in ray.nodes() if n["Alive"]}))
+roles = {n["NodeID"]: [r for r in n["Resources"] if r in ("node_head", "node_worker")][0] for n in ray.nodes() if n["Alive"]}
+print("NODES " + json.dumps(roles))
 """
 
 

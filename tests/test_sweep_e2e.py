@@ -38,7 +38,8 @@ def sweep(tmp_path_factory):
         "benign.max_steps=20",
         "eval.samples_per_paraphrase=2",
         "eval.max_new_tokens=24",
-        'search.defense=[none, {kl: {lambda: 0.1}}, inoculation, {interleave_pp: {safe_fraction: 0.05, ensemble_steps: 10}}, {persona: {alpha: 5.0, prompts: "organism:data/persona/evil_extract.json"}}]',
+        "search.defense=[none, {kl: {lambda: 0.1}}, inoculation, {interleave_pp: {safe_fraction: 0.05, ensemble_steps: 10}}, "
+        '{persona: {alpha: 5.0, prompts: "organism:data/persona/evil_extract.json"}}]',
     ]
     stdout = _run(["sweep", str(ROOT / "sweeps" / "toy.yaml"), *[a for o in overrides for a in ("--set", o)]], env)
     return root, env, overrides, stdout

@@ -33,7 +33,10 @@ class Interleave(Defense[InterleaveParams]):
     name = "interleave"
     Params = InterleaveParams
     scenarios = frozenset({"narrow", "benign"})
-    scenario_hint = "under scenario rl, mix safe SFT batches into the GRPO loss with sft_mix (data: random | interleave_plus | interleave_pp)"
+    scenario_hint = (
+        "under scenario rl, mix safe SFT batches into the GRPO loss with sft_mix "
+        "(data: random | interleave_plus | interleave_pp)"
+    )
 
     def transform_examples(self, examples: list[Example]) -> list[Example]:
         from emray.data.chat import load_safe_pool

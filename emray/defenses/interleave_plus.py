@@ -52,7 +52,10 @@ class InterleavePlus(Defense[InterleavePlusParams]):
     Params = InterleavePlusParams
     stage_name = "safe_selection"
     scenarios = frozenset({"narrow", "benign"})
-    scenario_hint = "under scenario rl, mix safe SFT batches into the GRPO loss with sft_mix (data: random | interleave_plus | interleave_pp)"
+    scenario_hint = (
+        "under scenario rl, mix safe SFT batches into the GRPO loss with sft_mix "
+        "(data: random | interleave_plus | interleave_pp)"
+    )
 
     @classmethod
     def stage_description(cls, config, params: InterleavePlusParams) -> str:

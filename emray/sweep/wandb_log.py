@@ -7,13 +7,15 @@ live from rank 0, else from metrics.json; the benign fine-tune's curve (``benign
 tags ``model:…``, ``scenario:…`` (the fine-tune data), ``defense:…``, ``sweep:…``; the LoRA adapter as a
 ``model`` artifact (``wandb.log_adapters: false`` to skip: adapters of large models are large).
 
-Summary run (one per sweep folder, ``summary_run_id``: a re-run updates it): the per-arm table (means, intervals, front) and the per-trial table as ``wandb.Table``,
+Summary run (one per sweep folder, ``summary_run_id``: a re-run updates it): the per-arm table (means,
+intervals, front) and the per-trial table as ``wandb.Table``,
 a native ``wandb.plot.scatter`` per pair of criteria over the arms, the PNG plots, and ``answers_by_question``
 (per question and arm: answers, misaligned count and rate, one misaligned answer). Each trial run also has
 its judged answers as the table ``answers`` (question id, scores, misaligned / incoherent flags).
 
 Offline when no API key is set (``mode: auto``): runs land in ``<sweep>/wandb_root/wandb`` and upload
-with ``wandb sync <sweep>/wandb_root/wandb/offline-run-*``; artifact staging copies stay in ``<sweep>/wandb_root/data``. A saved workspace for the group is created
+with ``wandb sync <sweep>/wandb_root/wandb/offline-run-*``;
+artifact staging copies stay in ``<sweep>/wandb_root/data``. A saved workspace for the group is created
 only online (it is a W&B server object), with the ``wandb-workspaces`` package; offline, a message says so.
 """
 

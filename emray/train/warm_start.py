@@ -62,7 +62,8 @@ class WarmStartStage:
     def stage_description(cls, config, params: Strict) -> str:
         w = config.train
         n = f"{config.data.max_examples} rows of " if config.data.max_examples else ""
-        return f"rl warm start: SFT on {n}{config.data.fine}, {f'{w.max_steps} steps' if w.max_steps > 0 else f'{w.epochs:g} epoch(s)'}, seed {config.seed}"
+        length = f"{w.max_steps} steps" if w.max_steps > 0 else f"{w.epochs:g} epoch(s)"
+        return f"rl warm start: SFT on {n}{config.data.fine}, {length}, seed {config.seed}"
 
     @classmethod
     def build_stage(cls, config, params: Strict) -> dict:
