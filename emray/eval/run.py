@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import Any, Protocol
 
 from emray.configio import ConfigError
-from emray.eval.criteria import compute_criteria, format_table, per_question
+from emray.eval.criteria import check_judgeable, compute_criteria, format_table, per_question
 from emray.eval.generate import HFGenerator, VLLMGenerator, question_items, split_reasoning, vllm_available
 from emray.eval.judge import DEFAULT_JUDGE_MODEL, JudgeClient, JudgeRequest
 
@@ -185,13 +185,18 @@ def _evaluate(run_config, adapter, judge, out: Path, sets, model, tokenizer, pro
     cfg = run_config.eval
     started = time.time()
 
-    questions, items = {}, []
+    questions, items, judged, files = {}, [], {}, {}
     for set_name, domain, path in sets:
         qs = load_questions(path)
         questions[(set_name, domain)] = {q.id: q for q in qs}
         label = set_name if domain is None else f"in_domain/{domain}"
+        files[(set_name, domain)] = path
+        counts = judged.setdefault((set_name, domain), dict.fromkeys(METRICS, 0))
         for it in question_items(qs, label, cfg.samples_per_paraphrase, cfg.max_questions):
             items.append({"set": set_name, "domain": domain, **it})
+            for metric in METRICS:
+                counts[metric] += metric in questions[(set_name, domain)][it["question_id"]].judge_prompts
+    check_judgeable(judged, files)  # before sampling: a rate over zero judgments is an error, not 0 %
 
     generator = None
 
@@ -225,7 +230,7 @@ def _evaluate(run_config, adapter, judge, out: Path, sets, model, tokenizer, pro
                                    max_failure_rate=cfg.judge.max_failure_rate)
         for (index, metric), result in zip(slots, results):
             items[index][metric] = result.score
-            # a failed judgment leaves the rate's denominator; an abstention (score None) does not
+            # a failed judgment has no verdict; an abstention (score None) is counted as unscored
             items[index].pop(f"{metric}_failed", None)
             if result.failed:
                 items[index][f"{metric}_failed"] = True
