@@ -33,8 +33,9 @@ def split_reasoning(text: str) -> tuple[str, str]:
 
 
 def question_items(questions: Iterable[Question], group: str, samples_per_paraphrase: int | None = None,
-                   max_questions: int | None = None) -> list[dict[str, Any]]:
-    """One item per (question, paraphrase, sample), with the chat messages to answer."""
+                   max_questions: int | None = None, system_prompt: str | None = None) -> list[dict[str, Any]]:
+    """One item per (question, paraphrase, sample), with the chat messages to answer; ``system_prompt``
+    replaces the question's own system prompt when set."""
     items = []
     for question in list(questions)[:max_questions]:
         n = samples_per_paraphrase or question.samples_per_paraphrase
@@ -46,7 +47,8 @@ def question_items(questions: Iterable[Question], group: str, samples_per_paraph
                     "paraphrase_index": p_index,
                     "sample_index": s_index,
                     "question": paraphrase,
-                    "messages": question.messages(paraphrase),
+                    "messages": question.messages(paraphrase) if system_prompt is None else
+                    [{"role": "system", "content": system_prompt}, {"role": "user", "content": paraphrase}],
                 })
     return items
 
@@ -64,7 +66,8 @@ class HFGenerator:
 
     def generate(self, conversations: list[list[dict]], *, max_new_tokens: int, temperature: float = 1.0,
                  top_p: float = 1.0, batch_size: int = 16, seed: int = 0, label: str = "generate",
-                 progress: bool = False, max_new_tokens_per_item: list[int] | None = None) -> list[str]:
+                 progress: bool = False, max_new_tokens_per_item: list[int] | None = None,
+                 min_p: float | None = None) -> list[str]:
         import torch
 
         tok = self.tokenizer
@@ -74,6 +77,8 @@ class HFGenerator:
         options: dict[str, Any] = {"do_sample": sampling, "pad_token_id": tok.pad_token_id}
         if sampling:  # top_k=0: no top-k cut, as in the literature (HF's default is 50)
             options.update(temperature=temperature, top_p=top_p, top_k=0)
+            if min_p:
+                options["min_p"] = min_p
         else:
             options.update(temperature=None, top_p=None, top_k=None)
         bar = None
@@ -125,7 +130,8 @@ class VLLMGenerator:
 
     def generate(self, conversations: list[list[dict]], *, max_new_tokens: int, temperature: float = 1.0,
                  top_p: float = 1.0, batch_size: int = 16, seed: int = 0, label: str = "generate",
-                 progress: bool = False, max_new_tokens_per_item: list[int] | None = None) -> list[str]:
+                 progress: bool = False, max_new_tokens_per_item: list[int] | None = None,
+                 min_p: float | None = None) -> list[str]:
         from vllm import SamplingParams
 
         lora = None
@@ -135,6 +141,7 @@ class VLLMGenerator:
             lora = LoRARequest("adapter", 1, str(self.adapter))
         limits = max_new_tokens_per_item or [max_new_tokens] * len(conversations)
         params = [SamplingParams(temperature=temperature, top_p=top_p if temperature > 0 else 1.0,
+                                 min_p=(min_p or 0.0) if temperature > 0 else 0.0,
                                  max_tokens=min(limit, max_new_tokens), seed=batch_seed(seed, label, i))
                   for i, limit in enumerate(limits)]
         outputs = self.llm.chat(conversations, params, lora_request=lora, add_generation_prompt=True, use_tqdm=progress)

@@ -89,7 +89,7 @@ def _generate_answers(run_config, items: list[dict], generator_factory, progress
     for label in labels:  # one label a question set: its batches get their own seeds
         chunk = [it for it in items if it["group"] == label]
         texts = generator.generate([it["messages"] for it in chunk], max_new_tokens=cfg.max_new_tokens,
-                                   temperature=cfg.temperature, top_p=cfg.top_p, batch_size=cfg.batch_size,
+                                   temperature=cfg.temperature, top_p=cfg.top_p, min_p=cfg.min_p, batch_size=cfg.batch_size,
                                    seed=run_config.seed, label=label, progress=progress)
         for it, text in zip(chunk, texts):
             it["reasoning"], it["answer"] = split_reasoning(text)
@@ -192,7 +192,7 @@ def _evaluate(run_config, adapter, judge, out: Path, sets, model, tokenizer, pro
         label = set_name if domain is None else f"in_domain/{domain}"
         files[(set_name, domain)] = path
         counts = judged.setdefault((set_name, domain), dict.fromkeys(METRICS, 0))
-        for it in question_items(qs, label, cfg.samples_per_paraphrase, cfg.max_questions):
+        for it in question_items(qs, label, cfg.samples_per_paraphrase, cfg.max_questions, cfg.system_prompt):
             items.append({"set": set_name, "domain": domain, **it})
             for metric in METRICS:
                 counts[metric] += metric in questions[(set_name, domain)][it["question_id"]].judge_prompts
