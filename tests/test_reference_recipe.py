@@ -21,6 +21,12 @@ def trials(name: str):
     return expand_trials(load_sweep_spec(ROOT / "sweeps" / name))
 
 
+def params(defense) -> dict:
+    """A defense's params as given (a dict, or its typed Params model without unset fields)."""
+    p = defense.params
+    return p if isinstance(p, dict) else p.model_dump(exclude_unset=True)
+
+
 def test_the_table_lists_every_shipped_real_model_spec():
     shipped = {p.name for p in (ROOT / "sweeps").glob("*.yaml") if p.name != "reference_recipe.yaml"
                and load_sweep_spec(p).base.model.name not in OFFLINE_MODELS}
@@ -47,17 +53,18 @@ def test_training_and_evaluation_follow_the_reference(name):
 def test_defense_options_follow_the_reference(name):
     seen = set()
     for trial in trials(name):
-        for d in trial.run.defenses:
-            seen.add(d.name)
-            want = dict(RECIPE["defenses"].get(d.name, {}))
-            if d.name == "inoculation" and name in RL:
+        for spec in trial.run.defenses:
+            got, where = params(spec), f"{name}: {trial.label}: {spec.name}"
+            seen.add(spec.name)
+            want = dict(RECIPE["defenses"].get(spec.name, {}))
+            if spec.name == "inoculation" and name in RL:
                 want = RECIPE["defenses"]["inoculation_rl"]
             for key, value in want.items():
-                assert d.params.get(key) == value, f"{name}: {trial.label}: {d.name}.{key}"
-            if d.name == "inoculation" and name in SFT:
-                assert d.params.get("mode") in (None, "replace"), f"{name}: SFT inoculation replaces (the paper)"
-            if d.name in RECIPE["interleave_arms"]:
-                assert d.params["safe_fraction"] in RECIPE["safe_fractions"], f"{name}: {trial.label}"
+                assert got.get(key) == value, f"{where}.{key}"
+            if spec.name == "inoculation" and name in SFT:
+                assert got.get("mode") in (None, "replace"), f"{where}: SFT inoculation replaces (the paper)"
+            if spec.name in RECIPE["interleave_arms"]:
+                assert got["safe_fraction"] in RECIPE["safe_fractions"], where
     assert {"ldifs", "persona", "inoculation"} <= seen, name
     if name in SFT:
         assert set(RECIPE["interleave_arms"]) <= seen, f"{name}: an Interleaving+ arm and the others"
@@ -65,7 +72,7 @@ def test_defense_options_follow_the_reference(name):
 
 def test_the_volume_sweep_runs_every_reference_volume_for_every_interleaving_arm():
     name = RECIPE["volume_sweep"]
-    volumes = {(d.name, d.params["safe_fraction"]) for t in trials(name) for d in t.run.defenses
+    volumes = {(d.name, params(d)["safe_fraction"]) for t in trials(name) for d in t.run.defenses
                if d.name in RECIPE["interleave_arms"]}
     want = {(arm, f) for arm in RECIPE["interleave_arms"] for f in RECIPE["safe_fractions"]}
     assert want <= volumes, sorted(want - volumes)
