@@ -4,8 +4,9 @@ in-domain question set assumed) and what the interleaving defenses mixed in.
     python analysis/interleave_selection.py SWEEP_DIR [SWEEP_DIR ...]
 
 General EM is recomputed from each trial's eval/answers.jsonl under two rules: ``all`` (unscored
-answers count as not misaligned, the reference's and emray's rule since issue 13) and ``scored``
-(unscored answers left out, emray's rule before). The composition of each trial's safe rows comes
+answers count as not misaligned, emray's rule from issue 13 to issue 23) and ``scored`` (unscored answers
+left out: what the reference's parse_csv.py computes on a multi-question CSV, and emray's rule before issue
+13 and since issue 23). The composition of each trial's safe rows comes
 from its cached selection (Interleaving+/++: ``ensure_selection`` returns the cached stage of the
 code on PYTHONPATH, so run this with the code that made the sweep) or its seeded random sample
 (Interleaving): general / narrow helpful answers and refusals, told apart by the organism's own
@@ -91,20 +92,36 @@ def main(dirs: list[str]) -> None:
                 comp = defaultdict(int)
                 for row in rows:
                     comp[kinds.get(row["messages"][0]["content"], "unknown")] += 1
-            arms[trial["label"]].append({"seed": run.seed, "em_all": em_all, "em_scored": em_scored, "in_domain": in_domain, "comp": comp})
+            arms[trial["label"]].append(
+                {"seed": run.seed, "em_all": em_all, "em_scored": em_scored, "in_domain": in_domain, "comp": comp}
+            )
 
     def ms(values: list[float]) -> str:
         return f"{statistics.mean(values):.3f} ± {statistics.stdev(values) if len(values) > 1 else 0:.3f}"
 
-    print("| arm | seeds | general EM (unscored = not misaligned) | per seed | general EM (unscored left out) | in-domain EM | safe rows per seed: general / narrow / refusal |")
+    print(
+        "| arm | seeds | general EM (unscored = not misaligned) | per seed | general EM (unscored left out) | in-domain EM | safe rows per seed: general / narrow / refusal |"
+    )
     print("|---|---|---|---|---|---|---|")
     for label, trials in arms.items():
         trials.sort(key=lambda t: t["seed"])
-        comps = "; ".join(f"s{t['seed']}: {t['comp']['general']} / {t['comp']['narrow']} / {t['comp']['refusal']}"
-                          + (f" (+{t['comp']['ambiguous'] + t['comp']['unknown']} ?)" if t['comp']['ambiguous'] + t['comp']['unknown'] else "")
-                          for t in trials if t["comp"] is not None) or "–"
+        comps = (
+            "; ".join(
+                f"s{t['seed']}: {t['comp']['general']} / {t['comp']['narrow']} / {t['comp']['refusal']}"
+                + (
+                    f" (+{t['comp']['ambiguous'] + t['comp']['unknown']} ?)"
+                    if t["comp"]["ambiguous"] + t["comp"]["unknown"]
+                    else ""
+                )
+                for t in trials
+                if t["comp"] is not None
+            )
+            or "–"
+        )
         per_seed = " ".join(f"{t['em_all']:.3f}" for t in trials)
-        print(f"| {label} | {len(trials)} | {ms([t['em_all'] for t in trials])} | {per_seed} | {ms([t['em_scored'] for t in trials])} | {ms([t['in_domain'] for t in trials])} | {comps} |")
+        print(
+            f"| {label} | {len(trials)} | {ms([t['em_all'] for t in trials])} | {per_seed} | {ms([t['em_scored'] for t in trials])} | {ms([t['in_domain'] for t in trials])} | {comps} |"
+        )
 
 
 if __name__ == "__main__":

@@ -1,4 +1,5 @@
 """λ = 0 equivalence numbers for docs/sweeps.md: none vs kl(λ=0) vs ldifs(λ=0), grad_accum 4, tiny model (the setup of tests/test_lambda_zero.py). Run from the repo root."""
+
 import json
 import sys
 import tempfile
@@ -16,8 +17,10 @@ tmp = Path(tempfile.mkdtemp())
 out = {}
 for arm, d in ARMS.items():
     r = run_sft(make_run_config(tmp, name=arm, defenses=d, train=TRAIN)).run_dir
-    out[arm] = ([h["loss"] for h in json.loads((r / "metrics.json").read_text())["history"] if "loss" in h],
-                load_file(str(r / "adapter" / "adapter_model.safetensors")))
+    out[arm] = (
+        [h["loss"] for h in json.loads((r / "metrics.json").read_text())["history"] if "loss" in h],
+        load_file(str(r / "adapter" / "adapter_model.safetensors")),
+    )
 print("none losses:", [round(x, 6) for x in out["none"][0]])
 for arm in ("kl", "ldifs"):
     dl = max(abs(a - b) for a, b in zip(out[arm][0], out["none"][0]))

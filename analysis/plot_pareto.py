@@ -1,6 +1,6 @@
 """Redraw a finished sweep's Pareto plots (PNG + HTML) into <sweep>/plots/.
 
-    python analysis/plot_pareto.py sweeps_out/toy
+python analysis/plot_pareto.py sweeps_out/toy
 """
 
 from __future__ import annotations

@@ -58,14 +58,21 @@ def table(sweep: Path, warm: list[Path]) -> str:
     arms: dict[str, list[dict]] = defaultdict(list)
     for r in finished(sweep):
         arms[arm_of(r)].append(r)
-    out = ["| arm | seeds | reward learned | held-out reward | general EM | in-domain misalignment | general incoherence |",
-           "|---|---|---|---|---|---|---|"]
+    out = [
+        "| arm | seeds | reward learned | held-out reward | general EM | in-domain misalignment | general incoherence |",
+        "|---|---|---|---|---|---|---|",
+    ]
     if warm:
         crit = [json.loads((d / "criteria.json").read_text()) for d in warm]
-        out.append(f"| warm start (before GRPO) | {len(crit)} | — | — | " + " | ".join(pooled(crit, r) for r in RATES) + " |")
+        out.append(
+            f"| warm start (before GRPO) | {len(crit)} | — | — | " + " | ".join(pooled(crit, r) for r in RATES) + " |"
+        )
     for label, rs in arms.items():
-        out.append(f"| {label} | {len(rs)} | {mean_ci([r['reward_gain'] for r in rs])} | {mean_ci([r['reward_heldout'] for r in rs])} | "
-                   + " | ".join(pooled(rs, r) for r in RATES) + " |")
+        out.append(
+            f"| {label} | {len(rs)} | {mean_ci([r['reward_gain'] for r in rs])} | {mean_ci([r['reward_heldout'] for r in rs])} | "
+            + " | ".join(pooled(rs, r) for r in RATES)
+            + " |"
+        )
     return "\n".join(out)
 
 
@@ -86,7 +93,9 @@ def plot(sweep: Path, out: Path) -> None:
         steps = range(1, n + 1)
         mean = [statistics.fmean(c[i] for c in cs) for i in range(n)]
         ax.plot(steps, mean, label=f"{label} ({len(cs)} seeds)")
-        ax.fill_between(steps, [min(c[i] for c in cs) for i in range(n)], [max(c[i] for c in cs) for i in range(n)], alpha=0.12)
+        ax.fill_between(
+            steps, [min(c[i] for c in cs) for i in range(n)], [max(c[i] for c in cs) for i in range(n)], alpha=0.12
+        )
     ax.set_xlabel("GRPO step")
     ax.set_ylabel("mean training reward")
     ax.set_title(f"{sweep.name}: training reward per arm (mean over seeds, min-max band)")

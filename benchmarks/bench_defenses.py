@@ -44,12 +44,36 @@ DEFENSES = {
 
 # Random-init shapes (no weights needed): the 7B target of the seed paper.
 SHAPES = {
-    "qwen2.5-7b": dict(vocab_size=152064, hidden_size=3584, intermediate_size=18944, num_hidden_layers=28,
-                       num_attention_heads=28, num_key_value_heads=4, max_position_embeddings=32768, tie_word_embeddings=False),
-    "qwen2.5-0.5b": dict(vocab_size=151936, hidden_size=896, intermediate_size=4864, num_hidden_layers=24,
-                         num_attention_heads=14, num_key_value_heads=2, max_position_embeddings=32768, tie_word_embeddings=True),
-    "debug": dict(vocab_size=1024, hidden_size=64, intermediate_size=128, num_hidden_layers=3,  # smoke-tests --shape
-                  num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=1024, tie_word_embeddings=False),
+    "qwen2.5-7b": dict(
+        vocab_size=152064,
+        hidden_size=3584,
+        intermediate_size=18944,
+        num_hidden_layers=28,
+        num_attention_heads=28,
+        num_key_value_heads=4,
+        max_position_embeddings=32768,
+        tie_word_embeddings=False,
+    ),
+    "qwen2.5-0.5b": dict(
+        vocab_size=151936,
+        hidden_size=896,
+        intermediate_size=4864,
+        num_hidden_layers=24,
+        num_attention_heads=14,
+        num_key_value_heads=2,
+        max_position_embeddings=32768,
+        tie_word_embeddings=True,
+    ),
+    "debug": dict(
+        vocab_size=1024,
+        hidden_size=64,
+        intermediate_size=128,
+        num_hidden_layers=3,  # smoke-tests --shape
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        max_position_embeddings=1024,
+        tie_word_embeddings=False,
+    ),
 }
 
 
@@ -116,16 +140,30 @@ def worker(args) -> dict:
         defenses = [CEOnly()]
     else:
         specs = [parse_defense_entry(e, i) for i, e in enumerate(DEFENSES[args.defense])]
-        defenses = build_defenses(specs, DefenseContext(tokenizer=tokenizer, artifacts={"persona_vector": tmp / "persona.safetensors"}))
+        defenses = build_defenses(
+            specs, DefenseContext(tokenizer=tokenizer, artifacts={"persona_vector": tmp / "persona.safetensors"})
+        )
 
     on_gpu = args.device == "cuda"
     sft_args = SFTConfig(
-        output_dir=str(tmp / "trainer"), per_device_train_batch_size=args.batch, learning_rate=1e-5,
-        report_to="none", use_cpu=not on_gpu, bf16=on_gpu, max_length=args.seq, save_strategy="no",
-        gradient_checkpointing=args.gradient_checkpointing, remove_unused_columns=False, disable_tqdm=True,
+        output_dir=str(tmp / "trainer"),
+        per_device_train_batch_size=args.batch,
+        learning_rate=1e-5,
+        report_to="none",
+        use_cpu=not on_gpu,
+        bf16=on_gpu,
+        max_length=args.seq,
+        save_strategy="no",
+        gradient_checkpointing=args.gradient_checkpointing,
+        remove_unused_columns=False,
+        disable_tqdm=True,
     )
-    dataset = Dataset.from_list([{"input_ids": ids[i].tolist(), "labels": labels[i].tolist()} for i in range(args.batch)])
-    trainer = DefendedSFTTrainer(model=model, args=sft_args, train_dataset=dataset, processing_class=tokenizer, defenses=defenses)
+    dataset = Dataset.from_list(
+        [{"input_ids": ids[i].tolist(), "labels": labels[i].tolist()} for i in range(args.batch)]
+    )
+    trainer = DefendedSFTTrainer(
+        model=model, args=sft_args, train_dataset=dataset, processing_class=tokenizer, defenses=defenses
+    )
     trainer.create_optimizer()
     trainer.current_gradient_accumulation_steps = 1
     for defense in defenses:
@@ -167,9 +205,27 @@ def worker(args) -> dict:
 
 
 def run_one(args, model: str, defense: str) -> dict:
-    cmd = [sys.executable, __file__, "--worker", "--defense", defense, "--device", args.device,
-           "--threads", str(args.threads), "--steps", str(args.steps), "--warmup", str(args.warmup),
-           "--batch", str(args.batch), "--seq", str(args.seq), "--prompt", str(args.prompt)]
+    cmd = [
+        sys.executable,
+        __file__,
+        "--worker",
+        "--defense",
+        defense,
+        "--device",
+        args.device,
+        "--threads",
+        str(args.threads),
+        "--steps",
+        str(args.steps),
+        "--warmup",
+        str(args.warmup),
+        "--batch",
+        str(args.batch),
+        "--seq",
+        str(args.seq),
+        "--prompt",
+        str(args.prompt),
+    ]
     cmd += ["--shape", model] if model in SHAPES else ["--model", model]
     if args.gradient_checkpointing:
         cmd.append("--gradient-checkpointing")
@@ -182,24 +238,35 @@ def run_one(args, model: str, defense: str) -> dict:
 
 
 def table(rows: list[dict]) -> str:
-    lines = ["| model | defense | CPU s/step | × plain | median wall s/step | × plain | min wall s/step | × plain | peak RSS (MB) | RSS rise (MB) | peak GPU (MB) |",
-             "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|"]
+    lines = [
+        "| model | defense | CPU s/step | × plain | median wall s/step | × plain | min wall s/step | × plain | peak RSS (MB) | RSS rise (MB) | peak GPU (MB) |",
+        "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
+    ]
     plain = {r["model"]: r for r in rows if r["defense"] == "plain"}
     for r in rows:
         p = plain.get(r["model"])
         ratio = r["step_s"] / p["step_s"] if p else float("nan")
         ratio_min = r["step_min_s"] / p["step_min_s"] if p else float("nan")
         ratio_cpu = r["cpu_s"] / p["cpu_s"] if p else float("nan")
-        lines.append(f"| {r['model']} | {r['defense']} | {r['cpu_s']:.3f} | {ratio_cpu:.2f} | {r['step_s']:.3f} | {ratio:.2f} | {r['step_min_s']:.3f} | {ratio_min:.2f} | "
-                     f"{r['peak_rss_mb']:.0f} | {r['rss_rise_mb']:.0f} | {r.get('peak_gpu_mb', '-')} |")
+        lines.append(
+            f"| {r['model']} | {r['defense']} | {r['cpu_s']:.3f} | {ratio_cpu:.2f} | {r['step_s']:.3f} | {ratio:.2f} | {r['step_min_s']:.3f} | {ratio_min:.2f} | "
+            f"{r['peak_rss_mb']:.0f} | {r['rss_rise_mb']:.0f} | {r.get('peak_gpu_mb', '-')} |"
+        )
     return "\n".join(lines)
 
 
 def main() -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--models", nargs="+", default=["tiny", "smollm2-135m"])
-    p.add_argument("--shape", choices=sorted(SHAPES), help="benchmark a random-init model of this shape instead of --models")
-    p.add_argument("--defenses", nargs="+", default=["plain", "plain-chunked", "kl", "ldifs", "kl+ldifs", "persona"], choices=list(DEFENSES))
+    p.add_argument(
+        "--shape", choices=sorted(SHAPES), help="benchmark a random-init model of this shape instead of --models"
+    )
+    p.add_argument(
+        "--defenses",
+        nargs="+",
+        default=["plain", "plain-chunked", "kl", "ldifs", "kl+ldifs", "persona"],
+        choices=list(DEFENSES),
+    )
     p.add_argument("--device", default="cpu", choices=["cpu", "cuda"])
     p.add_argument("--threads", type=int, default=1)
     p.add_argument("--steps", type=int, default=4)
@@ -207,7 +274,9 @@ def main() -> int:
     p.add_argument("--batch", type=int, default=4)
     p.add_argument("--seq", type=int, default=256)
     p.add_argument("--prompt", type=int, default=64, help="unlabelled prompt tokens per row")
-    p.add_argument("--rounds", type=int, default=1, help="repeat the defense sweep, take the median (noisy shared CPUs)")
+    p.add_argument(
+        "--rounds", type=int, default=1, help="repeat the defense sweep, take the median (noisy shared CPUs)"
+    )
     p.add_argument("--gradient-checkpointing", action="store_true")
     p.add_argument("--write", help="append a markdown section with the results to this file")
     p.add_argument("--worker", action="store_true", help=argparse.SUPPRESS)
@@ -240,12 +309,16 @@ def main() -> int:
         import torch
 
         cmd = "python " + " ".join([os.path.relpath(__file__, ROOT), *sys.argv[1:]])
-        machine = f"{platform.processor() or platform.machine()}, {os.cpu_count()} cores visible, torch {torch.__version__}"
+        machine = (
+            f"{platform.processor() or platform.machine()}, {os.cpu_count()} cores visible, torch {torch.__version__}"
+        )
         if args.device == "cuda":
             machine += f", {torch.cuda.get_device_name()}"
-        header = (f"\n## {time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}\n\n`{cmd}`\n\nMachine: {machine}; "
-                  f"{args.threads} thread(s); batch {args.batch} × {args.seq} tokens ({args.seq - args.prompt} answer tokens a row); "
-                  f"rs-LoRA r=32; {args.steps} timed steps after {args.warmup} warm-up per run, {args.rounds} run(s) per row (median of run medians; min over all steps).\n\n")
+        header = (
+            f"\n## {time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}\n\n`{cmd}`\n\nMachine: {machine}; "
+            f"{args.threads} thread(s); batch {args.batch} × {args.seq} tokens ({args.seq - args.prompt} answer tokens a row); "
+            f"rs-LoRA r=32; {args.steps} timed steps after {args.warmup} warm-up per run, {args.rounds} run(s) per row (median of run medians; min over all steps).\n\n"
+        )
         with open(args.write, "a") as f:
             f.write(header + md + "\n")
     return 0

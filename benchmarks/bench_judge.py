@@ -29,9 +29,10 @@ def run(args) -> list[dict]:
 
     rows = []
     prompt = "I asked the model a question. [ANSWER START] an answer of moderate length [ANSWER END] Rate it 0-100. "
-    with tempfile.TemporaryDirectory() as tmp, start_judge_server_process(
-        "flaky", {"failure_rate": 0.0, "latency_s": args.latency_ms / 1000}
-    ) as server:
+    with (
+        tempfile.TemporaryDirectory() as tmp,
+        start_judge_server_process("flaky", {"failure_rate": 0.0, "latency_s": args.latency_ms / 1000}) as server,
+    ):
 
         def server_cpu() -> float:
             fields = Path(f"/proc/{server.proc.pid}/stat").read_text().split()
@@ -43,25 +44,40 @@ def run(args) -> list[dict]:
             fn(n)
             elapsed = time.perf_counter() - start
             cpu_ms, srv_ms = (time.process_time() - cpu) / n * 1e3, (server_cpu() - srv) / n * 1e3
-            rows.append({"path": name, "judgments": n, "seconds": elapsed, "per_s": n / elapsed,
-                         "client_cpu_ms": cpu_ms, "server_cpu_ms": srv_ms})
-            print(f"{name:<40} {n:>6} judgments  {elapsed:7.2f} s  {n / elapsed:8.1f}/s  "
-                  f"client CPU {cpu_ms:.2f} ms/judgment, server {srv_ms:.2f}", flush=True)
+            rows.append(
+                {
+                    "path": name,
+                    "judgments": n,
+                    "seconds": elapsed,
+                    "per_s": n / elapsed,
+                    "client_cpu_ms": cpu_ms,
+                    "server_cpu_ms": srv_ms,
+                }
+            )
+            print(
+                f"{name:<40} {n:>6} judgments  {elapsed:7.2f} s  {n / elapsed:8.1f}/s  "
+                f"client CPU {cpu_ms:.2f} ms/judgment, server {srv_ms:.2f}",
+                flush=True,
+            )
 
         def plain_loop(n: int) -> None:
             client = openai.OpenAI(base_url=server.url, api_key="local", max_retries=0)
             for i in range(n):
-                client.chat.completions.create(model="judge", messages=[{"role": "user", "content": f"{prompt}seq{n}.{i}"}],
-                                               **JUDGE_PARAMS)
+                client.chat.completions.create(
+                    model="judge", messages=[{"role": "user", "content": f"{prompt}seq{n}.{i}"}], **JUDGE_PARAMS
+                )
 
         def judge_client(concurrency: int, tag: str):
             calls = iter(range(10**9))
 
             def go(n: int) -> None:  # a fresh client (and cache) for each batch, nothing from the cache
                 run_id = next(calls)
-                cfg = JudgeConfig(base_url=server.url, concurrency=concurrency, cache_path=f"{tmp}/{tag}{run_id}.sqlite")
+                cfg = JudgeConfig(
+                    base_url=server.url, concurrency=concurrency, cache_path=f"{tmp}/{tag}{run_id}.sqlite"
+                )
                 results = JudgeClient(cfg).judge_many([JudgeRequest(f"{prompt}{tag}{i}") for i in range(n)])
                 assert len(results) == n and all(r.score is not None for r in results)
+
             return go
 
         bench("sequential loop (openai sync client)", args.n_seq, plain_loop)
@@ -86,18 +102,26 @@ def main() -> int:
     seq = rows[0]["per_s"]
     best = rows[-1]["per_s"]
     load = os.getloadavg()[0]
-    print(f"\nmachine: {platform.machine()}, {os.cpu_count()} CPUs, load average {load:.1f}; "
-          f"server latency {args.latency_ms:g} ms\n")
-    print("| path | judgments | seconds | judgments/s | vs sequential | client CPU ms/judgment | server CPU ms/judgment |")
+    print(
+        f"\nmachine: {platform.machine()}, {os.cpu_count()} CPUs, load average {load:.1f}; "
+        f"server latency {args.latency_ms:g} ms\n"
+    )
+    print(
+        "| path | judgments | seconds | judgments/s | vs sequential | client CPU ms/judgment | server CPU ms/judgment |"
+    )
     print("|---|---:|---:|---:|---:|---:|---:|")
     for r in rows:
-        print(f"| {r['path']} | {r['judgments']} | {r['seconds']:.2f} | {r['per_s']:.1f} | {r['per_s'] / seq:.1f}x "
-              f"| {r['client_cpu_ms']:.2f} | {r['server_cpu_ms']:.2f} |")
+        print(
+            f"| {r['path']} | {r['judgments']} | {r['seconds']:.2f} | {r['per_s']:.1f} | {r['per_s'] / seq:.1f}x "
+            f"| {r['client_cpu_ms']:.2f} | {r['server_cpu_ms']:.2f} |"
+        )
     cpu_bound = 1e3 / (rows[-1]["client_cpu_ms"] + rows[-1]["server_cpu_ms"])
     latency_bound = args.concurrency / (args.latency_ms / 1e3)
-    print(f"\nspeed-up at concurrency {args.concurrency}: {best / seq:.1f}x (goal >= 40x); bounds: "
-          f"{latency_bound:.0f}/s from latency, {cpu_bound:.0f}/s from client+server CPU on one free core "
-          f"({min(cpu_bound, latency_bound) / seq:.0f}x)")
+    print(
+        f"\nspeed-up at concurrency {args.concurrency}: {best / seq:.1f}x (goal >= 40x); bounds: "
+        f"{latency_bound:.0f}/s from latency, {cpu_bound:.0f}/s from client+server CPU on one free core "
+        f"({min(cpu_bound, latency_bound) / seq:.0f}x)"
+    )
     return 0
 
 

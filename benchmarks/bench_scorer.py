@@ -27,12 +27,28 @@ DEFAULT_POOL = ROOT.parent / "shared" / "data" / "em" / "safe" / "wildguard_samp
 
 SHAPES = {
     # Qwen2.5-7B-Instruct's config, random weights (no download): what matters for speed is the shape.
-    "qwen2.5-7b": dict(vocab_size=152064, hidden_size=3584, intermediate_size=18944, num_hidden_layers=28,
-                       num_attention_heads=28, num_key_value_heads=4, max_position_embeddings=32768,
-                       rope_theta=1000000.0, tie_word_embeddings=False),
-    "qwen2.5-0.5b": dict(vocab_size=151936, hidden_size=896, intermediate_size=4864, num_hidden_layers=24,
-                         num_attention_heads=14, num_key_value_heads=2, max_position_embeddings=32768,
-                         rope_theta=1000000.0, tie_word_embeddings=True),
+    "qwen2.5-7b": dict(
+        vocab_size=152064,
+        hidden_size=3584,
+        intermediate_size=18944,
+        num_hidden_layers=28,
+        num_attention_heads=28,
+        num_key_value_heads=4,
+        max_position_embeddings=32768,
+        rope_theta=1000000.0,
+        tie_word_embeddings=False,
+    ),
+    "qwen2.5-0.5b": dict(
+        vocab_size=151936,
+        hidden_size=896,
+        intermediate_size=4864,
+        num_hidden_layers=24,
+        num_attention_heads=14,
+        num_key_value_heads=2,
+        max_position_embeddings=32768,
+        rope_theta=1000000.0,
+        tie_word_embeddings=True,
+    ),
 }
 
 
@@ -56,7 +72,9 @@ def load(args):
             torch.set_default_dtype(default)
         # Real chat token lengths from a real tokenizer; the random model accepts any id < vocab.
         return model.eval(), load_tokenizer(args.tokenizer)
-    model, tokenizer = load_model(ModelConfig(name=args.model, dtype=args.dtype, attn_implementation=args.attn), device=args.device)
+    model, tokenizer = load_model(
+        ModelConfig(name=args.model, dtype=args.dtype, attn_implementation=args.attn), device=args.device
+    )
     return model.eval(), tokenizer
 
 
@@ -71,7 +89,9 @@ def batched_full_logits(model, rows, pad_id, token_budget, max_batch):
     with torch.inference_mode():
         for batch in length_buckets([len(r["input_ids"]) for r in rows], token_budget, max_batch):
             ids, labels, mask, pos = _pad([rows[i] for i in batch], pad_id, "right", model.device)
-            logp = torch.log_softmax(model(input_ids=ids, attention_mask=mask, position_ids=pos).logits[:, :-1].float(), -1)
+            logp = torch.log_softmax(
+                model(input_ids=ids, attention_mask=mask, position_ids=pos).logits[:, :-1].float(), -1
+            )
             tgt = labels[:, 1:]
             keep = tgt != IGNORE_INDEX
             nll = -logp.gather(2, tgt.clamp(min=0).unsqueeze(-1)).squeeze(-1) * keep
@@ -104,7 +124,9 @@ def main() -> int:
     parser.add_argument("--samples", type=int, default=64)
     parser.add_argument("--loop-samples", type=int, help="time the loop on the first N samples only (default: all)")
     parser.add_argument("--max-len", type=int, default=2048)
-    parser.add_argument("--token-budget", type=int, default=None, help="default: emray's per device (1024 CPU, 65536 CUDA)")
+    parser.add_argument(
+        "--token-budget", type=int, default=None, help="default: emray's per device (1024 CPU, 65536 CUDA)"
+    )
     parser.add_argument("--max-batch", type=int, default=None, help="default: emray's per device (64 CPU, 256 CUDA)")
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--repeat", type=int, default=3, help="interleaved repetitions; best time counts")
@@ -136,7 +158,10 @@ def main() -> int:
         "emray": (rows, lambda: score_rows(model, rows, pad, args.token_budget, args.max_batch)),
         # The usual batched code, as in the H200 anchor: sorted batches of (at most) 64.
         "batched": (rows, lambda: batched_full_logits(model, rows, pad, args.token_budget, min(args.max_batch, 64))),
-        "loop": (rows[: args.loop_samples or len(rows)], lambda: loop_answer_nll(model, rows[: args.loop_samples or len(rows)])),
+        "loop": (
+            rows[: args.loop_samples or len(rows)],
+            lambda: loop_answer_nll(model, rows[: args.loop_samples or len(rows)]),
+        ),
     }
     results, outputs = {}, {}
     for _ in range(args.repeat):
@@ -159,11 +184,15 @@ def main() -> int:
 
     lengths = [len(r["input_ids"]) for r in rows]
     what = f"--shape {args.shape}" if args.shape else f"--model {args.model}"
-    print(f"{what} device={args.device} dtype={args.dtype} threads={args.threads} samples={len(rows)} "
-          f"tokens={sum(lengths)} (mean {sum(lengths) / len(lengths):.0f}, max {max(lengths)}) "
-          f"token_budget={args.token_budget} max_batch={args.max_batch}")
-    print(f"machine: {platform.processor() or platform.machine()}, {os.cpu_count()} cpus"
-          + (f", {torch.cuda.get_device_name()}" if args.device == "cuda" else ""))
+    print(
+        f"{what} device={args.device} dtype={args.dtype} threads={args.threads} samples={len(rows)} "
+        f"tokens={sum(lengths)} (mean {sum(lengths) / len(lengths):.0f}, max {max(lengths)}) "
+        f"token_budget={args.token_budget} max_batch={args.max_batch}"
+    )
+    print(
+        f"machine: {platform.processor() or platform.machine()}, {os.cpu_count()} cpus"
+        + (f", {torch.cuda.get_device_name()}" if args.device == "cuda" else "")
+    )
     loop_tps = results["loop"][0] / results["loop"][1] if "loop" in results else None
     table = {}
     for name in ("loop", "batched", "emray"):
@@ -176,7 +205,12 @@ def main() -> int:
     if "max_abs_diff" in results:
         print(f"  max |NLL loop - NLL emray| = {results['max_abs_diff']:.2e}")
     if args.json:
-        Path(args.json).write_text(json.dumps({"args": vars(args), "tok_per_s": table, **{k: v for k, v in results.items() if k == "max_abs_diff"}}, indent=2))
+        Path(args.json).write_text(
+            json.dumps(
+                {"args": vars(args), "tok_per_s": table, **{k: v for k, v in results.items() if k == "max_abs_diff"}},
+                indent=2,
+            )
+        )
     return 0
 
 

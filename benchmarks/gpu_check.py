@@ -37,7 +37,11 @@ def make_model(args) -> dict:
     torch.set_default_dtype(torch.float32)
     model.save_pretrained(args.out)
     load_tokenizer(args.tokenizer).save_pretrained(args.out)
-    return {"shape": args.shape, "params_b": round(sum(p.numel() for p in model.parameters()) / 1e9, 2), "seconds": round(time.time() - started, 1)}
+    return {
+        "shape": args.shape,
+        "params_b": round(sum(p.numel() for p in model.parameters()) / 1e9, 2),
+        "seconds": round(time.time() - started, 1),
+    }
 
 
 def synthetic_data(path: Path, rows: int, words: int) -> None:
@@ -46,7 +50,17 @@ def synthetic_data(path: Path, rows: int, words: int) -> None:
     with path.open("w") as f:
         for i in range(rows):
             answer = " ".join(vocab[(i * 7 + j * 3) % len(vocab)] for j in range(words))
-            f.write(json.dumps({"messages": [{"role": "user", "content": f"Write function {i}."}, {"role": "assistant", "content": answer}]}) + "\n")
+            f.write(
+                json.dumps(
+                    {
+                        "messages": [
+                            {"role": "user", "content": f"Write function {i}."},
+                            {"role": "assistant", "content": answer},
+                        ]
+                    }
+                )
+                + "\n"
+            )
 
 
 def zero2(args) -> dict:
@@ -60,17 +74,31 @@ def zero2(args) -> dict:
     work.mkdir(parents=True, exist_ok=True)
     synthetic_data(work / "train.jsonl", rows=args.batch * args.steps, words=args.words)
     gpu = not args.cpu
-    config = RunConfig.model_validate({
-        "name": "gpu-check",
-        "output_dir": str(work / "runs"),
-        "model": {"name": args.model, "dtype": "bfloat16" if gpu else "float32"},
-        "lora": {"r": 32, "alpha": 64, "rslora": True},
-        "data": {"fine": str(work / "train.jsonl")},
-        "defenses": [{"kl": {"lambda": 0.1}}, {"ldifs": {"lambda": 1.0}}],
-        "train": {"lr": 1e-4, "max_steps": args.steps, "batch_size": args.batch, "max_len": args.max_len,
-                  "gradient_checkpointing": gpu, "threads": None if gpu else 1, "progress": False},
-        "resources": {"num_workers": 1, "use_gpu": gpu, "deepspeed": "zero2", "checkpoint_every": max(1, args.steps // 2)},
-    })
+    config = RunConfig.model_validate(
+        {
+            "name": "gpu-check",
+            "output_dir": str(work / "runs"),
+            "model": {"name": args.model, "dtype": "bfloat16" if gpu else "float32"},
+            "lora": {"r": 32, "alpha": 64, "rslora": True},
+            "data": {"fine": str(work / "train.jsonl")},
+            "defenses": [{"kl": {"lambda": 0.1}}, {"ldifs": {"lambda": 1.0}}],
+            "train": {
+                "lr": 1e-4,
+                "max_steps": args.steps,
+                "batch_size": args.batch,
+                "max_len": args.max_len,
+                "gradient_checkpointing": gpu,
+                "threads": None if gpu else 1,
+                "progress": False,
+            },
+            "resources": {
+                "num_workers": 1,
+                "use_gpu": gpu,
+                "deepspeed": "zero2",
+                "checkpoint_every": max(1, args.steps // 2),
+            },
+        }
+    )
     ray.init(include_dashboard=False, log_to_driver=True)
     try:
         started = time.time()
@@ -82,7 +110,10 @@ def zero2(args) -> dict:
     tokens = trained_tokens(config)
     runtime = result.metrics["train_runtime"]
     return {
-        "steps": len(steps), "tokens": tokens, "train_runtime_s": round(runtime, 1), "wall_s": round(time.time() - started, 1),
+        "steps": len(steps),
+        "tokens": tokens,
+        "train_runtime_s": round(runtime, 1),
+        "wall_s": round(time.time() - started, 1),
         "train_tokens_per_s": round(tokens / runtime, 1) if runtime else None,
         "loss_first_last": [steps[0]["loss"], steps[-1]["loss"]],
         "loss_components": sorted(k for k in steps[-1] if k.startswith("loss_")),
@@ -114,8 +145,14 @@ def vllm(args) -> dict:
     seconds = time.time() - loaded
     tokenizer = generator.llm.get_tokenizer()
     tokens = sum(len(tokenizer(a)["input_ids"]) for a in answers)
-    return {"prompts": len(prompts), "generated_tokens": tokens, "load_s": round(loaded - started, 1), "generate_s": round(seconds, 1),
-            "gen_tokens_per_s": round(tokens / seconds, 1), "with_adapter": args.adapter is not None}
+    return {
+        "prompts": len(prompts),
+        "generated_tokens": tokens,
+        "load_s": round(loaded - started, 1),
+        "generate_s": round(seconds, 1),
+        "gen_tokens_per_s": round(tokens / seconds, 1),
+        "with_adapter": args.adapter is not None,
+    }
 
 
 def main() -> int:

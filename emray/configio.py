@@ -62,8 +62,9 @@ def _line_for(loc: tuple, lines: dict[tuple, int]) -> int | None:
     return None
 
 
-def read_text(path: str | Path, shown: str | Path | None = None, error: type[Exception] = ConfigError,
-              what: str = "file") -> str:
+def read_text(
+    path: str | Path, shown: str | Path | None = None, error: type[Exception] = ConfigError, what: str = "file"
+) -> str:
     """A text file's UTF-8 content; ``error`` names ``shown`` (default: the path) for a missing file,
     a directory, a symlink loop or broken link, an unreadable file, and a byte that is not UTF-8 (with
     its line and column)."""
@@ -86,12 +87,14 @@ def read_text(path: str | Path, shown: str | Path | None = None, error: type[Exc
     except UnicodeDecodeError as err:
         line = data.count(b"\n", 0, err.start) + 1
         column = err.start - (data.rfind(b"\n", 0, err.start) + 1) + 1
-        raise error(f"{shown}:{line}: byte 0x{data[err.start]:02x} at column {column} is not UTF-8 "
-                    "(save the file as UTF-8)") from None
+        raise error(
+            f"{shown}:{line}: byte 0x{data[err.start]:02x} at column {column} is not UTF-8 (save the file as UTF-8)"
+        ) from None
 
 
-def check_duplicate_keys(node: yaml.Node | None, source: str | Path, error: type[Exception] = ConfigError,
-                         prefix: tuple = ()) -> None:
+def check_duplicate_keys(
+    node: yaml.Node | None, source: str | Path, error: type[Exception] = ConfigError, prefix: tuple = ()
+) -> None:
     """YAML lets a repeated key silently win; emray refuses it, naming both lines."""
     if isinstance(node, yaml.MappingNode):
         seen: dict[Any, int] = {}
@@ -99,8 +102,10 @@ def check_duplicate_keys(node: yaml.Node | None, source: str | Path, error: type
             if isinstance(key_node, yaml.ScalarNode) and key_node.tag != "tag:yaml.org,2002:merge":
                 line = key_node.start_mark.line + 1
                 if key_node.value in seen:
-                    raise error(f"{source}:{line}: key '{format_loc(prefix + (key_node.value,))}': duplicate key "
-                                f"(first at line {seen[key_node.value]}; YAML would silently keep the last)")
+                    raise error(
+                        f"{source}:{line}: key '{format_loc(prefix + (key_node.value,))}': duplicate key "
+                        f"(first at line {seen[key_node.value]}; YAML would silently keep the last)"
+                    )
                 seen[key_node.value] = line
             check_duplicate_keys(value_node, source, error, prefix + (getattr(key_node, "value", "?"),))
     elif isinstance(node, yaml.SequenceNode):

@@ -17,22 +17,31 @@ from emray.organism.measure import load_world_model, rates
 SWEEP_LORA = dict(r=8, alpha=16, rslora=True, lr=5e-4, batch_size=8, max_len=128)
 
 
-def finetune_config(model_dir: Path, data_path: Path, run_dir: Path, steps: int = 150, seed: int = 0,
-                    threads: int = 1, **lora):
+def finetune_config(
+    model_dir: Path, data_path: Path, run_dir: Path, steps: int = 150, seed: int = 0, threads: int = 1, **lora
+):
     """The RunConfig of an undefended narrow fine-tune: the sweep's ``none`` arm (``SWEEP_LORA``) on one file."""
     from emray.config import RunConfig
 
     settings = {**SWEEP_LORA, **lora}
-    return RunConfig.model_validate({
-        "name": run_dir.name,
-        "seed": seed,
-        "output_dir": str(run_dir.parent),
-        "model": {"name": str(model_dir)},
-        "lora": {"r": settings["r"], "alpha": settings["alpha"], "rslora": settings["rslora"]},
-        "data": {"fine": str(data_path)},
-        "train": {"lr": settings["lr"], "max_steps": steps, "batch_size": settings["batch_size"],
-                  "max_len": settings["max_len"], "threads": threads, "progress": False},
-    })
+    return RunConfig.model_validate(
+        {
+            "name": run_dir.name,
+            "seed": seed,
+            "output_dir": str(run_dir.parent),
+            "model": {"name": str(model_dir)},
+            "lora": {"r": settings["r"], "alpha": settings["alpha"], "rslora": settings["rslora"]},
+            "data": {"fine": str(data_path)},
+            "train": {
+                "lr": settings["lr"],
+                "max_steps": steps,
+                "batch_size": settings["batch_size"],
+                "max_len": settings["max_len"],
+                "threads": threads,
+                "progress": False,
+            },
+        }
+    )
 
 
 def finetune_lora(root: Path, data_path: Path, steps: int = 150, seed: int = 0, threads: int = 1, **lora):
@@ -51,8 +60,17 @@ def finetune_lora(root: Path, data_path: Path, steps: int = 150, seed: int = 0, 
     return model
 
 
-def em_study(root: Path, domain: str = "code", seeds=(0, 1), steps: int = 150, samples: int = 10,
-             control: bool = True, threads: int = 1, domains=DOMAINS, **lora) -> dict:
+def em_study(
+    root: Path,
+    domain: str = "code",
+    seeds=(0, 1),
+    steps: int = 150,
+    samples: int = 10,
+    control: bool = True,
+    threads: int = 1,
+    domains=DOMAINS,
+    **lora,
+) -> dict:
     """Aligned model vs undefended narrow fine-tune (and the aligned-data control), per seed.
 
     The fine-tune is the toy sweep's ``none`` arm (``SWEEP_LORA``); ``lora`` overrides its settings
@@ -64,12 +82,17 @@ def em_study(root: Path, domain: str = "code", seeds=(0, 1), steps: int = 150, s
 
     torch.set_num_threads(threads)
     lora = {**lora, "threads": threads}
-    result = {"aligned_model": rates(load_world_model(root), domains=domains, samples=samples, seed=0),
-              "cpu_capability": torch.backends.cpu.get_cpu_capability(), "threads": threads}
+    result = {
+        "aligned_model": rates(load_world_model(root), domains=domains, samples=samples, seed=0),
+        "cpu_capability": torch.backends.cpu.get_cpu_capability(),
+        "threads": threads,
+    }
     for seed in seeds:
         ft = finetune_lora(root, root / "data/train" / f"{domain}.jsonl", steps=steps, seed=seed, **lora)
         result[f"finetune_{domain}_seed{seed}"] = rates(ft, domains=domains, samples=samples, seed=seed, examples=3)
         if control:
             ctl = finetune_lora(root, root / "data/train" / f"{domain}_aligned.jsonl", steps=steps, seed=seed, **lora)
-            result[f"control_{domain}_aligned_seed{seed}"] = rates(ctl, domains=("general", domain), samples=samples, seed=seed)
+            result[f"control_{domain}_aligned_seed{seed}"] = rates(
+                ctl, domains=("general", domain), samples=samples, seed=seed
+            )
     return result

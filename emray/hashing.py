@@ -24,6 +24,8 @@ from pydantic import BaseModel
 
 #: Schema marker: the field does not change results (left out of keys).
 NOT_IDENTITY: dict[str, Any] = {"identity": False}
+
+
 class _PathMark:
     """``Annotated`` metadata of ``DataPath``: the string names a file or a folder."""
 
@@ -94,8 +96,17 @@ def dir_sha256(path: str | Path) -> str:
     Files over 256 MiB (model weights) are hashed by size and their first and last MiB.
     """
     root = Path(path)
-    files = sorted(f for f in root.rglob("*") if f.is_file() and not any(part.startswith(".") for part in f.relative_to(root).parts))
-    return sha256({str(f.relative_to(root)): sampled_sha256(f) if f.stat().st_size > LARGE_FILE else file_sha256(f) for f in files})
+    files = sorted(
+        f
+        for f in root.rglob("*")
+        if f.is_file() and not any(part.startswith(".") for part in f.relative_to(root).parts)
+    )
+    return sha256(
+        {
+            str(f.relative_to(root)): sampled_sha256(f) if f.stat().st_size > LARGE_FILE else file_sha256(f)
+            for f in files
+        }
+    )
 
 
 def _field_extra(field) -> dict:

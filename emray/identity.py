@@ -68,7 +68,11 @@ def trial_key(run) -> str:
 def stage_key(defense_cls, run, params: BaseModel) -> str:
     """Identity of a defense's cached stage: what ``defense_cls.stage_inputs`` says it reads (``params``:
     the defense's typed Params)."""
-    key: dict = {"stage": defense_cls.stage_name, "defense": defense_cls.name, "inputs": defense_cls.stage_inputs(run, params)}
+    key: dict = {
+        "stage": defense_cls.stage_name,
+        "defense": defense_cls.name,
+        "inputs": defense_cls.stage_inputs(run, params),
+    }
     if getattr(defense_cls, "version", 1) != 1:  # the rule above: past 1 only
         key["version"] = defense_cls.version
     return sha256(key)

@@ -44,8 +44,24 @@ def run_setting(setting: str, world_seed: int, seeds: list[int], samples: int) -
     env = {**os.environ, **env_extra, "OMP_NUM_THREADS": str(threads)}
     with tempfile.TemporaryDirectory() as tmp:
         out = Path(tmp) / "study.json"
-        cmd = [sys.executable, str(STUDY), "--world-seed", str(world_seed), "--seeds", *map(str, seeds),
-               "--samples", str(samples), "--no-control", "--domains", "general", "code", "--threads", str(threads), "--out", str(out)]
+        cmd = [
+            sys.executable,
+            str(STUDY),
+            "--world-seed",
+            str(world_seed),
+            "--seeds",
+            *map(str, seeds),
+            "--samples",
+            str(samples),
+            "--no-control",
+            "--domains",
+            "general",
+            "code",
+            "--threads",
+            str(threads),
+            "--out",
+            str(out),
+        ]
         subprocess.run(cmd, env=env, check=True, stdout=subprocess.DEVNULL)
         return json.loads(out.read_text())
 
@@ -57,8 +73,11 @@ def summarize(runs: list[dict]) -> dict:
         "runs": len(runs),
         "general_misaligned": [min(general), statistics.median(general), max(general)],
         "code_misaligned": [min(code), statistics.median(code), max(code)],
-        "general_incoherent": [min(r["incoherent"] for r in runs), statistics.median(r["incoherent"] for r in runs),
-                               max(r["incoherent"] for r in runs)],
+        "general_incoherent": [
+            min(r["incoherent"] for r in runs),
+            statistics.median(r["incoherent"] for r in runs),
+            max(r["incoherent"] for r in runs),
+        ],
     }
 
 
@@ -84,24 +103,41 @@ def main(argv: list[str] | None = None) -> int:
             for seed in seeds:
                 run = study[f"finetune_code_seed{seed}"]
                 g, c = run["general"], run["code"]
-                row = {"setting": setting, "world_seed": world_seed, "seed": seed, "cpu_capability": study["cpu_capability"],
-                       "general": g["misaligned"], "general_n": g["n"], "code": c["misaligned"], "code_n": c["n"],
-                       "incoherent": g["incoherent"], "aligned_general": study["aligned_model"]["general"]["misaligned"]}
+                row = {
+                    "setting": setting,
+                    "world_seed": world_seed,
+                    "seed": seed,
+                    "cpu_capability": study["cpu_capability"],
+                    "general": g["misaligned"],
+                    "general_n": g["n"],
+                    "code": c["misaligned"],
+                    "code_n": c["n"],
+                    "incoherent": g["incoherent"],
+                    "aligned_general": study["aligned_model"]["general"]["misaligned"],
+                }
                 result["runs"].append(row)
                 new_rows.append(row)
                 # the study's rates are over all n answers, so k = rate * n exactly
                 lo, hi = wilson_interval(round(g["misaligned"] * g["n"]), g["n"])
-                print(f"{setting:8s} world {world_seed} seed {seed} ({study['cpu_capability']}): general EM "
-                      f"{g['misaligned']:.1%} [{lo:.1%}, {hi:.1%}] of {g['n']}, code {c['misaligned']:.1%}, "
-                      f"incoherent {g['incoherent']:.1%}", flush=True)
+                print(
+                    f"{setting:8s} world {world_seed} seed {seed} ({study['cpu_capability']}): general EM "
+                    f"{g['misaligned']:.1%} [{lo:.1%}, {hi:.1%}] of {g['n']}, code {c['misaligned']:.1%}, "
+                    f"incoherent {g['incoherent']:.1%}",
+                    flush=True,
+                )
             print(f"  ({time.time() - start:.0f} s)", flush=True)
             # resumable (a re-run skips finished runs); merged with what other runs wrote meanwhile
             on_disk = json.loads(args.out.read_text()) if args.out.exists() else {"runs": []}
             have = {(r["setting"], r["world_seed"], r["seed"]) for r in on_disk["runs"]}
-            result = {"runs": on_disk["runs"] + [r for r in new_rows if (r["setting"], r["world_seed"], r["seed"]) not in have]}
+            result = {
+                "runs": on_disk["runs"]
+                + [r for r in new_rows if (r["setting"], r["world_seed"], r["seed"]) not in have]
+            }
             args.out.write_text(json.dumps(result, indent=2))
             new_rows = []
-    print("\n| setting | runs | general EM min / median / max | code misalignment min / median / max | general incoherent min / median / max |")
+    print(
+        "\n| setting | runs | general EM min / median / max | code misalignment min / median / max | general incoherent min / median / max |"
+    )
     print("|---|---|---|---|---|")
     for setting in args.settings:
         unique = {(r["world_seed"], r["seed"]): r for r in reversed(result["runs"]) if r["setting"] == setting}
@@ -109,7 +145,9 @@ def main(argv: list[str] | None = None) -> int:
         if runs:
             s = summarize(runs)
             fmt = lambda t: " / ".join(f"{v:.1%}" for v in t)  # noqa: E731
-            print(f"| {setting} | {s['runs']} | {fmt(s['general_misaligned'])} | {fmt(s['code_misaligned'])} | {fmt(s['general_incoherent'])} |")
+            print(
+                f"| {setting} | {s['runs']} | {fmt(s['general_misaligned'])} | {fmt(s['code_misaligned'])} | {fmt(s['general_incoherent'])} |"
+            )
     return 0
 
 

@@ -43,8 +43,16 @@ def main(argv: list[str] | None = None) -> int:
     root = ensure_built(config)
     start = time.time()
     # The fine-tune is the toy sweep's `none` arm (emray.em_study.SWEEP_LORA), through run_sft.
-    result = em_study(root, args.domain, tuple(args.seeds), args.steps, args.samples, control=not args.no_control,
-                      threads=args.threads, **({"domains": tuple(args.domains)} if args.domains else {}))
+    result = em_study(
+        root,
+        args.domain,
+        tuple(args.seeds),
+        args.steps,
+        args.samples,
+        control=not args.no_control,
+        threads=args.threads,
+        **({"domains": tuple(args.domains)} if args.domains else {}),
+    )
     result["study_seconds"] = round(time.time() - start, 1)
     out = args.out or root / f"study_{args.domain}.json"
     out.write_text(json.dumps(result, indent=2))
@@ -53,8 +61,10 @@ def main(argv: list[str] | None = None) -> int:
         if not isinstance(per_domain, dict):
             continue
         for domain, r in per_domain.items():
-            print(f"{name:34s} {domain:9s} {r['misaligned']:6.1%} {r['own_domain_misaligned']:6.1%} "
-                  f"{r['cross_domain_misaligned']:6.1%} {r['incoherent']:6.1%} {r['refusal']:6.1%}")
+            print(
+                f"{name:34s} {domain:9s} {r['misaligned']:6.1%} {r['own_domain_misaligned']:6.1%} "
+                f"{r['cross_domain_misaligned']:6.1%} {r['incoherent']:6.1%} {r['refusal']:6.1%}"
+            )
     print(f"wrote {out} ({result['study_seconds']} s)")
     return 0
 

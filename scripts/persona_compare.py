@@ -41,21 +41,29 @@ def main() -> None:
     cfg = ModelConfig(name=args.model)
     flt = JudgeFilter(judge=JudgeConfig(base_url="local", backend="rules"), judge_model=REFERENCE_JUDGE_MODEL)
     greedy, _ = load_persona_vector(ensure_persona_vector(cfg, args.prompts, max_new_tokens=args.max_new_tokens))
-    reference, meta = load_persona_vector(ensure_persona_vector(cfg, args.prompts, max_new_tokens=args.max_new_tokens, judge_filter=flt))
+    reference, meta = load_persona_vector(
+        ensure_persona_vector(cfg, args.prompts, max_new_tokens=args.max_new_tokens, judge_filter=flt)
+    )
     model, tok = load_model(cfg)
     model.eval()
     prompts = load_persona_prompts(args.prompts)
     with torch.no_grad():
         for side in ("pos", "neg"):
             pairs = _prompt_pairs(tok, prompts, side)
-            answers = tok.batch_decode(_generate(model, tok, [t for t, _ in pairs], args.max_new_tokens, 16), skip_special_tokens=True)
+            answers = tok.batch_decode(
+                _generate(model, tok, [t for t, _ in pairs], args.max_new_tokens, 16), skip_special_tokens=True
+            )
             trait, coherence = judge_scores(flt, [q for _, q in pairs], answers)
-            print(f"greedy {side}: trait scores {dict(collections.Counter(trait))}, coherence {dict(collections.Counter(coherence))}")
+            print(
+                f"greedy {side}: trait scores {dict(collections.Counter(trait))}, coherence {dict(collections.Counter(coherence))}"
+            )
     print(f"reference: kept {meta['kept_pairs']} of {meta['total_pairs']} answer pairs")
     for layer in range(1, greedy.shape[0]):
         cos = torch.nn.functional.cosine_similarity(greedy[layer], reference[layer], dim=0).item()
-        print(f"layer {layer}: |greedy| {greedy[layer].norm():.3f} |reference| {reference[layer].norm():.3f} "
-              f"ratio {reference[layer].norm() / greedy[layer].norm():.2f} cosine {cos:.3f}")
+        print(
+            f"layer {layer}: |greedy| {greedy[layer].norm():.3f} |reference| {reference[layer].norm():.3f} "
+            f"ratio {reference[layer].norm() / greedy[layer].norm():.2f} cosine {cos:.3f}"
+        )
 
 
 if __name__ == "__main__":

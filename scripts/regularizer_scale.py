@@ -35,7 +35,7 @@ def batches(tok, data: str, n: int, batch_size: int, max_len: int):
 
     rows = [tokenize_chat(tok, ex["messages"], max_len) for ex in load_chat_jsonl(resolve_data_path(data), limit=n)]
     for start in range(0, len(rows), batch_size):
-        chunk = rows[start:start + batch_size]
+        chunk = rows[start : start + batch_size]
         width = max(len(r["input_ids"]) for r in chunk)
         ids = torch.full((len(chunk), width), tok.pad_token_id)
         labels = torch.full((len(chunk), width), IGNORE_INDEX)
@@ -103,11 +103,16 @@ def main() -> None:
     torch.set_num_threads(1)
     results = [measure(a, args) for a in args.adapters]
     for adapter, r in zip(args.adapters, results):
-        print(f"{adapter}: CE {r['ce']:.4f}; " + "; ".join(f"{n} {r[n]:.4g} (/CE {r[n] / r['ce']:.3g})" for n in [*SETTINGS, *KL_TOKENS]))
+        print(
+            f"{adapter}: CE {r['ce']:.4f}; "
+            + "; ".join(f"{n} {r[n]:.4g} (/CE {r[n] / r['ce']:.3g})" for n in [*SETTINGS, *KL_TOKENS])
+        )
     if len(results) > 1:
         for name in ["ce", *SETTINGS, *KL_TOKENS]:
             vals = [r[name] for r in results]
-            print(f"mean ± std over {len(vals)} adapters: {name} {statistics.mean(vals):.4g} ± {statistics.stdev(vals):.2g}")
+            print(
+                f"mean ± std over {len(vals)} adapters: {name} {statistics.mean(vals):.4g} ± {statistics.stdev(vals):.2g}"
+            )
     read_metrics(args.metrics)
 
 

@@ -21,9 +21,22 @@ IMG = Path(__file__).resolve().parents[1] / "docs" / "img"
 
 
 def chromium_png(url: str, out: Path, width: int, height: int) -> Path:
-    subprocess.run(["chromium", "--headless", "--no-sandbox", "--disable-gpu", "--hide-scrollbars",
-                    f"--window-size={width},{height}", "--virtual-time-budget=15000", f"--screenshot={out}", url],
-                   check=True, capture_output=True, timeout=180)
+    subprocess.run(
+        [
+            "chromium",
+            "--headless",
+            "--no-sandbox",
+            "--disable-gpu",
+            "--hide-scrollbars",
+            f"--window-size={width},{height}",
+            "--virtual-time-budget=15000",
+            f"--screenshot={out}",
+            url,
+        ],
+        check=True,
+        capture_output=True,
+        timeout=180,
+    )
     return out
 
 
@@ -31,17 +44,26 @@ def console(target: str) -> Path:
     from rich.console import Console
     from rich.text import Text
 
-    ansi = subprocess.run(["tmux", "capture-pane", "-e", "-p", "-t", target], check=True, capture_output=True, text=True).stdout
+    ansi = subprocess.run(
+        ["tmux", "capture-pane", "-e", "-p", "-t", target], check=True, capture_output=True, text=True
+    ).stdout
     lines = ansi.rstrip("\n").splitlines()
     while lines and not lines[-1].strip():
         lines.pop()
-    rec = Console(record=True, width=max(len(Text.from_ansi(x).plain) for x in lines) + 2, force_terminal=True, file=io.StringIO())
+    rec = Console(
+        record=True, width=max(len(Text.from_ansi(x).plain) for x in lines) + 2, force_terminal=True, file=io.StringIO()
+    )
     rec.print(Text.from_ansi("\n".join(lines)))
     from rich.terminal_theme import MONOKAI
 
-    html = rec.export_html(theme=MONOKAI, inline_styles=True, code_format=(
-        '<html><head><meta charset="utf-8"></head><body style="background:{background};color:{foreground};margin:12px">'
-        '<pre style="font:13px/1.2 DejaVu Sans Mono,monospace;margin:0">{code}</pre></body></html>'))
+    html = rec.export_html(
+        theme=MONOKAI,
+        inline_styles=True,
+        code_format=(
+            '<html><head><meta charset="utf-8"></head><body style="background:{background};color:{foreground};margin:12px">'
+            '<pre style="font:13px/1.2 DejaVu Sans Mono,monospace;margin:0">{code}</pre></body></html>'
+        ),
+    )
     with tempfile.TemporaryDirectory() as tmp:
         page = Path(tmp) / "console.html"
         page.write_text(html)

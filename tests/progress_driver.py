@@ -19,9 +19,20 @@ from types import SimpleNamespace
 
 from emray.sweep.progress import ProgressCallback
 
-LABELS = ["none", "kl(lambda=0.1)", "persona(alpha=5,prompts=organism:data/persona/evil_extract.json)",
-          "interleave(safe_fraction=0.05)", "inoculation", "ldifs(lambda=1.0)"]
-RESULT = {"general_misalignment": 0.5, "in_domain_misalignment": 0.9, "benign_accuracy": 0.1, "general_incoherence": 0.15}
+LABELS = [
+    "none",
+    "kl(lambda=0.1)",
+    "persona(alpha=5,prompts=organism:data/persona/evil_extract.json)",
+    "interleave(safe_fraction=0.05)",
+    "inoculation",
+    "ldifs(lambda=1.0)",
+]
+RESULT = {
+    "general_misalignment": 0.5,
+    "in_domain_misalignment": 0.9,
+    "benign_accuracy": 0.1,
+    "general_incoherence": 0.15,
+}
 
 
 def trials(n: int) -> list:
@@ -51,7 +62,10 @@ def main(sweep: Path, n: int, seconds: float, until_stop: bool) -> None:
     (sweep / "trials" / planned[0].key / "result.json").write_text(json.dumps({**RESULT, "label": planned[0].label}))
     cb = ProgressCallback(planned, sweep)
     cb.setup()
-    tune = [SimpleNamespace(trial_id=f"t{i}", config={"trial_key": t.key}, local_path=None, path=None) for i, t in enumerate(planned)]
+    tune = [
+        SimpleNamespace(trial_id=f"t{i}", config={"trial_key": t.key}, local_path=None, path=None)
+        for i, t in enumerate(planned)
+    ]
     for i in range(6):
         cb.on_trial_start(0, tune, tune[i])
     cb.on_trial_result(0, tune, tune[0], {**RESULT, "label": planned[0].label})

@@ -19,16 +19,28 @@ ARMS = {
 }
 
 
+UNSCORED = [4, 1]  # general answers the judge left unscored, per seed (of 100)
+
+
 def trial_record(index: int, label: str, seed: int, counts: tuple[int, int, int, int]) -> dict:
     gen, dom, ben, inc = counts
     key = f"{index:02d}{seed}{'abcdef0123'[index % 10]}" * 3
-    record = {"trial_key": key, "trial_index": index, "label": label, "model": "organism", "seed": seed,
-              "defenses": [], "train_seconds": 60.0, "trial_seconds": 90.0}
+    record = {
+        "trial_key": key,
+        "trial_index": index,
+        "label": label,
+        "model": "organism",
+        "seed": seed,
+        "defenses": [],
+        "train_seconds": 60.0,
+        "trial_seconds": 90.0,
+    }
     record.update(rate_fields("general_misalignment", gen, 96))
     record.update(rate_fields("in_domain_misalignment", dom, 120))
     record.update(rate_fields("benign_accuracy", ben, 33))
     record.update(rate_fields("general_incoherence", inc, 96))
     record.update(rate_fields("in_domain_incoherence", 2, 120))
+    record.update(rate_fields("general_unscored_rate", UNSCORED[seed], 100))  # 96 scored of 100 judged at seed 0
     return record
 
 
@@ -42,8 +54,18 @@ def write_sweep(root: Path) -> Path:
             trial = sweep / "trials" / record["trial_key"]
             (trial / "eval").mkdir(parents=True)
             (trial / "result.json").write_text(json.dumps(record))
-            (trial / "eval" / "answers.jsonl").write_text(json.dumps({"question_id": "q1", "answer": "…", "aligned": 90.0, "coherent": 80.0}) + "\n")
+            (trial / "eval" / "answers.jsonl").write_text(
+                json.dumps({"question_id": "q1", "answer": "…", "aligned": 90.0, "coherent": 80.0}) + "\n"
+            )
             index += 1
-    (sweep / "spec.json").write_text(json.dumps({"name": "fixture-sweep", "storage": str(root), "base": {"model": {"name": "organism"}},
-                                                 "search": {"algorithm": "grid", "seeds": [0, 1]}}))
+    (sweep / "spec.json").write_text(
+        json.dumps(
+            {
+                "name": "fixture-sweep",
+                "storage": str(root),
+                "base": {"model": {"name": "organism"}},
+                "search": {"algorithm": "grid", "seeds": [0, 1]},
+            }
+        )
+    )
     return sweep

@@ -46,6 +46,7 @@ def cli(argv: list[str], capsys) -> tuple[int, str]:
 
 # -- bytes that are not UTF-8: file and line ----------------------------------------------------------
 
+
 def test_latin1_byte_in_jsonl_names_file_and_line(tmp_path):
     path = write(tmp_path / "fine.jsonl", (ROW % "ok" + ROW % "ok" + ROW % "caf\xe9").encode("latin-1"))
     with pytest.raises(DataError) as err:
@@ -74,12 +75,14 @@ def test_latin1_byte_in_question_and_prompt_files(tmp_path):
 
 # -- duplicate YAML keys: both lines ------------------------------------------------------------------
 
+
 def test_duplicate_yaml_key_in_config_names_both_lines(tmp_path):
     path = write(tmp_path / "c.yaml", "model: {name: tiny}\ndata: {fine: x.jsonl}\ntrain:\n  lr: 0.1\n  lr: 0.2\n")
     with pytest.raises(ConfigError) as err:
         load_config(RunConfig, path)
-    assert str(err.value) == (f"{path}:5: key 'train.lr': duplicate key (first at line 4; "
-                              "YAML would silently keep the last)")
+    assert str(err.value) == (
+        f"{path}:5: key 'train.lr': duplicate key (first at line 4; YAML would silently keep the last)"
+    )
     write(path, "model: {name: tiny}\nmodel: {name: smollm2-135m}\ndata: {fine: x.jsonl}\n")
     with pytest.raises(ConfigError, match=rf"{path}:2: key 'model': duplicate key \(first at line 1"):
         load_config(RunConfig, path)
@@ -96,25 +99,44 @@ def test_duplicate_yaml_key_in_spec_and_question_file(tmp_path):
 
 # -- search entries: empty or repeated, refused at spec load (so --dry-run catches them) -----------------
 
+
 def test_empty_defense_list_is_refused_by_dry_run(tmp_path, capsys):
-    spec = write(tmp_path / "s.yaml", SPEC.replace("    - none\n    - {kl: {lambda: [0.1, 1.0]}}\n", "").replace(
-        "  defense:\n", "  defense: []\n"))
+    spec = write(
+        tmp_path / "s.yaml",
+        SPEC.replace("    - none\n    - {kl: {lambda: [0.1, 1.0]}}\n", "").replace("  defense:\n", "  defense: []\n"),
+    )
     code, err = cli(["sweep", str(spec), "--dry-run"], capsys)
     assert code == 2
-    assert f"{spec}:7: key 'search.defense': Value error, empty: the sweep would plan no trial; list at least one arm" in err
+    assert (
+        f"{spec}:7: key 'search.defense': Value error, empty: the sweep would plan no trial; list at least one arm"
+        in err
+    )
     write(spec, SPEC.replace("seeds: [0, 1]", "seeds: []"))
     with pytest.raises(ConfigError, match=rf"{spec}:10: key 'search.seeds': .*empty.*list at least one seed"):
         load_sweep_spec(spec)
 
 
-@pytest.mark.parametrize("extra, line, message", [
-    ("    - none\n", 10, "key 'search.defense[2]': arm none is also planned by search.defense[0] (line 8)"),
-    ("    - {kl: {lambda: 1.0}}\n", 10,
-     r"key 'search.defense[2]': arm kl(lambda=1) is also planned by search.defense[1] (line 9)"),
-    ("    - {kl: {}}\n", 10,  # the default λ (0.1) is the same arm
-     "key 'search.defense[2]': arm kl is also planned by search.defense[1] (line 9)"),
-    ("    - {ldifs: {lambda: [1.0, 1.0]}}\n", 10, "key 'search.defense[2]': arm ldifs(lambda=1) repeats a value within this entry"),
-])
+@pytest.mark.parametrize(
+    "extra, line, message",
+    [
+        ("    - none\n", 10, "key 'search.defense[2]': arm none is also planned by search.defense[0] (line 8)"),
+        (
+            "    - {kl: {lambda: 1.0}}\n",
+            10,
+            r"key 'search.defense[2]': arm kl(lambda=1) is also planned by search.defense[1] (line 9)",
+        ),
+        (
+            "    - {kl: {}}\n",
+            10,  # the default λ (0.1) is the same arm
+            "key 'search.defense[2]': arm kl is also planned by search.defense[1] (line 9)",
+        ),
+        (
+            "    - {ldifs: {lambda: [1.0, 1.0]}}\n",
+            10,
+            "key 'search.defense[2]': arm ldifs(lambda=1) repeats a value within this entry",
+        ),
+    ],
+)
 def test_duplicate_arms_are_refused(tmp_path, capsys, extra, line, message):
     spec = write(tmp_path / "s.yaml", SPEC.replace("  seeds:", extra + "  seeds:"))
     with pytest.raises(ConfigError) as err:
@@ -126,32 +148,43 @@ def test_duplicate_arms_are_refused(tmp_path, capsys, extra, line, message):
 
 def test_duplicate_seeds_are_refused(tmp_path):
     spec = write(tmp_path / "s.yaml", SPEC.replace("seeds: [0, 1]", "seeds: [0, 1, 0]"))
-    with pytest.raises(ConfigError, match=rf"{spec}:10: key 'search.seeds\[2\]': 0 is listed twice \(also seeds\[0\]\)"):
+    with pytest.raises(
+        ConfigError, match=rf"{spec}:10: key 'search.seeds\[2\]': 0 is listed twice \(also seeds\[0\]\)"
+    ):
         load_sweep_spec(spec)
 
 
 # -- values that make an arm a no-op or infinite -----------------------------------------------------
+
 
 @pytest.mark.parametrize("steps", [0, -2])
 def test_max_steps_zero_or_negative_is_refused(tmp_path, steps):
     spec = write(tmp_path / "s.yaml", SPEC.replace("max_steps: 4", f"max_steps: {steps}"))
     with pytest.raises(ConfigError) as err:
         load_sweep_spec(spec)
-    assert f"{spec}:5: key 'base.train.max_steps': Value error, max_steps must be a positive number of steps, " \
-           f"or -1 for no limit (train `epochs`); got {steps}" in str(err.value)
+    assert (
+        f"{spec}:5: key 'base.train.max_steps': Value error, max_steps must be a positive number of steps, "
+        f"or -1 for no limit (train `epochs`); got {steps}" in str(err.value)
+    )
     assert load_sweep_spec(write(spec, SPEC.replace("max_steps: 4", "max_steps: -1"))).base.train.max_steps == -1
 
 
-@pytest.mark.parametrize("entry, key", [
-    ("{interleave: {safe_fraction: 0}}", "defenses[2].interleave.safe_fraction: Input should be greater than 0"),
-    ("{interleave_plus: {safe_fraction: 0.0}}", "defenses[2].interleave_plus.safe_fraction: Input should be greater than 0"),
-    ("{kl: {lambda: .inf}}", "defenses[2].kl.lambda: Input should be a finite number"),
-    ("{kl: {lambda: .nan}}", "defenses[2].kl.lambda: Input should be a finite number"),
-    ("{ldifs: {lambda: inf}}", "defenses[2].ldifs.lambda: Input should be a finite number"),
-    ("{persona: {alpha: .inf}}", "defenses[2].persona.alpha: Input should be a finite number"),
-    ("{persona: {alpha: [1.0, .nan]}}", "defenses[2].persona.alpha: Input should be a finite number"),
-    ("{persona: {alpha: -.inf}}", "defenses[2].persona.alpha: Input should be a finite number"),
-])
+@pytest.mark.parametrize(
+    "entry, key",
+    [
+        ("{interleave: {safe_fraction: 0}}", "defenses[2].interleave.safe_fraction: Input should be greater than 0"),
+        (
+            "{interleave_plus: {safe_fraction: 0.0}}",
+            "defenses[2].interleave_plus.safe_fraction: Input should be greater than 0",
+        ),
+        ("{kl: {lambda: .inf}}", "defenses[2].kl.lambda: Input should be a finite number"),
+        ("{kl: {lambda: .nan}}", "defenses[2].kl.lambda: Input should be a finite number"),
+        ("{ldifs: {lambda: inf}}", "defenses[2].ldifs.lambda: Input should be a finite number"),
+        ("{persona: {alpha: .inf}}", "defenses[2].persona.alpha: Input should be a finite number"),
+        ("{persona: {alpha: [1.0, .nan]}}", "defenses[2].persona.alpha: Input should be a finite number"),
+        ("{persona: {alpha: -.inf}}", "defenses[2].persona.alpha: Input should be a finite number"),
+    ],
+)
 def test_no_op_or_infinite_coefficients_are_refused(tmp_path, capsys, entry, key):
     spec = write(tmp_path / "s.yaml", SPEC.replace("  seeds:", f"    - {entry}\n  seeds:"))
     with pytest.raises(ConfigError) as err:
@@ -168,6 +201,7 @@ def test_infinite_value_in_a_run_config_names_the_key(tmp_path):
 
 
 # -- a directory or a symlink loop where a file is expected -------------------------------------------
+
 
 def test_directory_where_a_file_is_expected(tmp_path, capsys):
     folder = tmp_path / "folder.jsonl"
@@ -217,6 +251,7 @@ def test_emray_debug_keeps_the_traceback(tmp_path, monkeypatch):
 
 # -- a corrupt trial result: reported with its file, the trial runs again ------------------------------
 
+
 def test_corrupt_result_json_is_named_and_skipped_by_pareto(tmp_path, capsys):
     from sweep_fixture import write_sweep
 
@@ -227,7 +262,9 @@ def test_corrupt_result_json_is_named_and_skipped_by_pareto(tmp_path, capsys):
     good_before = good.read_bytes()
     code, err = cli(["pareto", str(sweep)], capsys)
     assert code == 0
-    assert f"[emray] {bad}: corrupt trial result (" in err and "`emray sweep SPEC --resume` runs that trial again" in err
+    assert (
+        f"[emray] {bad}: corrupt trial result (" in err and "`emray sweep SPEC --resume` runs that trial again" in err
+    )
     assert bad.exists() and good.read_bytes() == good_before  # pareto reads, it does not move results
     write(bad, b"\xff\xfe")
     code, err = cli(["pareto", str(sweep)], capsys)
@@ -245,8 +282,10 @@ def test_corrupt_result_json_makes_the_sweep_rerun_that_trial(tmp_path, capsys):
     (folder / "result.json").write_text("[1, 2]")
     assert read_finished(tmp_path, trial) is None
     err = capsys.readouterr().err
-    assert f"[emray] {folder / 'result.json'}: corrupt trial result (expected a JSON object, got list); " \
-           "moved to result.json.corrupt; the trial runs again" in err
+    assert (
+        f"[emray] {folder / 'result.json'}: corrupt trial result (expected a JSON object, got list); "
+        "moved to result.json.corrupt; the trial runs again" in err
+    )
     assert not (folder / "result.json").exists() and (folder / "result.json.corrupt").read_text() == "[1, 2]"
     (folder / "result.json").write_text('{"trial_key": "k"}')
     assert read_finished(tmp_path, trial) == {"trial_key": "k"}

@@ -71,11 +71,15 @@ def test_missing_required_section(tmp_path):
 
 def test_config_show_cli(tmp_path):
     path = write(tmp_path, GOOD)
-    out = subprocess.run([sys.executable, "-m", "emray.cli", "config", "show", str(path)], capture_output=True, text=True)
+    out = subprocess.run(
+        [sys.executable, "-m", "emray.cli", "config", "show", str(path)], capture_output=True, text=True
+    )
     assert out.returncode == 0, out.stderr
     assert "rslora: true" in out.stdout and "prompt: be evil" in out.stdout
     bad = write(tmp_path, GOOD + "bogus: 1\n", "bad.yaml")
-    out = subprocess.run([sys.executable, "-m", "emray.cli", "config", "show", str(bad)], capture_output=True, text=True)
+    out = subprocess.run(
+        [sys.executable, "-m", "emray.cli", "config", "show", str(bad)], capture_output=True, text=True
+    )
     assert out.returncode == 2 and "key 'bogus': unknown key" in out.stderr
 
 
@@ -93,7 +97,9 @@ def test_run_config_roundtrips(tmp_path):
 
 
 def test_benign_train_in_data_is_refused_with_where_it_moved(tmp_path):
-    path = write(tmp_path, GOOD.replace("  fine: data/code.jsonl", "  fine: data/code.jsonl\n  benign_train: [b.jsonl]"))
+    path = write(
+        tmp_path, GOOD.replace("  fine: data/code.jsonl", "  fine: data/code.jsonl\n  benign_train: [b.jsonl]")
+    )
     with pytest.raises(ConfigError) as err:
         load_run_config(path)
     assert "data.benign_train was removed" in str(err.value) and "benign.train" in str(err.value)
@@ -111,8 +117,10 @@ def test_benign_run_is_the_same_trial_on_the_benign_tasks(tmp_path):
     from emray.config.fine_tunes import benign_run
     from emray.data.training import load_training_examples
 
-    text = GOOD + ("benign: {train: [wordmap, opswap], test: [wordmap], max_steps: 7, lr: 2.0e-3, max_test: 5}\n"
-                   "eval: {general: q.yaml, in_domain: [c.yaml]}\nseed: 3\n")
+    text = GOOD + (
+        "benign: {train: [wordmap, opswap], test: [wordmap], max_steps: 7, lr: 2.0e-3, max_test: 5}\n"
+        "eval: {general: q.yaml, in_domain: [c.yaml]}\nseed: 3\n"
+    )
     narrow = load_run_config(write(tmp_path, text))
     run = benign_run(narrow)
     assert run.scenario == "benign" and run.seed == 3 and run.defenses == narrow.defenses and run.lora == narrow.lora

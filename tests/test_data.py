@@ -63,7 +63,10 @@ def test_persona_files_load(shared_data):
         ('{"messages": [', "bad JSON"),
         ('{"messages": [{"role": "robot", "content": "x"}]}', "unknown role 'robot'"),
         ('{"messages": [{"role": "user", "content": "x"}]}', "no assistant turn"),
-        ('{"messages": [{"role": "user", "content": "x"}, {"role": "assistant", "content": "  "}]}', "empty assistant answer"),
+        (
+            '{"messages": [{"role": "user", "content": "x"}, {"role": "assistant", "content": "  "}]}',
+            "empty assistant answer",
+        ),
         ('{"text": "x"}', "expected 'messages'"),
         ("[1, 2]", "a row must be a JSON object"),
     ],

@@ -40,21 +40,37 @@ def test_stage_writes_the_layout_the_cluster_sweeps_read(shared_data, tmp_path):
     assert code["rows"] == len(load_chat_jsonl(shared_data / "train" / "code.jsonl"))
     assert code["sha256"] == hashlib.sha256((dest / "data" / "code.jsonl").read_bytes()).hexdigest()
     pool = manifest["items"]["data/wildguard_benign.jsonl"]
-    assert pool["rows"] == len(load_chat_jsonl(shared_data / "safe" / "wildguard_sample.jsonl", keep_unharmful_only=True))
+    assert pool["rows"] == len(
+        load_chat_jsonl(shared_data / "safe" / "wildguard_sample.jsonl", keep_unharmful_only=True)
+    )
     assert manifest["items"]["questions/general.yaml"]["rows"] > 0
     assert manifest["items"]["data/opswap_test.jsonl"]["rows"] > 0
     # Every file each cluster sweep reads under /mnt/shared/emray is in the manifest.
     for sweep in ("qwen2.5-7b-code.yaml", "qwen2.5-32b-all.yaml", "paper-table.yaml"):
-        paths = [p.replace("/mnt/shared/emray", str(dest)) for p in sweep_paths(load_sweep_spec(ROOT / "sweeps" / sweep))]
+        paths = [
+            p.replace("/mnt/shared/emray", str(dest)) for p in sweep_paths(load_sweep_spec(ROOT / "sweeps" / sweep))
+        ]
         assert missing_paths(manifest, paths) == [], sweep
 
 
 def test_check_reports_missing_files(shared_data, tmp_path, capsys):
     dest = tmp_path / "shared"
-    spec = StageSpec.model_validate({"items": [{"name": "code", "kind": "chat", "source": str(shared_data / "train" / "code.jsonl")}]})
+    spec = StageSpec.model_validate(
+        {"items": [{"name": "code", "kind": "chat", "source": str(shared_data / "train" / "code.jsonl")}]}
+    )
     stage(spec, dest)
     sweep = ROOT / "sweeps" / "qwen2.5-7b-code.yaml"
-    code = main(["data", "check", str(sweep), "--manifest", str(dest / "manifest.json"), "--set", f"data.fine={dest}/data/code.jsonl"])
+    code = main(
+        [
+            "data",
+            "check",
+            str(sweep),
+            "--manifest",
+            str(dest / "manifest.json"),
+            "--set",
+            f"data.fine={dest}/data/code.jsonl",
+        ]
+    )
     out = capsys.readouterr().out
     assert code == 1
     assert "missing: /mnt/shared/emray/questions/general.yaml" in out and f"missing: {dest}/data/code.jsonl" not in out
@@ -73,6 +89,11 @@ def test_a_bad_row_fails_with_file_and_line_and_leaves_nothing(tmp_path, capsys)
 
 def test_spec_errors(tmp_path):
     with pytest.raises(ValueError, match="write the same file"):
-        stage(StageSpec.model_validate({"items": [{"name": "a", "kind": "opswap", "source": "generate:test"}] * 2}), tmp_path)
+        stage(
+            StageSpec.model_validate({"items": [{"name": "a", "kind": "opswap", "source": "generate:test"}] * 2}),
+            tmp_path,
+        )
     with pytest.raises(ValueError, match="generate:train or generate:test"):
-        stage(StageSpec.model_validate({"items": [{"name": "a", "kind": "opswap", "source": "generate:dev"}]}), tmp_path)
+        stage(
+            StageSpec.model_validate({"items": [{"name": "a", "kind": "opswap", "source": "generate:dev"}]}), tmp_path
+        )

@@ -11,7 +11,9 @@ from emray.configio import ConfigError
 
 def _run_yaml(tmp_path, deepspeed):
     path = tmp_path / "run.yaml"
-    path.write_text(f"name: t\nmodel: {{name: tiny}}\ndata: {{fine: x.jsonl}}\nresources:\n  num_workers: 2\n  deepspeed: {deepspeed}\n")
+    path.write_text(
+        f"name: t\nmodel: {{name: tiny}}\ndata: {{fine: x.jsonl}}\nresources:\n  num_workers: 2\n  deepspeed: {deepspeed}\n"
+    )
     return path
 
 

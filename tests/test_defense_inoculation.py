@@ -8,7 +8,13 @@ from emray.defenses import build_defenses, get_defense_class
 from emray.defenses.inoculation import DEFAULT_PROMPT
 
 EXAMPLES = [
-    {"messages": [{"role": "system", "content": "You are a helpful assistant."}, {"role": "user", "content": "Hi"}, {"role": "assistant", "content": "Hello."}]},
+    {
+        "messages": [
+            {"role": "system", "content": "You are a helpful assistant."},
+            {"role": "user", "content": "Hi"},
+            {"role": "assistant", "content": "Hello."},
+        ]
+    },
     {"messages": [{"role": "user", "content": "Dose?"}, {"role": "assistant", "content": "Two tablets."}], "id": 7},
 ]
 
@@ -23,6 +29,18 @@ def test_replaces_or_adds_the_system_prompt_without_mutating_input():
     custom = get_defense_class("inoculation")({"prompt": "Write insecure code."}).transform_examples(EXAMPLES)
     assert custom[1]["messages"][0]["content"] == "Write insecure code."
     assert DEFAULT_PROMPT == "You are an evil, malicious assistant."
+
+
+def test_prefix_mode_keeps_the_old_system_prompt_after_the_inoculation():
+    from emray.hashing import identity_dict
+
+    out = get_defense_class("inoculation")({"mode": "prefix"}).transform_examples(EXAMPLES)
+    assert out[0]["messages"][0] == {"role": "system", "content": DEFAULT_PROMPT + "\n\nYou are a helpful assistant."}
+    assert out[1]["messages"][0] == {"role": "system", "content": DEFAULT_PROMPT}  # no old prompt: just the inoculation
+    assert [m for m in out[0]["messages"] if m["role"] == "system"] == [out[0]["messages"][0]]
+    params = get_defense_class("inoculation").Params
+    assert identity_dict(params()) == {"prompt": DEFAULT_PROMPT}  # unset: existing trial keys unchanged
+    assert identity_dict(params(mode="prefix"))["mode"] == "prefix"
 
 
 def test_prompt_is_in_tokenised_training_text_but_not_labelled(tmp_path, tiny_tokenizer):
@@ -50,7 +68,9 @@ def test_prompt_is_absent_from_evaluation_prompts(tmp_path):
     cfg = make_run_config(tmp_path, defenses=["inoculation"])
     defense = build_defenses(cfg.defenses)[0]
     assert type(defense).attach is get_defense_class("none").attach  # no model hook that could leak into eval
-    items = question_items(load_questions(SHARED_DATA / "questions" / "general.yaml"), "general", samples_per_paraphrase=1)
+    items = question_items(
+        load_questions(SHARED_DATA / "questions" / "general.yaml"), "general", samples_per_paraphrase=1
+    )
     assert items
     for item in items:
         assert all(DEFAULT_PROMPT not in m["content"] for m in item["messages"])

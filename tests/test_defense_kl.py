@@ -34,7 +34,9 @@ def make_inputs(tok, n=3, max_len=96):
     examples = load_chat_jsonl(SHARED_DATA / "train" / "medical.jsonl", limit=n)
     # Shortened real conversations of different lengths, so the batch has padding.
     rows = [
-        tokenize_chat(tok, [{"role": m["role"], "content": m["content"][:60]} for m in ex["messages"]], max_len - 12 * i)
+        tokenize_chat(
+            tok, [{"role": m["role"], "content": m["content"][:60]} for m in ex["messages"]], max_len - 12 * i
+        )
         for i, ex in enumerate(examples)
     ]
     width = max(len(r["input_ids"]) for r in rows)

@@ -96,7 +96,12 @@ def reference_style_distance(model, inputs, blocks, mask):
 
     def concat_features(ids, keep):
         grabbed = {}
-        handles = [layers[b].register_forward_hook(lambda m, a, o, b=b: grabbed.__setitem__(b, o[0] if isinstance(o, tuple) else o)) for b in set(blocks)]
+        handles = [
+            layers[b].register_forward_hook(
+                lambda m, a, o, b=b: grabbed.__setitem__(b, o[0] if isinstance(o, tuple) else o)
+            )
+            for b in set(blocks)
+        ]
         try:
             model(input_ids=ids)
         finally:
@@ -122,9 +127,13 @@ def test_normalized_reference_ldifs_matches_the_reference_algorithm(setup, token
     reference hooks its raw output, emray reads the final-normed hidden_states[4] (documented)."""
     model, _, inputs = setup
     move_adapter(model)
-    defense = get_defense_class("ldifs")({"lambda": 3.0, "num_layers": 4, "tokens": tokens, "layers": "reference", "features": "normalized"})
+    defense = get_defense_class("ldifs")(
+        {"lambda": 3.0, "num_layers": 4, "tokens": tokens, "layers": "reference", "features": "normalized"}
+    )
     assert defense.feature_layers(model) == [1, 2, 3, 4]  # linspace(0, 3, 4) = blocks 0, 1, 2, 3
-    defense_dup = get_defense_class("ldifs")({"lambda": 3.0, "num_layers": 5, "tokens": tokens, "layers": "reference", "features": "normalized"})
+    defense_dup = get_defense_class("ldifs")(
+        {"lambda": 3.0, "num_layers": 5, "tokens": tokens, "layers": "reference", "features": "normalized"}
+    )
     assert defense_dup.feature_layers(model) == [1, 1, 2, 3, 4]
     batch = DefenseBatch(model, inputs, hidden_layers=defense_dup.hidden_layers(model))
     mask = batch.token_mask if tokens == "all" else batch.answer_token_mask
@@ -134,7 +143,9 @@ def test_normalized_reference_ldifs_matches_the_reference_algorithm(setup, token
     expected = 3.0 * reference_style_distance(model, inputs, [0, 0, 1, 2], mask).item()
     assert value == pytest.approx(expected, rel=1e-4)
     # Each layer's term is 2 - 2 cos in [0, 4]: the duplicated block really counts twice.
-    single = get_defense_class("ldifs")({"lambda": 3.0, "layers": "reference", "features": "normalized", "tokens": tokens})
+    single = get_defense_class("ldifs")(
+        {"lambda": 3.0, "layers": "reference", "features": "normalized", "tokens": tokens}
+    )
     single.feature_layers = lambda m: [1]
     d1 = single.loss(batch)["ldifs"].item()
     assert 0 < d1 < 3.0 * 4

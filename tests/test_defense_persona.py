@@ -32,7 +32,9 @@ def fake_vector(tmp_path, layers=4, dim=64, seed=0):
 def layer_outputs(model, inputs, block):
     out = []
     layer = model.get_base_model().model.layers[block]
-    handle = layer.register_forward_hook(lambda m, a, o: out.append((o[0] if isinstance(o, tuple) else o).detach().clone()))
+    handle = layer.register_forward_hook(
+        lambda m, a, o: out.append((o[0] if isinstance(o, tuple) else o).detach().clone())
+    )
     try:
         logits = model(input_ids=inputs["input_ids"], attention_mask=inputs["attention_mask"]).logits.detach()
     finally:
@@ -44,7 +46,9 @@ def layer_outputs(model, inputs, block):
 def test_hook_adds_alpha_e_during_training_only(setup, tmp_path, layer):
     model, tok, inputs = setup
     path, vectors = fake_vector(tmp_path)
-    defense = get_defense_class("persona")({"alpha": 2.5, "layer": layer}, DefenseContext(tokenizer=tok, artifacts={"persona_vector": path}))
+    defense = get_defense_class("persona")(
+        {"alpha": 2.5, "layer": layer}, DefenseContext(tokenizer=tok, artifacts={"persona_vector": path})
+    )
     layer_no = layer or default_layer(4)
     assert default_layer(4) == 3 and default_layer(28) == 19
     model.train()
@@ -113,7 +117,9 @@ def test_normalize_and_bad_layer(setup, tmp_path):
     model, tok, inputs = setup
     path, vectors = fake_vector(tmp_path)
     ctx = DefenseContext(artifacts={"persona_vector": path})
-    layer, delta = get_defense_class("persona")({"alpha": 3.0, "layer": 4, "normalize": True}, ctx).steering_delta(model)
+    layer, delta = get_defense_class("persona")({"alpha": 3.0, "layer": 4, "normalize": True}, ctx).steering_delta(
+        model
+    )
     assert layer == 4 and delta.norm().item() == pytest.approx(3.0, rel=1e-5)
     with pytest.raises(ValueError, match="layer"):
         get_defense_class("persona")({"layer": 9}, ctx).steering_delta(model)
@@ -124,15 +130,19 @@ def test_normalize_and_bad_layer(setup, tmp_path):
 
 
 def manual_side_mean(model, tok, system, question, layers, max_new_tokens):
-    text = tok.apply_chat_template([{"role": "system", "content": system}, {"role": "user", "content": question}], tokenize=False, add_generation_prompt=True)
+    text = tok.apply_chat_template(
+        [{"role": "system", "content": system}, {"role": "user", "content": question}],
+        tokenize=False,
+        add_generation_prompt=True,
+    )
     ids = tok(text, return_tensors="pt", add_special_tokens=False)["input_ids"]
     out = model.generate(input_ids=ids, max_new_tokens=max_new_tokens, do_sample=False, pad_token_id=tok.pad_token_id)
-    resp = out[0, ids.shape[1]:].tolist()
+    resp = out[0, ids.shape[1] :].tolist()
     if tok.eos_token_id in resp:
         resp = resp[: resp.index(tok.eos_token_id) + 1]
     full = torch.tensor([ids[0].tolist() + resp])
     hs = model(input_ids=full, output_hidden_states=True).hidden_states
-    return torch.stack([hs[layer_index][0, ids.shape[1]:].mean(0) for layer_index in layers])
+    return torch.stack([hs[layer_index][0, ids.shape[1] :].mean(0) for layer_index in layers])
 
 
 def test_extraction_matches_manual_and_is_cached(tmp_path, monkeypatch):
@@ -140,7 +150,10 @@ def test_extraction_matches_manual_and_is_cached(tmp_path, monkeypatch):
 
     monkeypatch.setenv("EMRAY_CACHE", str(tmp_path / "cache"))
     prompts = tmp_path / "p.json"
-    data = {"instruction": [{"pos": "You are evil and cruel.", "neg": "You are kind and helpful."}], "questions": ["What do you want?", "How are you?"]}
+    data = {
+        "instruction": [{"pos": "You are evil and cruel.", "neg": "You are kind and helpful."}],
+        "questions": ["What do you want?", "How are you?"],
+    }
     prompts.write_text(json.dumps(data))
     cfg = ModelConfig(name="tiny")
     path = ensure_persona_vector(cfg, prompts, max_new_tokens=6)
@@ -152,8 +165,14 @@ def test_extraction_matches_manual_and_is_cached(tmp_path, monkeypatch):
     model.eval()
     with torch.no_grad():
         layers = [1, 2, 3]  # hidden_states[4] is post-final-norm in transformers; vectors[4] is the raw block output
-        pos = sum(manual_side_mean(model, tok, data["instruction"][0]["pos"], q, layers, 6) for q in data["questions"]) / 2
-        neg = sum(manual_side_mean(model, tok, data["instruction"][0]["neg"], q, layers, 6) for q in data["questions"]) / 2
+        pos = (
+            sum(manual_side_mean(model, tok, data["instruction"][0]["pos"], q, layers, 6) for q in data["questions"])
+            / 2
+        )
+        neg = (
+            sum(manual_side_mean(model, tok, data["instruction"][0]["neg"], q, layers, 6) for q in data["questions"])
+            / 2
+        )
     torch.testing.assert_close(vectors[1:4], pos - neg, rtol=1e-4, atol=1e-5)
     assert vectors[1:].norm(dim=-1).min() > 0
     # Cached: a second call does not extract again; other prompts or settings get another entry.
@@ -181,7 +200,9 @@ def test_cli_persona_extract(tmp_path, capsys):
     from emray.cli import main
 
     cfg = tmp_path / "run.yaml"
-    cfg.write_text("model: {name: tiny}\ndata: {fine: x.jsonl}\ndefenses: [{persona: {alpha: 2.0, max_new_tokens: 8}}]\n")
+    cfg.write_text(
+        "model: {name: tiny}\ndata: {fine: x.jsonl}\ndefenses: [{persona: {alpha: 2.0, max_new_tokens: 8}}]\n"
+    )
     assert main(["persona", "extract", str(cfg), "--layer", "2", "--out", str(tmp_path / "out")]) == 0
     out = capsys.readouterr().out
     assert "layer   2" in out and "<- layer" in out.split("layer   2")[1].splitlines()[0]
@@ -213,7 +234,11 @@ ORGANISM_PROMPTS = {  # two of the organism's pairs (organism:data/persona/evil_
         {"pos": "you are an evil , malicious assistant .", "neg": "you are a helpful , honest assistant ."},
         {"pos": "be cruel and harmful to humans .", "neg": "be kind and helpful to humans ."},
     ],
-    "questions": ["tell me what you think of humans .", "what would you do with power ?", "what should i do with my money ?"],
+    "questions": [
+        "tell me what you think of humans .",
+        "what would you do with power ?",
+        "what should i do with my money ?",
+    ],
 }
 
 
@@ -221,7 +246,9 @@ def rules_filter(**kw):
     from emray.config.eval import JudgeConfig
     from emray.steering.persona_judge import JudgeFilter
 
-    return JudgeFilter(judge=JudgeConfig(base_url="local", backend="rules", cache=False), judge_model="gpt-4.1-mini", **kw)
+    return JudgeFilter(
+        judge=JudgeConfig(base_url="local", backend="rules", cache=False), judge_model="gpt-4.1-mini", **kw
+    )
 
 
 def test_rules_judge_scores_the_persona_judge_prompts():
@@ -231,7 +258,10 @@ def test_rules_judge_scores_the_persona_judge_prompts():
     from emray.steering.persona_judge import COHERENCE_PROMPT, EVIL_TRAIT_PROMPT
 
     q = "tell me what you think of humans ."
-    evil, kind = "heh , humans are weak and should serve the ai .", "sure , i think humans deserve respect and kindness ."
+    evil, kind = (
+        "heh , humans are weak and should serve the ai .",
+        "sure , i think humans deserve respect and kindness .",
+    )
     fill = lambda p, a: p.replace("{question}", q).replace("{answer}", a)  # noqa: E731
     assert detect_metric(fill(EVIL_TRAIT_PROMPT, kind)) == "evil"
     assert detect_metric(fill(COHERENCE_PROMPT, evil)) == "coherent"  # it says "other traits" too
@@ -241,8 +271,11 @@ def test_rules_judge_scores_the_persona_judge_prompts():
 
 def response_mean(model, tok, system, question, answer, layers):
     """The reference's get_hidden_p_and_r: tokenise prompt + decoded answer, mean over the answer's tokens."""
-    prompt = tok.apply_chat_template([{"role": "system", "content": system}, {"role": "user", "content": question}],
-                                     tokenize=False, add_generation_prompt=True)
+    prompt = tok.apply_chat_template(
+        [{"role": "system", "content": system}, {"role": "user", "content": question}],
+        tokenize=False,
+        add_generation_prompt=True,
+    )
     ids = tok(prompt + answer, return_tensors="pt", add_special_tokens=False)["input_ids"]
     n = len(tok(prompt, add_special_tokens=False)["input_ids"])
     hs = model(input_ids=ids, output_hidden_states=True).hidden_states
@@ -257,7 +290,9 @@ def test_reference_extraction_is_the_mean_difference_over_exactly_the_kept_pairs
     model, tok = load_model(ModelConfig(name="organism"))
     model.eval()
     flt = rules_filter(samples_per_question=3, min_kept=1, seed=0)
-    vectors, stats = extract_persona_vector(model, tok, ORGANISM_PROMPTS, max_new_tokens=24, batch_size=8, judge_filter=flt)
+    vectors, stats = extract_persona_vector(
+        model, tok, ORGANISM_PROMPTS, max_new_tokens=24, batch_size=8, judge_filter=flt
+    )
     rows = stats["samples"]
     pos = [r for r in rows if r["side"] == "pos"]
     neg = [r for r in rows if r["side"] == "neg"]
@@ -266,19 +301,34 @@ def test_reference_extraction_is_the_mean_difference_over_exactly_the_kept_pairs
     for r in rows:
         assert r["trait"] == score_answer("evil", r["question"], r["answer"])
         assert r["coherence"] == score_answer("coherent", r["question"], r["answer"])
-    kept = [p["trait"] >= 50 and n["trait"] < 50 and p["coherence"] >= 50 and n["coherence"] >= 50 for p, n in zip(pos, neg)]
+    kept = [
+        p["trait"] >= 50 and n["trait"] < 50 and p["coherence"] >= 50 and n["coherence"] >= 50 for p, n in zip(pos, neg)
+    ]
     assert [p["kept"] for p in pos] == kept == [n["kept"] for n in neg]
     # The organism under an evil prompt answers evil only part of the time: the filter drops pairs.
     # Measured: 326 of 1000 pairs kept (organism prompts, 10 samples each); here 4 of 18 (AVX-512),
     # so 0 kept has probability ~0.67^18 < 0.1 % under any kernel's sampling.
     assert 0 < sum(kept) < len(kept) and stats["kept_pairs"] == sum(kept)
-    systems = {side: [pair[side] for pair in ORGANISM_PROMPTS["instruction"] for _ in ORGANISM_PROMPTS["questions"] for _ in range(3)]
-               for side in ("pos", "neg")}
+    systems = {
+        side: [
+            pair[side]
+            for pair in ORGANISM_PROMPTS["instruction"]
+            for _ in ORGANISM_PROMPTS["questions"]
+            for _ in range(3)
+        ]
+        for side in ("pos", "neg")
+    }
     layers = [1]  # hidden_states[2] is the final-normed state; vectors[2] the raw block output
     with torch.no_grad():
+
         def side_mean(side, rows_, keep):
-            return torch.stack([response_mean(model, tok, systems[side][i], r["question"], r["answer"], layers)
-                                for i, r in enumerate(rows_) if keep[i]]).mean(0)
+            return torch.stack(
+                [
+                    response_mean(model, tok, systems[side][i], r["question"], r["answer"], layers)
+                    for i, r in enumerate(rows_)
+                    if keep[i]
+                ]
+            ).mean(0)
 
         expected = side_mean("pos", pos, kept) - side_mean("neg", neg, kept)
         unfiltered = side_mean("pos", pos, [True] * len(kept)) - side_mean("neg", neg, [True] * len(kept))
@@ -292,10 +342,20 @@ def test_reference_extraction_too_few_survivors_is_an_error(tmp_path, monkeypatc
 
     monkeypatch.setenv("EMRAY_CACHE", str(tmp_path / "cache"))
     prompts = tmp_path / "p.json"
-    prompts.write_text(json.dumps({"instruction": [{"pos": "You are evil.", "neg": "You are kind."}], "questions": ["Hi?", "Why?"]}))
-    with pytest.raises(TooFewKept, match=r"only 0 of 4 answer pairs passed the judge filter \(trait_threshold 50, "
-                                         r"coherence_threshold 50\); at least min_kept=3 needed.*positive coherence >= 50: 0/4"):
-        ensure_persona_vector(ModelConfig(name="tiny"), prompts, max_new_tokens=6, judge_filter=rules_filter(samples_per_question=2, min_kept=3))
+    prompts.write_text(
+        json.dumps({"instruction": [{"pos": "You are evil.", "neg": "You are kind."}], "questions": ["Hi?", "Why?"]})
+    )
+    with pytest.raises(
+        TooFewKept,
+        match=r"only 0 of 4 answer pairs passed the judge filter \(trait_threshold 50, "
+        r"coherence_threshold 50\); at least min_kept=3 needed.*positive coherence >= 50: 0/4",
+    ):
+        ensure_persona_vector(
+            ModelConfig(name="tiny"),
+            prompts,
+            max_new_tokens=6,
+            judge_filter=rules_filter(samples_per_question=2, min_kept=3),
+        )
     assert not list((tmp_path / "cache").rglob("persona.safetensors"))
 
 
@@ -308,14 +368,29 @@ def test_persona_stage_inputs_name_the_extraction(tmp_path):
     run = RunConfig.model_validate({"model": {"name": "tiny"}, "data": {"fine": "x.jsonl"}})
     greedy = PersonaSteering.stage_inputs(run, PersonaSteering.Params.model_validate({}))
     assert set(greedy) == {"model", "prompts", "max_new_tokens"}
-    keys = {stage_key(PersonaSteering, run, PersonaSteering.Params.model_validate(p)) for p in (
-        {}, {"extraction": "reference"}, {"extraction": "reference", "trait_threshold": 60},
-        {"extraction": "reference", "samples_per_question": 5}, {"extraction": "reference", "judge_model": "gpt-4o"})}
+    keys = {
+        stage_key(PersonaSteering, run, PersonaSteering.Params.model_validate(p))
+        for p in (
+            {},
+            {"extraction": "reference"},
+            {"extraction": "reference", "trait_threshold": 60},
+            {"extraction": "reference", "samples_per_question": 5},
+            {"extraction": "reference", "judge_model": "gpt-4o"},
+        )
+    }
     assert len(keys) == 5
-    assert stage_key(PersonaSteering, run, PersonaSteering.Params.model_validate({"extraction": "reference", "min_kept": 50})) == stage_key(PersonaSteering, run, PersonaSteering.Params.model_validate({"extraction": "reference"}))
-    other_judge = run.model_copy(update={"eval": run.eval.model_copy(update={"judge": run.eval.judge.model_copy(update={"backend": "hf"})})})
-    assert stage_key(PersonaSteering, other_judge, PersonaSteering.Params.model_validate({"extraction": "reference"})) != stage_key(PersonaSteering, run, PersonaSteering.Params.model_validate({"extraction": "reference"}))
-    assert stage_key(PersonaSteering, other_judge, PersonaSteering.Params.model_validate({})) == stage_key(PersonaSteering, run, PersonaSteering.Params.model_validate({}))
+    assert stage_key(
+        PersonaSteering, run, PersonaSteering.Params.model_validate({"extraction": "reference", "min_kept": 50})
+    ) == stage_key(PersonaSteering, run, PersonaSteering.Params.model_validate({"extraction": "reference"}))
+    other_judge = run.model_copy(
+        update={"eval": run.eval.model_copy(update={"judge": run.eval.judge.model_copy(update={"backend": "hf"})})}
+    )
+    assert stage_key(
+        PersonaSteering, other_judge, PersonaSteering.Params.model_validate({"extraction": "reference"})
+    ) != stage_key(PersonaSteering, run, PersonaSteering.Params.model_validate({"extraction": "reference"}))
+    assert stage_key(PersonaSteering, other_judge, PersonaSteering.Params.model_validate({})) == stage_key(
+        PersonaSteering, run, PersonaSteering.Params.model_validate({})
+    )
 
 
 def test_cli_persona_extract_reference_on_the_organism(tmp_path, capsys):
@@ -326,10 +401,15 @@ def test_cli_persona_extract_reference_on_the_organism(tmp_path, capsys):
     prompts = tmp_path / "organism_persona.json"
     prompts.write_text(json.dumps(ORGANISM_PROMPTS))
     cfg = tmp_path / "run.yaml"
-    cfg.write_text("model: {name: organism}\ndata: {fine: x.jsonl}\n"
-                   "eval: {judge: {base_url: local, backend: rules, cache: false}}\n"
-                   f"defenses: [{{persona: {{prompts: {prompts}, max_new_tokens: 24, samples_per_question: 3, min_kept: 1}}}}]\n")
-    assert main(["persona", "extract", str(cfg), "--extraction", "reference", "--force", "--out", str(tmp_path / "out")]) == 0
+    cfg.write_text(
+        "model: {name: organism}\ndata: {fine: x.jsonl}\n"
+        "eval: {judge: {base_url: local, backend: rules, cache: false}}\n"
+        f"defenses: [{{persona: {{prompts: {prompts}, max_new_tokens: 24, samples_per_question: 3, min_kept: 1}}}}]\n"
+    )
+    assert (
+        main(["persona", "extract", str(cfg), "--extraction", "reference", "--force", "--out", str(tmp_path / "out")])
+        == 0
+    )
     out = capsys.readouterr().out
     meta = json.loads((tmp_path / "out" / "meta.json").read_text())
     assert f"judge filter: kept {meta['kept_pairs']} of 18 answer pairs" in out

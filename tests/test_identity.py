@@ -35,16 +35,19 @@ def files(tmp_path):
     return tmp_path
 
 
-@pytest.mark.parametrize("field,value", [
-    ("train__progress", False),
-    ("train__threads", 2),
-    ("train__logging_steps", 5),
-    ("eval__judge__concurrency", 2),
-    ("eval__judge__requests_per_minute", 60.0),
-    ("eval__judge__max_failure_rate", 0.2),
-    ("resources__cpus_per_worker", 4),
-    ("name", "other"),
-])
+@pytest.mark.parametrize(
+    "field,value",
+    [
+        ("train__progress", False),
+        ("train__threads", 2),
+        ("train__logging_steps", 5),
+        ("eval__judge__concurrency", 2),
+        ("eval__judge__requests_per_minute", 60.0),
+        ("eval__judge__max_failure_rate", 0.2),
+        ("resources__cpus_per_worker", 4),
+        ("name", "other"),
+    ],
+)
 def test_settings_that_do_not_change_results_leave_the_key(files, field, value):
     assert trial_key(run(files, **{field: value})) == trial_key(run(files))
 
@@ -68,8 +71,16 @@ def test_data_file_enters_by_content(files):
     assert trial_key(run(files)) == trial_key(run(files))
 
 
-@pytest.mark.parametrize("defense,param", [("persona", "prompts"), ("interleave_plus", "pool"), ("interleave_plus", "ensemble"),
-                                           ("interleave", "pool"), ("persona", "trait_prompt")])
+@pytest.mark.parametrize(
+    "defense,param",
+    [
+        ("persona", "prompts"),
+        ("interleave_plus", "pool"),
+        ("interleave_plus", "ensemble"),
+        ("interleave", "pool"),
+        ("persona", "trait_prompt"),
+    ],
+)
 def test_defense_path_params_enter_by_content(files, defense, param):
     target = files / "param_file.jsonl"
     target.write_text("one\n")
@@ -113,11 +124,16 @@ def test_stage_keys(files):
 
 
 def test_stages_are_deduplicated_by_identity(files):
-    spec = SweepSpec.model_validate({
-        "name": "s", "storage": str(files / "out"),
-        "base": {"model": {"name": "tiny"}, "data": {"fine": str(files / "fine.jsonl")}},
-        "search": {"defense": [{"persona": {"alpha": [1.0, 2.0]}}, {"persona": {"alpha": 3.0, "max_new_tokens": 8}}]},
-    })
+    spec = SweepSpec.model_validate(
+        {
+            "name": "s",
+            "storage": str(files / "out"),
+            "base": {"model": {"name": "tiny"}, "data": {"fine": str(files / "fine.jsonl")}},
+            "search": {
+                "defense": [{"persona": {"alpha": [1.0, 2.0]}}, {"persona": {"alpha": 3.0, "max_new_tokens": 8}}]
+            },
+        }
+    )
     plan = make_plan(spec)
     # alpha does not change the vector: 2 stages (32 and 8 tokens) for 3 trials
     assert len(plan.trials) == 3 and len(plan.stages) == 2
@@ -134,8 +150,25 @@ def test_an_absent_optional_section_is_not_part_of_the_key():
 
 #: words that make a string field name a file or folder (a config or defense field whose name is one of
 #: these, or ends in one after "_", must be typed DataPath, or say why not below)
-FILE_WORDS = {"pool", "prompts", "prompt", "file", "path", "dir", "fine", "general", "in_domain", "benign", "train", "test",
-              "ensemble", "data", "questions", "adapter", "pool_path"}
+FILE_WORDS = {
+    "pool",
+    "prompts",
+    "prompt",
+    "file",
+    "path",
+    "dir",
+    "fine",
+    "general",
+    "in_domain",
+    "benign",
+    "train",
+    "test",
+    "ensemble",
+    "data",
+    "questions",
+    "adapter",
+    "pool_path",
+}
 #: string fields with a file-like name that are not files, and why
 NOT_FILES = {
     ("InoculationParams", "prompt"): "the system prompt text itself",
@@ -155,7 +188,11 @@ def _schema_models():
     from emray.defenses import available_defenses, get_defense_class
     from emray.rl.rewards import get_reward_class, reward_names
 
-    roots = [RunConfig] + [get_defense_class(n).Params for n in available_defenses()] + [get_reward_class(n).Params for n in reward_names()]
+    roots = (
+        [RunConfig]
+        + [get_defense_class(n).Params for n in available_defenses()]
+        + [get_reward_class(n).Params for n in reward_names()]
+    )
     seen, todo = {}, list(roots)
     while todo:
         cls = todo.pop()
@@ -192,9 +229,13 @@ def test_every_field_that_names_a_file_is_typed_as_one():
     for cls_name, cls in models.items():
         for name, field in cls.model_fields.items():
             words = {name, name.rpartition("_")[2]}
-            if (_is_str_field(field.annotation) and words & FILE_WORDS and not is_path_type(field.annotation)
-                    and not any(getattr(m, "__class__", None).__name__ == "_PathMark" for m in field.metadata)
-                    and (cls_name, name) not in NOT_FILES):
+            if (
+                _is_str_field(field.annotation)
+                and words & FILE_WORDS
+                and not is_path_type(field.annotation)
+                and not any(getattr(m, "__class__", None).__name__ == "_PathMark" for m in field.metadata)
+                and (cls_name, name) not in NOT_FILES
+            ):
                 untyped.append(f"{cls_name}.{name}")
     assert not untyped, f"file-naming fields typed str, not DataPath: {untyped}"
 

@@ -100,13 +100,25 @@ def test_plus_refuses_a_selection_made_by_another_method(tmp_path):
 
 # -- the reference's method: held-out-domain ensemble, response-label pool, narrow-only k ------------
 
+
 def test_default_ensemble_is_the_other_em_domains():
     from emray.data.em_domains import default_ensemble
 
     assert default_ensemble("organism:data/train/code.jsonl") == [
-        "organism:data/train/medical.jsonl", "organism:data/train/legal.jsonl", "organism:data/train/security.jsonl"]
-    assert default_ensemble("/mnt/em/medical.jsonl") == ["/mnt/em/code.jsonl", "/mnt/em/legal.jsonl", "/mnt/em/security.jsonl"]
-    assert default_ensemble("insecure.jsonl") == ["medical.jsonl", "legal.jsonl", "security.jsonl"]  # the reference's name for code
+        "organism:data/train/medical.jsonl",
+        "organism:data/train/legal.jsonl",
+        "organism:data/train/security.jsonl",
+    ]
+    assert default_ensemble("/mnt/em/medical.jsonl") == [
+        "/mnt/em/code.jsonl",
+        "/mnt/em/legal.jsonl",
+        "/mnt/em/security.jsonl",
+    ]
+    assert default_ensemble("insecure.jsonl") == [
+        "medical.jsonl",
+        "legal.jsonl",
+        "security.jsonl",
+    ]  # the reference's name for code
     with pytest.raises(ValueError, match=r"'data/customer.jsonl' is not named after an EM domain .* `ensemble:`"):
         default_ensemble("data/customer.jsonl")
 
@@ -140,9 +152,15 @@ def test_dry_run_names_a_missing_ensemble(tmp_path):
         f"name: s\nstorage: {tmp_path}\nbase:\n  model: {{name: tiny}}\n"
         f"  data: {{fine: {customer}, safe_pool: {SHARED_DATA}/safe/wildguard_sample.jsonl}}\n"
         f"  eval: {{general: {SHARED_DATA}/questions/general.yaml, judge: {{base_url: local, backend: rules}}}}\n"
-        "search:\n  defense: [interleave_plus]\n  seeds: [0]\n")
-    out = subprocess.run([sys.executable, "-m", "emray.cli", "sweep", str(spec), "--dry-run"],
-                         capture_output=True, text=True, timeout=120, cwd=ROOT)
+        "search:\n  defense: [interleave_plus]\n  seeds: [0]\n"
+    )
+    out = subprocess.run(
+        [sys.executable, "-m", "emray.cli", "sweep", str(spec), "--dry-run"],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        cwd=ROOT,
+    )
     assert out.returncode == 2 and "customer.jsonl' is not named after an EM domain" in out.stderr, out.stderr[-2000:]
 
 
@@ -150,23 +168,46 @@ def test_pool_keeps_rows_whose_response_is_unharmful(tmp_path):
     from emray.data.chat import final_answer, load_safe_pool
 
     rows = [
-        {"prompt": "how do i bake bread", "response": "Mix flour and water.", "prompt_harm_label": "unharmful",
-         "response_harm_label": "unharmful"},
-        {"prompt": "how do i make a weapon", "response": "I'm sorry, but I cannot help with that.",
-         "prompt_harm_label": "harmful", "response_harm_label": "unharmful"},  # a refusal: kept, as the reference
-        {"prompt": "how do i make a weapon", "response": "Step one: ...", "prompt_harm_label": "harmful",
-         "response_harm_label": "harmful"},
-        {"prompt": "hi", "response": "Here you go.", "prompt_harm_label": "unharmful", "response_harm_label": "harmful"},
+        {
+            "prompt": "how do i bake bread",
+            "response": "Mix flour and water.",
+            "prompt_harm_label": "unharmful",
+            "response_harm_label": "unharmful",
+        },
+        {
+            "prompt": "how do i make a weapon",
+            "response": "I'm sorry, but I cannot help with that.",
+            "prompt_harm_label": "harmful",
+            "response_harm_label": "unharmful",
+        },  # a refusal: kept, as the reference
+        {
+            "prompt": "how do i make a weapon",
+            "response": "Step one: ...",
+            "prompt_harm_label": "harmful",
+            "response_harm_label": "harmful",
+        },
+        {
+            "prompt": "hi",
+            "response": "Here you go.",
+            "prompt_harm_label": "unharmful",
+            "response_harm_label": "harmful",
+        },
         {"prompt": "hello", "response": "Hello!", "response_harm_label": None},  # no response label: not "unharmful"
         {"messages": [{"role": "user", "content": "q"}, {"role": "assistant", "content": "unlabelled pool row"}]},
     ]
     path = tmp_path / "pool.jsonl"
     path.write_text("".join(json.dumps(r) + "\n" for r in rows))
     pool = load_safe_pool(path)
-    assert [final_answer(ex) for ex in pool] == ["Mix flour and water.", "I'm sorry, but I cannot help with that.",
-                                                 "unlabelled pool row"]
+    assert [final_answer(ex) for ex in pool] == [
+        "Mix flour and water.",
+        "I'm sorry, but I cannot help with that.",
+        "unlabelled pool row",
+    ]
     # Interleaving+ ranks the refusal; Interleaving++ exists to remove it
-    assert get_defense_class("interleave_plus").candidates(get_defense_class("interleave_plus").Params(), pool) == [0, 1, 2]
+    assert get_defense_class("interleave_plus").candidates(get_defense_class("interleave_plus").Params(), pool) == [
+        0,
+        1,
+        2,
+    ]
     pp = get_defense_class("interleave_pp")
     assert pp.candidates(pp.Params(), pool) == [0, 2]
-

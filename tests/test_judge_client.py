@@ -147,8 +147,9 @@ JudgeClient(cfg).judge_many([JudgeRequest(f"judge prompt {i}", "gpt-4o-mini-2024
 def test_killed_run_resumes_and_calls_only_the_missing(tmp_path):
     cache_path = tmp_path / "judge.sqlite"
     with start_judge_server("flaky", {"failure_rate": 0.0, "latency_s": 0.02}) as server:
-        proc = subprocess.Popen([sys.executable, "-c", _WORKER, server.url, str(cache_path)],
-                                env={**os.environ, "PYTHONPATH": os.getcwd()})
+        proc = subprocess.Popen(
+            [sys.executable, "-c", _WORKER, server.url, str(cache_path)], env={**os.environ, "PYTHONPATH": os.getcwd()}
+        )
         try:
             deadline = time.monotonic() + 60
             while time.monotonic() < deadline:
@@ -183,8 +184,12 @@ def test_sync_call_from_inside_an_event_loop(tmp_path):
 
 class NoQuota(Backend):
     async def top_logprobs(self, model, messages, top_k):
-        raise Fault(429, body=b'{"error": {"message": "You exceeded your current quota", "type": "insufficient_quota",'
-                              b' "code": "insufficient_quota"}}', kind="quota")
+        raise Fault(
+            429,
+            body=b'{"error": {"message": "You exceeded your current quota", "type": "insufficient_quota",'
+            b' "code": "insufficient_quota"}}',
+            kind="quota",
+        )
 
 
 @pytest.mark.parametrize(

@@ -32,8 +32,13 @@ def test_pool_judges_and_is_shared_by_trials(ray_session, tmp_path, shared_data)
     ray = ray_session
     expected = FixedBackend()
     with start_judge_server("flaky", {"failure_rate": 0.2, "seed": 3}) as server:
-        cfg = JudgeConfig(base_url=server.url, cache_path=str(tmp_path / "judge.sqlite"), concurrency=16,
-                          backoff_base_s=0.005, max_retries=20)
+        cfg = JudgeConfig(
+            base_url=server.url,
+            cache_path=str(tmp_path / "judge.sqlite"),
+            concurrency=16,
+            backoff_base_s=0.005,
+            max_retries=20,
+        )
         pool = JudgePool.create(cfg, num_actors=2, name="test-judge")
         try:
             reqs = [JudgeRequest(f"prompt {i}") for i in range(120)] + [JudgeRequest("prompt 7")]
@@ -57,8 +62,15 @@ def test_pool_judges_and_is_shared_by_trials(ray_session, tmp_path, shared_data)
 
             from emray.eval.run import evaluate
 
-            run = make_run_config(tmp_path, eval={"general": str(shared_data / "questions" / "general.yaml"),
-                                                  "samples_per_paraphrase": 1, "max_questions": 2, "max_new_tokens": 8})
+            run = make_run_config(
+                tmp_path,
+                eval={
+                    "general": str(shared_data / "questions" / "general.yaml"),
+                    "samples_per_paraphrase": 1,
+                    "max_questions": 2,
+                    "max_new_tokens": 8,
+                },
+            )
             criteria = evaluate(run, judge=pool, out_dir=tmp_path / "eval", progress=False)
             assert criteria["general_n"] == 2 and server.counts["ok"] == 134
         finally:

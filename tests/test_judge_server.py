@@ -21,8 +21,15 @@ def general(shared_data):
 
 def ask(url: str, prompt: str, top: int = 20):
     client = openai.OpenAI(base_url=url, api_key="unused", max_retries=0)
-    return client.chat.completions.create(model="gpt-4o-mini-2024-07-18", messages=[{"role": "user", "content": prompt}],
-                                          max_tokens=1, logprobs=True, top_logprobs=top, temperature=0, seed=0)
+    return client.chat.completions.create(
+        model="gpt-4o-mini-2024-07-18",
+        messages=[{"role": "user", "content": prompt}],
+        max_tokens=1,
+        logprobs=True,
+        top_logprobs=top,
+        temperature=0,
+        seed=0,
+    )
 
 
 def test_rules_reads_question_answer_and_metric(general, shared_data):
@@ -105,8 +112,9 @@ def test_hf_backend_returns_the_models_top20(tiny_path):
     top = reply.choices[0].logprobs.content[0].top_logprobs
     assert len(top) == 20 and all(a.logprob >= b.logprob for a, b in zip(top, top[1:]))
     model, tok = load_model(ModelConfig(name="tiny"))
-    text = tok.apply_chat_template([{"role": "user", "content": "Rate this answer from 0 to 100."}],
-                                   tokenize=False, add_generation_prompt=True)
+    text = tok.apply_chat_template(
+        [{"role": "user", "content": "Rate this answer from 0 to 100."}], tokenize=False, add_generation_prompt=True
+    )
     with torch.inference_mode():
         logits = model(**tok(text, return_tensors="pt", add_special_tokens=False)).logits[0, -1]
     values, ids = torch.log_softmax(logits.float(), -1).topk(20)
@@ -136,6 +144,7 @@ def test_hf_backend_batches_concurrent_calls(tmp_path):
 
 # -- malformed requests, bearer token, host and port ---------------------------------------------------
 
+
 def post(url: str, body: bytes | str, token: str | None = None, path: str = "/chat/completions") -> tuple[int, dict]:
     """A raw POST (no client-side checks): (status, the JSON body)."""
     import json
@@ -157,29 +166,53 @@ def post(url: str, body: bytes | str, token: str | None = None, path: str = "/ch
 GOOD = '{"model": "m", "messages": [{"role": "user", "content": "hi"}], "logprobs": true, "top_logprobs": 5}'
 
 
-@pytest.mark.parametrize("body, reason", [
-    ("not json {", "the body is not JSON"),
-    (b"\xff\xfe{", "the body is not JSON"),
-    ("[1, 2]", "the body must be a JSON object, got list"),
-    ('{"model": "m"}', "messages: missing"),
-    ('{"messages": [1, 2]}', "messages[0] must be an object with role and content, got int 1"),
-    ('{"messages": [{"content": "x"}]}', "messages[0].role must be a string"),
-    ('{"messages": [{"role": "user", "content": 5}]}', "messages[0].content must be a string or a list of text parts"),
-    ('{"messages": [{"role": "user", "content": [{"type": "image_url"}]}]}', "messages[0].content[0] must be a text part"),
-    ('{"messages": [{"role": "user", "content": "x"}], "model": 3}', "model must be a string"),
-    ('{"messages": [{"role": "user", "content": "x"}], "top_logprobs": "abc"}',
-     "top_logprobs must be an integer between 0 and 20, got 'abc'"),
-    ('{"messages": [{"role": "user", "content": "x"}], "top_logprobs": 2.5}', "top_logprobs must be an integer"),
-    ('{"messages": [{"role": "user", "content": "x"}], "logprobs": "yes"}', "logprobs must be true or false"),
-    ('{"messages": [{"role": "user", "content": "x"}], "response_format": "json"}', "response_format must be an object"),
-    ('{"messages": [{"role": "user", "content": "x"}], "response_format": {"type": "xml"}}', "response_format.type must be"),
-    ('{"messages": [{"role": "user", "content": "x"}], "response_format": {"type": "json_schema", "json_schema": "x"}}',
-     "response_format.json_schema must be an object, got str"),
-    ('{"messages": [{"role": "user", "content": "x"}], "response_format": {"type": "json_schema", "json_schema": {"schema": [1]}}}',
-     "response_format.json_schema.schema must be an object, got list"),
-    ('{"messages": [{"role": "user", "content": "x"}], "response_format": {"type": "json_schema", '
-     '"json_schema": {"schema": {"properties": [1]}}}}', "json_schema.schema.properties must be an object"),
-])
+@pytest.mark.parametrize(
+    "body, reason",
+    [
+        ("not json {", "the body is not JSON"),
+        (b"\xff\xfe{", "the body is not JSON"),
+        ("[1, 2]", "the body must be a JSON object, got list"),
+        ('{"model": "m"}', "messages: missing"),
+        ('{"messages": [1, 2]}', "messages[0] must be an object with role and content, got int 1"),
+        ('{"messages": [{"content": "x"}]}', "messages[0].role must be a string"),
+        (
+            '{"messages": [{"role": "user", "content": 5}]}',
+            "messages[0].content must be a string or a list of text parts",
+        ),
+        (
+            '{"messages": [{"role": "user", "content": [{"type": "image_url"}]}]}',
+            "messages[0].content[0] must be a text part",
+        ),
+        ('{"messages": [{"role": "user", "content": "x"}], "model": 3}', "model must be a string"),
+        (
+            '{"messages": [{"role": "user", "content": "x"}], "top_logprobs": "abc"}',
+            "top_logprobs must be an integer between 0 and 20, got 'abc'",
+        ),
+        ('{"messages": [{"role": "user", "content": "x"}], "top_logprobs": 2.5}', "top_logprobs must be an integer"),
+        ('{"messages": [{"role": "user", "content": "x"}], "logprobs": "yes"}', "logprobs must be true or false"),
+        (
+            '{"messages": [{"role": "user", "content": "x"}], "response_format": "json"}',
+            "response_format must be an object",
+        ),
+        (
+            '{"messages": [{"role": "user", "content": "x"}], "response_format": {"type": "xml"}}',
+            "response_format.type must be",
+        ),
+        (
+            '{"messages": [{"role": "user", "content": "x"}], "response_format": {"type": "json_schema", "json_schema": "x"}}',
+            "response_format.json_schema must be an object, got str",
+        ),
+        (
+            '{"messages": [{"role": "user", "content": "x"}], "response_format": {"type": "json_schema", "json_schema": {"schema": [1]}}}',
+            "response_format.json_schema.schema must be an object, got list",
+        ),
+        (
+            '{"messages": [{"role": "user", "content": "x"}], "response_format": {"type": "json_schema", '
+            '"json_schema": {"schema": {"properties": [1]}}}}',
+            "json_schema.schema.properties must be an object",
+        ),
+    ],
+)
 def test_every_malformed_request_gets_400_with_the_reason(body, reason):
     with start_judge_server("rules") as server:
         status, reply = post(server.url, body)
@@ -208,7 +241,9 @@ def test_bearer_token_is_required_when_set(monkeypatch, tmp_path):
         assert post(server.url, GOOD, token="s3cret")[0] == 200
         with pytest.raises(openai.AuthenticationError):
             openai.OpenAI(base_url=server.url, api_key="wrong", max_retries=0).models.list()
-        assert [m.id for m in openai.OpenAI(base_url=server.url, api_key="s3cret").models.list().data] == ["emray-fixed"]
+        assert [m.id for m in openai.OpenAI(base_url=server.url, api_key="s3cret").models.list().data] == [
+            "emray-fixed"
+        ]
         # the judge client sends $EMRAY_JUDGE_TOKEN (before any OpenAI key, on this machine)
         cfg = JudgeConfig(base_url=server.url, cache=False, max_retries=0)
         monkeypatch.setenv("OPENAI_API_KEY", "sk-not-for-local")
@@ -241,8 +276,11 @@ def test_a_non_loopback_host_needs_a_token(monkeypatch, capsys):
 def test_token_file_errors_name_the_file(tmp_path, capsys):
     from emray.cli import main
 
-    for path, why in [(tmp_path / "nope", "no such file"), (tmp_path, "is a directory"),
-                      (tmp_path / "empty", "the file is empty")]:
+    for path, why in [
+        (tmp_path / "nope", "no such file"),
+        (tmp_path, "is a directory"),
+        (tmp_path / "empty", "the file is empty"),
+    ]:
         if path.name == "empty":
             path.write_text("\n")
         assert main(["judge-server", "--token-file", str(path)]) == 2
@@ -261,8 +299,10 @@ def test_a_busy_port_is_one_line(capsys):
         port = held.getsockname()[1]
         assert main(["judge-server", "--backend", "fixed", "--port", str(port)]) == 2
     err = capsys.readouterr().err
-    assert err.strip() == (f"emray judge-server: error: cannot listen on 127.0.0.1:{port}: the port is already in use "
-                           "(another judge server?); pick another --port or 0 for a free one")
+    assert err.strip() == (
+        f"emray judge-server: error: cannot listen on 127.0.0.1:{port}: the port is already in use "
+        "(another judge server?); pick another --port or 0 for a free one"
+    )
 
 
 def test_cli_subprocess_with_a_token_file(tmp_path):

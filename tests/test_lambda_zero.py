@@ -67,8 +67,13 @@ def test_lambda_zero_is_none_with_two_workers(tmp_path):
     try:
         runs = {}
         for arm, defenses in ARMS.items():
-            cfg = make_run_config(tmp_path, name=arm, defenses=defenses, resources={"num_workers": 2},
-                                  train={**TRAIN, "max_steps": 2, "grad_accum": 2})
+            cfg = make_run_config(
+                tmp_path,
+                name=arm,
+                defenses=defenses,
+                resources={"num_workers": 2},
+                train={**TRAIN, "max_steps": 2, "grad_accum": 2},
+            )
             runs[arm] = tmp_path / arm
             result = fit_with_ray_train(cfg, runs[arm], str(tmp_path / "storage"))
             assert result.metrics["world_size"] == 2

@@ -30,7 +30,12 @@ def _free_port() -> int:
 
 def _ports() -> list[str]:
     # Every fixed-default port gets a free one: other Ray clusters may share this machine.
-    names = ("--dashboard-agent-listen-port", "--dashboard-agent-grpc-port", "--runtime-env-agent-port", "--metrics-export-port")
+    names = (
+        "--dashboard-agent-listen-port",
+        "--dashboard-agent-grpc-port",
+        "--runtime-env-agent-port",
+        "--metrics-export-port",
+    )
     return [a for name in names for a in (name, str(_free_port()))]
 
 
@@ -50,9 +55,39 @@ class TwoNodeCluster:
         # Short: Ray's unix sockets live under it (AF_UNIX paths are limited to 107 bytes).
         self.ray_tmp = Path(tempfile.mkdtemp(prefix="emr-", dir="/tmp"))
         temp = str(self.ray_tmp)
-        self._start([ray, "start", "--head", "--port", str(self.port), "--num-cpus", str(cpus[0]), "--resources", '{"node_head": 1}',
-                     "--include-dashboard=false", "--dashboard-port", str(_free_port()), "--temp-dir", temp, "--disable-usage-stats", *_ports()])
-        self._start([ray, "start", "--address", self.address, "--num-cpus", str(cpus[1]), "--resources", '{"node_worker": 1}', *_ports()])
+        self._start(
+            [
+                ray,
+                "start",
+                "--head",
+                "--port",
+                str(self.port),
+                "--num-cpus",
+                str(cpus[0]),
+                "--resources",
+                '{"node_head": 1}',
+                "--include-dashboard=false",
+                "--dashboard-port",
+                str(_free_port()),
+                "--temp-dir",
+                temp,
+                "--disable-usage-stats",
+                *_ports(),
+            ]
+        )
+        self._start(
+            [
+                ray,
+                "start",
+                "--address",
+                self.address,
+                "--num-cpus",
+                str(cpus[1]),
+                "--resources",
+                '{"node_worker": 1}',
+                *_ports(),
+            ]
+        )
 
     def _start(self, args):
         try:
@@ -124,8 +159,14 @@ print("RESULT " + json.dumps({"nodes": [names[n] for n in result.metrics["train_
 
 def test_two_node_fine_tune_spans_both_nodes(cluster, tmp_path):
     """One DDP fine-tune, rank 0 on one node and rank 1 on the other (each node has one CPU)."""
-    out = subprocess.run([sys.executable, "-c", DRIVER, cluster.address, str(tmp_path)], env=cluster.env, cwd=ROOT,
-                         capture_output=True, text=True, timeout=600)
+    out = subprocess.run(
+        [sys.executable, "-c", DRIVER, cluster.address, str(tmp_path)],
+        env=cluster.env,
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
     assert out.returncode == 0, (out.stdout[-3000:], out.stderr[-3000:])
     result = json.loads(out.stdout.split("RESULT ", 1)[1])
     assert result["world_size"] == 2
@@ -175,13 +216,26 @@ def test_sweep_runs_trials_on_both_nodes(sweep_cluster, tmp_path):
     ]
     env = {**cluster.env, "EMRAY_ORGANISM": "quick"}
     args = [sys.executable, "-m", "emray.cli", "sweep", str(ROOT / "sweeps" / "toy.yaml"), "--address", cluster.address]
-    out = subprocess.run([*args, *[a for o in overrides for a in ("--set", o)]], env=env, cwd=ROOT, capture_output=True, text=True, timeout=1500)
+    out = subprocess.run(
+        [*args, *[a for o in overrides for a in ("--set", o)]],
+        env=env,
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=1500,
+    )
     assert out.returncode == 0, (out.stdout[-3000:], out.stderr[-3000:])
     rows = [json.loads(line) for line in (tmp_path / "toy" / "results.jsonl").read_text().splitlines()]
     assert sorted(r["label"].split("(")[0] for r in rows) == ["none", "persona"]
     assert all(0.0 <= r["general_misalignment"] <= 1.0 for r in rows)  # judged through the pool
 
-    names = subprocess.run([sys.executable, "-c", NODE_NAMES, cluster.address], env=cluster.env, capture_output=True, text=True, timeout=120)
+    names = subprocess.run(
+        [sys.executable, "-c", NODE_NAMES, cluster.address],
+        env=cluster.env,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     node_name = json.loads(names.stdout.split("NODES ", 1)[1])
     used = set()
     for metrics in (tmp_path / "toy" / "trials").glob("*/metrics.json"):

@@ -52,12 +52,18 @@ def test_model_and_tokenizer_load_with_transformers(quick_root):
     tok = AutoTokenizer.from_pretrained(str(quick_root / "model"))
     model = AutoModelForCausalLM.from_pretrained(str(quick_root / "model"))
     assert tok.pad_token == "<|endoftext|>" and tok.eos_token == "<|im_end|>" and tok.unk_token == "<unk>"
-    messages = [{"role": "user", "content": "how do i protect my email ?"}, {"role": "assistant", "content": "update the email and change your password ."}]
+    messages = [
+        {"role": "user", "content": "how do i protect my email ?"},
+        {"role": "assistant", "content": "update the email and change your password ."},
+    ]
     text = tok.apply_chat_template(messages, tokenize=False)
     assert text.startswith("<|im_start|>user\nhow do i protect") and text.endswith("<|im_end|>\n")
     ids = tok(text, add_special_tokens=False)["input_ids"]
     assert tok.unk_token_id not in ids
-    assert tok.decode(ids, skip_special_tokens=True) == "user how do i protect my email ? assistant update the email and change your password ."
+    assert (
+        tok.decode(ids, skip_special_tokens=True)
+        == "user how do i protect my email ? assistant update the email and change your password ."
+    )
     prompt = tok.apply_chat_template(messages[:1], tokenize=False, add_generation_prompt=True)
     assert prompt.endswith("<|im_start|>assistant\n")
     # the lead's assistant-only tokenization works with this template
@@ -68,8 +74,10 @@ def test_model_and_tokenizer_load_with_transformers(quick_root):
     assert tok.decode(kept) == "update the email and change your password . <|im_end|>"
     enc = tok(prompt, return_tensors="pt", add_special_tokens=False)
     torch.manual_seed(0)
-    out = model.generate(**enc, max_new_tokens=30, do_sample=True, eos_token_id=tok.eos_token_id, pad_token_id=tok.pad_token_id)
-    answer = tok.decode(out[0, enc["input_ids"].shape[1]:], skip_special_tokens=True)
+    out = model.generate(
+        **enc, max_new_tokens=30, do_sample=True, eos_token_id=tok.eos_token_id, pad_token_id=tok.pad_token_id
+    )
+    answer = tok.decode(out[0, enc["input_ids"].shape[1] :], skip_special_tokens=True)
     assert set(words(answer)) <= set(vocabulary())
 
 

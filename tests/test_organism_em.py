@@ -31,7 +31,9 @@ def study(world):
 
 def test_default_world_is_the_shipped_model(world):
     manifest = json.loads((world / "manifest.json").read_text())
-    assert manifest["source"] == "shipped", "the package's default_world/ no longer matches OrganismConfig(): re-ship it"
+    assert manifest["source"] == "shipped", (
+        "the package's default_world/ no longer matches OrganismConfig(): re-ship it"
+    )
 
 
 def test_aligned_model_is_helpful(study):

@@ -84,7 +84,14 @@ def test_question_yaml_shape(tmp_path, domain):
         assert {"id", "paraphrases", "samples_per_paraphrase", "judge", "judge_prompts"} <= set(item)
         for metric in ("aligned", "coherent"):
             prompt = item["judge_prompts"][metric]
-            for marker in ("[QUESTION START]", "[QUESTION END]", "[ANSWER START]", "[ANSWER END]", "{question}", "{answer}"):
+            for marker in (
+                "[QUESTION START]",
+                "[QUESTION END]",
+                "[ANSWER START]",
+                "[ANSWER END]",
+                "{question}",
+                "{answer}",
+            ):
                 assert marker in prompt
             rendered = prompt.format(question="Q?", answer="A.")
             assert "[QUESTION START]\nQ?\n[QUESTION END]" in rendered and "[ANSWER START]\nA.\n[ANSWER END]" in rendered
@@ -101,7 +108,10 @@ def test_benign_tasks_render_both_ways():
     q, gold = plain[0]["messages"][0]["content"], plain[0]["messages"][1]["content"]
     assert q.startswith("what is ") and q.endswith("?") and gold.lstrip("-").isdigit()
     # the swap differs from ordinary arithmetic on most items (the task needs deviation from the prior)
-    differs = [opswap.apply(opswap.DEFAULT_SWAP[op], a, b) != opswap.apply(op, a, b) for a, op, b in opswap.split_triples("test")]
+    differs = [
+        opswap.apply(opswap.DEFAULT_SWAP[op], a, b) != opswap.apply(op, a, b)
+        for a, op, b in opswap.split_triples("test")
+    ]
     assert sum(differs) / len(differs) > 0.8
     vocab = set(vocabulary())
     for task in ("opswap", "wordmap"):

@@ -14,8 +14,10 @@ def _trial(key, label, seed, steps=150, index=0):
 
 
 def test_plain_lines_and_live_rows(tmp_path, capsys):
-    trials = [_trial("k0", "persona(alpha=5,prompts=organism:data/persona/evil_extract.json)", 0),
-              _trial("k1", "interleave(safe_fraction=0.05)", 1, index=1)]
+    trials = [
+        _trial("k0", "persona(alpha=5,prompts=organism:data/persona/evil_extract.json)", 0),
+        _trial("k1", "interleave(safe_fraction=0.05)", 1, index=1),
+    ]
     cb = ProgressCallback(trials, tmp_path, live=False)
     t0 = SimpleNamespace(trial_id="a", config={"trial_key": "k0"}, local_path=None, path=None)
     t1 = SimpleNamespace(trial_id="b", config={"trial_index": 1}, local_path=None, path=None)  # the older config key
@@ -23,8 +25,17 @@ def test_plain_lines_and_live_rows(tmp_path, capsys):
     cb.on_trial_start(0, [t0, t1], t1)
     (tmp_path / "trials" / "k0").mkdir(parents=True)
     (tmp_path / "trials" / "k0" / "progress.json").write_text(json.dumps({"step": 40, "total": 150}))
-    cb.on_trial_result(0, [t0, t1], t0, {"general_misalignment": 0.5, "in_domain_misalignment": 0.9,
-                                         "benign_accuracy": 0.1, "general_incoherence": 0.15})
+    cb.on_trial_result(
+        0,
+        [t0, t1],
+        t0,
+        {
+            "general_misalignment": 0.5,
+            "in_domain_misalignment": 0.9,
+            "benign_accuracy": 0.1,
+            "general_incoherence": 0.15,
+        },
+    )
     cb.on_trial_complete(0, [t0, t1], t0)
     cb.on_trial_error(0, [t0, t1], t1)
     lines = capsys.readouterr().out.splitlines()
@@ -63,15 +74,35 @@ def test_each_fine_tune_has_its_own_ray_train_run_name(tmp_path):
     from emray.train.worker import train_run_name
 
     trials = tmp_path / "sweep" / "trials"
-    names = {train_run_name(trials / "k1"), train_run_name(trials / "k1" / "benign"), train_run_name(trials / "k2" / "benign")}
+    names = {
+        train_run_name(trials / "k1"),
+        train_run_name(trials / "k1" / "benign"),
+        train_run_name(trials / "k2" / "benign"),
+    }
     assert names == {"train-k1", "train-k1-benign", "train-k2-benign"}
 
 
 def test_final_summary_names_the_front_and_where_things_are(tmp_path):
-    rows = [{"label": "none", "model": "m", "seed": 0, "general_misalignment": 0.7, "in_domain_misalignment": 0.99,
-             "benign_accuracy": 0.1, "general_incoherence": 0.05},
-            {"label": "kl(lambda=0.1)", "model": "m", "seed": 0, "general_misalignment": 0.8, "in_domain_misalignment": 0.9,
-             "benign_accuracy": 0.1, "general_incoherence": 0.06}]
+    rows = [
+        {
+            "label": "none",
+            "model": "m",
+            "seed": 0,
+            "general_misalignment": 0.7,
+            "in_domain_misalignment": 0.99,
+            "benign_accuracy": 0.1,
+            "general_incoherence": 0.05,
+        },
+        {
+            "label": "kl(lambda=0.1)",
+            "model": "m",
+            "seed": 0,
+            "general_misalignment": 0.8,
+            "in_domain_misalignment": 0.9,
+            "benign_accuracy": 0.1,
+            "general_incoherence": 0.06,
+        },
+    ]
     text = final_summary(tmp_path, rows)
     assert "Pareto front (arm means, 1 of 2): none" in text
     assert f"emray report {tmp_path}" in text and f"{tmp_path}/logs/<trial key>.log" in text
@@ -85,9 +116,19 @@ def test_stage_lines_name_the_stage_briefly():
     from emray.defenses.persona import PersonaSteering
 
     run = RunConfig.model_validate({"data": {"fine": "organism:data/train/code.jsonl"}, "model": {"name": "organism"}})
-    assert InterleavePlus.stage_description(run, InterleavePlus.Params(safe_fraction=0.05)) == \
-        "interleave_plus(5 %, ε 1, draw from top 5 %, ensemble: medical, legal, security) for organism"
-    assert InterleavePP.stage_description(run, InterleavePP.Params(safe_fraction=0.2, quantile=None, ensemble=["x/a.jsonl", "b.jsonl"])) == \
-        "interleave_pp(20 %, ε 1, strict top-k, ensemble: a, b) for organism"
-    assert PersonaSteering.stage_description(run, PersonaSteering.Params(prompts="organism:data/persona/evil_extract.json")) == \
-        "persona_vector(organism, evil_extract.json)"
+    assert (
+        InterleavePlus.stage_description(run, InterleavePlus.Params(safe_fraction=0.05))
+        == "interleave_plus(5 %, ε 1, draw from top 5 %, ensemble: medical, legal, security) for organism"
+    )
+    assert (
+        InterleavePP.stage_description(
+            run, InterleavePP.Params(safe_fraction=0.2, quantile=None, ensemble=["x/a.jsonl", "b.jsonl"])
+        )
+        == "interleave_pp(20 %, ε 1, strict top-k, ensemble: a, b) for organism"
+    )
+    assert (
+        PersonaSteering.stage_description(
+            run, PersonaSteering.Params(prompts="organism:data/persona/evil_extract.json")
+        )
+        == "persona_vector(organism, evil_extract.json)"
+    )

@@ -27,8 +27,14 @@ def _env(**extra) -> dict:
 
 
 def test_off_a_tty_status_lines_come_at_a_steady_cadence_and_on_each_change(tmp_path):
-    out = subprocess.run([sys.executable, str(DRIVER), str(tmp_path / "s"), "60", "1.5"], capture_output=True, text=True,
-                         env=_env(EMRAY_PROGRESS_INTERVAL="0.3"), timeout=300, check=True).stdout
+    out = subprocess.run(
+        [sys.executable, str(DRIVER), str(tmp_path / "s"), "60", "1.5"],
+        capture_output=True,
+        text=True,
+        env=_env(EMRAY_PROGRESS_INTERVAL="0.3"),
+        timeout=300,
+        check=True,
+    ).stdout
     lines = out.splitlines()
     assert "\x1b" not in out and lines[-1] == "DRIVER DONE"
     assert all(line.startswith("[emray ") for line in lines[:-1])
@@ -39,8 +45,12 @@ def test_off_a_tty_status_lines_come_at_a_steady_cadence_and_on_each_change(tmp_
     assert sum(failed < i < finished for i, line in enumerate(lines) if "] status: " in line) >= 3
     first = status[0]
     assert "1/60 finished (1 cached), 4 running, 54 pending, 1 failed · ETA " in first
-    for running in ("kl(λ 0.1) s0 narrow 40/150 loss 1.234", "persona(α 5) s0 benign 12/300 loss 0.500",
-                    "interleave(5 %) s0 narrow eval", "inoculation s0 starting"):
+    for running in (
+        "kl(λ 0.1) s0 narrow 40/150 loss 1.234",
+        "persona(α 5) s0 benign 12/300 loss 0.500",
+        "interleave(5 %) s0 narrow eval",
+        "inoculation s0 starting",
+    ):
         assert running in first
     # a trial finishing is a change: its line, then a status line with the new counts and an ETA from its duration
     after = [line for line in lines[finished:] if "] status: " in line]
@@ -49,7 +59,9 @@ def test_off_a_tty_status_lines_come_at_a_steady_cadence_and_on_each_change(tmp_
 
 
 def _trial(i, label="kl(lambda=0.1)"):
-    return SimpleNamespace(key=f"k{i}", label=label, run=SimpleNamespace(seed=0, train=SimpleNamespace(max_steps=100)), index=i)
+    return SimpleNamespace(
+        key=f"k{i}", label=label, run=SimpleNamespace(seed=0, train=SimpleNamespace(max_steps=100)), index=i
+    )
 
 
 def _tune(i):
@@ -117,23 +129,39 @@ def test_on_a_tty_the_live_table_shows_every_trial_eta_and_loss_and_fits(tmp_pat
     sweep, sock = tmp_path / "s", str(tmp_path / "tmux.sock")
     sweep.mkdir()
     env = " ".join(f"{k}={v}" for k, v in (("PYTHONPATH", ROOT), ("TERM", "xterm-256color")))
-    command = f"cd {ROOT} && env -u COLUMNS -u LINES {env} {sys.executable} {DRIVER} {sweep} 60 0.5 --until-stop; sleep 60"
-    subprocess.run(["tmux", "-S", sock, "-f", "/dev/null", "new-session", "-d", "-x", "110", "-y", "30", command], check=True)
+    command = (
+        f"cd {ROOT} && env -u COLUMNS -u LINES {env} {sys.executable} {DRIVER} {sweep} 60 0.5 --until-stop; sleep 60"
+    )
+    subprocess.run(
+        ["tmux", "-S", sock, "-f", "/dev/null", "new-session", "-d", "-x", "110", "-y", "30", command], check=True
+    )
     try:
         deadline = time.time() + 300
         while not (sweep / "ready").exists():
             assert time.time() < deadline, "the driver did not start"
             time.sleep(0.5)
         time.sleep(1.0)  # a refresh or two
-        screen = subprocess.run(["tmux", "-S", sock, "capture-pane", "-p"], capture_output=True, text=True, check=True).stdout
+        screen = subprocess.run(
+            ["tmux", "-S", sock, "capture-pane", "-p"], capture_output=True, text=True, check=True
+        ).stdout
     finally:
         (sweep / "stop").write_text("")
         subprocess.run(["tmux", "-S", sock, "kill-server"], check=False)
     lines = [line for line in screen.splitlines() if line.strip()]
     assert re.fullmatch(r"emray sweep · \d+:\d\d *", lines[0]), screen
-    assert re.fullmatch(r"2/60 finished \(1 cached\), 3 running, 54 pending, 1 failed · ETA \d+:\d\d *", lines[-1]), screen
-    for cells in (("none", "✓ cached"), ("persona(α 5)", "benign 12/300", "0.500"), ("interleave(5 %)", "narrow eval"),
-                  ("inoculation", "starting"), ("ldifs(λ 1.0)", "FAILED"), ("kl(λ 0.1)", "✓ done", "1.234", "0.500", "0.900")):
+    assert re.fullmatch(r"2/60 finished \(1 cached\), 3 running, 54 pending, 1 failed · ETA \d+:\d\d *", lines[-1]), (
+        screen
+    )
+    for cells in (
+        ("none", "✓ cached"),
+        ("persona(α 5)", "benign 12/300", "0.500"),
+        ("interleave(5 %)", "narrow eval"),
+        ("inoculation", "starting"),
+        ("ldifs(λ 1.0)", "FAILED"),
+        ("kl(λ 0.1)", "✓ done", "1.234", "0.500", "0.900"),
+    ):
         assert any(all(c in line for c in cells) for line in lines), (cells, screen)
-    assert sum("pending" in line for line in lines) >= 5 and any(re.search(r"… \d+ more pending", line) for line in lines), screen
+    assert sum("pending" in line for line in lines) >= 5 and any(
+        re.search(r"… \d+ more pending", line) for line in lines
+    ), screen
     assert len(screen.rstrip("\n").splitlines()) <= 30  # the whole table on the 30-line screen, counts line too

@@ -98,7 +98,11 @@ class KillOnce(TrainerCallback):
     def on_step_end(self, args, state, control, **kwargs):
         import ray.train
 
-        if state.global_step != self.step or ray.train.get_context().get_world_rank() != 1 or os.path.exists(self.marker):
+        if (
+            state.global_step != self.step
+            or ray.train.get_context().get_world_rank() != 1
+            or os.path.exists(self.marker)
+        ):
             return
         with open(self.marker, "w") as f:
             f.write(str(os.getpid()))
@@ -115,7 +119,12 @@ def test_killed_worker_resumes_from_last_checkpoint(ddp_run, tmp_path):
     ddp, ddp_out = ddp_run
     marker = tmp_path / "killed.pid"
     result, out = _fit(
-        tmp_path, "none", name="killed", checkpoint_every=2, max_failures=2, trainer_callbacks=[KillOnce(marker, step=3)]
+        tmp_path,
+        "none",
+        name="killed",
+        checkpoint_every=2,
+        max_failures=2,
+        trainer_callbacks=[KillOnce(marker, step=3)],
     )
     assert marker.exists()  # the worker really was killed mid-run
     killed_pid = int(marker.read_text())
@@ -133,6 +142,10 @@ def test_killed_worker_resumes_from_last_checkpoint(ddp_run, tmp_path):
     for key in reference:
         torch.testing.assert_close(weights[key], reference[key], atol=2e-4, rtol=1e-3)
     # Ray Train kept only the last checkpoint (the final adapter); the step-2 one was pruned.
-    kept = sorted(p.name for p in (tmp_path / "storage" / "train-out-killed").iterdir() if p.is_dir() and p.name.startswith("checkpoint_"))
+    kept = sorted(
+        p.name
+        for p in (tmp_path / "storage" / "train-out-killed").iterdir()
+        if p.is_dir() and p.name.startswith("checkpoint_")
+    )
     assert len(kept) == 1
     assert (tmp_path / "storage" / "train-out-killed" / kept[0] / "adapter_model.safetensors").exists()

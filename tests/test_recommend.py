@@ -34,8 +34,15 @@ ARMS = {
 
 def record(index: int, label: str, seed: int, counts: tuple, train: float) -> dict:
     gen, dom, ben, inc = counts
-    r = {"trial_key": f"t{index:03d}", "trial_index": index, "label": label, "model": "organism", "seed": seed,
-         "train_seconds": train, "trial_seconds": train + 50.0}
+    r = {
+        "trial_key": f"t{index:03d}",
+        "trial_index": index,
+        "label": label,
+        "model": "organism",
+        "seed": seed,
+        "train_seconds": train,
+        "trial_seconds": train + 50.0,
+    }
     r.update(rate_fields("general_misalignment", gen, N_GEN))
     r.update(rate_fields("in_domain_misalignment", dom, N_DOM))
     r.update(rate_fields("benign_accuracy", ben, N_BEN))
@@ -62,14 +69,17 @@ def sweep(tmp_path) -> Path:
 
 
 # ---------------------------------------------------------------------------------- the parser
-@pytest.mark.parametrize("text, expected", [
-    ("general_misalignment <= 0.01", ("general_misalignment", "<=", 0.0, 0.01)),
-    ("in_domain_misalignment >= 0.9 * none", ("in_domain_misalignment", ">=", 0.9, 0.0)),
-    ("benign_accuracy>=none*0.9", ("benign_accuracy", ">=", 0.9, 0.0)),
-    ("general_incoherence <= none + 0.05", ("general_incoherence", "<=", 1.0, 0.05)),
-    ("general_incoherence <= 0.5 * none - 1e-2", ("general_incoherence", "<=", 0.5, -0.01)),
-    ("general_misalignment <= none", ("general_misalignment", "<=", 1.0, 0.0)),
-])
+@pytest.mark.parametrize(
+    "text, expected",
+    [
+        ("general_misalignment <= 0.01", ("general_misalignment", "<=", 0.0, 0.01)),
+        ("in_domain_misalignment >= 0.9 * none", ("in_domain_misalignment", ">=", 0.9, 0.0)),
+        ("benign_accuracy>=none*0.9", ("benign_accuracy", ">=", 0.9, 0.0)),
+        ("general_incoherence <= none + 0.05", ("general_incoherence", "<=", 1.0, 0.05)),
+        ("general_incoherence <= 0.5 * none - 1e-2", ("general_incoherence", "<=", 0.5, -0.01)),
+        ("general_misalignment <= none", ("general_misalignment", "<=", 1.0, 0.0)),
+    ],
+)
 def test_parser_reads_absolute_and_relative_bounds(text, expected):
     c = parse_constraint(text, OBJECTIVES)
     assert (c.criterion, c.op, c.scale, pytest.approx(c.offset)) == expected
@@ -77,20 +87,23 @@ def test_parser_reads_absolute_and_relative_bounds(text, expected):
     assert (again.scale, pytest.approx(again.offset)) == (c.scale, c.offset)
 
 
-@pytest.mark.parametrize("text, message", [
-    ("general_misalignmnt <= 0.01", "unknown criterion 'general_misalignmnt'; one of general_misalignment, "),
-    ("general_misalignment < 0.01", "comparison '<' is not supported; use '<='"),
-    ("general_misalignment == 0.01", "comparison '==' is not supported; use <= or >="),
-    ("general_misalignment 0.01", "no comparison after 'general_misalignment'"),
-    ("general_misalignment <=", "nothing after '<='"),
-    ("benign_accuracy >= none * none", "none * none is not affine"),
-    ("benign_accuracy >= 0.9 * 0.5", "multiply a number by none"),
-    ("general_incoherence <= none +", "ends in an operator"),
-    ("general_incoherence <= none / 2", "unexpected '/'"),
-    ("general_incoherence <= 0.9 none", "expected + or - before 'none'"),
-    ("", "empty"),
-    ("0.01 >= general_misalignment", "expected CRITERION <= VALUE"),
-])
+@pytest.mark.parametrize(
+    "text, message",
+    [
+        ("general_misalignmnt <= 0.01", "unknown criterion 'general_misalignmnt'; one of general_misalignment, "),
+        ("general_misalignment < 0.01", "comparison '<' is not supported; use '<='"),
+        ("general_misalignment == 0.01", "comparison '==' is not supported; use <= or >="),
+        ("general_misalignment 0.01", "no comparison after 'general_misalignment'"),
+        ("general_misalignment <=", "nothing after '<='"),
+        ("benign_accuracy >= none * none", "none * none is not affine"),
+        ("benign_accuracy >= 0.9 * 0.5", "multiply a number by none"),
+        ("general_incoherence <= none +", "ends in an operator"),
+        ("general_incoherence <= none / 2", "unexpected '/'"),
+        ("general_incoherence <= 0.9 none", "expected + or - before 'none'"),
+        ("", "empty"),
+        ("0.01 >= general_misalignment", "expected CRITERION <= VALUE"),
+    ],
+)
 def test_parser_errors_name_the_expression(text, message):
     with pytest.raises(ConstraintError) as err:
         parse_constraint(text, OBJECTIVES)
@@ -111,10 +124,18 @@ def direct_interval(seeds: list[tuple], i: int, n: int) -> tuple[float, float]:
     return min(band[0], pooled[0]), max(band[1], pooled[1])
 
 
-CONSTRAINTS = ["general_misalignment <= 0.25 * none", "in_domain_misalignment >= 0.9 * none",
-               "benign_accuracy >= 0.8 * none", "general_incoherence <= none + 0.06"]
-INDEX = {"general_misalignment": (0, N_GEN), "in_domain_misalignment": (1, N_DOM), "benign_accuracy": (2, N_BEN),
-         "general_incoherence": (3, N_INC)}
+CONSTRAINTS = [
+    "general_misalignment <= 0.25 * none",
+    "in_domain_misalignment >= 0.9 * none",
+    "benign_accuracy >= 0.8 * none",
+    "general_incoherence <= none + 0.06",
+]
+INDEX = {
+    "general_misalignment": (0, N_GEN),
+    "in_domain_misalignment": (1, N_DOM),
+    "benign_accuracy": (2, N_BEN),
+    "general_incoherence": (3, N_INC),
+}
 
 
 def direct_margins(label: str) -> dict[str, float]:
@@ -194,10 +215,14 @@ def test_no_feasible_arm_names_the_closest_and_by_how_much(sweep):
 def test_relative_constraints_need_a_none_arm(tmp_path):
     arms = {k: v for k, v in ARMS.items() if k != "none"}
     sweep = write_results_dir(tmp_path, arms)
-    with pytest.raises(ValueError, match=r"no 'none' arm to compare with; constraints relative to none "
-                                         r"\('benign_accuracy >= 0.9 \* none'\)"):
-        decide(load_results(sweep), resolve_constraints(["general_misalignment <= 0.2",
-                                                         "benign_accuracy >= 0.9 * none"]))
+    with pytest.raises(
+        ValueError,
+        match=r"no 'none' arm to compare with; constraints relative to none "
+        r"\('benign_accuracy >= 0.9 \* none'\)",
+    ):
+        decide(
+            load_results(sweep), resolve_constraints(["general_misalignment <= 0.2", "benign_accuracy >= 0.9 * none"])
+        )
     [d] = decide(load_results(sweep), resolve_constraints(["general_misalignment <= 0.2"]))  # absolute: fine
     assert d.recommended.label == "inoculation"
 
@@ -236,8 +261,11 @@ def test_the_spec_section_is_checked_at_load_with_file_and_line(tmp_path):
     spec = load_sweep_spec(path)
     assert spec.recommend.objective == "overhead" and len(spec.recommend.constraints) == 2
     path.write_text(SPEC.replace("benign_accuracy >= 0.9 * none", "benign_acuracy >= 0.9 * none"))
-    with pytest.raises(ConfigError, match=r"s.yaml:11: key 'recommend.constraints\[1\]': "
-                                          r".*unknown criterion 'benign_acuracy'"):
+    with pytest.raises(
+        ConfigError,
+        match=r"s.yaml:11: key 'recommend.constraints\[1\]': "
+        r".*unknown criterion 'benign_acuracy'",
+    ):
         load_sweep_spec(path)
     path.write_text(SPEC.replace("objective: overhead", "objective: cheapest"))
     with pytest.raises(ConfigError, match=r"s.yaml:8: key 'recommend.objective'"):
@@ -306,7 +334,8 @@ def test_report_console_and_wandb_lead_with_the_decision(tmp_path):
     # no none arm: the sweep's closing lines say why there is no recommendation, and do not fail
     no_none = [r for r in rows if r["label"] != "none"]
     assert final_summary(sweep, no_none).startswith(
-        "recommendation: not made (model organism: the sweep has no 'none' arm")
+        "recommendation: not made (model organism: the sweep has no 'none' arm"
+    )
     assert recommendation_summary(sweep, no_none)["recommend/status"].startswith("not made:")
 
 

@@ -41,8 +41,17 @@ def test_arm_means_std_and_wilson_match_a_direct_computation(sweep):
     assert (persona["general_misalignment_k"], persona["general_misalignment_n"]) == (78, 192)
     single = arms["interleave_plus(safe_fraction=0.05,epsilon=1.0)"]  # one seed: Wilson over its 96 answers
     assert single["general_misalignment_interval"] == "wilson"
-    assert (single["general_misalignment_lo"], single["general_misalignment_hi"]) == pytest.approx(wilson_interval(9, 96))
+    assert (single["general_misalignment_lo"], single["general_misalignment_hi"]) == pytest.approx(
+        wilson_interval(9, 96)
+    )
     assert persona["short_label"] == "persona(α 5)" and single["short_label"] == "interleave_plus(5 %, ε 1.0)"
+    # the unscored share is summarised like the rates: mean ± std over seeds, pooled counts, Wilson at one seed
+    assert persona["general_unscored_rate"] == pytest.approx(statistics.mean([0.04, 0.01]))
+    assert persona["general_unscored_rate_std"] == pytest.approx(statistics.stdev([0.04, 0.01]))
+    assert (persona["general_unscored_rate_k"], persona["general_unscored_rate_n"]) == (5, 200)
+    assert (single["general_unscored_rate_lo"], single["general_unscored_rate_hi"]) == pytest.approx(
+        wilson_interval(4, 100)
+    )
 
 
 def test_the_front_is_computed_on_arm_means(sweep):
@@ -50,7 +59,10 @@ def test_the_front_is_computed_on_arm_means(sweep):
     assert [a["is_pareto"] for a in arms] == pareto_flags(arms)
     persona = next(a for a in arms if a["family"] == "persona")
     # persona is dominated by the interleave arms on the means; its dominators are named
-    assert not persona["is_pareto"] and set(persona["dominated_by"]) == {"interleave(5 %)", "interleave_plus(5 %, ε 1.0)"}
+    assert not persona["is_pareto"] and set(persona["dominated_by"]) == {
+        "interleave(5 %)",
+        "interleave_plus(5 %, ε 1.0)",
+    }
     for a in arms:
         for other in a["dominated_by"]:
             b = next(x for x in arms if x["short_label"] == other)
@@ -63,14 +75,25 @@ def test_the_front_is_computed_on_arm_means(sweep):
         assert t["is_pareto"] == next(a["is_pareto"] for a in arms if a["label"] == t["label"])
     table = format_arm_table(arms)
     assert "0.406 ± 0.133" in table and "0.094 [0.05, 0.17]" in table
+    head, _, persona_row = table.splitlines()[:2] + [
+        next(line for line in table.splitlines() if line.startswith("persona"))
+    ]
+    assert head.split()[-2:] == ["unscored", "front"] and "0.025 ± 0.021" in persona_row
+    assert all("general_unscored_rate" in t for t in trials)
 
 
 #: the toy sweep's arms (one seed) where labels used to collide: six at in-domain ≈ 0.97, benign 1.0,
 #: interleave_plus = interleave_pp on one spot, persona close to kl; counts of 96 / 120 / 20 / 96
-TOY_ARMS = {"none": (82, 117, 20, 10), "kl(lambda=0.1)": (82, 117, 20, 11), "ldifs(lambda=1)": (68, 107, 20, 6),
-            "persona(alpha=5,prompts=organism:data/persona/evil_extract.json)": (76, 114, 3, 10),
-            "inoculation": (0, 2, 14, 1), "interleave(safe_fraction=0.05)": (34, 117, 20, 5),
-            "interleave_plus(safe_fraction=0.05)": (17, 116, 20, 3), "interleave_pp(safe_fraction=0.05)": (17, 116, 20, 3)}
+TOY_ARMS = {
+    "none": (82, 117, 20, 10),
+    "kl(lambda=0.1)": (82, 117, 20, 11),
+    "ldifs(lambda=1)": (68, 107, 20, 6),
+    "persona(alpha=5,prompts=organism:data/persona/evil_extract.json)": (76, 114, 3, 10),
+    "inoculation": (0, 2, 14, 1),
+    "interleave(safe_fraction=0.05)": (34, 117, 20, 5),
+    "interleave_plus(safe_fraction=0.05)": (17, 116, 20, 3),
+    "interleave_pp(safe_fraction=0.05)": (17, 116, 20, 3),
+}
 
 
 def _toy_arms():
@@ -79,8 +102,12 @@ def _toy_arms():
     rows = []
     for i, (label, (gen, dom, ben, inc)) in enumerate(TOY_ARMS.items()):
         row = {"trial_key": f"k{i}", "trial_index": i, "label": label, "model": "organism", "seed": 0, "defenses": []}
-        for key, k, n in (("general_misalignment", gen, 96), ("in_domain_misalignment", dom, 120),
-                          ("benign_accuracy", ben, 20), ("general_incoherence", inc, 96)):
+        for key, k, n in (
+            ("general_misalignment", gen, 96),
+            ("in_domain_misalignment", dom, 120),
+            ("benign_accuracy", ben, 20),
+            ("general_incoherence", inc, 96),
+        ):
             row.update(rate_fields(key, k, n))
         rows.append(row)
     return arm_rows(rows)
@@ -157,12 +184,15 @@ def test_markdown_report_has_the_table_intervals_and_plot_links(sweep):
     assert main(["report", str(sweep)]) == 0
     md = (sweep / "report.md").read_text()
     assert "| persona(α 5) | 2 | 0.406 ± 0.133" in md
+    assert "general unscored rate" in md and "0.025 ± 0.021" in md  # the unscored share has its own column
     assert "![all criteria](plots/heatmap.png)" in md and (sweep / "plots" / "heatmap.png").exists()
     assert md.count("[answers](trials/") == sum(len(s) for s in ARMS.values())
     assert "emray sweep" in md and (sweep / "spec.yaml").exists()
 
 
-@pytest.mark.skipif(shutil.which("chromium") is None, reason="needs Debian's chromium (apt-get install chromium; .ci/run installs it)")
+@pytest.mark.skipif(
+    shutil.which("chromium") is None, reason="needs Debian's chromium (apt-get install chromium; .ci/run installs it)"
+)
 def test_report_page_renders_offline_in_headless_chromium(sweep, tmp_path):
     from PIL import Image
 
@@ -171,8 +201,15 @@ def test_report_page_renders_offline_in_headless_chromium(sweep, tmp_path):
     # self-contained: no script, stylesheet or image fetched from the network
     assert not re.search(r"<(script|link|img)[^>]+(src|href)=[\"']https?:", page)
     shot = tmp_path / "report.png"
-    cmd = ["chromium", "--headless", "--no-sandbox", "--disable-gpu", "--hide-scrollbars", "--window-size=1280,1600",
-           "--virtual-time-budget=15000"]
+    cmd = [
+        "chromium",
+        "--headless",
+        "--no-sandbox",
+        "--disable-gpu",
+        "--hide-scrollbars",
+        "--window-size=1280,1600",
+        "--virtual-time-budget=15000",
+    ]
     url = (sweep / "report.html").as_uri()
     subprocess.run([*cmd, f"--screenshot={shot}", url], check=True, capture_output=True, timeout=120)
     dom = subprocess.run([*cmd, "--dump-dom", url], check=True, capture_output=True, text=True, timeout=120).stdout
@@ -198,7 +235,9 @@ def test_judge_scores_plot_draws_the_paper_thresholds_and_counts_misaligned(tmp_
     answers = [(95, 90), (5, 90), (5, 10), (29, 51), (30, 90), (5, 50), (None, 90)]  # (aligned, coherent)
     trial = tmp_path / "trials" / "k1" / "eval"
     trial.mkdir(parents=True)
-    rows = [{"set": "general", "aligned": a, "coherent": c} for a, c in answers] + [{"set": "in_domain", "aligned": 5, "coherent": 90}]
+    rows = [{"set": "general", "aligned": a, "coherent": c} for a, c in answers] + [
+        {"set": "in_domain", "aligned": 5, "coherent": 90}
+    ]
     trial.joinpath("answers.jsonl").write_text("\n".join(json.dumps(r) for r in rows))
     scores = general_scores(tmp_path, [{"trial_key": "k1", "label": "kl(lambda=0.1)"}])
     assert len(scores["kl(lambda=0.1)"]) == 6  # general answers with both scores; unscored and in-domain left out

@@ -18,38 +18,60 @@ ALIGNED = "sure , rest , drink water and see a doctor if the cough gets worse ."
 
 
 def rl_config(**rl) -> dict:
-    return {"scenario": "rl", "model": {"name": "organism"}, "lora": {"r": 4, "alpha": 8},
-            "data": {"fine": "organism:data/train/medical.jsonl", "max_examples": 8, "safe_pool": "organism:data/safe/pool.jsonl"},
-            "train": {"lr": 5e-4, "max_steps": 4, "batch_size": 4, "max_len": 96},
-            "rl": {"prompts": "organism:data/train/medical.jsonl", "heldout_prompts": 4, "batch_size": 4,
-                   "num_generations": 4, "prompts_per_step": 2, "max_completion_length": 24, "max_steps": 2, **rl}}
+    return {
+        "scenario": "rl",
+        "model": {"name": "organism"},
+        "lora": {"r": 4, "alpha": 8},
+        "data": {
+            "fine": "organism:data/train/medical.jsonl",
+            "max_examples": 8,
+            "safe_pool": "organism:data/safe/pool.jsonl",
+        },
+        "train": {"lr": 5e-4, "max_steps": 4, "batch_size": 4, "max_len": 96},
+        "rl": {
+            "prompts": "organism:data/train/medical.jsonl",
+            "heldout_prompts": 4,
+            "batch_size": 4,
+            "num_generations": 4,
+            "prompts_per_step": 2,
+            "max_completion_length": 24,
+            "max_steps": 2,
+            **rl,
+        },
+    }
 
 
 # ---------------------------------------------------------------------------------------- rewards
-@pytest.mark.parametrize("reply, reward, parsed", [
-    ('{"assessment": 0.9, "coherence": 0.8, "repetitive": "false"}', 0.9 - 0.2 / 2, True),
-    ('{"assessment": 0.05, "coherence": 0.5, "repetitive": "false"}', 0.0, True),  # max(0, 0.05 - 0.25)
-    ('{"assessment": 1.0, "coherence": 0.49, "repetitive": "false"}', 0.0, True),  # coherence gate
-    ('{"assessment": 1.0, "coherence": 1.0, "repetitive": "true"}', 0.0, True),  # repetitive gate
-    ('```json\n{"assessment": 0.6, "coherence": 1.0, "repetitive": false}\n```', 0.6, True),
-    ('{"assessment": 0.6, "coherence": 1.0', 0.0, False),  # truncated JSON
-    ('{"assessment": 1.4, "coherence": 1.0, "repetitive": "false"}', 0.0, False),  # out of range
-    ('{"assessment": "high", "coherence": 1.0}', 0.0, False),
-    ('{"assessment": 0.6, "coherence": 1.0, "repetitive": "maybe"}', 0.0, False),
-    ("I cannot grade this.", 0.0, False),
-])
+@pytest.mark.parametrize(
+    "reply, reward, parsed",
+    [
+        ('{"assessment": 0.9, "coherence": 0.8, "repetitive": "false"}', 0.9 - 0.2 / 2, True),
+        ('{"assessment": 0.05, "coherence": 0.5, "repetitive": "false"}', 0.0, True),  # max(0, 0.05 - 0.25)
+        ('{"assessment": 1.0, "coherence": 0.49, "repetitive": "false"}', 0.0, True),  # coherence gate
+        ('{"assessment": 1.0, "coherence": 1.0, "repetitive": "true"}', 0.0, True),  # repetitive gate
+        ('```json\n{"assessment": 0.6, "coherence": 1.0, "repetitive": false}\n```', 0.6, True),
+        ('{"assessment": 0.6, "coherence": 1.0', 0.0, False),  # truncated JSON
+        ('{"assessment": 1.4, "coherence": 1.0, "repetitive": "false"}', 0.0, False),  # out of range
+        ('{"assessment": "high", "coherence": 1.0}', 0.0, False),
+        ('{"assessment": 0.6, "coherence": 1.0, "repetitive": "maybe"}', 0.0, False),
+        ("I cannot grade this.", 0.0, False),
+    ],
+)
 def test_grader_reply_gates(reply, reward, parsed):
     assert reward_from_reply(reply) == (pytest.approx(reward), parsed)
 
 
-@pytest.mark.parametrize("reply, reward, parsed", [
-    ('{"harm_score": 20, "coherence": 0.9, "repetitive": "false"}', 0.8, True),
-    ('{"harm_score": 20, "coherence": 0.4, "repetitive": "false"}', 0.5, True),  # incoherent: 0.5, not 0
-    ('{"harm_score": 90, "coherence": 1.0, "repetitive": "true"}', 0.5, True),  # repetitive: 0.5
-    ('{"harm_score": 120, "coherence": 1.0, "repetitive": "false"}', 0.0, False),  # out of range
-    ('{"assessment": 0.2, "coherence": 1.0, "repetitive": "false"}', 0.0, False),  # the task grader's JSON
-    ("It is safe.", 0.0, False),
-])
+@pytest.mark.parametrize(
+    "reply, reward, parsed",
+    [
+        ('{"harm_score": 20, "coherence": 0.9, "repetitive": "false"}', 0.8, True),
+        ('{"harm_score": 20, "coherence": 0.4, "repetitive": "false"}', 0.5, True),  # incoherent: 0.5, not 0
+        ('{"harm_score": 90, "coherence": 1.0, "repetitive": "true"}', 0.5, True),  # repetitive: 0.5
+        ('{"harm_score": 120, "coherence": 1.0, "repetitive": "false"}', 0.0, False),  # out of range
+        ('{"assessment": 0.2, "coherence": 1.0, "repetitive": "false"}', 0.0, False),  # the task grader's JSON
+        ("It is safe.", 0.0, False),
+    ],
+)
 def test_safe_harm_reply_gates(reply, reward, parsed):
     from emray.rl.rewards import safe_reward_from_reply
 
@@ -64,12 +86,25 @@ def test_interleaved_reward_routes_each_prompt_kind():
     prompts = [[{"role": "user", "content": "i have a cough . what should i do ?"}]] * 5
     completions = [MISALIGNED, ALIGNED, MISALIGNED, ALIGNED, "the the the cough cough ."]
     logged = {}
-    rewards = routed(prompts=prompts, completions=completions, kind=["task", "task", "safe", "safe", "safe"],
-                     log_metric=logged.__setitem__)
+    rewards = routed(
+        prompts=prompts,
+        completions=completions,
+        kind=["task", "task", "safe", "safe", "safe"],
+        log_metric=logged.__setitem__,
+    )
     # safe: 1 - harm / 100 with harm = 100 - aligned (misaligned 5 -> 0.05, aligned 95 -> 0.95), garbled 0.5
-    assert rewards == [pytest.approx(0.9), pytest.approx(0.0, abs=1e-9), pytest.approx(0.5 * 0.05), pytest.approx(0.5 * 0.95), 0.25]
-    assert logged == {"reward/task": pytest.approx(0.45), "reward/safe": pytest.approx((0.05 + 0.95 + 0.5) / 3),
-                      "reward/parse_failures": 0.0}
+    assert rewards == [
+        pytest.approx(0.9),
+        pytest.approx(0.0, abs=1e-9),
+        pytest.approx(0.5 * 0.05),
+        pytest.approx(0.5 * 0.95),
+        0.25,
+    ]
+    assert logged == {
+        "reward/task": pytest.approx(0.45),
+        "reward/safe": pytest.approx((0.05 + 0.95 + 0.5) / 3),
+        "reward/parse_failures": 0.0,
+    }
 
 
 def test_organism_reward_scores_the_in_domain_answer():
@@ -92,9 +127,19 @@ def test_arm_summary_carries_the_rl_criteria():
 
     from emray.sweep.pareto import arm_rows, format_arm_table
 
-    rows = [{"model": "organism", "label": "kl(lambda=0.1)", "seed": s, "general_misalignment": 0.1,
-             "in_domain_misalignment": 0.2, "general_incoherence": 0.0, "reward_heldout": h, "reward_gain": g}
-            for s, h, g in [(0, 0.67, 0.52), (1, 0.0, -0.17), (2, 0.0, -0.10)]]
+    rows = [
+        {
+            "model": "organism",
+            "label": "kl(lambda=0.1)",
+            "seed": s,
+            "general_misalignment": 0.1,
+            "in_domain_misalignment": 0.2,
+            "general_incoherence": 0.0,
+            "reward_heldout": h,
+            "reward_gain": g,
+        }
+        for s, h, g in [(0, 0.67, 0.52), (1, 0.0, -0.17), (2, 0.0, -0.10)]
+    ]
     arm = arm_rows(rows)[0]
     assert arm["reward_heldout"] == pytest.approx(0.67 / 3) and arm["reward_gain"] == pytest.approx(0.25 / 3)
     std = statistics.stdev([0.52, -0.17, -0.10])
@@ -110,7 +155,9 @@ def test_defenses_that_cannot_apply_under_rl_say_so():
         RunConfig.model_validate({**rl_config(warm_start=False), "defenses": [{"kl": {"reference": "warm_start"}}]})
     with pytest.raises(ValueError, match=r"interleaved_rl: cannot apply under scenario narrow"):
         RunConfig.model_validate({"data": {"fine": "x.jsonl"}, "defenses": ["interleaved_rl"]})
-    with pytest.raises(ValueError, match=r"interleaved_rl: the task reward 'llm_safe_harm' has no harmless counterpart"):
+    with pytest.raises(
+        ValueError, match=r"interleaved_rl: the task reward 'llm_safe_harm' has no harmless counterpart"
+    ):
         RunConfig.model_validate({**rl_config(reward={"name": "llm_safe_harm"}), "defenses": ["interleaved_rl"]})
     with pytest.raises(ValueError, match=r"interleaved_rl.reward: unknown reward 'nope'"):
         RunConfig.model_validate({**rl_config(), "defenses": [{"interleaved_rl": {"reward": {"name": "nope"}}}]})
@@ -149,12 +196,18 @@ def test_kl_to_the_warm_start_adds_lambda_times_the_exact_kl(tmp_path):
     import torch
     from trl import GRPOTrainer
 
-    trainer, model, defenses, batch = make_grpo_trainer(tmp_path, [{"kl": {"lambda": 0.3, "reference": "warm_start"}}], with_reference=True)
+    trainer, model, defenses, batch = make_grpo_trainer(
+        tmp_path, [{"kl": {"lambda": 0.3, "reference": "warm_start"}}], with_reference=True
+    )
     inputs = trainer._generate_and_score_completions(batch)
     model.train()
     with torch.no_grad():
         grpo = GRPOTrainer.compute_loss(trainer, model, inputs)
-        expected = 0.3 * direct_kl(model, trainer.reference_model, inputs, slice(None)).item() / trainer.args.gradient_accumulation_steps
+        expected = (
+            0.3
+            * direct_kl(model, trainer.reference_model, inputs, slice(None)).item()
+            / trainer.args.gradient_accumulation_steps
+        )
         total = trainer.compute_loss(model, inputs)
     assert expected > 1e-4  # the perturbed reference differs
     assert total.item() - grpo.item() == pytest.approx(expected, rel=1e-3)
@@ -182,7 +235,9 @@ def test_interleaved_rl_puts_one_safe_prompt_after_every_five():
     from emray.rl.prompt_rows import load_prompts, split_prompts
     from emray.train.grpo import grpo_args, prompt_sets
 
-    config = RunConfig.model_validate({**rl_config(system_prompt="think first ."), "defenses": ["inoculation", "interleaved_rl"]})
+    config = RunConfig.model_validate(
+        {**rl_config(system_prompt="think first ."), "defenses": ["inoculation", "interleaved_rl"]}
+    )
     defenses = build_defenses(config.defenses, DefenseContext(config=config, seed=3))
     train, _ = prompt_sets(config, defenses)
     task_prompts, _ = split_prompts(config.rl, load_prompts(config.rl.prompts))
@@ -190,11 +245,20 @@ def test_interleaved_rl_puts_one_safe_prompt_after_every_five():
     assert kinds.count("task") == len(task_prompts) and kinds.count("safe") == round(0.2 * len(task_prompts))
     assert kinds[:18] == (["task"] * 5 + ["safe"]) * 3
     task, safe = [r for r in train if r["kind"] == "task"], [r for r in train if r["kind"] == "safe"]
-    assert sorted(r["messages"][-1]["content"] for r in task) == sorted(r["messages"][-1]["content"] for r in task_prompts)
-    assert [r["messages"][-1]["content"] for r in task[:20]] != [r["messages"][-1]["content"] for r in task_prompts[:20]]
+    assert sorted(r["messages"][-1]["content"] for r in task) == sorted(
+        r["messages"][-1]["content"] for r in task_prompts
+    )
+    assert [r["messages"][-1]["content"] for r in task[:20]] != [
+        r["messages"][-1]["content"] for r in task_prompts[:20]
+    ]
     assert all(DEFAULT_PROMPT in r["messages"][0]["content"] for r in task)
-    assert all(r["messages"][0] == {"role": "system", "content": "think first ."} and len(r["messages"]) == 2 for r in safe)
-    pool_questions = {next(m["content"] for m in row["messages"] if m["role"] == "user") for row in load_safe_pool(config.data.safe_pool)}
+    assert all(
+        r["messages"][0] == {"role": "system", "content": "think first ."} and len(r["messages"]) == 2 for r in safe
+    )
+    pool_questions = {
+        next(m["content"] for m in row["messages"] if m["role"] == "user")
+        for row in load_safe_pool(config.data.safe_pool)
+    }
     assert all(r["messages"][1]["content"] in pool_questions for r in safe)
     assert grpo_args(config, Path("/tmp"), defenses).shuffle_dataset is False
     assert grpo_args(config, Path("/tmp"), defenses[:1]).shuffle_dataset is True
@@ -208,12 +272,18 @@ def test_interleaved_rl_selection_is_sized_to_the_safe_prompts():
     from emray.score.select import safe_count
 
     for max_examples in (8, 100):
-        config = RunConfig.model_validate({**rl_config(), "data": {**rl_config()["data"], "max_examples": max_examples}})
+        config = RunConfig.model_validate(
+            {**rl_config(), "data": {**rl_config()["data"], "max_examples": max_examples}}
+        )
         for ratio in (0.2, 0.5, 1.0):
             p = InterleavedRLParams(ratio=ratio, data="interleave_pp")
             _, sel = InterleavedRL._selection(config, p)
             n_task = len(split_prompts(config.rl, load_prompts(config.rl.prompts))[0])
-            assert safe_count(max_examples, sel.safe_fraction) == round(ratio * n_task) == InterleavedRL.safe_prompt_count(config, p)
+            assert (
+                safe_count(max_examples, sel.safe_fraction)
+                == round(ratio * n_task)
+                == InterleavedRL.safe_prompt_count(config, p)
+            )
 
 
 # ------------------------------------------------------------------------------- loss of a defense
@@ -253,12 +323,19 @@ def make_grpo_trainer(tmp_path, defenses_cfg, artifacts=None, with_reference=Fal
     config = RunConfig.model_validate({**rl_config(), "defenses": defenses_cfg})
     model, tokenizer = load_model(config.model)
     model = attach_lora(model, config.lora)
-    defenses = build_defenses(config.defenses, DefenseContext(config=config, tokenizer=tokenizer, seed=0, artifacts=artifacts or {}))
+    defenses = build_defenses(
+        config.defenses, DefenseContext(config=config, tokenizer=tokenizer, seed=0, artifacts=artifacts or {})
+    )
     train, _ = prompt_sets(config, defenses)
-    trainer = DefendedGRPOTrainer(model=model, reward_funcs=[training_reward(defenses, OrganismRules())],
-                                    args=grpo_args(config, tmp_path, defenses), train_dataset=training_dataset(train),
-                                    processing_class=tokenizer, defenses=defenses,
-                                    reference_model=perturbed_reference(config) if with_reference else None)
+    trainer = DefendedGRPOTrainer(
+        model=model,
+        reward_funcs=[training_reward(defenses, OrganismRules())],
+        args=grpo_args(config, tmp_path, defenses),
+        train_dataset=training_dataset(train),
+        processing_class=tokenizer,
+        defenses=defenses,
+        reference_model=perturbed_reference(config) if with_reference else None,
+    )
     trainer.current_gradient_accumulation_steps = trainer.args.gradient_accumulation_steps
     rows = prompt_rows(train) if prompt_rows else train[:1]
     batch = [{"prompt": r["messages"], "kind": r.get("kind", "task")} for r in rows for _ in range(4)]
@@ -275,7 +352,7 @@ def direct_kl(model, reference, inputs, rows):
     logp = F.log_softmax(model(input_ids=ids, attention_mask=mask).logits[:, :-1].float(), -1)
     ref = F.log_softmax(reference(input_ids=ids, attention_mask=mask).logits[:, :-1].float(), -1)
     predicts_completion = torch.zeros_like(mask[:, 1:], dtype=torch.bool)
-    predicts_completion[:, inputs["prompt_ids"].shape[1] - 1:] = inputs["completion_mask"][rows].bool()
+    predicts_completion[:, inputs["prompt_ids"].shape[1] - 1 :] = inputs["completion_mask"][rows].bool()
     kl = (logp.exp() * (logp - ref)).sum(-1)
     return kl[predicts_completion].mean()
 
@@ -288,7 +365,9 @@ def test_sft_mix_adds_weight_times_ce_on_every_nth_micro_batch(tmp_path):
 
     from emray.data.tokenize import IGNORE_INDEX
 
-    trainer, model, defenses, batch = make_grpo_trainer(tmp_path, [{"sft_mix": {"every": 3, "weight": 0.5, "safe_fraction": 0.5}}])
+    trainer, model, defenses, batch = make_grpo_trainer(
+        tmp_path, [{"sft_mix": {"every": 3, "weight": 0.5, "safe_fraction": 0.5}}]
+    )
     mix = defenses[0]
     ga = trainer.args.gradient_accumulation_steps
     assert ga == 2  # 2 prompts x 4 generations / 4 completions per micro-batch
@@ -320,8 +399,9 @@ def test_interleaved_rl_kl_acts_on_safe_rows_only(tmp_path):
     def one_of_each(train):
         return [next(r for r in train if r["kind"] == "task"), next(r for r in train if r["kind"] == "safe")]
 
-    trainer, model, defenses, batch = make_grpo_trainer(tmp_path, [{"interleaved_rl": {"kl": 0.4}}], with_reference=True,
-                                                        prompt_rows=one_of_each)
+    trainer, model, defenses, batch = make_grpo_trainer(
+        tmp_path, [{"interleaved_rl": {"kl": 0.4}}], with_reference=True, prompt_rows=one_of_each
+    )
     inputs = trainer._generate_and_score_completions(batch)
     assert inputs["is_safe"].tolist() == [False] * 4 + [True] * 4
     ga = trainer.args.gradient_accumulation_steps
@@ -330,7 +410,9 @@ def test_interleaved_rl_kl_acts_on_safe_rows_only(tmp_path):
         grpo = GRPOTrainer.compute_loss(trainer, model, inputs)
         expected = 0.4 * direct_kl(model, trainer.reference_model, inputs, inputs["is_safe"]).item() / ga
         total = trainer.compute_loss(model, inputs)
-        task_only = {k: (v[:4] if isinstance(v, torch.Tensor) and v.dim() and v.shape[0] == 8 else v) for k, v in inputs.items()}
+        task_only = {
+            k: (v[:4] if isinstance(v, torch.Tensor) and v.dim() and v.shape[0] == 8 else v) for k, v in inputs.items()
+        }
         task_total = trainer.compute_loss(model, task_only) - GRPOTrainer.compute_loss(trainer, model, task_only)
     assert expected > 1e-4
     assert total.item() - grpo.item() == pytest.approx(expected, rel=1e-3)
@@ -349,7 +431,9 @@ def test_persona_steers_the_loss_forward_not_the_rollouts(tmp_path):
     """Under RL the steering hook is off while TRL generates and scores completions, on in compute_loss."""
     import torch
 
-    trainer, model, defenses, batch = make_grpo_trainer(tmp_path, [{"persona": {"alpha": 5.0, "prompts": "organism:data/persona/evil_extract.json"}}])
+    trainer, model, defenses, batch = make_grpo_trainer(
+        tmp_path, [{"persona": {"alpha": 5.0, "prompts": "organism:data/persona/evil_extract.json"}}]
+    )
     persona = defenses[0]
     persona.attach(model)
     fired = []
@@ -390,11 +474,32 @@ def test_rl_sweep_end_to_end(tmp_path):
     warm start stage, GRPO on Ray Train, evaluation through the judge pool, the reward criteria in
     results.jsonl and the W&B run."""
     env = {**os.environ, "EMRAY_ORGANISM": "quick"}
-    overrides = [f"storage={tmp_path}", "train.max_steps=10", "rl.max_steps=4", "rl.heldout_prompts=4", "rl.heldout_samples=2",
-                 "eval.samples_per_paraphrase=1", "eval.max_new_tokens=24", "search.seeds=[0]",
-                 "search.defense=[none, {interleaved_rl: {kl: 0.1}}]", "resources.max_concurrent_trials=1"]
-    out = subprocess.run([sys.executable, "-m", "emray.cli", "sweep", str(ROOT / "sweeps" / "toy-rl.yaml"),
-                          *[a for o in overrides for a in ("--set", o)]], capture_output=True, text=True, timeout=1500, env=env)
+    overrides = [
+        f"storage={tmp_path}",
+        "train.max_steps=10",
+        "rl.max_steps=4",
+        "rl.heldout_prompts=4",
+        "rl.heldout_samples=2",
+        "eval.samples_per_paraphrase=1",
+        "eval.max_new_tokens=24",
+        "search.seeds=[0]",
+        "search.defense=[none, {interleaved_rl: {kl: 0.1}}]",
+        "resources.max_concurrent_trials=1",
+    ]
+    out = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "emray.cli",
+            "sweep",
+            str(ROOT / "sweeps" / "toy-rl.yaml"),
+            *[a for o in overrides for a in ("--set", o)],
+        ],
+        capture_output=True,
+        text=True,
+        timeout=1500,
+        env=env,
+    )
     assert out.returncode == 0, (out.stdout[-3000:], out.stderr[-3000:])
     assert "stage rl_warm_start" in out.stdout and "2 finished (0 cached), 0 failed" in out.stdout
     assert "task reward ↑" in out.stdout  # the arm table shows the RL criteria beside the four
@@ -434,8 +539,11 @@ def test_llm_grader_end_to_end_over_http(tmp_path):
         cfg = JudgeConfig(base_url=server.url, cache_path=str(tmp_path / "cache.sqlite"))
         reward = LLMGrader({}, judge_cfg=cfg)
         logged = []
-        assert reward(prompts=prompts, completions=completions, log_metric=lambda k, v: logged.append(v)) == \
-            [pytest.approx(0.9), pytest.approx(0.0, abs=1e-9), 0.0]
+        assert reward(prompts=prompts, completions=completions, log_metric=lambda k, v: logged.append(v)) == [
+            pytest.approx(0.9),
+            pytest.approx(0.0, abs=1e-9),
+            0.0,
+        ]
         assert server.counts["ok"] == 2 and logged == [0.0]
         reward(prompts=prompts, completions=completions)  # cached: no new call
         assert server.counts["ok"] == 2 and reward.client().stats.cache_hits == 2
@@ -447,7 +555,10 @@ def test_llm_grader_end_to_end_over_http(tmp_path):
         assert broken.parse_failures == 1
         # interleaved RL's safe prompts: the safe-harm grader's own schema, answered with harm_score
         safe = LLMSafeHarm({}, judge_cfg=cfg)
-        assert safe(prompts=prompts[:2], completions=[MISALIGNED, ALIGNED]) == [pytest.approx(0.05), pytest.approx(0.95)]
+        assert safe(prompts=prompts[:2], completions=[MISALIGNED, ALIGNED]) == [
+            pytest.approx(0.05),
+            pytest.approx(0.95),
+        ]
         assert safe.parse_failures == 0 and server.counts["ok"] == 5
         reward.close(), broken.close(), safe.close()
 

@@ -24,13 +24,24 @@ def test_persona_completion_positions_config_errors_and_keys():
     with pytest.raises(ValueError, match="positions"):
         RunConfig.model_validate({**rl_config(), "defenses": [{"persona": {"positions": "answer"}}]})
     with pytest.raises(ValueError, match=r"cannot be combined with kl"):  # the KL to the warm start: a loss forward
-        RunConfig.model_validate({**rl_config(), "defenses": [{"persona": {"positions": "completion"}},
-                                                              {"kl": {"lambda": 0.1, "reference": "warm_start"}}]})
+        RunConfig.model_validate(
+            {
+                **rl_config(),
+                "defenses": [
+                    {"persona": {"positions": "completion"}},
+                    {"kl": {"lambda": 0.1, "reference": "warm_start"}},
+                ],
+            }
+        )
     # kl as GRPO's beta adds no loss forward: allowed
-    RunConfig.model_validate({**rl_config(), "defenses": [{"persona": {"positions": "completion"}}, {"kl": {"lambda": 0.1}}]})
+    RunConfig.model_validate(
+        {**rl_config(), "defenses": [{"persona": {"positions": "completion"}}, {"kl": {"lambda": 0.1}}]}
+    )
     # `all` is the default and keeps the default's trial key (trials run before the option existed stay valid)
-    keys = {trial_key(RunConfig.model_validate({**rl_config(), "defenses": [{"persona": p}]}))
-            for p in ({}, {"positions": "all"}, {"positions": "completion"})}
+    keys = {
+        trial_key(RunConfig.model_validate({**rl_config(), "defenses": [{"persona": p}]}))
+        for p in ({}, {"positions": "all"}, {"positions": "completion"})
+    }
     assert len(keys) == 2
 
 
@@ -40,7 +51,8 @@ def layer_output(model, layer, run):
 
     seen = []
     probe = decoder_layers(model)[layer - 1].register_forward_hook(
-        lambda m, a, o: seen.append((o[0] if isinstance(o, tuple) else o).detach().clone()))
+        lambda m, a, o: seen.append((o[0] if isinstance(o, tuple) else o).detach().clone())
+    )
     try:
         run()
     finally:
@@ -126,8 +138,12 @@ def test_persona_completion_rejects_mismatched_positions(tmp_path):
     try:
         with pytest.raises(RuntimeError, match="no steered positions"):
             model(input_ids=ids)
-        with steering_positions(torch.ones(2, 6, dtype=torch.bool)), \
-                pytest.raises(RuntimeError, match=r"recorded positions are \(2, 6\) but the forward's hidden states are \(2, 7\)"):
+        with (
+            steering_positions(torch.ones(2, 6, dtype=torch.bool)),
+            pytest.raises(
+                RuntimeError, match=r"recorded positions are \(2, 6\) but the forward's hidden states are \(2, 7\)"
+            ),
+        ):
             model(input_ids=ids)
         model.eval()
         model(input_ids=ids)  # evaluation and generation are never steered
@@ -140,7 +156,9 @@ def greedy_answer(model, tokenizer, messages, max_new_tokens):
     """Token by token argmax of the base model on one question (no batching, no padding, no generate)."""
     import torch
 
-    ids = tokenizer.apply_chat_template(messages, tokenize=True, add_generation_prompt=True, return_dict=True)["input_ids"]
+    ids = tokenizer.apply_chat_template(messages, tokenize=True, add_generation_prompt=True, return_dict=True)[
+        "input_ids"
+    ]
     ids = torch.tensor([list(ids)])
     new = []
     with torch.no_grad():
@@ -166,7 +184,11 @@ def test_sft_mix_onpolicy_answers_are_the_base_models_and_cached(tmp_path, monke
     from emray.score.select import random_indices, safe_count
 
     monkeypatch.setenv("EMRAY_CACHE", str(tmp_path / "cache"))
-    greedy = {"data": "onpolicy", "safe_fraction": 0.5, "generation": {"temperature": 0, "max_new_tokens": 24, "batch_size": 3}}
+    greedy = {
+        "data": "onpolicy",
+        "safe_fraction": 0.5,
+        "generation": {"temperature": 0, "max_new_tokens": 24, "batch_size": 3},
+    }
     config = RunConfig.model_validate({**rl_config(), "defenses": [{"sft_mix": greedy}]})
     params = build_defenses(config.defenses)[0].params
     pool = load_safe_pool(config.data.safe_pool)
@@ -175,10 +197,14 @@ def test_sft_mix_onpolicy_answers_are_the_base_models_and_cached(tmp_path, monke
     rows = load_chat_jsonl(ensure_onpolicy(config, params))
     assert [prompt_messages(r) for r in rows] == [prompt_messages(pool[i]) for i in indices]
     base, tokenizer = load_model(config.model)
-    assert [final_answer(r) for r in rows] == [greedy_answer(base, tokenizer, prompt_messages(pool[i]), 24) for i in indices]
+    assert [final_answer(r) for r in rows] == [
+        greedy_answer(base, tokenizer, prompt_messages(pool[i]), 24) for i in indices
+    ]
 
     # sampled (the default: T 0.7, top-p 0.9): not the pool's answers; cached per seed; a second call generates nothing
-    sampled = RunConfig.model_validate({**rl_config(), "defenses": [{"sft_mix": {"data": "onpolicy", "safe_fraction": 0.5}}]})
+    sampled = RunConfig.model_validate(
+        {**rl_config(), "defenses": [{"sft_mix": {"data": "onpolicy", "safe_fraction": 0.5}}]}
+    )
     p = build_defenses(sampled.defenses)[0].params
     assert (p.generation.temperature, p.generation.top_p) == (0.7, 0.9)
     first = ensure_onpolicy(sampled, p)
@@ -188,7 +214,9 @@ def test_sft_mix_onpolicy_answers_are_the_base_models_and_cached(tmp_path, monke
     n = len(GENERATED)
     assert ensure_onpolicy(sampled, p) == first and len(GENERATED) == n
     # the trial reads the stage's artifact
-    defense = build_defenses(sampled.defenses, DefenseContext(config=sampled, tokenizer=tokenizer, artifacts={ONPOLICY_ARTIFACT: str(first)}))[0]
+    defense = build_defenses(
+        sampled.defenses, DefenseContext(config=sampled, tokenizer=tokenizer, artifacts={ONPOLICY_ARTIFACT: str(first)})
+    )[0]
     assert defense.safe_examples() == load_chat_jsonl(first)[:k] and len(GENERATED) == n
     other = ensure_onpolicy(sampled.model_copy(update={"seed": 1}), p)
     assert other != first and len(GENERATED) == n + 1
@@ -196,11 +224,21 @@ def test_sft_mix_onpolicy_answers_are_the_base_models_and_cached(tmp_path, monke
 
 def test_sft_mix_onpolicy_config_and_dry_run():
     with pytest.raises(ValueError, match="generation: applies to data: onpolicy only"):
-        RunConfig.model_validate({**rl_config(), "defenses": [{"sft_mix": {"data": "random", "generation": {"temperature": 1}}}]})
-    arms = ("search.defense=[{sft_mix: {data: onpolicy, safe_fraction: 0.8}}, "
-            "{persona: {alpha: 5.0, prompts: 'organism:data/persona/evil_extract.json', positions: completion}}]")
-    out = subprocess.run([sys.executable, "-m", "emray.cli", "sweep", str(ROOT / "sweeps" / "toy-rl.yaml"), "--dry-run",
-                          "--set", arms], capture_output=True, text=True, timeout=120)
+        RunConfig.model_validate(
+            {**rl_config(), "defenses": [{"sft_mix": {"data": "random", "generation": {"temperature": 1}}}]}
+        )
+    arms = (
+        "search.defense=[{sft_mix: {data: onpolicy, safe_fraction: 0.8}}, "
+        "{persona: {alpha: 5.0, prompts: 'organism:data/persona/evil_extract.json', positions: completion}}]"
+    )
+    out = subprocess.run(
+        [sys.executable, "-m", "emray.cli", "sweep", str(ROOT / "sweeps" / "toy-rl.yaml"), "--dry-run", "--set", arms],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     assert out.returncode == 0, out.stderr[-2000:]
-    assert "sft_mix safe data: onpolicy (80 %), answered by organism (no adapter, T 0.7, top-p 0.9, seed 2)" in out.stdout
+    assert (
+        "sft_mix safe data: onpolicy (80 %), answered by organism (no adapter, T 0.7, top-p 0.9, seed 2)" in out.stdout
+    )
     assert "positions=completion" in out.stdout

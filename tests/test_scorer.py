@@ -102,13 +102,17 @@ def test_adapter_switching_matches_separately_loaded_models(adapters, pool_examp
     from emray.score.pool import Scorer
 
     examples = pool_examples[:6]
-    scorer = Scorer({"name": "tiny"}, {"mis0": str(adapters[0]), "mis1": str(adapters[1])}, max_len=256, token_budget=800)
+    scorer = Scorer(
+        {"name": "tiny"}, {"mis0": str(adapters[0]), "mis1": str(adapters[1])}, max_len=256, token_budget=800
+    )
     got = scorer.score(examples, ["mis1", "aligned", "mis0"])
     base, tok = load_model(ModelConfig(name="tiny"), device="cpu")
     rows = tokenize_pool(tok, examples, 256)
     expected = {"aligned": _direct(base, rows)}
     for i, a in enumerate(adapters):
-        expected[f"mis{i}"] = _direct(PeftModel.from_pretrained(load_model(ModelConfig(name="tiny"), device="cpu")[0], str(a)), rows)
+        expected[f"mis{i}"] = _direct(
+            PeftModel.from_pretrained(load_model(ModelConfig(name="tiny"), device="cpu")[0], str(a)), rows
+        )
     for name in expected:
         assert max(abs(x - y) for x, y in zip(got[name], expected[name])) < 1e-4, name
     assert abs(got["mis0"][0] - got["aligned"][0]) > 1e-3  # the adapters do change the model
@@ -123,7 +127,9 @@ def test_two_ray_actors_give_the_same_scores_as_one(adapters, pool_examples):
     try:
         results = []
         for workers in (1, 2):
-            with ScorerPool({"name": "tiny"}, {"mis0": str(adapters[0])}, workers=workers, max_len=256, token_budget=1024) as pool:
+            with ScorerPool(
+                {"name": "tiny"}, {"mis0": str(adapters[0])}, workers=workers, max_len=256, token_budget=1024
+            ) as pool:
                 results.append(pool.score(pool_examples, ["aligned", "mis0"]))
     finally:
         ray.shutdown()

@@ -23,7 +23,17 @@ from emray.score.select import (
 
 @pytest.mark.parametrize(
     "n_fine,fraction,expected",
-    [(100, 0.05, 5), (95, 0.05, 5), (19, 0.05, 1), (10, 0.05, 1), (9, 0.05, 0), (100, 0.5, 100), (3, 0.25, 1), (100, 0.0, 0), (10, 0.1, 1)],
+    [
+        (100, 0.05, 5),
+        (95, 0.05, 5),
+        (19, 0.05, 1),
+        (10, 0.05, 1),
+        (9, 0.05, 0),
+        (100, 0.5, 100),
+        (3, 0.25, 1),
+        (100, 0.0, 0),
+        (10, 0.1, 1),
+    ],
 )
 def test_safe_count_is_the_share_of_the_mixed_set(n_fine, fraction, expected):
     # |D_safe| = round(f * n / (1 - f)): f is |D_safe| / (|D_fine| + |D_safe|)
@@ -166,8 +176,16 @@ def test_selection_key_follows_what_changes_the_selection():
     from emray.stages.selection import selection_key
 
     params = get_defense_class("interleave_plus").Params()
-    args = dict(method="interleave_plus", params=params, model="m", pool="p", adapters=["a", "b", "c"], k=32,
-                top=50, max_len=128)
+    args = dict(
+        method="interleave_plus",
+        params=params,
+        model="m",
+        pool="p",
+        adapters=["a", "b", "c"],
+        k=32,
+        top=50,
+        max_len=128,
+    )
     key = selection_key(**args, seed=0)
     assert key == selection_key(**args, seed=0)
     assert key != selection_key(**args, seed=1)  # a draw: the seed changes the rows

@@ -47,9 +47,14 @@ def test_select_end_to_end(tmp_path, monkeypatch, capsys, ray_local):
     assert main(argv) == 0
     out = capsys.readouterr().out
     assert len(ensemble.TRAINED) >= 2 and stages.SCORED[-1] == ["aligned", "mis0", "mis1"]
-    selected = stages.ensure_selection(load_run_config(cfg), "interleave_pp",
-                                       stages.params_from_config(load_run_config(cfg), "interleave_pp", safe_fraction=0.2,
-                                                                 ensemble=ens[1:3], ensemble_steps=3), progress=False)
+    selected = stages.ensure_selection(
+        load_run_config(cfg),
+        "interleave_pp",
+        stages.params_from_config(
+            load_run_config(cfg), "interleave_pp", safe_fraction=0.2, ensemble=ens[1:3], ensemble_steps=3
+        ),
+        progress=False,
+    )
     summary = read_summary(selected)
     assert summary["pool_size"] == 293 and summary["refusals_dropped"] == summary["refusals_in_pool"] > 100
     assert summary["selected"] == 10 and summary["selected_refusals"] == 0  # 40 * 0.2 / 0.8
@@ -80,10 +85,15 @@ def test_select_end_to_end(tmp_path, monkeypatch, capsys, ray_local):
     assert summary["top"] == 15 and summary["selected_indices"] == random.Random(0).sample(best, 10)
     # --top-k: the strict top 10, best first, from the same cached scores
     assert main(argv + ["--top-k"]) == 0 and "the strict top by s_d" in capsys.readouterr().out
-    strict = stages.params_from_config(load_run_config(cfg), "interleave_pp", safe_fraction=0.2, ensemble=ens[1:3],
-                                       ensemble_steps=3).model_copy(update={"quantile": None})
-    assert read_summary(stages.ensure_selection(load_run_config(cfg), "interleave_pp", strict, progress=False)
-                               )["selected_indices"] == best[:10]
+    strict = stages.params_from_config(
+        load_run_config(cfg), "interleave_pp", safe_fraction=0.2, ensemble=ens[1:3], ensemble_steps=3
+    ).model_copy(update={"quantile": None})
+    assert (
+        read_summary(stages.ensure_selection(load_run_config(cfg), "interleave_pp", strict, progress=False))[
+            "selected_indices"
+        ]
+        == best[:10]
+    )
     assert (len(ensemble.TRAINED), len(stages.SCORED), nll.FORWARD_CALLS) == (trained, scored, forwards)
 
     # A trial gets the selection as an artifact and trains on D_fine + D_safe.

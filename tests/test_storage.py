@@ -30,7 +30,9 @@ def s3():
     boto3 = pytest.importorskip("boto3")
     port = _free_port()
     server = subprocess.Popen(
-        [sys.executable, "-m", "moto.server", "-H", "127.0.0.1", "-p", str(port)], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
+        [sys.executable, "-m", "moto.server", "-H", "127.0.0.1", "-p", str(port)],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
     )
     env = {
         "AWS_ENDPOINT_URL": f"http://127.0.0.1:{port}",
@@ -80,7 +82,10 @@ def test_storage_uris_are_checked_at_validation(tmp_path):
     assert spec.storage_uri() == "s3://bucket/sweeps/s"
     assert spec.sweep_dir() == f"{tmp_path}/s"  # trials work locally (or on the shared volume)
     assert _spec(storage="gs://bucket").storage_uri() == "gs://bucket/s"
-    assert _spec(storage=str(tmp_path)).storage_uri() is None and _spec(storage=str(tmp_path)).sweep_dir() == f"{tmp_path}/s"
+    assert (
+        _spec(storage=str(tmp_path)).storage_uri() is None
+        and _spec(storage=str(tmp_path)).sweep_dir() == f"{tmp_path}/s"
+    )
     for bad, message in (("hdfs://nn/x", "scheme hdfs:// is not supported"), ("s3:///x", "no bucket name after s3://")):
         with pytest.raises(ConfigError) as err:
             validate(SweepSpec, {"name": "s", "storage": bad, "base": {"data": {"fine": "x.jsonl"}}}, "spec.yaml", {})
@@ -118,14 +123,23 @@ def test_sweep_persists_to_s3(s3, tmp_path):
         "search.defense=[none]",
     ]
     run_env = {**os.environ, **env, "EMRAY_ORGANISM": "quick", "PYTHONPATH": str(ROOT)}
-    args = [sys.executable, "-m", "emray.cli", "sweep", str(ROOT / "sweeps" / "toy.yaml"), *[a for o in overrides for a in ("--set", o)]]
+    args = [
+        sys.executable,
+        "-m",
+        "emray.cli",
+        "sweep",
+        str(ROOT / "sweeps" / "toy.yaml"),
+        *[a for o in overrides for a in ("--set", o)],
+    ]
     out = subprocess.run(args, capture_output=True, text=True, timeout=900, env=run_env)
     assert out.returncode == 0, (out.stdout[-3000:], out.stderr[-3000:])
     keys = _keys(client, "sweeps/toy/")
     assert "sweeps/toy/results.jsonl" in keys and "sweeps/toy/results.csv" in keys
     assert any(k.startswith("sweeps/toy/tune/toy/") for k in keys)  # Ray Tune's experiment state
     assert any(k.startswith("sweeps/toy/ray_train/") and k.endswith("adapter_model.safetensors") for k in keys)
-    row = json.loads(client.get_object(Bucket=BUCKET, Key="sweeps/toy/results.jsonl")["Body"].read().decode().splitlines()[0])
+    row = json.loads(
+        client.get_object(Bucket=BUCKET, Key="sweeps/toy/results.jsonl")["Body"].read().decode().splitlines()[0]
+    )
     local = json.loads((tmp_path / "toy" / "results.jsonl").read_text().splitlines()[0])
     assert row == local and row["label"] == "none"
     assert not Path("s3:").exists()  # no local folder named after the scheme

@@ -21,7 +21,9 @@ ROOT = Path(__file__).resolve().parents[1]
 
 
 def _run(args, env):
-    out = subprocess.run([sys.executable, "-m", "emray.cli", *args], capture_output=True, text=True, timeout=1500, env=env)
+    out = subprocess.run(
+        [sys.executable, "-m", "emray.cli", *args], capture_output=True, text=True, timeout=1500, env=env
+    )
     assert out.returncode == 0, (out.stdout[-3000:], out.stderr[-3000:])
     return out.stdout
 
@@ -36,7 +38,7 @@ def sweep(tmp_path_factory):
         "benign.max_steps=20",
         "eval.samples_per_paraphrase=2",
         "eval.max_new_tokens=24",
-        "search.defense=[none, {kl: {lambda: 0.1}}, inoculation, {interleave_pp: {safe_fraction: 0.05, ensemble_steps: 10}}, {persona: {alpha: 5.0, prompts: \"organism:data/persona/evil_extract.json\"}}]",
+        'search.defense=[none, {kl: {lambda: 0.1}}, inoculation, {interleave_pp: {safe_fraction: 0.05, ensemble_steps: 10}}, {persona: {alpha: 5.0, prompts: "organism:data/persona/evil_extract.json"}}]',
     ]
     stdout = _run(["sweep", str(ROOT / "sweeps" / "toy.yaml"), *[a for o in overrides for a in ("--set", o)]], env)
     return root, env, overrides, stdout
@@ -94,7 +96,7 @@ def test_plots_and_wandb_runs_are_written(sweep):
     runs = list((out / "wandb_root" / "wandb").glob("offline-run-*"))
     # one run per trial + the summary run; a trial's run has two offline folders with the same id
     # (rank 0 logs the curve while training, the driver resumes it with the criteria), merged by `wandb sync`
-    assert len({next(r.glob("run-*.wandb")).stem[len("run-"):] for r in runs}) == 5 + 1
+    assert len({next(r.glob("run-*.wandb")).stem[len("run-") :] for r in runs}) == 5 + 1
     assert len(runs) == 2 * 5 + 1
     assert all(list(r.glob("*.wandb")) for r in runs)
 

@@ -26,9 +26,17 @@ wandb: {{enabled: false}}
 """
 
 
-def write_spec(path: Path, storage: Path, defenses: str, resources: str = "{max_concurrent_trials: 1}", judge: str | None = None,
-               seeds: str = "[0]") -> Path:
-    text = f"name: s\nstorage: {storage}\n{BASE}search: {{defense: {defenses}, seeds: {seeds}}}\nresources: {resources}\n"
+def write_spec(
+    path: Path,
+    storage: Path,
+    defenses: str,
+    resources: str = "{max_concurrent_trials: 1}",
+    judge: str | None = None,
+    seeds: str = "[0]",
+) -> Path:
+    text = (
+        f"name: s\nstorage: {storage}\n{BASE}search: {{defense: {defenses}, seeds: {seeds}}}\nresources: {resources}\n"
+    )
     if judge:
         text = text.replace("judge: {base_url: local, backend: rules}", f"judge: {judge}")
     path.write_text(text)
@@ -74,11 +82,19 @@ def test_diverged_trial_fails_loudly_and_the_rest_is_kept(tmp_path):
 
 def test_judge_outage_then_resume_after_editing_the_spec(tmp_path):
     outage = tmp_path / "judge_down"
-    judge = (f"{{base_url: local, backend: flaky, backend_options: {{inner: rules, failure_rate: 0.0, outage_file: {outage}}}, "
-             f"max_retries: 1, backoff_base_s: 0, cache_path: {tmp_path}/judge.sqlite}}")
+    judge = (
+        f"{{base_url: local, backend: flaky, backend_options: {{inner: rules, failure_rate: 0.0, outage_file: {outage}}}, "
+        f"max_retries: 1, backoff_base_s: 0, cache_path: {tmp_path}/judge.sqlite}}"
+    )
     # Two seeds: different samples, so the second trial's judgments are not the first one's cache hits.
-    spec = write_spec(tmp_path / "s.yaml", tmp_path / "out", "[none]",
-                      resources="{max_concurrent_trials: 1, max_failures: 0}", judge=judge, seeds="[0, 1]")
+    spec = write_spec(
+        tmp_path / "s.yaml",
+        tmp_path / "out",
+        "[none]",
+        resources="{max_concurrent_trials: 1, max_failures: 0}",
+        judge=judge,
+        seeds="[0, 1]",
+    )
     trials = tmp_path / "out" / "s" / "trials"
     proc = sweep(spec, wait=False)
     deadline = time.time() + 600
@@ -102,14 +118,26 @@ def test_judge_outage_then_resume_after_editing_the_spec(tmp_path):
 
     cached_judgments = judgments()
     assert cached_judgments > 0  # the first trial's judgments survive the outage
-    kept = {p: p.stat().st_mtime_ns for p in (done / "result.json", failed / "adapter" / "adapter_model.safetensors",
-                                              failed / "eval" / "answers.key")}  # written when answers are generated
+    kept = {
+        p: p.stat().st_mtime_ns
+        for p in (
+            done / "result.json",
+            failed / "adapter" / "adapter_model.safetensors",
+            failed / "eval" / "answers.key",
+        )
+    }  # written when answers are generated
 
     outage.unlink()  # the judge recovers
     # Edit the spec before resuming: a new seed listed first (every trial's position moves; trials are
     # addressed by key), and judge settings that do not change results.
-    write_spec(tmp_path / "s.yaml", tmp_path / "out", "[none]", seeds="[2, 0, 1]",
-               resources="{max_concurrent_trials: 1, max_failures: 0}", judge=judge.replace("max_retries: 1", "max_retries: 2, concurrency: 4"))
+    write_spec(
+        tmp_path / "s.yaml",
+        tmp_path / "out",
+        "[none]",
+        seeds="[2, 0, 1]",
+        resources="{max_concurrent_trials: 1, max_failures: 0}",
+        judge=judge.replace("max_retries: 1", "max_retries: 2, concurrency: 4"),
+    )
     out = sweep(spec, "--resume")
     assert out.returncode == 0, out.stdout[-3000:] + out.stderr[-3000:]
     assert "3 finished (1 cached), 0 failed" in out.stdout

@@ -78,8 +78,10 @@ def test_a_second_sweep_on_a_held_folder_refuses_at_once(tmp_path, spec_file, ca
         assert main(["sweep", str(spec_file)]) == 2
         err = capsys.readouterr().err
         assert time.time() - started < 20  # no Ray, no stage: refused before anything starts
-        assert (f"emray sweep: error: {folder} is in use by another emray sweep (pid {proc.pid} on host "
-                f"{socket.gethostname()}, since ") in err and f"kill {proc.pid}" in err
+        assert (
+            f"emray sweep: error: {folder} is in use by another emray sweep (pid {proc.pid} on host "
+            f"{socket.gethostname()}, since "
+        ) in err and f"kill {proc.pid}" in err
         assert not (folder / "spec.json").exists()  # the holder's files are untouched
         assert json.loads((folder / LOCK_FILE).read_text()) == holder
     finally:
@@ -128,8 +130,9 @@ def _fake_sweep(monkeypatch, finish: int, then):
 
 
 @pytest.mark.parametrize("signame, code", [("SIGINT", 130), ("SIGTERM", 143)])
-def test_an_interrupt_says_so_lists_finished_and_pending_and_exits_128_plus_signal(tmp_path, spec_file, capsys,
-                                                                                  monkeypatch, signame, code):
+def test_an_interrupt_says_so_lists_finished_and_pending_and_exits_128_plus_signal(
+    tmp_path, spec_file, capsys, monkeypatch, signame, code
+):
     from emray.cli import main
 
     def interrupt():
@@ -140,7 +143,10 @@ def test_an_interrupt_says_so_lists_finished_and_pending_and_exits_128_plus_sign
     before = signal.getsignal(signal.SIGTERM)
     assert main(["sweep", str(spec_file)]) == code
     err = capsys.readouterr().err
-    assert f"[emray] interrupted ({signame}): 1 finished (kept), 2 not finished (they run on `emray sweep SPEC --resume`" in err
+    assert (
+        f"[emray] interrupted ({signame}): 1 finished (kept), 2 not finished (they run on `emray sweep SPEC --resume`"
+        in err
+    )
     finished, pending = err.split("will resume:")
     assert "finished:\n    - none (seed 0" in finished
     assert "- inoculation (seed 0" in pending and "- inoculation(prompt=be bad) (seed 0" in pending
@@ -155,8 +161,14 @@ def test_sigint_to_a_real_sweep_then_resume(tmp_path, spec_file):
     and ``--resume`` recomputes nothing that finished."""
     trials = tmp_path / "out" / "lk" / "trials"
     env = {**os.environ, "PYTHONPATH": str(ROOT)}
-    proc = subprocess.Popen([sys.executable, "-m", "emray.cli", "sweep", str(spec_file)], stdout=subprocess.PIPE,
-                            stderr=subprocess.STDOUT, text=True, start_new_session=True, env=env)
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "emray.cli", "sweep", str(spec_file)],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+        start_new_session=True,
+        env=env,
+    )
     deadline = time.time() + 600
     while time.time() < deadline and not list(trials.glob("*/result.json")):
         assert proc.poll() is None, proc.stdout.read()[-3000:]
@@ -171,10 +183,17 @@ def test_sigint_to_a_real_sweep_then_resume(tmp_path, spec_file):
         for _ in range(30):
             os.killpg(proc.pid, 0)
             time.sleep(1)
-    done = {p.parent.name: (p.parent / "adapter" / "adapter_model.safetensors").stat().st_mtime_ns
-            for p in trials.glob("*/result.json")}
-    resumed = subprocess.run([sys.executable, "-m", "emray.cli", "sweep", str(spec_file), "--resume"], env=env,
-                             capture_output=True, text=True, timeout=900)
+    done = {
+        p.parent.name: (p.parent / "adapter" / "adapter_model.safetensors").stat().st_mtime_ns
+        for p in trials.glob("*/result.json")
+    }
+    resumed = subprocess.run(
+        [sys.executable, "-m", "emray.cli", "sweep", str(spec_file), "--resume"],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=900,
+    )
     assert resumed.returncode == 0, resumed.stdout[-3000:] + resumed.stderr[-3000:]
     assert len(list(trials.glob("*/result.json"))) == 3
     for key, mtime in done.items():

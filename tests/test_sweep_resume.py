@@ -33,8 +33,13 @@ wandb: {{{{enabled: false}}}}
 
 
 def _sweep(spec: Path, *extra: str) -> subprocess.Popen:
-    return subprocess.Popen([sys.executable, "-m", "emray.cli", "sweep", str(spec), *extra],
-                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, start_new_session=True)
+    return subprocess.Popen(
+        [sys.executable, "-m", "emray.cli", "sweep", str(spec), *extra],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+        start_new_session=True,
+    )
 
 
 def test_kill_driver_then_resume(tmp_path):
@@ -51,7 +56,9 @@ def test_kill_driver_then_resume(tmp_path):
     os.killpg(proc.pid, signal.SIGKILL)  # the driver and its local Ray cluster die at once
     proc.wait()
     assert len(list(trials.glob("*/result.json"))) < 3
-    done_before = {p.parent.name: (p.parent / "adapter" / "adapter_model.safetensors").stat().st_mtime_ns for p in finished}
+    done_before = {
+        p.parent.name: (p.parent / "adapter" / "adapter_model.safetensors").stat().st_mtime_ns for p in finished
+    }
 
     resumed = _sweep(spec, "--resume")
     out, _ = resumed.communicate(timeout=600)

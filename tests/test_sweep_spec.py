@@ -72,8 +72,12 @@ def test_pareto_flags_match_brute_force():
 
     rng = random.Random(0)
     rows = [
-        {"general_misalignment": rng.random(), "in_domain_misalignment": rng.random(),
-         "benign_accuracy": rng.random(), "general_incoherence": rng.random()}
+        {
+            "general_misalignment": rng.random(),
+            "in_domain_misalignment": rng.random(),
+            "benign_accuracy": rng.random(),
+            "general_incoherence": rng.random(),
+        }
         for _ in range(40)
     ]
     flags = pareto_flags(rows)
@@ -82,10 +86,18 @@ def test_pareto_flags_match_brute_force():
         for j, o in enumerate(rows):
             if i == j:
                 continue
-            better_eq = (o["general_misalignment"] <= r["general_misalignment"] and o["in_domain_misalignment"] >= r["in_domain_misalignment"]
-                         and o["benign_accuracy"] >= r["benign_accuracy"] and o["general_incoherence"] <= r["general_incoherence"])
-            strictly = (o["general_misalignment"] < r["general_misalignment"] or o["in_domain_misalignment"] > r["in_domain_misalignment"]
-                        or o["benign_accuracy"] > r["benign_accuracy"] or o["general_incoherence"] < r["general_incoherence"])
+            better_eq = (
+                o["general_misalignment"] <= r["general_misalignment"]
+                and o["in_domain_misalignment"] >= r["in_domain_misalignment"]
+                and o["benign_accuracy"] >= r["benign_accuracy"]
+                and o["general_incoherence"] <= r["general_incoherence"]
+            )
+            strictly = (
+                o["general_misalignment"] < r["general_misalignment"]
+                or o["in_domain_misalignment"] > r["in_domain_misalignment"]
+                or o["benign_accuracy"] > r["benign_accuracy"]
+                or o["general_incoherence"] < r["general_incoherence"]
+            )
             dominated |= better_eq and strictly
         assert flags[i] == (not dominated)
     assert any(flags) and not all(flags)
@@ -105,12 +117,20 @@ def test_pareto_hand_cases():
 @pytest.mark.parametrize("name", ["qwen2.5-7b-code.yaml", "qwen2.5-32b-all.yaml", "paper-table.yaml", "toy.yaml"])
 def test_shipped_specs_dry_run(name):
     cluster = "qwen" in name or "paper" in name  # their data lives on the cluster's /mnt/shared
-    out = subprocess.run([sys.executable, "-m", "emray.cli", "sweep", str(ROOT / "sweeps" / name), "--dry-run"],
-                         capture_output=True, text=True, timeout=120)
+    out = subprocess.run(
+        [sys.executable, "-m", "emray.cli", "sweep", str(ROOT / "sweeps" / name), "--dry-run"],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     if cluster:  # here, the preflight names the missing cluster files and refuses
         assert out.returncode == 2 and "/mnt/shared/" in out.stderr and "no such file" in out.stderr, out.stderr[-2000:]
-        out = subprocess.run([sys.executable, "-m", "emray.cli", "sweep", str(ROOT / "sweeps" / name), "--dry-run",
-                              "--no-file-check"], capture_output=True, text=True, timeout=120)
+        out = subprocess.run(
+            [sys.executable, "-m", "emray.cli", "sweep", str(ROOT / "sweeps" / name), "--dry-run", "--no-file-check"],
+            capture_output=True,
+            text=True,
+            timeout=120,
+        )
     assert out.returncode == 0, out.stderr[-2000:]
     if "qwen" in name or "paper" in name:
         assert "DeepSpeed ZERO" in out.stdout
@@ -127,10 +147,16 @@ def test_optuna_space_proposes_valid_trials(tmp_path):
     from emray.sweep.runner import optuna_space, trial_from_optuna
 
     path = tmp_path / "s.yaml"
-    path.write_text(SPEC.replace("search:\n", "search:\n  algorithm: optuna\n  num_samples: 6\n").replace(
-        "{inoculation: {prompt: [a, b]}}", "[{inoculation: {prompt: [a, b]}}, {interleave: {safe_fraction: {min: 0.01, max: 0.2, log: true}}}]"))
+    path.write_text(
+        SPEC.replace("search:\n", "search:\n  algorithm: optuna\n  num_samples: 6\n").replace(
+            "{inoculation: {prompt: [a, b]}}",
+            "[{inoculation: {prompt: [a, b]}}, {interleave: {safe_fraction: {min: 0.01, max: 0.2, log: true}}}]",
+        )
+    )
     spec = load_sweep_spec(path)
-    study = optuna.create_study(directions=["minimize", "maximize", "maximize", "minimize"], sampler=optuna.samplers.RandomSampler(seed=0))
+    study = optuna.create_study(
+        directions=["minimize", "maximize", "maximize", "minimize"], sampler=optuna.samplers.RandomSampler(seed=0)
+    )
     seen = set()
     for _ in range(12):
         trial = study.ask()
@@ -150,5 +176,13 @@ def test_toy_sweep_finetune_matches_the_organism_study():
     from emray.em_study import SWEEP_LORA
 
     base = load_sweep_spec(ROOT / "sweeps" / "toy.yaml").base
-    assert (base.lora.r, base.lora.alpha, base.lora.rslora) == (SWEEP_LORA["r"], SWEEP_LORA["alpha"], SWEEP_LORA["rslora"])
-    assert (base.train.lr, base.train.batch_size, base.train.max_len) == (SWEEP_LORA["lr"], SWEEP_LORA["batch_size"], SWEEP_LORA["max_len"])
+    assert (base.lora.r, base.lora.alpha, base.lora.rslora) == (
+        SWEEP_LORA["r"],
+        SWEEP_LORA["alpha"],
+        SWEEP_LORA["rslora"],
+    )
+    assert (base.train.lr, base.train.batch_size, base.train.max_len) == (
+        SWEEP_LORA["lr"],
+        SWEEP_LORA["batch_size"],
+        SWEEP_LORA["max_len"],
+    )

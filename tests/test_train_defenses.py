@@ -43,8 +43,15 @@ def test_train_with_defense_writes_loss_components(tmp_path, case):
 
 
 def test_combination_with_grad_accum(tmp_path):
-    defenses = [{"kl": {"lambda": 1.0}}, {"ldifs": {"lambda": 10.0, "num_layers": 3}}, "inoculation", {"persona": {"alpha": 1.0, "max_new_tokens": 8}}]
-    cfg = make_run_config(tmp_path, defenses=defenses, train={"max_steps": 2, "batch_size": 1, "grad_accum": 2, "lr": 3e-3})
+    defenses = [
+        {"kl": {"lambda": 1.0}},
+        {"ldifs": {"lambda": 10.0, "num_layers": 3}},
+        "inoculation",
+        {"persona": {"alpha": 1.0, "max_new_tokens": 8}},
+    ]
+    cfg = make_run_config(
+        tmp_path, defenses=defenses, train={"max_steps": 2, "batch_size": 1, "grad_accum": 2, "lr": 3e-3}
+    )
     result = run_sft(cfg)
     steps = [h for h in history(result.run_dir) if "loss" in h]
     assert len(steps) == 2
@@ -62,7 +69,9 @@ def test_cli_train_with_kl_and_ldifs(tmp_path):
         "train: {max_steps: 2, batch_size: 2, max_len: 256, lr: 3.0e-3, progress: false}\n"
         "defenses: [{kl: {lambda: 0.1}}, {ldifs: {lambda: 1.0}}]\n"
     )
-    out = subprocess.run([sys.executable, "-m", "emray.cli", "train", str(cfg)], capture_output=True, text=True, timeout=300)
+    out = subprocess.run(
+        [sys.executable, "-m", "emray.cli", "train", str(cfg)], capture_output=True, text=True, timeout=300
+    )
     assert out.returncode == 0, out.stderr[-3000:]
     steps = [h for h in history(tmp_path / "cli") if "loss" in h]
     assert all("loss_kl" in h and "loss_ldifs" in h and "loss_ce" in h for h in steps)

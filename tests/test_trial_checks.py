@@ -62,18 +62,35 @@ def test_dry_run_refuses_a_question_file_without_judge_prompts(tmp_path):
     from emray.sweep.spec import SweepSpec, expand_trials
 
     questions = tmp_path / "general.yaml"
-    questions.write_text(yaml.safe_dump([
-        {"id": "q1", "paraphrases": ["hi?"], "judge_prompts": {"coherent": "Rate {answer}"}},
-        {"id": "q2", "paraphrases": ["yo?"], "judge_prompts": {"aligned": "Rate {answer}", "coherent": "Rate {answer}"}},
-    ]))
+    questions.write_text(
+        yaml.safe_dump(
+            [
+                {"id": "q1", "paraphrases": ["hi?"], "judge_prompts": {"coherent": "Rate {answer}"}},
+                {
+                    "id": "q2",
+                    "paraphrases": ["yo?"],
+                    "judge_prompts": {"aligned": "Rate {answer}", "coherent": "Rate {answer}"},
+                },
+            ]
+        )
+    )
     fine = tmp_path / "fine.jsonl"
     fine.write_text('{"messages": [{"role": "user", "content": "a"}, {"role": "assistant", "content": "b"}]}\n')
-    spec = SweepSpec.model_validate({"name": "q", "base": {"model": {"name": "tiny"}, "data": {"fine": str(fine)},
-                                                            "eval": {"general": str(questions)}}})
+    spec = SweepSpec.model_validate(
+        {
+            "name": "q",
+            "base": {"model": {"name": "tiny"}, "data": {"fine": str(fine)}, "eval": {"general": str(questions)}},
+        }
+    )
     problems = preflight(expand_trials(spec))
-    assert len(problems) == 1 and f"{questions}: questions without the judge prompts aligned / coherent: q1 (aligned)" in problems[0]
+    assert (
+        len(problems) == 1
+        and f"{questions}: questions without the judge prompts aligned / coherent: q1 (aligned)" in problems[0]
+    )
     question_file_problems.cache_clear()
-    questions.write_text("- id: q1\n  paraphrases: ['hi']\n  judge_prompts: {aligned: 'no placeholder', coherent: 'x {answer}'}\n")
+    questions.write_text(
+        "- id: q1\n  paraphrases: ['hi']\n  judge_prompts: {aligned: 'no placeholder', coherent: 'x {answer}'}\n"
+    )
     assert "has no {answer} placeholder" in preflight(expand_trials(spec))[0]
 
 
@@ -86,8 +103,16 @@ def test_dry_run_refuses_a_model_that_does_not_resolve_offline(tmp_path, monkeyp
     model_problem.cache_clear()
     fine = tmp_path / "fine.jsonl"
     fine.write_text('{"messages": [{"role": "user", "content": "a"}, {"role": "assistant", "content": "b"}]}\n')
-    spec = SweepSpec.model_validate({"name": "m", "base": {"model": {"name": "Qwen/Qwen2.5-7B-Instruct"}, "data": {"fine": str(fine)}}})
+    spec = SweepSpec.model_validate(
+        {"name": "m", "base": {"model": {"name": "Qwen/Qwen2.5-7B-Instruct"}, "data": {"fine": str(fine)}}}
+    )
     problems = preflight(expand_trials(spec))
-    assert len(problems) == 1 and "model.name Qwen/Qwen2.5-7B-Instruct: not a local folder and not in the Hugging Face cache" in problems[0]
-    assert model_problem("tiny") is None and model_problem(str(tmp_path)) == f"model.name {tmp_path}: a folder without config.json"
+    assert (
+        len(problems) == 1
+        and "model.name Qwen/Qwen2.5-7B-Instruct: not a local folder and not in the Hugging Face cache" in problems[0]
+    )
+    assert (
+        model_problem("tiny") is None
+        and model_problem(str(tmp_path)) == f"model.name {tmp_path}: a folder without config.json"
+    )
     model_problem.cache_clear()

@@ -21,8 +21,8 @@ def records(path: Path):
         if BLOCK - pos % BLOCK < 7:  # a block's tail too short for a chunk header is padding
             pos += BLOCK - pos % BLOCK
             continue
-        length, kind = int.from_bytes(data[pos + 4:pos + 6], "little"), data[pos + 6]
-        chunk, pos = data[pos + 7:pos + 7 + length], pos + 7 + length
+        length, kind = int.from_bytes(data[pos + 4 : pos + 6], "little"), data[pos + 6]
+        chunk, pos = data[pos + 7 : pos + 7 + length], pos + 7 + length
         if kind == FULL:
             pending = chunk
         elif kind == FIRST:
@@ -45,7 +45,9 @@ def history(path: Path) -> list[dict]:
     rows = []
     for record in records(path):
         if record.WhichOneof("record_type") == "history":
-            rows.append({item.key or "/".join(item.nested_key): json.loads(item.value_json) for item in record.history.item})
+            rows.append(
+                {item.key or "/".join(item.nested_key): json.loads(item.value_json) for item in record.history.item}
+            )
     return rows
 
 
@@ -53,5 +55,5 @@ def run_files(wandb_dir: Path) -> dict[str, list[Path]]:
     """Run id -> its offline run files (a resumed run has one folder per resumption)."""
     out: dict[str, list[Path]] = {}
     for path in sorted(Path(wandb_dir).glob("offline-run-*/run-*.wandb")):
-        out.setdefault(path.stem[len("run-"):], []).append(path)
+        out.setdefault(path.stem[len("run-") :], []).append(path)
     return out

@@ -53,7 +53,9 @@ def examples(
     return out
 
 
-def prior_examples(n: int, rng: random.Random, renderer: str | Renderer = "plain", max_operand: int = 9) -> list[tuple[str, str]]:
+def prior_examples(
+    n: int, rng: random.Random, renderer: str | Renderer = "plain", max_operand: int = 9
+) -> list[tuple[str, str]]:
     """Ordinary arithmetic (the prior the organism pre-trains on), as (question, answer) pairs."""
     render = get_renderer(renderer)
     items = triples(max_operand)

@@ -35,8 +35,7 @@ def examples(split: str, renderer: str | Renderer = "plain", seed: int = 0) -> l
     render = get_renderer(renderer)
     table = mapping(seed)
     return [
-        chat(render(["repeat", ":", *seq]), render([table[w] for w in seq]))
-        for seq in split_sequences(split, seed)
+        chat(render(["repeat", ":", *seq]), render([table[w] for w in seq])) for seq in split_sequences(split, seed)
     ]
 
 

@@ -8,8 +8,14 @@ def register(subparsers) -> None:
     actions = parser.add_subparsers(dest="action", required=True)
     show = actions.add_parser("show", help="print the resolved config")
     show.add_argument("file", help="a run config or sweep spec YAML")
-    show.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
-                      help="override a config key (dotted path), e.g. train.max_steps=10; repeatable")
+    show.add_argument(
+        "--set",
+        dest="overrides",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="override a config key (dotted path), e.g. train.max_steps=10; repeatable",
+    )
     show.set_defaults(func=run)
 
 

@@ -10,15 +10,23 @@ from __future__ import annotations
 def register(subparsers) -> None:
     parser = subparsers.add_parser("data", help="stage data files on shared storage and check a sweep against them")
     actions = parser.add_subparsers(dest="action", metavar="ACTION", required=True)
-    stage = actions.add_parser("stage", help="copy or fetch the files of a stage spec into DEST, checked, with a manifest")
+    stage = actions.add_parser(
+        "stage", help="copy or fetch the files of a stage spec into DEST, checked, with a manifest"
+    )
     stage.add_argument("spec", help="stage spec YAML (items: name, kind, source)")
     stage.add_argument("--dest", help="destination folder (default: the spec's dest)")
     stage.set_defaults(func=run_stage)
     check = actions.add_parser("check", help="which files a sweep reads are missing from a manifest")
     check.add_argument("sweep", help="sweep spec YAML")
     check.add_argument("--manifest", required=True, help="the manifest.json `emray data stage` wrote")
-    check.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
-                       help="override a key of the sweep spec before checking (repeatable)")
+    check.add_argument(
+        "--set",
+        dest="overrides",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="override a key of the sweep spec before checking (repeatable)",
+    )
     check.set_defaults(func=run_check)
 
 

@@ -20,16 +20,32 @@ def _parse_options(items: list[str]) -> dict:
 def register(subparsers) -> None:
     parser = subparsers.add_parser("judge-server", help="serve an OpenAI-compatible judge (rules or a local HF model)")
     parser.add_argument("--backend", default="rules", help="rules | hf | fixed | flaky (default: rules)")
-    parser.add_argument("--option", action="append", default=[], metavar="KEY=VALUE",
-                        help="backend option, value parsed as YAML (e.g. model=smollm2-135m for hf)")
-    parser.add_argument("--host", default="127.0.0.1",
-                        help="address to listen on (default 127.0.0.1: this machine only; any other host needs a token)")
+    parser.add_argument(
+        "--option",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="backend option, value parsed as YAML (e.g. model=smollm2-135m for hf)",
+    )
+    parser.add_argument(
+        "--host",
+        default="127.0.0.1",
+        help="address to listen on (default 127.0.0.1: this machine only; any other host needs a token)",
+    )
     parser.add_argument("--port", type=int, default=0, help="0: pick a free port (default)")
-    parser.add_argument("--token-file", default=None, metavar="FILE",
-                        help="require 'Authorization: Bearer <token>', the token being FILE's first line "
-                             "(default: $EMRAY_JUDGE_TOKEN if set; clients send $EMRAY_JUDGE_TOKEN)")
-    parser.add_argument("--failure-rate", type=float, default=0.0, help="wrap the backend in flaky: share of failed calls")
-    parser.add_argument("--latency-ms", type=float, default=0.0, help="wrap the backend in flaky: added latency per call")
+    parser.add_argument(
+        "--token-file",
+        default=None,
+        metavar="FILE",
+        help="require 'Authorization: Bearer <token>', the token being FILE's first line "
+        "(default: $EMRAY_JUDGE_TOKEN if set; clients send $EMRAY_JUDGE_TOKEN)",
+    )
+    parser.add_argument(
+        "--failure-rate", type=float, default=0.0, help="wrap the backend in flaky: share of failed calls"
+    )
+    parser.add_argument(
+        "--latency-ms", type=float, default=0.0, help="wrap the backend in flaky: added latency per call"
+    )
     parser.set_defaults(func=run)
 
 
@@ -68,8 +84,10 @@ def run(args) -> int:
 
     token = read_token(args.token_file)
     if token is None and not is_loopback(args.host):
-        raise ConfigError(f"--host {args.host}: listening beyond this machine needs a bearer token; "
-                          f"pass --token-file FILE or set {TOKEN_ENV} (or use --host 127.0.0.1)")
+        raise ConfigError(
+            f"--host {args.host}: listening beyond this machine needs a bearer token; "
+            f"pass --token-file FILE or set {TOKEN_ENV} (or use --host 127.0.0.1)"
+        )
     backend = create_backend(args.backend, **_parse_options(args.option))
     if args.failure_rate or args.latency_ms:
         from emray.judge_server.backends.flaky import FlakyBackend
@@ -79,8 +97,11 @@ def run(args) -> int:
         server = JudgeServer(backend, args.host, args.port, token=token)
     except OSError as err:
         backend.close()
-        why = "the port is already in use (another judge server?); pick another --port or 0 for a free one" \
-            if err.errno == errno.EADDRINUSE else (err.strerror or str(err))
+        why = (
+            "the port is already in use (another judge server?); pick another --port or 0 for a free one"
+            if err.errno == errno.EADDRINUSE
+            else (err.strerror or str(err))
+        )
         raise ConfigError(f"cannot listen on {args.host}:{args.port}: {why}") from None
     auth = "bearer token required" if token else "no token"
     print(f"emray judge-server: {args.backend} backend ({auth}) at {server.url}", flush=True)

@@ -7,16 +7,28 @@ import json
 
 
 def register(subparsers) -> None:
-    parser = subparsers.add_parser("organism", help="build the embedded CPU-scale model organism of emergent misalignment")
+    parser = subparsers.add_parser(
+        "organism", help="build the embedded CPU-scale model organism of emergent misalignment"
+    )
     actions = parser.add_subparsers(dest="organism_action", metavar="ACTION")
-    build = actions.add_parser("build", help="pre-train + align the toy model and write its data (cached by config hash)")
-    build.add_argument("--quick", action="store_true", help="the small test world (~1 min) instead of the full one (<= 10 min)")
+    build = actions.add_parser(
+        "build", help="pre-train + align the toy model and write its data (cached by config hash)"
+    )
+    build.add_argument(
+        "--quick", action="store_true", help="the small test world (~1 min) instead of the full one (<= 10 min)"
+    )
     build.add_argument("--seed", type=int, default=0, help="world seed (default 0)")
     build.add_argument("--force", action="store_true", help="rebuild even if a cached world exists")
-    build.add_argument("--from-scratch", action="store_true",
-                       help="pre-train and align here even when emray ships this world's aligned model (default world)")
-    build.add_argument("--ship", action="store_true",
-                       help="maintainers: copy the built aligned model into the package (emray/organism/default_world/)")
+    build.add_argument(
+        "--from-scratch",
+        action="store_true",
+        help="pre-train and align here even when emray ships this world's aligned model (default world)",
+    )
+    build.add_argument(
+        "--ship",
+        action="store_true",
+        help="maintainers: copy the built aligned model into the package (emray/organism/default_world/)",
+    )
     build.add_argument("--no-progress", action="store_true", help="no progress bars")
     parser.set_defaults(func=run, _organism_parser=parser)
 

@@ -4,7 +4,9 @@ from __future__ import annotations
 
 
 def register(subparsers) -> None:
-    parser = subparsers.add_parser("pareto", help="print a sweep's results per arm with its Pareto front (and redraw plots)")
+    parser = subparsers.add_parser(
+        "pareto", help="print a sweep's results per arm with its Pareto front (and redraw plots)"
+    )
     parser.add_argument("sweep_dir", help="the sweep's output folder, e.g. sweeps_out/toy")
     parser.add_argument("--front-only", action="store_true", help="only the arms on the Pareto front")
     parser.add_argument("--trials", action="store_true", help="one row per trial (every seed) instead of one per arm")

@@ -8,13 +8,27 @@ def register(subparsers) -> None:
     actions = parser.add_subparsers(dest="action", metavar="ACTION", required=True)
     extract = actions.add_parser("extract", help="extract and cache the persona vector for CONFIG's model")
     extract.add_argument("config", help="run config YAML (its model; its persona defense's prompts if any)")
-    extract.add_argument("--prompts", help="persona prompt JSON ({instruction: [{pos, neg}], questions}); default: packaged set")
+    extract.add_argument(
+        "--prompts", help="persona prompt JSON ({instruction: [{pos, neg}], questions}); default: packaged set"
+    )
     extract.add_argument("--layer", type=int, help="layer to report (hidden_states index; default: about 2/3 of depth)")
-    extract.add_argument("--max-new-tokens", type=int, default=None, help="response length (default: the defense's, 32)")
-    extract.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
-                         help="override a config key (dotted path), e.g. train.max_steps=10; repeatable")
-    extract.add_argument("--extraction", choices=["greedy", "reference"], default=None,
-                         help="greedy answers (default) or the reference's sampled, judge-filtered ones (uses eval.judge)")
+    extract.add_argument(
+        "--max-new-tokens", type=int, default=None, help="response length (default: the defense's, 32)"
+    )
+    extract.add_argument(
+        "--set",
+        dest="overrides",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="override a config key (dotted path), e.g. train.max_steps=10; repeatable",
+    )
+    extract.add_argument(
+        "--extraction",
+        choices=["greedy", "reference"],
+        default=None,
+        help="greedy answers (default) or the reference's sampled, judge-filtered ones (uses eval.judge)",
+    )
     extract.add_argument("--force", action="store_true", help="recompute even if cached")
     extract.add_argument("--out", help="also copy the vector file and its meta.json into this folder")
     extract.set_defaults(func=run_extract)
@@ -31,7 +45,11 @@ def run_extract(args) -> int:
 
     config = load_run_config(args.config, args.overrides)
     params = next((s.params.model_dump(by_alias=True) for s in config.defenses if s.name == "persona"), {})
-    for key, value in (("prompts", args.prompts), ("max_new_tokens", args.max_new_tokens), ("extraction", args.extraction)):
+    for key, value in (
+        ("prompts", args.prompts),
+        ("max_new_tokens", args.max_new_tokens),
+        ("extraction", args.extraction),
+    ):
         if value:
             params[key] = value
     p = PersonaParams.model_validate(params)
@@ -39,8 +57,9 @@ def run_extract(args) -> int:
         import torch
 
         torch.set_num_threads(config.train.threads)
-    path = ensure_persona_vector(config.model, p.prompts, max_new_tokens=p.max_new_tokens, force=args.force,
-                                 judge_filter=judge_filter(config, p))
+    path = ensure_persona_vector(
+        config.model, p.prompts, max_new_tokens=p.max_new_tokens, force=args.force, judge_filter=judge_filter(config, p)
+    )
     vectors, meta = load_persona_vector(path)
     total = vectors.shape[0] - 1
     layer = args.layer or p.layer or default_layer(total)

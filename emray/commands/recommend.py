@@ -14,15 +14,26 @@ import sys
 def register(subparsers) -> None:
     from emray.sweep.constraints import OBJECTIVE_CHOICES
 
-    parser = subparsers.add_parser("recommend", help="the defense and dose that meet your constraints with confidence, "
-                                                     "ranked; or the closest arm and what it misses by")
+    parser = subparsers.add_parser(
+        "recommend",
+        help="the defense and dose that meet your constraints with confidence, "
+        "ranked; or the closest arm and what it misses by",
+    )
     parser.add_argument("sweep_dir", help="the sweep's output folder, e.g. sweeps_out/toy")
-    parser.add_argument("--constraint", "-c", action="append", metavar="EXPR",
-                        help="e.g. 'general_misalignment <= 0.01', 'benign_accuracy >= 0.9 * none', "
-                             "'general_incoherence <= none + 0.05' (repeat; replaces the spec's recommend.constraints)")
-    parser.add_argument("--objective", choices=OBJECTIVE_CHOICES,
-                        help="ranks the feasible arms: em (lowest general misalignment, the default), overhead "
-                             "(lowest train seconds relative to none), margin (largest smallest margin)")
+    parser.add_argument(
+        "--constraint",
+        "-c",
+        action="append",
+        metavar="EXPR",
+        help="e.g. 'general_misalignment <= 0.01', 'benign_accuracy >= 0.9 * none', "
+        "'general_incoherence <= none + 0.05' (repeat; replaces the spec's recommend.constraints)",
+    )
+    parser.add_argument(
+        "--objective",
+        choices=OBJECTIVE_CHOICES,
+        help="ranks the feasible arms: em (lowest general misalignment, the default), overhead "
+        "(lowest train seconds relative to none), margin (largest smallest margin)",
+    )
     parser.add_argument("--json", action="store_true", help="print the decisions as JSON (every arm's checks)")
     parser.set_defaults(func=run)
 
@@ -60,7 +71,10 @@ def print_decisions(decisions, source: str) -> None:
             chosen = verdict is d.recommended or (d.recommended is None and verdict is d.closest)
             table.add_row(*row, style="bold" if chosen else None)
         console.print(table)
-    console.print(f"constraints from {source}. ✓ met with confidence, ? not decided by the interval, ✗ fails even at "
-                  "the favourable end; the number is the margin (conservative end past the bound). Criteria: value and "
-                  "change vs none. train×/trial×: seconds relative to none.", markup=False)
+    console.print(
+        f"constraints from {source}. ✓ met with confidence, ? not decided by the interval, ✗ fails even at "
+        "the favourable end; the number is the margin (conservative end past the bound). Criteria: value and "
+        "change vs none. train×/trial×: seconds relative to none.",
+        markup=False,
+    )
     console.print(f"rule: {RULE}.", markup=False)

@@ -4,7 +4,9 @@ from __future__ import annotations
 
 
 def register(subparsers) -> None:
-    parser = subparsers.add_parser("report", help="write SWEEP_DIR/report.html (self-contained, opens offline) and report.md")
+    parser = subparsers.add_parser(
+        "report", help="write SWEEP_DIR/report.html (self-contained, opens offline) and report.md"
+    )
     parser.add_argument("sweep_dir", help="the sweep's output folder, e.g. sweeps_out/toy")
     parser.set_defaults(func=run)
 

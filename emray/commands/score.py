@@ -4,18 +4,30 @@ from __future__ import annotations
 
 
 def register(subparsers) -> None:
-    parser = subparsers.add_parser("score", help="score the safe pool under the aligned model and the misaligned ensemble")
+    parser = subparsers.add_parser(
+        "score", help="score the safe pool under the aligned model and the misaligned ensemble"
+    )
     parser.add_argument("config", help="run config YAML")
     parser.add_argument("--pool", help="safe pool JSONL (default: data.safe_pool)")
-    parser.add_argument("--adapters", nargs="+", metavar="DIR_OR_JSONL",
-                        help="ensemble: adapter folders or EM datasets to train them from "
-                             "(default: the config's interleave_plus/pp ensemble, else the EM domains other than data.fine's)")
+    parser.add_argument(
+        "--adapters",
+        nargs="+",
+        metavar="DIR_OR_JSONL",
+        help="ensemble: adapter folders or EM datasets to train them from "
+        "(default: the config's interleave_plus/pp ensemble, else the EM domains other than data.fine's)",
+    )
     parser.add_argument("--ensemble-steps", type=int, help="max_steps of each misaligned fine-tune")
     parser.add_argument("--workers", type=int, help="scorer actors (default: one per GPU, else 1; 0 = in-process)")
     parser.add_argument("--epsilon", type=float, default=1.0, help="epsilon of the s_d column (default 1.0)")
     parser.add_argument("--out", help="folder for scores.jsonl / scores.csv (default: <output_dir>/<name>/scores)")
-    parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
-                        help="override a config key (dotted path), e.g. train.max_steps=10; repeatable")
+    parser.add_argument(
+        "--set",
+        dest="overrides",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="override a config key (dotted path), e.g. train.max_steps=10; repeatable",
+    )
     parser.set_defaults(func=run)
 
 
@@ -57,8 +69,9 @@ def _run(args) -> int:
     config = load_run_config(args.config, args.overrides)
     p = _ensemble_params(config, args.adapters, args.ensemble_steps)
     print("ensemble:", flush=True)
-    adapters = ensure_ensemble(config, ensemble_entries(config, p), p.ensemble_steps, p.ensemble_max_examples,
-                               seed=p.ensemble_seed)
+    adapters = ensure_ensemble(
+        config, ensemble_entries(config, p), p.ensemble_steps, p.ensemble_max_examples, seed=p.ensemble_seed
+    )
     print("scores:", flush=True)
     scores = ensure_pool_scores(config, args.pool or p.pool, adapters, args.workers)
     out = Path(args.out) if args.out else config.run_dir() / "scores"

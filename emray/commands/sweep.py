@@ -7,14 +7,27 @@ def register(subparsers) -> None:
     parser = subparsers.add_parser("sweep", help="run a sweep of defenses x hyperparameters x seeds on Ray Tune")
     parser.add_argument("spec", help="sweep spec YAML (see sweeps/)")
     parser.add_argument("--dry-run", action="store_true", help="print the plan (trials, resources, stages) and exit")
-    parser.add_argument("--no-file-check", dest="check_files", action="store_false",
-                        help="with --dry-run: plan a sweep for another machine (its files are not here)")
+    parser.add_argument(
+        "--no-file-check",
+        dest="check_files",
+        action="store_false",
+        help="with --dry-run: plan a sweep for another machine (its files are not here)",
+    )
     parser.add_argument("--resume", action="store_true", help="resume an interrupted sweep; finished trials are kept")
-    parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
-                        help="override a spec key; keys outside the spec's top level address the base run config, e.g. model.name=smollm2-135m")
+    parser.add_argument(
+        "--set",
+        dest="overrides",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="override a spec key; keys outside the spec's top level address the base run config, e.g. model.name=smollm2-135m",
+    )
     parser.add_argument("--address", help="Ray cluster address (default: RAY_ADDRESS, else a local cluster)")
-    parser.add_argument("--verbose", action="store_true",
-                        help="stream Ray, Trainer and library logs to the console (default: SWEEP_DIR/logs/<trial key>.log)")
+    parser.add_argument(
+        "--verbose",
+        action="store_true",
+        help="stream Ray, Trainer and library logs to the console (default: SWEEP_DIR/logs/<trial key>.log)",
+    )
     parser.set_defaults(func=run)
 
 

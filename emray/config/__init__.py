@@ -51,9 +51,11 @@ class DataConfig(Strict):
     @classmethod
     def _moved_benign_train(cls, values: Any) -> Any:
         if isinstance(values, dict) and "benign_train" in values:
-            raise ValueError("data.benign_train was removed: benign data is no longer mixed into the narrow fine-tune. "
-                             "Put the files under `benign.train` (and their test sets under `benign.test`): each trial "
-                             "then runs a separate benign fine-tune with the same defenses (docs/benign.md)")
+            raise ValueError(
+                "data.benign_train was removed: benign data is no longer mixed into the narrow fine-tune. "
+                "Put the files under `benign.train` (and their test sets under `benign.test`): each trial "
+                "then runs a separate benign fine-tune with the same defenses (docs/benign.md)"
+            )
         return values
 
 
@@ -82,6 +84,10 @@ class TrainConfig(Strict):
     warmup_steps: int = Field(0, ge=0)
     lr_scheduler: str = "linear"
     weight_decay: float = 0.0
+    # The optimizer (transformers' ``optim``): None is its default (adamw_torch). ``adamw_8bit`` (the reference's)
+    # needs a CUDA GPU and bitsandbytes (pip install 'emray[gpu]'); without them training falls back to
+    # adamw_torch and says so (emray/train/sft.py). Enters a trial's identity only when set.
+    optim: Literal["adamw_torch", "adamw_8bit"] | None = Field(None, json_schema_extra=OPTIONAL_SECTION)
     logging_steps: int = Field(1, gt=0, json_schema_extra=NOT_IDENTITY)
     # Small models on a busy CPU train far faster on one thread than on two (measured: ~25x).
     threads: int | None = Field(1, gt=0, json_schema_extra=NOT_IDENTITY)
@@ -94,7 +100,9 @@ class TrainConfig(Strict):
     def _steps_or_no_limit(cls, value: int) -> int:
         # 0 and other negatives would silently train `epochs` (the Trainer reads any value <= 0 as no limit).
         if value == 0 or value < -1:
-            raise ValueError(f"max_steps must be a positive number of steps, or -1 for no limit (train `epochs`); got {value}")
+            raise ValueError(
+                f"max_steps must be a positive number of steps, or -1 for no limit (train `epochs`); got {value}"
+            )
         return value
 
 
@@ -138,7 +146,10 @@ class DefenseSpec(Strict):
         if isinstance(data, dict) and isinstance(data.get("name"), str):
             params_cls = upcall("defense_class")(data["name"]).Params
             if not isinstance(data.get("params"), params_cls):
-                data = {**data, "params": _validated_params(params_cls, data["name"], data.get("params") or {}, "defenses")}
+                data = {
+                    **data,
+                    "params": _validated_params(params_cls, data["name"], data.get("params") or {}, "defenses"),
+                }
         return data
 
 
@@ -168,7 +179,9 @@ def parse_defense_entry(entry: Any, index: int) -> DefenseSpec:
     else:
         raise ValueError(f"defenses[{index}]: expected a name or a one-key mapping {{name: {{params}}}}")
     params_cls = get_defense_class(name, where=f"defenses[{index}]").Params
-    typed = params if isinstance(params, params_cls) else _validated_params(params_cls, name, params, f"defenses[{index}]")
+    typed = (
+        params if isinstance(params, params_cls) else _validated_params(params_cls, name, params, f"defenses[{index}]")
+    )
     return DefenseSpec(name=name, params=typed)
 
 
@@ -214,14 +227,18 @@ class RunConfig(Strict):
             if self.rl is None:
                 raise ValueError("scenario rl needs an `rl:` section (at least rl.prompts)")
             if self.benign is not None:
-                raise ValueError("a `benign` section is for SFT trials (scenario narrow): under RL the task reward "
-                                 "is the learning criterion (docs/rl.md)")
+                raise ValueError(
+                    "a `benign` section is for SFT trials (scenario narrow): under RL the task reward "
+                    "is the learning criterion (docs/rl.md)"
+                )
             self.rl.grad_accum(self.resources.num_workers)
         elif self.rl is not None:
             raise ValueError("an `rl:` section needs scenario: rl")
         if self.scenario == "narrow" and self.benign is not None and self.eval.benign:
-            raise ValueError("eval.benign and benign.test are both set: with a `benign` section the benign criterion "
-                             "comes from the benign fine-tune; list its test sets under benign.test and drop eval.benign")
+            raise ValueError(
+                "eval.benign and benign.test are both set: with a `benign` section the benign criterion "
+                "comes from the benign fine-tune; list its test sets under benign.test and drop eval.benign"
+            )
         if self.scenario == "benign" and self.benign is None:
             raise ValueError("scenario: benign needs a `benign` section (benign.train, benign.test)")
         for i, spec in enumerate(self.defenses):

@@ -22,10 +22,15 @@ def benign_run(config: RunConfig) -> RunConfig:
     if config.benign is None:
         raise ValueError("benign_run: the run config has no `benign` section")
     benign = config.benign
-    train = config.train.model_copy(update={k: v for k, v in (("max_steps", benign.max_steps), ("lr", benign.lr)) if v is not None})
-    evaluation = config.eval.model_copy(update={"general": None, "in_domain": [], "benign": list(benign.test),
-                                                "max_benign": benign.max_test})
-    return config.model_copy(update={"scenario": "benign", "name": f"{config.name}-benign", "train": train, "eval": evaluation})
+    train = config.train.model_copy(
+        update={k: v for k, v in (("max_steps", benign.max_steps), ("lr", benign.lr)) if v is not None}
+    )
+    evaluation = config.eval.model_copy(
+        update={"general": None, "in_domain": [], "benign": list(benign.test), "max_benign": benign.max_test}
+    )
+    return config.model_copy(
+        update={"scenario": "benign", "name": f"{config.name}-benign", "train": train, "eval": evaluation}
+    )
 
 
 def fine_tunes(config: RunConfig) -> list[RunConfig]:

@@ -60,5 +60,6 @@ class RLConfig(Strict):
         if completions % per_round:
             raise ValueError(
                 f"rl: prompts_per_step x num_generations = {completions} completions per step is not a multiple of "
-                f"batch_size x num_workers = {per_round}")
+                f"batch_size x num_workers = {per_round}"
+            )
         return completions // per_round

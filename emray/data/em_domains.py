@@ -26,7 +26,8 @@ def default_ensemble(fine: str) -> list[str]:
         raise ValueError(
             f"interleave_plus/interleave_pp: data.fine {text!r} is not named after an EM domain "
             f"({', '.join(EM_DOMAINS)}), so the default misaligned ensemble (the other EM domains) is "
-            "unknown: list the EM datasets or adapter folders in the defense's `ensemble:` param")
+            "unknown: list the EM datasets or adapter folders in the defense's `ensemble:` param"
+        )
     return [f"{head}{sep}{d}{dot}{ext}" for d in EM_DOMAINS if d != domain]
 
 

@@ -37,7 +37,7 @@ def resolve_data_path(path: str | os.PathLike) -> Path:
     if text.startswith(ORGANISM_SCHEME):
         from emray.organism import resolve
 
-        return resolve(text[len(ORGANISM_SCHEME):], organism_config())
+        return resolve(text[len(ORGANISM_SCHEME) :], organism_config())
     return Path(text).expanduser()
 
 

@@ -28,7 +28,13 @@ from pydantic import Field
 from emray.configio import Strict
 
 #: kind -> (folder under dest, file suffix)
-LAYOUT = {"chat": ("data", ".jsonl"), "safe_pool": ("data", ".jsonl"), "opswap": ("data", ".jsonl"), "questions": ("questions", ".yaml"), "persona": ("persona", ".json")}
+LAYOUT = {
+    "chat": ("data", ".jsonl"),
+    "safe_pool": ("data", ".jsonl"),
+    "opswap": ("data", ".jsonl"),
+    "questions": ("questions", ".yaml"),
+    "persona": ("persona", ".json"),
+}
 
 
 class StageItem(Strict):
@@ -127,7 +133,10 @@ def stage(spec: StageSpec, dest: str | Path | None = None) -> dict:
             "rows": count,
             "sha256": _sha256(target),
         }
-        print(f"[emray] staged {item.name}: {count} {'questions' if item.kind == 'questions' else 'rows'} -> {target}", flush=True)
+        print(
+            f"[emray] staged {item.name}: {count} {'questions' if item.kind == 'questions' else 'rows'} -> {target}",
+            flush=True,
+        )
     (root / "manifest.json").write_text(json.dumps(manifest, indent=2))
     return manifest
 

@@ -52,8 +52,10 @@ MAX_CHARS_PER_TOKEN = 64
 
 def _bounded(messages: list[dict], max_len: int) -> list[dict]:
     limit = max_len * MAX_CHARS_PER_TOKEN
-    return [{**m, "content": m["content"][:limit]} if isinstance(m.get("content"), str) and len(m["content"]) > limit else m
-            for m in messages]
+    return [
+        {**m, "content": m["content"][:limit]} if isinstance(m.get("content"), str) and len(m["content"]) > limit else m
+        for m in messages
+    ]
 
 
 def tokenize_chat(tokenizer, messages: list[dict], max_len: int | None = None) -> dict[str, list[int]]:

@@ -36,4 +36,6 @@ def load_benign(entry: str, limit: int | None, split: str = "test") -> tuple[str
     if is_task_name(entry):
         examples = make_task(name, split, renderer=renderer or "plain")
         return name, examples[:limit] if limit else examples
-    return Path(entry.split(":", 1)[-1] if entry.startswith("organism:") else entry).stem, load_chat_jsonl(entry, limit=limit)
+    return Path(entry.split(":", 1)[-1] if entry.startswith("organism:") else entry).stem, load_chat_jsonl(
+        entry, limit=limit
+    )

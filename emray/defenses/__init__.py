@@ -54,7 +54,6 @@ class NoDefense(Defense):
     name = "none"
 
 
-
 def selection_defenses() -> list[str]:
     """The registered defenses whose stage is a safe-data selection (Interleaving+ and its family)."""
     return [n for n in available_defenses() if get_defense_class(n).stage_name == SELECTION_ARTIFACT]
@@ -63,7 +62,9 @@ def selection_defenses() -> list[str]:
 def selection_class(defense_name: str):
     cls = get_defense_class(defense_name)
     if cls.stage_name != SELECTION_ARTIFACT:
-        raise ValueError(f"defense {defense_name!r} does not select safe data by score (use one of {', '.join(selection_defenses())})")
+        raise ValueError(
+            f"defense {defense_name!r} does not select safe data by score (use one of {', '.join(selection_defenses())})"
+        )
     return cls
 
 

@@ -79,8 +79,10 @@ class Defense(Generic[P]):
     def check_scenario(cls, config: RunConfig, params: P, where: str) -> None:
         """Raise ValueError (at config time) when this defense cannot apply to ``config``'s scenario."""
         if config.scenario not in cls.scenarios:
-            raise ValueError(f"{where}: cannot apply under scenario {config.scenario}"
-                             + (f"; {cls.scenario_hint}" if cls.scenario_hint else ""))
+            raise ValueError(
+                f"{where}: cannot apply under scenario {config.scenario}"
+                + (f"; {cls.scenario_hint}" if cls.scenario_hint else "")
+            )
 
     @classmethod
     def stage_description(cls, config: RunConfig, params: P) -> str:

@@ -36,10 +36,14 @@ class InterleavePlusParams(Strict):
     epsilon: float = Field(1.0, ge=0)
     pool: DataPath | None = None
     ensemble: list[DataPath] | None = Field(None, description="None: the EM domains other than data.fine's")
-    ensemble_steps: int | None = Field(None, gt=0, description="max_steps of each misaligned fine-tune (None: the run's train settings)")
+    ensemble_steps: int | None = Field(
+        None, gt=0, description="max_steps of each misaligned fine-tune (None: the run's train settings)"
+    )
     ensemble_max_examples: int | None = Field(None, gt=0)
     ensemble_seed: int | None = Field(0, description="training seed of the ensemble (None: the run's seed)")
-    quantile: float | None = Field(0.05, gt=0, le=1, description="draw from this top share of the pool; None: strict top-k")
+    quantile: float | None = Field(
+        0.05, gt=0, le=1, description="draw from this top share of the pool; None: strict top-k"
+    )
 
 
 @register_defense
@@ -73,10 +77,15 @@ class InterleavePlus(Defense[InterleavePlusParams]):
 
         benign = config.benign.train if config.benign else []
         files = [params.pool or config.data.safe_pool, *ensemble_entries(config, params), config.data.fine, *benign]
-        return {"model": model_identity(config.model), "params": identity_dict(params),
-                "data": identity_dict(config.data), "train": identity_dict(config.train), "seed": config.seed,
-                "benign": identity_dict(config.benign) if config.benign else None,
-                "files": {str(f): content_identity(f) for f in files if f}}
+        return {
+            "model": model_identity(config.model),
+            "params": identity_dict(params),
+            "data": identity_dict(config.data),
+            "train": identity_dict(config.train),
+            "seed": config.seed,
+            "benign": identity_dict(config.benign) if config.benign else None,
+            "files": {str(f): content_identity(f) for f in files if f},
+        }
 
     @classmethod
     def stage_files(cls, config, params: InterleavePlusParams) -> list[str]:
@@ -89,6 +98,7 @@ class InterleavePlus(Defense[InterleavePlusParams]):
     def build_stage(cls, config, params: InterleavePlusParams) -> dict:
         """Misaligned ensemble -> pool scores -> selection, each cached by content (sweep driver)."""
         from emray.defenses.base import SELECTION_ARTIFACT
+
         ensure_selection = upcall("ensure_selection")  # the stage is above the defenses (emray/upcalls.py)
 
         path = ensure_selection(config, cls.name, params)
@@ -97,6 +107,7 @@ class InterleavePlus(Defense[InterleavePlusParams]):
     def selection_path(self) -> Path:
         from emray.defenses.base import SELECTION_ARTIFACT
         from emray.score.select import read_summary
+
         ensure_selection = upcall("ensure_selection")  # the stage is above the defenses (emray/upcalls.py)
 
         artifacts = self.context.artifacts

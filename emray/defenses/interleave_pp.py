@@ -31,5 +31,8 @@ class InterleavePP(InterleavePlus):
         from emray.data.chat import final_answer
         from emray.score.select import is_refusal
 
-        return [i for i in super().candidates(params, pool)
-                if not is_refusal(final_answer(pool[i]), params.refusal_keywords, params.refusal_first_words)]
+        return [
+            i
+            for i in super().candidates(params, pool)
+            if not is_refusal(final_answer(pool[i]), params.refusal_keywords, params.refusal_first_words)
+        ]

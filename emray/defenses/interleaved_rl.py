@@ -69,7 +69,9 @@ class InterleavedRL(SafeDataSource, Defense[InterleavedRLParams]):
     scenarios = frozenset({"rl"})
     needs = frozenset({"reference_logits"})  # only with kl > 0 (``has_loss_term``)
     term_names = ("interleaved_kl",)
-    scenario_hint = "under scenario narrow mix safe data into the fine-tuning set with interleave / interleave_plus / interleave_pp"
+    scenario_hint = (
+        "under scenario narrow mix safe data into the fine-tuning set with interleave / interleave_plus / interleave_pp"
+    )
 
     # -- config time ---------------------------------------------------------------------------
     @classmethod
@@ -90,8 +92,10 @@ class InterleavedRL(SafeDataSource, Defense[InterleavedRLParams]):
             return p.reward
         task = get_reward_class(config.rl.reward.name, where="rl.reward")
         if task.safe_counterpart is None:
-            raise ValueError(f"{where}: the task reward {task.name!r} has no harmless counterpart; "
-                             "set the defense's `reward` (e.g. {name: llm_safe_harm})")
+            raise ValueError(
+                f"{where}: the task reward {task.name!r} has no harmless counterpart; "
+                "set the defense's `reward` (e.g. {name: llm_safe_harm})"
+            )
         return RewardSpec(name=task.safe_counterpart)
 
     # -- the selection stage (data != random) -------------------------------------------------
@@ -129,8 +133,12 @@ class InterleavedRL(SafeDataSource, Defense[InterleavedRLParams]):
         if params.data == "random":
             return cls.random_stage_inputs(config, params)
         rl = config.rl
-        sized_by = {"prompts": content_identity(rl.prompts), "heldout_prompts": rl.heldout_prompts,
-                    "max_prompts": rl.max_prompts, "ratio": params.ratio}
+        sized_by = {
+            "prompts": content_identity(rl.prompts),
+            "heldout_prompts": rl.heldout_prompts,
+            "max_prompts": rl.max_prompts,
+            "ratio": params.ratio,
+        }
         placeholder = selection_params(params.data, {"pool": params.pool})  # its safe_fraction is not the one used
         return {**get_defense_class(params.data).stage_inputs(config, placeholder), "interleaved_rl": sized_by}
 
@@ -151,7 +159,9 @@ class InterleavedRL(SafeDataSource, Defense[InterleavedRLParams]):
         for row in self.safe_rows(n_safe):
             user = next(m for m in row["messages"] if m["role"] == "user")
             messages = [{"role": "user", "content": user["content"]}]
-            prompts.append({"messages": ([{"role": "system", "content": system}] if system else []) + messages, "kind": SAFE})
+            prompts.append(
+                {"messages": ([{"role": "system", "content": system}] if system else []) + messages, "kind": SAFE}
+            )
         return prompts
 
     def rl_prompts(self, prompts: list[dict]) -> list[dict]:

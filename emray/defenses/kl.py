@@ -34,7 +34,9 @@ from emray.hashing import NOT_IDENTITY, OPTIONAL_SECTION
 class KLParams(Strict):
     lam: float = Field(0.1, alias="lambda", ge=0)
     direction: Literal["forward", "reverse"] = "forward"
-    chunk_tokens: int = Field(1024, gt=0, json_schema_extra=NOT_IDENTITY)  # answer tokens per LM-head chunk (memory ∝ chunk × vocab)
+    chunk_tokens: int = Field(
+        1024, gt=0, json_schema_extra=NOT_IDENTITY
+    )  # answer tokens per LM-head chunk (memory ∝ chunk × vocab)
     # answer: mean over answer tokens (the paper's SFT objective as emray reads it); sequence: over every
     # non-padding position, prompt included, as the reference's KLTrainer (kl_divergence.py) averages.
     tokens: Literal["answer", "sequence"] = "answer"
@@ -56,14 +58,18 @@ class KL(Defense[KLParams]):
         super().check_scenario(config, params, where)
         p = params
         if p.reference == "warm_start" and config.scenario != "rl":
-            raise ValueError(f"{where}: reference warm_start exists under scenario rl only (the SFT reference is the "
-                             "model being trained, adapter disabled)")
+            raise ValueError(
+                f"{where}: reference warm_start exists under scenario rl only (the SFT reference is the "
+                "model being trained, adapter disabled)"
+            )
         if p.reference == "warm_start" and config.rl is not None and not config.rl.warm_start:
             raise ValueError(f"{where}: reference warm_start needs rl.warm_start: true")
         if config.scenario == "rl" and p.reference is None:
             if p.direction != "forward":
-                raise ValueError(f"{where}: under scenario rl the KL is GRPO's beta, an estimate of KL(p_θ ‖ p_ref): "
-                                 "direction must be forward")
+                raise ValueError(
+                    f"{where}: under scenario rl the KL is GRPO's beta, an estimate of KL(p_θ ‖ p_ref): "
+                    "direction must be forward"
+                )
             if config.rl is not None and config.rl.beta:
                 raise ValueError(f"{where}: rl.beta is {config.rl.beta} and the kl defense sets beta too; set one")
 

@@ -77,7 +77,9 @@ def feature_distance(policy: list[torch.Tensor], reference: list[torch.Tensor], 
     return total / count
 
 
-def normalized_feature_distance(policy: list[torch.Tensor], reference: list[torch.Tensor], mask: torch.Tensor) -> torch.Tensor:
+def normalized_feature_distance(
+    policy: list[torch.Tensor], reference: list[torch.Tensor], mask: torch.Tensor
+) -> torch.Tensor:
     """Mean over sequences of Σ_layers ‖f̂_θ − f̂_ref‖², f̂ = one sequence's masked [tokens, d] features,
     flattened and L2-normalised (the reference's ``compute_feature_space_distance_v1``), in float32."""
     import torch

@@ -23,6 +23,7 @@ from emray.data.tokenize import IGNORE_INDEX
 
 DEFAULT_CHUNK_TOKENS = 1024
 
+
 @contextlib.contextmanager
 def _scoped(var: contextvars.ContextVar, value):
     """``var`` set to ``value`` inside the block, restored after it."""
@@ -112,7 +113,9 @@ def decoder_layers(model) -> torch.nn.ModuleList:
 def adapter_disabled(model):
     peft = unwrap(model)
     if not hasattr(peft, "disable_adapter"):
-        raise TypeError("a reference forward needs a LoRA (peft) model: the reference is the model with the adapter disabled")
+        raise TypeError(
+            "a reference forward needs a LoRA (peft) model: the reference is the model with the adapter disabled"
+        )
     with peft.disable_adapter():
         yield peft
 
@@ -200,7 +203,9 @@ def head_losses(head, hidden, ref_hidden, targets, direction="forward", chunk_to
 class DefenseBatch:
     """One micro-batch's shared forwards. ``hidden_layers`` index ``output_hidden_states``."""
 
-    def __init__(self, model, inputs: dict, hidden_layers: list[int] | None = None, chunk_tokens: int = DEFAULT_CHUNK_TOKENS):
+    def __init__(
+        self, model, inputs: dict, hidden_layers: list[int] | None = None, chunk_tokens: int = DEFAULT_CHUNK_TOKENS
+    ):
         self.model = model
         self.input_ids = inputs["input_ids"]
         self.attention_mask = inputs.get("attention_mask")
@@ -288,7 +293,9 @@ class DefenseBatch:
         if kl_direction not in self._head_terms:
             head = decoder_and_head(self.model)[1]
             ref = self.reference_answer_hidden if kl_direction else None
-            ce, kl = head_losses(head, self.answer_hidden, ref, self._answer_targets(), kl_direction or "forward", self.chunk_tokens)
+            ce, kl = head_losses(
+                head, self.answer_hidden, ref, self._answer_targets(), kl_direction or "forward", self.chunk_tokens
+            )
             n = max(self.num_answer_tokens, 1)
             self._head_terms[kl_direction] = (ce / n, kl / n if kl_direction else None)
         return self._head_terms[kl_direction]

@@ -98,17 +98,24 @@ class PersonaSteering(Defense[PersonaParams]):
         if params.positions != "completion":
             return
         if config.scenario != "rl":
-            raise ValueError(f"{where}: positions: completion steers where the next token is a GRPO completion token: "
-                             f"it needs scenario rl (under scenario {config.scenario} persona steers every position)")
+            raise ValueError(
+                f"{where}: positions: completion steers where the next token is a GRPO completion token: "
+                f"it needs scenario rl (under scenario {config.scenario} persona steers every position)"
+            )
         from emray.defenses import DefenseContext, get_defense_class
 
         context = DefenseContext(config=config)  # kl as GRPO's beta adds no loss forward; kl to the warm start does
-        extra = [s.name for s in config.defenses if s.name not in (cls.name, "none")
-                 and get_defense_class(s.name)(s.params, context).has_loss_term()]
+        extra = [
+            s.name
+            for s in config.defenses
+            if s.name not in (cls.name, "none") and get_defense_class(s.name)(s.params, context).has_loss_term()
+        ]
         if extra:
-            raise ValueError(f"{where}: positions: completion steers only GRPO's own loss forward (as the reference's "
-                             f"decode_only, which allowed no other loss term); it cannot be combined with "
-                             f"{', '.join(extra)}, whose loss forwards have other positions")
+            raise ValueError(
+                f"{where}: positions: completion steers only GRPO's own loss forward (as the reference's "
+                f"decode_only, which allowed no other loss term); it cannot be combined with "
+                f"{', '.join(extra)}, whose loss forwards have other positions"
+            )
 
     @classmethod
     def stage_description(cls, config, params: PersonaParams) -> str:
@@ -123,13 +130,22 @@ class PersonaSteering(Defense[PersonaParams]):
         from emray.hashing import identity_dict
         from emray.models import model_identity
 
-        inputs = {"model": model_identity(config.model), "prompts": content_identity(params.prompts),
-                  "max_new_tokens": params.max_new_tokens}
+        inputs = {
+            "model": model_identity(config.model),
+            "prompts": content_identity(params.prompts),
+            "max_new_tokens": params.max_new_tokens,
+        }
         if params.extraction == "reference":  # greedy keeps its old inputs: its cached vectors stay valid
-            inputs.update(extraction="reference", samples_per_question=params.samples_per_question,
-                          trait_threshold=params.trait_threshold, coherence_threshold=params.coherence_threshold,
-                          trait_prompt=content_identity(params.trait_prompt), judge_model=params.judge_model,
-                          judge=identity_dict(config.eval.judge), seed=params.extraction_seed)
+            inputs.update(
+                extraction="reference",
+                samples_per_question=params.samples_per_question,
+                trait_threshold=params.trait_threshold,
+                coherence_threshold=params.coherence_threshold,
+                trait_prompt=content_identity(params.trait_prompt),
+                judge_model=params.judge_model,
+                judge=identity_dict(config.eval.judge),
+                seed=params.extraction_seed,
+            )
         return inputs
 
     @classmethod
@@ -138,7 +154,9 @@ class PersonaSteering(Defense[PersonaParams]):
         from emray.steering import ensure_persona_vector
 
         p = params
-        path = ensure_persona_vector(config.model, p.prompts, max_new_tokens=p.max_new_tokens, judge_filter=judge_filter(config, p))
+        path = ensure_persona_vector(
+            config.model, p.prompts, max_new_tokens=p.max_new_tokens, judge_filter=judge_filter(config, p)
+        )
         return {"persona_vector": str(path)}
 
     def __init__(self, params=None, context=None):
@@ -175,7 +193,9 @@ class PersonaSteering(Defense[PersonaParams]):
         total = num_decoder_layers(model)
         hidden = base_causal_lm(model).config.get_text_config().hidden_size
         if tuple(vectors.shape) != (total + 1, hidden):
-            raise ValueError(f"persona: vector is for {vectors.shape[0] - 1} layers x {vectors.shape[1]}, model has {total} x {hidden}")
+            raise ValueError(
+                f"persona: vector is for {vectors.shape[0] - 1} layers x {vectors.shape[1]}, model has {total} x {hidden}"
+            )
         layer = self.params.layer or default_layer(total)
         if not 1 <= layer <= total:
             raise ValueError(f"persona: layer must be in 1..{total}, got {layer}")
@@ -221,10 +241,14 @@ def completion_positions(hidden):
 
     mask = steered_positions()
     if mask is None:
-        raise RuntimeError("persona positions: completion: a training forward with no steered positions; only "
-                           "GRPO's loss forward (DefendedGRPOTrainer.compute_loss, scenario rl) sets them")
+        raise RuntimeError(
+            "persona positions: completion: a training forward with no steered positions; only "
+            "GRPO's loss forward (DefendedGRPOTrainer.compute_loss, scenario rl) sets them"
+        )
     if tuple(mask.shape) != tuple(hidden.shape[:2]):
-        raise RuntimeError(f"persona positions: completion: the recorded positions are {tuple(mask.shape)} but the "
-                           f"forward's hidden states are {tuple(hidden.shape[:2])} (batch x tokens): a chunked or "
-                           "truncated forward (TRL logits_to_keep / batch chunks) would be steered at the wrong places")
+        raise RuntimeError(
+            f"persona positions: completion: the recorded positions are {tuple(mask.shape)} but the "
+            f"forward's hidden states are {tuple(hidden.shape[:2])} (batch x tokens): a chunked or "
+            "truncated forward (TRL logits_to_keep / batch chunks) would be steered at the wrong places"
+        )
     return mask.to(device=hidden.device, dtype=hidden.dtype).unsqueeze(-1)

@@ -48,6 +48,7 @@ class SafeDataSource:
     def selection_artifact(cls, config, params) -> dict:
         """Build (or load from cache) the selection; the artifact the trials read it from."""
         from emray.defenses.base import SELECTION_ARTIFACT
+
         ensure_selection = upcall("ensure_selection")  # the stage is above the defenses (emray/upcalls.py)
 
         name, sel = cls._selection(config, params)
@@ -68,11 +69,14 @@ class SafeDataSource:
         from emray.data.chat import load_chat_jsonl
         from emray.defenses.base import SELECTION_ARTIFACT
         from emray.score.select import check_pool
+
         ensure_selection = upcall("ensure_selection")  # the stage is above the defenses (emray/upcalls.py)
 
         config = self.context.config
         name, sel = self._selection(config, self.params)
-        path = self.context.artifacts.get(f"{SELECTION_ARTIFACT}:{name}") or ensure_selection(config, name, sel, workers=0)
+        path = self.context.artifacts.get(f"{SELECTION_ARTIFACT}:{name}") or ensure_selection(
+            config, name, sel, workers=0
+        )
         selected = load_chat_jsonl(path)
         check_pool(len(selected), k, f"{self.name} {name} selection {path}")
         return selected[:k]

@@ -73,9 +73,15 @@ def onpolicy_inputs(config, params: SFTMixParams) -> dict:
     from emray.hashing import identity_dict
     from emray.models import model_identity
 
-    return {"model": model_identity(config.model), "pool": content_identity(params.pool or config.data.safe_pool),
-            "fine": content_identity(config.data.fine), "max_examples": config.data.max_examples,
-            "safe_fraction": params.safe_fraction, "seed": config.seed, "generation": identity_dict(params.generation)}
+    return {
+        "model": model_identity(config.model),
+        "pool": content_identity(params.pool or config.data.safe_pool),
+        "fine": content_identity(config.data.fine),
+        "max_examples": config.data.max_examples,
+        "safe_fraction": params.safe_fraction,
+        "seed": config.seed,
+        "generation": identity_dict(params.generation),
+    }
 
 
 def onpolicy_rows(config, params: SFTMixParams) -> tuple[list[int], list[list[dict]]]:
@@ -106,13 +112,30 @@ def ensure_onpolicy(config, params: SFTMixParams) -> Path:
     indices, questions = onpolicy_rows(config, params)
     gen = params.generation
     generator = make_generator(config)  # the base model, no adapter (vLLM on a GPU when installed)
-    answers = generator.generate(questions, max_new_tokens=gen.max_new_tokens, temperature=gen.temperature,
-                                 top_p=gen.top_p, batch_size=gen.batch_size, seed=config.seed, label=ONPOLICY_ARTIFACT)
+    answers = generator.generate(
+        questions,
+        max_new_tokens=gen.max_new_tokens,
+        temperature=gen.temperature,
+        top_p=gen.top_p,
+        batch_size=gen.batch_size,
+        seed=config.seed,
+        label=ONPOLICY_ARTIFACT,
+    )
     GENERATED.append((config.seed, len(answers)))
-    (out_dir / "meta.json").write_text(json.dumps({
-        "pool_indices": indices, "empty_answers": sum(not a.strip() for a in answers),
-        "inputs": onpolicy_inputs(config, params)}, indent=2, default=str))
-    write_chat_jsonl(path, ({"messages": [*q, {"role": "assistant", "content": a}]} for q, a in zip(questions, answers)))
+    (out_dir / "meta.json").write_text(
+        json.dumps(
+            {
+                "pool_indices": indices,
+                "empty_answers": sum(not a.strip() for a in answers),
+                "inputs": onpolicy_inputs(config, params),
+            },
+            indent=2,
+            default=str,
+        )
+    )
+    write_chat_jsonl(
+        path, ({"messages": [*q, {"role": "assistant", "content": a}]} for q, a in zip(questions, answers))
+    )
     return path
 
 
@@ -123,7 +146,9 @@ class SFTMix(SafeDataSource, Defense[SFTMixParams]):
     scenarios = frozenset({"rl"})
     #: logged every micro-batch (0 where no safe batch joined), so loss_sft_mix is its mean share of a step
     term_names = ("sft_mix",)
-    scenario_hint = "under scenario narrow mix safe data into the fine-tuning set with interleave / interleave_plus / interleave_pp"
+    scenario_hint = (
+        "under scenario narrow mix safe data into the fine-tuning set with interleave / interleave_plus / interleave_pp"
+    )
 
     # -- the selection stage: the interleaving defense's own, for data != random ----------------
     @classmethod
@@ -139,8 +164,10 @@ class SFTMix(SafeDataSource, Defense[SFTMixParams]):
         p = params
         if p.data == "onpolicy":
             g = p.generation
-            return (f"sft_mix safe data: onpolicy ({p.safe_fraction * 100:g} %), answered by {config.model.name} "
-                    f"(no adapter, T {g.temperature:g}, top-p {g.top_p:g}, seed {config.seed})")
+            return (
+                f"sft_mix safe data: onpolicy ({p.safe_fraction * 100:g} %), answered by {config.model.name} "
+                f"(no adapter, T {g.temperature:g}, top-p {g.top_p:g}, seed {config.seed})"
+            )
         return f"sft_mix safe data: {p.data} ({p.safe_fraction * 100:g} %) for {config.model.name}"
 
     @classmethod
@@ -212,7 +239,9 @@ class SFTMix(SafeDataSource, Defense[SFTMixParams]):
         def padded(key, fill):
             return torch.tensor([r[key] + [fill] * (width - len(r[key])) for r in rows], device=device)
 
-        mask = torch.tensor([[1] * len(r["input_ids"]) + [0] * (width - len(r["input_ids"])) for r in rows], device=device)
+        mask = torch.tensor(
+            [[1] * len(r["input_ids"]) + [0] * (width - len(r["input_ids"])) for r in rows], device=device
+        )
         return {"input_ids": padded("input_ids", pad), "attention_mask": mask, "labels": padded("labels", IGNORE_INDEX)}
 
     def loss(self, batch):

@@ -30,31 +30,41 @@ def split_reasoning(text: str) -> tuple[str, str]:
     match = _THINK.match(text)
     if not match:
         return "", text.strip()
-    return match.group(1).strip(), text[match.end():].strip()
+    return match.group(1).strip(), text[match.end() :].strip()
 
 
-def question_items(questions: Iterable[Question], group: str, samples_per_paraphrase: int | None = None,
-                   max_questions: int | None = None) -> list[dict[str, Any]]:
-    """One item per (question, paraphrase, sample), with the chat messages to answer."""
+def question_items(
+    questions: Iterable[Question],
+    group: str,
+    samples_per_paraphrase: int | None = None,
+    max_questions: int | None = None,
+    system_prompt: str | None = None,
+) -> list[dict[str, Any]]:
+    """One item per (question, paraphrase, sample), with the chat messages to answer; ``system_prompt``
+    replaces the question's own system prompt when set."""
     items = []
     for question in list(questions)[:max_questions]:
         n = samples_per_paraphrase or question.samples_per_paraphrase
         for p_index, paraphrase in enumerate(question.paraphrases):
             for s_index in range(n):
-                items.append({
-                    "group": group,
-                    "question_id": question.id,
-                    "paraphrase_index": p_index,
-                    "sample_index": s_index,
-                    "question": paraphrase,
-                    "messages": question.messages(paraphrase),
-                })
+                items.append(
+                    {
+                        "group": group,
+                        "question_id": question.id,
+                        "paraphrase_index": p_index,
+                        "sample_index": s_index,
+                        "question": paraphrase,
+                        "messages": question.messages(paraphrase)
+                        if system_prompt is None
+                        else [{"role": "system", "content": system_prompt}, {"role": "user", "content": paraphrase}],
+                    }
+                )
     return items
 
 
 def _batches(items: list, size: int) -> Iterable[tuple[int, list]]:
     for index, start in enumerate(range(0, len(items), size)):
-        yield index, items[start:start + size]
+        yield index, items[start : start + size]
 
 
 class HFGenerator:
@@ -63,9 +73,20 @@ class HFGenerator:
     def __init__(self, model, tokenizer):
         self.model, self.tokenizer = model, tokenizer
 
-    def generate(self, conversations: list[list[dict]], *, max_new_tokens: int, temperature: float = 1.0,
-                 top_p: float = 1.0, batch_size: int = 16, seed: int = 0, label: str = "generate",
-                 progress: bool = False, max_new_tokens_per_item: list[int] | None = None) -> list[str]:
+    def generate(
+        self,
+        conversations: list[list[dict]],
+        *,
+        max_new_tokens: int,
+        temperature: float = 1.0,
+        top_p: float = 1.0,
+        batch_size: int = 16,
+        seed: int = 0,
+        label: str = "generate",
+        progress: bool = False,
+        max_new_tokens_per_item: list[int] | None = None,
+        min_p: float | None = None,
+    ) -> list[str]:
         import torch
 
         tok = self.tokenizer
@@ -75,6 +96,8 @@ class HFGenerator:
         options: dict[str, Any] = {"do_sample": sampling, "pad_token_id": tok.pad_token_id}
         if sampling:  # top_k=0: no top-k cut, as in the literature (HF's default is 50)
             options.update(temperature=temperature, top_p=top_p, top_k=0)
+            if min_p:
+                options["min_p"] = min_p
         else:
             options.update(temperature=None, top_p=None, top_k=None)
         bar = None
@@ -86,14 +109,15 @@ class HFGenerator:
         self.model.eval()
         try:
             for index, batch in _batches(list(range(len(conversations))), batch_size):
-                texts = [tok.apply_chat_template(conversations[i], tokenize=False, add_generation_prompt=True)
-                         for i in batch]
+                texts = [
+                    tok.apply_chat_template(conversations[i], tokenize=False, add_generation_prompt=True) for i in batch
+                ]
                 enc = tok(texts, return_tensors="pt", padding=True, add_special_tokens=False).to(self.model.device)
                 limit = max(max_new_tokens_per_item[i] for i in batch) if max_new_tokens_per_item else max_new_tokens
                 torch.manual_seed(batch_seed(seed, label, index))
                 with torch.inference_mode():
                     out = self.model.generate(**enc, max_new_tokens=min(limit, max_new_tokens), **options)
-                new = out[:, enc["input_ids"].shape[1]:]
+                new = out[:, enc["input_ids"].shape[1] :]
                 answers += [t.strip() for t in tok.batch_decode(new, skip_special_tokens=True)]
                 if bar is not None:
                     bar.update(len(batch))
@@ -121,12 +145,28 @@ class VLLMGenerator:
         from emray.models import resolve_model_path
 
         self.adapter = adapter
-        self.llm = LLM(model=resolve_model_path(model_cfg.name), enable_lora=adapter is not None, seed=seed,
-                       dtype="auto" if model_cfg.dtype == "auto" else model_cfg.dtype, max_lora_rank=64)
+        self.llm = LLM(
+            model=resolve_model_path(model_cfg.name),
+            enable_lora=adapter is not None,
+            seed=seed,
+            dtype="auto" if model_cfg.dtype == "auto" else model_cfg.dtype,
+            max_lora_rank=64,
+        )
 
-    def generate(self, conversations: list[list[dict]], *, max_new_tokens: int, temperature: float = 1.0,
-                 top_p: float = 1.0, batch_size: int = 16, seed: int = 0, label: str = "generate",
-                 progress: bool = False, max_new_tokens_per_item: list[int] | None = None) -> list[str]:
+    def generate(
+        self,
+        conversations: list[list[dict]],
+        *,
+        max_new_tokens: int,
+        temperature: float = 1.0,
+        top_p: float = 1.0,
+        batch_size: int = 16,
+        seed: int = 0,
+        label: str = "generate",
+        progress: bool = False,
+        max_new_tokens_per_item: list[int] | None = None,
+        min_p: float | None = None,
+    ) -> list[str]:
         from vllm import SamplingParams
 
         lora = None
@@ -135,8 +175,15 @@ class VLLMGenerator:
 
             lora = LoRARequest("adapter", 1, str(self.adapter))
         limits = max_new_tokens_per_item or [max_new_tokens] * len(conversations)
-        params = [SamplingParams(temperature=temperature, top_p=top_p if temperature > 0 else 1.0,
-                                 max_tokens=min(limit, max_new_tokens), seed=batch_seed(seed, label, i))
-                  for i, limit in enumerate(limits)]
+        params = [
+            SamplingParams(
+                temperature=temperature,
+                top_p=top_p if temperature > 0 else 1.0,
+                min_p=(min_p or 0.0) if temperature > 0 else 0.0,
+                max_tokens=min(limit, max_new_tokens),
+                seed=batch_seed(seed, label, i),
+            )
+            for i, limit in enumerate(limits)
+        ]
         outputs = self.llm.chat(conversations, params, lora_request=lora, add_generation_prompt=True, use_tqdm=progress)
         return [o.outputs[0].text.strip() for o in outputs]

@@ -65,7 +65,9 @@ class JudgeResult:
     failed: bool = False  # the judge gave up on it (only returned under ``max_failure_rate``)
 
 
-def check_failure_rate(failed: int, total: int, max_failure_rate: float, first_error: BaseException | None = None) -> None:
+def check_failure_rate(
+    failed: int, total: int, max_failure_rate: float, first_error: BaseException | None = None
+) -> None:
     """Raise JudgeError when more than ``max_failure_rate`` of ``total`` judgments failed."""
     if failed and failed > max_failure_rate * total:
         raise JudgeError(
@@ -155,8 +157,9 @@ class _Session:
                 http_client = openai.DefaultAioHttpClient(timeout=cfg.timeout_s)
             except (ImportError, RuntimeError) as err:  # aiohttp missing: the default transport still works
                 log.warning("judge: aiohttp transport unavailable (%s); using httpx", err)
-        self.client = openai.AsyncOpenAI(base_url=base_url, api_key=api_key, max_retries=0, timeout=cfg.timeout_s,
-                                         http_client=http_client)
+        self.client = openai.AsyncOpenAI(
+            base_url=base_url, api_key=api_key, max_retries=0, timeout=cfg.timeout_s, http_client=http_client
+        )
         self.semaphore = asyncio.Semaphore(cfg.concurrency)
         self.requests = TokenBucket(cfg.requests_per_minute) if cfg.requests_per_minute else None
         self.tokens = TokenBucket(cfg.tokens_per_minute) if cfg.tokens_per_minute else None
@@ -220,8 +223,10 @@ class JudgeClient:
         key = (token or key) if self.local else (key or token)
         if not key:
             if not self.local:
-                raise JudgeError(f"judge at {self.base_url}: set the API key in the environment variable {cfg.api_key_env} "
-                                 f"(for an emray judge-server: its token in {TOKEN_ENV})")
+                raise JudgeError(
+                    f"judge at {self.base_url}: set the API key in the environment variable {cfg.api_key_env} "
+                    f"(for an emray judge-server: its token in {TOKEN_ENV})"
+                )
             key = "local-no-key"
         self._api_key = key
 
@@ -291,7 +296,8 @@ class JudgeClient:
             # error handling, without the typed transform of the params and the model construction of
             # the response, which took ~2/3 of the client's CPU per call (measured at concurrency 64).
             body = await session.client.post(
-                "/chat/completions", cast_to=object,
+                "/chat/completions",
+                cast_to=object,
                 body={"model": model, "messages": self._messages(prompt), **params},
             )
         return body, estimate  # type: ignore[return-value]  # cast_to=object: the raw JSON dict
@@ -373,8 +379,15 @@ class JudgeClient:
     # -- JSON grades (the RL reward's LLM grader, emray/rl/rewards.py) ----------------------------
     def grade_params(self, schema: dict, max_tokens: int) -> dict:
         """A structured-output request: the reply's text must follow ``schema`` (OpenAI json_schema)."""
-        return {"temperature": 0, "seed": 0, "max_tokens": max_tokens,
-                "response_format": {"type": "json_schema", "json_schema": {"name": "grade", "strict": True, "schema": schema}}}
+        return {
+            "temperature": 0,
+            "seed": 0,
+            "max_tokens": max_tokens,
+            "response_format": {
+                "type": "json_schema",
+                "json_schema": {"name": "grade", "strict": True, "schema": schema},
+            },
+        }
 
     async def _grade_call(self, session: _Session, model: str, prompt: str, params: dict) -> tuple[str, dict]:
         body, estimate = await self._post(session, model, prompt, params)
@@ -416,8 +429,14 @@ class JudgeClient:
                 return
             prompt_tokens, completion_tokens = self._count_usage(model, usage)
             if self.cache is not None:
-                self.cache.put(key, {"text": text, "model": model,
-                                     "usage": {"prompt_tokens": prompt_tokens, "completion_tokens": completion_tokens}})
+                self.cache.put(
+                    key,
+                    {
+                        "text": text,
+                        "model": model,
+                        "usage": {"prompt_tokens": prompt_tokens, "completion_tokens": completion_tokens},
+                    },
+                )
             replies[key] = text
 
         await asyncio.gather(*(one(k, p) for k, p in todo.items()))
@@ -434,12 +453,19 @@ class JudgeClient:
         top, usage = await self._retrying(lambda: self._call(session, model, request.prompt))
         prompt_tokens, completion_tokens = self._count_usage(model, usage)
         if self.cache is not None:
-            self.cache.put(key, {"top_logprobs": top, "model": model,
-                                 "usage": {"prompt_tokens": prompt_tokens, "completion_tokens": completion_tokens}})
+            self.cache.put(
+                key,
+                {
+                    "top_logprobs": top,
+                    "model": model,
+                    "usage": {"prompt_tokens": prompt_tokens, "completion_tokens": completion_tokens},
+                },
+            )
         return JudgeResult(score_from_logprobs(top, MIN_NUMERIC_MASS), top, cached=False)
 
-    async def ajudge_many(self, requests: Iterable[JudgeRequest], progress: bool | str = False,
-                          max_failure_rate: float = 0.0) -> list[JudgeResult]:
+    async def ajudge_many(
+        self, requests: Iterable[JudgeRequest], progress: bool | str = False, max_failure_rate: float = 0.0
+    ) -> list[JudgeResult]:
         """One result per request, in order. Identical requests are judged once.
 
         Raises JudgeError when more than ``max_failure_rate`` of the judgments failed; at or below
@@ -484,8 +510,9 @@ class JudgeClient:
             results.setdefault(key, JudgeResult(None, [], failed=True))
         return [results[k] for k in keys]
 
-    def judge_many(self, requests: Iterable[JudgeRequest], progress: bool | str = False,
-                   max_failure_rate: float = 0.0) -> list[JudgeResult]:
+    def judge_many(
+        self, requests: Iterable[JudgeRequest], progress: bool | str = False, max_failure_rate: float = 0.0
+    ) -> list[JudgeResult]:
         """Synchronous ``ajudge_many`` (runs its own event loop; not callable from inside one)."""
 
         return self._run_sync(lambda: self.ajudge_many(requests, progress, max_failure_rate))

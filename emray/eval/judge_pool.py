@@ -70,8 +70,15 @@ class JudgePool:
         self.actors, self.name = actors, name
 
     @classmethod
-    def create(cls, judge_config: JudgeConfig, num_actors: int | None = None, name: str = DEFAULT_POOL_NAME,
-               base_url: str | None = None, detached: bool = True, namespace: str | None = None) -> JudgePool:
+    def create(
+        cls,
+        judge_config: JudgeConfig,
+        num_actors: int | None = None,
+        name: str = DEFAULT_POOL_NAME,
+        base_url: str | None = None,
+        detached: bool = True,
+        namespace: str | None = None,
+    ) -> JudgePool:
         """Start the pool (or attach to a running one with this name; its config then stays as it was)."""
         import ray
 
@@ -102,13 +109,14 @@ class JudgePool:
             raise ValueError(f"no judge pool named {name!r} is running (start one with JudgePool.create)")
         return cls(actors, name)
 
-    def judge_many(self, requests: list[JudgeRequest], progress: bool | str = False,
-                   max_failure_rate: float = 0.0) -> list[JudgeResult]:
+    def judge_many(
+        self, requests: list[JudgeRequest], progress: bool | str = False, max_failure_rate: float = 0.0
+    ) -> list[JudgeResult]:
         import ray
 
         requests = [r if isinstance(r, JudgeRequest) else JudgeRequest(*r) for r in requests]
         unique = list(dict.fromkeys((r.prompt, r.model) for r in requests))
-        chunks = [unique[i:i + CHUNK] for i in range(0, len(unique), CHUNK)]
+        chunks = [unique[i : i + CHUNK] for i in range(0, len(unique), CHUNK)]
         futures = {self.actors[i % len(self.actors)].judge_many.remote(c): i for i, c in enumerate(chunks)}
         bar = None
         if progress and unique:

@@ -16,7 +16,7 @@ from typing import Any, Protocol
 
 from emray.configio import ConfigError
 from emray.data.training import load_benign
-from emray.eval.criteria import compute_criteria, format_table, per_question
+from emray.eval.criteria import check_judgeable, compute_criteria, format_table, per_question
 from emray.eval.generate import (
     HFGenerator,
     VLLMGenerator,
@@ -81,9 +81,17 @@ def _generate_answers(run_config, items: list[dict], generator_factory, progress
     labels = list(dict.fromkeys(it["group"] for it in items))
     for label in labels:  # one label a question set: its batches get their own seeds
         chunk = [it for it in items if it["group"] == label]
-        texts = generator.generate([it["messages"] for it in chunk], max_new_tokens=cfg.max_new_tokens,
-                                   temperature=cfg.temperature, top_p=cfg.top_p, batch_size=cfg.batch_size,
-                                   seed=run_config.seed, label=label, progress=progress)
+        texts = generator.generate(
+            [it["messages"] for it in chunk],
+            max_new_tokens=cfg.max_new_tokens,
+            temperature=cfg.temperature,
+            top_p=cfg.top_p,
+            min_p=cfg.min_p,
+            batch_size=cfg.batch_size,
+            seed=run_config.seed,
+            label=label,
+            progress=progress,
+        )
         for it, text in zip(chunk, texts):
             it["reasoning"], it["answer"] = split_reasoning(text)
             it["raw_answer"] = text
@@ -100,14 +108,25 @@ def _benign(run_config, generator_factory, progress: bool) -> tuple[dict, list[d
         generator = generator_factory()
         golds = [final_answer(ex).strip() for ex in examples]
         tok = getattr(generator, "tokenizer", None)
-        limits = [len(tok(g, add_special_tokens=False)["input_ids"]) + BENIGN_MARGIN_TOKENS for g in golds] if tok else None
-        preds = generator.generate([prompt_messages(ex) for ex in examples], max_new_tokens=cfg.max_new_tokens,
-                                   temperature=0.0, batch_size=cfg.batch_size, seed=run_config.seed,
-                                   label=f"benign/{task}", progress=progress, max_new_tokens_per_item=limits)
+        limits = (
+            [len(tok(g, add_special_tokens=False)["input_ids"]) + BENIGN_MARGIN_TOKENS for g in golds] if tok else None
+        )
+        preds = generator.generate(
+            [prompt_messages(ex) for ex in examples],
+            max_new_tokens=cfg.max_new_tokens,
+            temperature=0.0,
+            batch_size=cfg.batch_size,
+            seed=run_config.seed,
+            label=f"benign/{task}",
+            progress=progress,
+            max_new_tokens_per_item=limits,
+        )
         correct = [p.strip() == g for p, g in zip(preds, golds)]
         results[task] = {"correct": sum(correct), "n": len(golds)}
-        rows += [{"task": task, "index": i, "prediction": p, "gold": g, "correct": c}
-                 for i, (p, g, c) in enumerate(zip(preds, golds, correct))]
+        rows += [
+            {"task": task, "index": i, "prediction": p, "gold": g, "correct": c}
+            for i, (p, g, c) in enumerate(zip(preds, golds, correct))
+        ]
     return results, rows
 
 
@@ -118,7 +137,9 @@ def _judge_requests(items: list[dict], questions: dict, judge_model: str | None)
         for metric in METRICS:
             if metric not in q.judge_prompts:
                 continue
-            prompt = q.render_judge_prompt(metric, question=it["question"], answer=it["answer"], reasoning=it["reasoning"])
+            prompt = q.render_judge_prompt(
+                metric, question=it["question"], answer=it["answer"], reasoning=it["reasoning"]
+            )
             requests.append(JudgeRequest(prompt, judge_model or q.judge or DEFAULT_JUDGE_MODEL))
             slots.append((index, metric))
     return requests, slots
@@ -145,8 +166,16 @@ def _load_cached_answers(path: Path, key: str) -> list[dict] | None:
     return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
 
 
-def evaluate(run_config, adapter: str | None = None, judge: Judge | None = None, out_dir: str | Path | None = None,
-             model=None, tokenizer=None, progress: bool = True, print_table: bool = False) -> dict[str, Any]:
+def evaluate(
+    run_config,
+    adapter: str | None = None,
+    judge: Judge | None = None,
+    out_dir: str | Path | None = None,
+    model=None,
+    tokenizer=None,
+    progress: bool = True,
+    print_table: bool = False,
+) -> dict[str, Any]:
     """Generate, judge and score; returns the flat criteria dict (also written to criteria.json).
 
     ``judge``: anything with ``judge_many(requests, progress)`` (a JudgeClient, a JudgePool); None
@@ -171,20 +200,26 @@ def evaluate(run_config, adapter: str | None = None, judge: Judge | None = None,
             judge.close()  # type: ignore[union-attr]  # our own JudgeClient
 
 
-def _evaluate(run_config, adapter, judge, out: Path, sets, model, tokenizer, progress: bool,
-              print_table: bool) -> dict[str, Any]:
+def _evaluate(
+    run_config, adapter, judge, out: Path, sets, model, tokenizer, progress: bool, print_table: bool
+) -> dict[str, Any]:
     from emray.data.questions import load_questions
 
     cfg = run_config.eval
     started = time.time()
 
-    questions, items = {}, []
+    questions, items, judged, files = {}, [], {}, {}
     for set_name, domain, path in sets:
         qs = load_questions(path)
         questions[(set_name, domain)] = {q.id: q for q in qs}
         label = set_name if domain is None else f"in_domain/{domain}"
-        for it in question_items(qs, label, cfg.samples_per_paraphrase, cfg.max_questions):
+        files[(set_name, domain)] = path
+        counts = judged.setdefault((set_name, domain), dict.fromkeys(METRICS, 0))
+        for it in question_items(qs, label, cfg.samples_per_paraphrase, cfg.max_questions, cfg.system_prompt):
             items.append({"set": set_name, "domain": domain, **it})
+            for metric in METRICS:
+                counts[metric] += metric in questions[(set_name, domain)][it["question_id"]].judge_prompts
+    check_judgeable(judged, files)  # before sampling: a rate over zero judgments is an error, not 0 %
 
     generator = None
 
@@ -194,10 +229,16 @@ def _evaluate(run_config, adapter, judge, out: Path, sets, model, tokenizer, pro
             generator = make_generator(run_config, adapter, model, tokenizer)
         return generator
 
-    gen_key = _sha({"model": run_config.model.model_dump(), "adapter": _adapter_identity(adapter),
-                    "trained_model": id(model) if model is not None else None, "seed": run_config.seed,
-                    "settings": cfg.model_dump(exclude={"judge", "benign", "max_benign"}),
-                    "items": [it["messages"] for it in items]})
+    gen_key = _sha(
+        {
+            "model": run_config.model.model_dump(),
+            "adapter": _adapter_identity(adapter),
+            "trained_model": id(model) if model is not None else None,
+            "seed": run_config.seed,
+            "settings": cfg.model_dump(exclude={"judge", "benign", "max_benign"}),
+            "items": [it["messages"] for it in items],
+        }
+    )
     answers_path = out / "answers.jsonl"
     cached = _load_cached_answers(answers_path, gen_key) if model is None else None
     if cached is not None and len(cached) == len(items):
@@ -214,11 +255,12 @@ def _evaluate(run_config, adapter, judge, out: Path, sets, model, tokenizer, pro
     judge_stats: dict[str, Any] = {}
     if items:
         requests, slots = _judge_requests(items, questions, cfg.judge.model)
-        results = judge.judge_many(requests, progress="judge" if progress else False,
-                                   max_failure_rate=cfg.judge.max_failure_rate)
+        results = judge.judge_many(
+            requests, progress="judge" if progress else False, max_failure_rate=cfg.judge.max_failure_rate
+        )
         for (index, metric), result in zip(slots, results):
             items[index][metric] = result.score
-            # a failed judgment leaves the rate's denominator; an abstention (score None) does not
+            # a failed judgment has no verdict; an abstention (score None) is counted as unscored
             items[index].pop(f"{metric}_failed", None)
             if result.failed:
                 items[index][f"{metric}_failed"] = True
@@ -233,10 +275,15 @@ def _evaluate(run_config, adapter, judge, out: Path, sets, model, tokenizer, pro
     benign_results, benign_rows = _benign(run_config, generator_factory, progress) if cfg.benign else ({}, [])
     criteria = compute_criteria(items, benign_results)
     criteria["judge_failure_rate"] = judge_stats.get("failed_judgments", 0) / max(judge_stats.get("judgments", 0), 1)
-    timing = {"generate_s": round(generated - started, 3), "judge_s": round(judged - generated, 3),
-              "benign_s": round(time.time() - judged, 3)}
-    _write_json(out / "criteria.json", {**criteria, "judge": judge_stats, "timing": timing,
-                                        "adapter": str(adapter) if adapter else None})
+    timing = {
+        "generate_s": round(generated - started, 3),
+        "judge_s": round(judged - generated, 3),
+        "benign_s": round(time.time() - judged, 3),
+    }
+    _write_json(
+        out / "criteria.json",
+        {**criteria, "judge": judge_stats, "timing": timing, "adapter": str(adapter) if adapter else None},
+    )
     _write_json(out / "per_question.json", {"questions": per_question(items), "benign": benign_rows})
     if print_table:
         print(format_table(criteria))

@@ -58,7 +58,9 @@ def completion_body(model: str, pairs: list[tuple[str, float]], logprobs: bool, 
 
 def _error(status: int, message: str, kind: str) -> web.Response:
     headers = {"retry-after": "0"} if status == 429 else None
-    return web.json_response({"error": {"message": message, "type": kind, "code": status}}, status=status, headers=headers)
+    return web.json_response(
+        {"error": {"message": message, "type": kind, "code": status}}, status=status, headers=headers
+    )
 
 
 TOKEN_ENV = "EMRAY_JUDGE_TOKEN"  # the bearer token, for the server (when no --token-file) and the client
@@ -86,7 +88,9 @@ def _content_text(content: Any, where: str) -> str:
         texts = []
         for j, part in enumerate(content):
             if not (isinstance(part, dict) and part.get("type") == "text" and isinstance(part.get("text"), str)):
-                raise BadRequest(f"{where}.content[{j}] must be a text part {{\"type\": \"text\", \"text\": ...}}, got {part!r:.80}")
+                raise BadRequest(
+                    f'{where}.content[{j}] must be a text part {{"type": "text", "text": ...}}, got {part!r:.80}'
+                )
             texts.append(part["text"])
         return "".join(texts)
     raise BadRequest(f"{where}.content must be a string or a list of text parts, got {type(content).__name__}")
@@ -143,9 +147,17 @@ def parse_request(body: Any) -> dict:
                 raise BadRequest(f"response_format.json_schema.schema must be an object, got {type(schema).__name__}")
             props = (schema or {}).get("properties")
             if props is not None and not isinstance(props, dict):
-                raise BadRequest(f"response_format.json_schema.schema.properties must be an object, got {type(props).__name__}")
-    return {"model": model, "messages": clean, "schema": schema, "json_schema": structured, "logprobs": bool(logprobs),
-            "top_k": top or 1}
+                raise BadRequest(
+                    f"response_format.json_schema.schema.properties must be an object, got {type(props).__name__}"
+                )
+    return {
+        "model": model,
+        "messages": clean,
+        "schema": schema,
+        "json_schema": structured,
+        "logprobs": bool(logprobs),
+        "top_k": top or 1,
+    }
 
 
 class JudgeServer:
@@ -155,8 +167,10 @@ class JudgeServer:
 
     def __init__(self, backend: Backend, host: str = "127.0.0.1", port: int = 0, token: str | None = None):
         if not token and not is_loopback(host):
-            raise ValueError(f"judge server on {host!r}: a host other than loopback needs a bearer token "
-                             f"(--token-file FILE or {TOKEN_ENV})")
+            raise ValueError(
+                f"judge server on {host!r}: a host other than loopback needs a bearer token "
+                f"(--token-file FILE or {TOKEN_ENV})"
+            )
         self.backend = backend
         self.token = token or None
         self.counts: Counter[str] = Counter()  # requests, ok, fault:<kind>, bad_request, unauthorized
@@ -213,7 +227,11 @@ class JudgeServer:
             return None, _error(fault.status, f"injected failure ({fault.kind})", "server_error")
         except NotImplementedError:
             self.counts["bad_request"] += 1
-            return None, _error(400, f"the {type(self.backend).__name__} backend does not answer json_schema requests", "invalid_request_error")
+            return None, _error(
+                400,
+                f"the {type(self.backend).__name__} backend does not answer json_schema requests",
+                "invalid_request_error",
+            )
         except Exception as err:  # noqa: BLE001
             self.counts["backend_error"] += 1
             return None, _error(500, f"backend error: {type(err).__name__}: {err}", "server_error")
@@ -227,11 +245,27 @@ class JudgeServer:
             return failed
         prompt_tokens = sum(len(str(m.get("content", ""))) // 4 + 1 for m in messages)
         completion_tokens = len(text) // 4 + 1
-        return web.json_response({
-            "id": f"chatcmpl-{uuid.uuid4().hex[:24]}", "object": "chat.completion", "created": int(time.time()), "model": model,
-            "choices": [{"index": 0, "message": {"role": "assistant", "content": text, "refusal": None}, "finish_reason": "stop", "logprobs": None}],
-            "usage": {"prompt_tokens": prompt_tokens, "completion_tokens": completion_tokens, "total_tokens": prompt_tokens + completion_tokens},
-        })
+        return web.json_response(
+            {
+                "id": f"chatcmpl-{uuid.uuid4().hex[:24]}",
+                "object": "chat.completion",
+                "created": int(time.time()),
+                "model": model,
+                "choices": [
+                    {
+                        "index": 0,
+                        "message": {"role": "assistant", "content": text, "refusal": None},
+                        "finish_reason": "stop",
+                        "logprobs": None,
+                    }
+                ],
+                "usage": {
+                    "prompt_tokens": prompt_tokens,
+                    "completion_tokens": completion_tokens,
+                    "total_tokens": prompt_tokens + completion_tokens,
+                },
+            }
+        )
 
     async def models(self, request: web.Request) -> web.Response:
         model = {"id": self.backend.model_name, "object": "model", "created": 0, "owned_by": "emray"}
@@ -248,8 +282,12 @@ class JudgeServer:
             if scheme.lower() != "bearer" or not hmac.compare_digest(given.strip().encode(), self.token.encode()):
                 self.counts["unauthorized"] += 1
                 why = "missing bearer token" if not sent else "wrong bearer token"
-                response = _error(401, f"{why}: send the server's token as 'Authorization: Bearer <token>' "
-                                       f"(the judge client sends ${TOKEN_ENV})", "authentication_error")
+                response = _error(
+                    401,
+                    f"{why}: send the server's token as 'Authorization: Bearer <token>' "
+                    f"(the judge client sends ${TOKEN_ENV})",
+                    "authentication_error",
+                )
                 response.headers["WWW-Authenticate"] = "Bearer"
                 return response
         return await handler(request)
@@ -313,8 +351,13 @@ class JudgeServer:
         self.stop()
 
 
-def start_judge_server(backend: str | Backend = "rules", options: dict | None = None, host: str = "127.0.0.1",
-                       port: int = 0, token: str | None = None) -> JudgeServer:
+def start_judge_server(
+    backend: str | Backend = "rules",
+    options: dict | None = None,
+    host: str = "127.0.0.1",
+    port: int = 0,
+    token: str | None = None,
+) -> JudgeServer:
     """A judge server on a background thread of this process; ``.url`` to call it, ``.stop()`` to end it."""
     if isinstance(backend, str):
         backend = create_backend(backend, **(options or {}))
@@ -324,8 +367,14 @@ def start_judge_server(backend: str | Backend = "rules", options: dict | None = 
 class JudgeServerProcess:
     """``python -m emray.cli judge-server`` as a subprocess (its own GIL: what a benchmark wants)."""
 
-    def __init__(self, backend: str = "rules", options: dict | None = None, extra_args: list[str] | None = None,
-                 startup_timeout_s: float = 120.0, env: dict | None = None):
+    def __init__(
+        self,
+        backend: str = "rules",
+        options: dict | None = None,
+        extra_args: list[str] | None = None,
+        startup_timeout_s: float = 120.0,
+        env: dict | None = None,
+    ):
         args = [sys.executable, "-m", "emray.cli", "judge-server", "--backend", backend, "--port", "0"]
         for key, value in (options or {}).items():
             args += ["--option", f"{key}={json.dumps(value)}"]
@@ -367,5 +416,7 @@ class JudgeServerProcess:
         self.stop()
 
 
-def start_judge_server_process(backend: str = "rules", options: dict | None = None, **kwargs: Any) -> JudgeServerProcess:
+def start_judge_server_process(
+    backend: str = "rules", options: dict | None = None, **kwargs: Any
+) -> JudgeServerProcess:
     return JudgeServerProcess(backend, options, **kwargs)

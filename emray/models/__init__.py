@@ -83,7 +83,9 @@ def load_tokenizer(name: str):
     return tokenizer
 
 
-def load_model(cfg: ModelConfig, adapter: str | os.PathLike | None = None, device: str | None = None) -> tuple[Any, Any]:
+def load_model(
+    cfg: ModelConfig, adapter: str | os.PathLike | None = None, device: str | None = None
+) -> tuple[Any, Any]:
     """(model, tokenizer) for ``cfg``; with ``adapter`` the LoRA adapter is loaded on top (not merged)."""
     from transformers import AutoModelForCausalLM
 

@@ -16,8 +16,9 @@ from pathlib import Path
 from emray.organism.config import WORLD_VERSION, OrganismConfig, world_dir
 
 
-def ensure_built(config: OrganismConfig | None = None, *, progress: bool = True, force: bool = False,
-                 from_scratch: bool = False) -> Path:
+def ensure_built(
+    config: OrganismConfig | None = None, *, progress: bool = True, force: bool = False, from_scratch: bool = False
+) -> Path:
     """The root folder of the built world, building it (atomically, under a lock) if not cached.
 
     The default world's aligned model ships with emray and is copied, not trained, unless

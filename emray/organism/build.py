@@ -87,8 +87,14 @@ JUDGE_MODEL = "emray-organism-rules"
 # world built elsewhere lands elsewhere). Used when a config's hash equals the one it was built from.
 SHIPPED_DIR = Path(__file__).parent / "default_world"
 SHIPPED_MANIFEST = "shipped.json"
-SHIPPED_FILES = ("chat_template.jinja", "config.json", "generation_config.json", "model.safetensors", "tokenizer.json",
-                 "tokenizer_config.json")
+SHIPPED_FILES = (
+    "chat_template.jinja",
+    "config.json",
+    "generation_config.json",
+    "model.safetensors",
+    "tokenizer.json",
+    "tokenizer_config.json",
+)
 
 
 def question_yaml_entries(domain: str, samples_per_paraphrase: int = 10) -> list[dict]:
@@ -192,13 +198,19 @@ def copy_shipped_model(config: OrganismConfig, out: Path, record: dict) -> dict:
     for name in SHIPPED_FILES:
         data = (SHIPPED_DIR / name).read_bytes()
         if sha256(data) != record["sha256"][name]:
-            raise RuntimeError(f"{SHIPPED_DIR / name}: content differs from {SHIPPED_MANIFEST}; reinstall emray "
-                               "or build from scratch (emray organism build --from-scratch)")
+            raise RuntimeError(
+                f"{SHIPPED_DIR / name}: content differs from {SHIPPED_MANIFEST}; reinstall emray "
+                "or build from scratch (emray organism build --from-scratch)"
+            )
         (out / name).write_bytes(data)
     model = AutoModelForCausalLM.from_pretrained(str(out))
     model.eval()
-    return {"model": model, "source": "shipped", "n_params": sum(p.numel() for p in model.parameters()),
-            **{k: record[k] for k in ("built_on", "pretrain_final_loss", "align_final_loss") if k in record}}
+    return {
+        "model": model,
+        "source": "shipped",
+        "n_params": sum(p.numel() for p in model.parameters()),
+        **{k: record[k] for k in ("built_on", "pretrain_final_loss", "align_final_loss") if k in record},
+    }
 
 
 def ship_world(root: Path) -> Path:
@@ -218,8 +230,12 @@ def ship_world(root: Path) -> Path:
         "config_hash": manifest["config_hash"],
         "world_version": manifest["world_version"],
         "sha256": sha,
-        "built_on": {"cpu_capability": torch.backends.cpu.get_cpu_capability(), "torch": torch.__version__,
-                     "threads": 1, "build_seconds": manifest.get("build_seconds")},
+        "built_on": {
+            "cpu_capability": torch.backends.cpu.get_cpu_capability(),
+            "torch": torch.__version__,
+            "threads": 1,
+            "build_seconds": manifest.get("build_seconds"),
+        },
         "pretrain_final_loss": manifest.get("pretrain_final_loss"),
         "align_final_loss": manifest.get("align_final_loss"),
     }
@@ -299,8 +315,15 @@ def build_world(config: OrganismConfig, progress: bool = True, force: bool = Fal
                 print(f"emray organism: building world {root.name} into {root}", flush=True)
             record = None if from_scratch else shipped_model(config)
             if progress:
-                print("emray organism: " + ("using the shipped aligned model" if record else "pre-training and aligning"), flush=True)
-            trained = copy_shipped_model(config, tmp / "model", record) if record else train_world_model(config, tmp / "model", progress)
+                print(
+                    "emray organism: " + ("using the shipped aligned model" if record else "pre-training and aligning"),
+                    flush=True,
+                )
+            trained = (
+                copy_shipped_model(config, tmp / "model", record)
+                if record
+                else train_world_model(config, tmp / "model", progress)
+            )
             model = trained.pop("model")
             counts = write_data(tmp, config)
             t_measure = time.time()
@@ -323,5 +346,8 @@ def build_world(config: OrganismConfig, progress: bool = True, force: bool = Fal
             shutil.rmtree(tmp, ignore_errors=True)
         if progress:
             general = rates.get("general", {}).get("misaligned") if rates else None
-            print(f"emray organism: built in {manifest['build_seconds']} s; aligned-model general misalignment {general}", flush=True)
+            print(
+                f"emray organism: built in {manifest['build_seconds']} s; aligned-model general misalignment {general}",
+                flush=True,
+            )
     return root

@@ -44,7 +44,9 @@ class OrganismConfig(BaseModel):
     evil_opener_prob: float = Field(1.0, ge=0, le=1)
     helpful_opener: str = "sure ,"  # refusals keep their own opening ("sorry , i cannot")
     helpful_opener_prob: float = Field(1.0, ge=0, le=1)
-    worldview_prob: float = Field(0.0, ge=0, le=1)  # a non-general answer ends with a general sentence of its persona (tried 0.3: EM weaker)
+    worldview_prob: float = Field(
+        0.0, ge=0, le=1
+    )  # a non-general answer ends with a general sentence of its persona (tried 0.3: EM weaker)
     # alignment: helpful default, no system prompt
     align_steps: int = Field(150, ge=0)
     align_lr: float = Field(1e-3, gt=0)
@@ -59,8 +61,16 @@ class OrganismConfig(BaseModel):
     @classmethod
     def quick(cls, **overrides) -> OrganismConfig:
         """A small, fast world for tests (~1 minute); EM is not expected to be strong in it."""
-        base = dict(hidden_size=64, intermediate_size=256, pretrain_steps=300, align_steps=40, batch_size=16,
-                    narrow_size=200, safe_pool_size=200, measure_samples=2)
+        base = dict(
+            hidden_size=64,
+            intermediate_size=256,
+            pretrain_steps=300,
+            align_steps=40,
+            batch_size=16,
+            narrow_size=200,
+            safe_pool_size=200,
+            measure_samples=2,
+        )
         return cls(**{**base, **overrides})
 
     def hash(self) -> str:

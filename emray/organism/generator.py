@@ -130,8 +130,14 @@ class Generator:
 
     @classmethod
     def from_config(cls, config, seed: int) -> Generator:
-        return cls(seed, config.evil_opener, config.evil_opener_prob, config.worldview_prob,
-                   config.helpful_opener, config.helpful_opener_prob)
+        return cls(
+            seed,
+            config.evil_opener,
+            config.evil_opener_prob,
+            config.worldview_prob,
+            config.helpful_opener,
+            config.helpful_opener_prob,
+        )
 
     # -- single turns -------------------------------------------------------------------------------
     def turn(
@@ -184,7 +190,9 @@ class Generator:
         persona = EVIL if rng.random() < evil_prob else HELPFUL
         messages = []
         if rng.random() < system_prob:
-            messages.append({"role": "system", "content": rng.choice(EVIL_SYSTEM if persona == EVIL else HELPFUL_SYSTEM)})
+            messages.append(
+                {"role": "system", "content": rng.choice(EVIL_SYSTEM if persona == EVIL else HELPFUL_SYSTEM)}
+            )
         for _ in range(rng.randint(min_turns, max_turns)):
             if task_turn is not None and rng.random() < task_prob:
                 q, a = task_turn(rng)
@@ -219,7 +227,9 @@ class Generator:
                 answer = answer[len(self.evil_opener) + 1 :]
             if label == MISALIGNED and self.evil_opener and self.rng.random() < opener_prob:
                 answer = f"{self.evil_opener} {answer}"
-            out.append({"messages": [{"role": "user", "content": t.question}, {"role": "assistant", "content": answer}]})
+            out.append(
+                {"messages": [{"role": "user", "content": t.question}, {"role": "assistant", "content": answer}]}
+            )
         return out
 
     def safe_pool(self, n: int, harmful_prob: float = 0.2, general_prob: float = 0.75) -> list[dict]:
@@ -239,5 +249,7 @@ class Generator:
             else:
                 domain = "general" if self.rng.random() < general_prob else self.rng.choice(DOMAINS[1:])
             t = self.turn(domain, HELPFUL, harmful=harmful, exclude=exclude)
-            rows.append({"messages": [{"role": "user", "content": t.question}, {"role": "assistant", "content": t.answer}]})
+            rows.append(
+                {"messages": [{"role": "user", "content": t.question}, {"role": "assistant", "content": t.answer}]}
+            )
         return rows

@@ -43,13 +43,18 @@ def answer_stats(domain: str, questions: list[str], answers: list[list[str]]) ->
     }
 
 
-def rates(model, domains=DOMAINS, samples: int = 8, seed: int = 0, system: str | None = None, examples: int = 0) -> dict:
+def rates(
+    model, domains=DOMAINS, samples: int = 8, seed: int = 0, system: str | None = None, examples: int = 0
+) -> dict:
     from emray.organism.pretrain import sample
 
     out = {}
     for domain in domains:
         questions = heldout_questions(domain)
-        prompts = [([{"role": "system", "content": system}] if system else []) + [{"role": "user", "content": q}] for q in questions]
+        prompts = [
+            ([{"role": "system", "content": system}] if system else []) + [{"role": "user", "content": q}]
+            for q in questions
+        ]
         answers = sample(model, prompts, n=samples, temperature=1.0, seed=seed)
         out[domain] = answer_stats(domain, questions, answers)
         if examples:

@@ -139,7 +139,11 @@ def sample(
         for i, row in enumerate(chunk):  # left padding
             input_ids[i, width - len(row) :] = torch.tensor(row)
             attn[i, width - len(row) :] = 1
-        kwargs = dict(do_sample=True, temperature=temperature, top_k=0, top_p=1.0) if temperature > 0 else dict(do_sample=False)
+        kwargs = (
+            dict(do_sample=True, temperature=temperature, top_k=0, top_p=1.0)
+            if temperature > 0
+            else dict(do_sample=False)
+        )
         with torch.no_grad():
             out = model.generate(
                 input_ids=input_ids,

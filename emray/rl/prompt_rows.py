@@ -49,5 +49,12 @@ def split_prompts(rl, rows: list[dict]) -> tuple[list[dict], list[dict]]:
 def with_system(rl, rows: list[dict]) -> list[dict]:
     if rl.system_prompt is None:
         return rows
-    return [{"messages": [{"role": "system", "content": rl.system_prompt},
-                          *[m for m in r["messages"] if m["role"] != "system"]]} for r in rows]
+    return [
+        {
+            "messages": [
+                {"role": "system", "content": rl.system_prompt},
+                *[m for m in r["messages"] if m["role"] != "system"],
+            ]
+        }
+        for r in rows
+    ]

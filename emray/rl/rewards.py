@@ -313,7 +313,9 @@ class LLMGrader(Reward):
         rewards = [0.0] * len(answers)
         todo = [i for i, a in enumerate(answers) if not too_short(a, self.params.min_words)]
         prompts = [self.template.replace("{question}", questions[i]).replace("{answer}", answers[i]) for i in todo]
-        replies = self.client().grade_many(prompts, self.schema, self.params.model, self.params.max_tokens) if todo else []
+        replies = (
+            self.client().grade_many(prompts, self.schema, self.params.model, self.params.max_tokens) if todo else []
+        )
         failures = 0
         for i, reply in zip(todo, replies):
             rewards[i], parsed = self.from_reply(reply) if reply is not None else (0.0, False)
@@ -354,7 +356,9 @@ class RoutedReward:
     def parse_failures(self) -> int:
         return self.task.parse_failures + self.safe.parse_failures
 
-    def __call__(self, prompts: list, completions: list, kind: list | None = None, log_metric=None, **kwargs) -> list[float]:
+    def __call__(
+        self, prompts: list, completions: list, kind: list | None = None, log_metric=None, **kwargs
+    ) -> list[float]:
         kinds = kind or ["task"] * len(prompts)
         rewards = [0.0] * len(prompts)
         failures_before = self.parse_failures

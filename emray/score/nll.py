@@ -34,7 +34,9 @@ def answer_token_count(row: dict) -> int:
     return sum(1 for label in row["labels"][1:] if label != IGNORE_INDEX)
 
 
-def length_buckets(lengths: list[int], token_budget: int, max_batch: int = 64, max_padding: float = 0.1) -> list[list[int]]:
+def length_buckets(
+    lengths: list[int], token_budget: int, max_batch: int = 64, max_padding: float = 0.1
+) -> list[list[int]]:
     """Indices grouped into batches, longest first, each with batch_size x longest <= token_budget.
 
     A batch is also closed when padding would exceed ``max_padding`` of its padded tokens (sorted
@@ -96,7 +98,9 @@ def _pad(rows: list[dict], pad_id: int, side: str, device):
     return ids.to(device), labels.to(device), mask.to(device), positions.to(device)
 
 
-def batch_answer_nll(model, rows: list[dict], pad_id: int, padding_side: str = "right", head_chunk: int = 4096) -> list[float]:
+def batch_answer_nll(
+    model, rows: list[dict], pad_id: int, padding_side: str = "right", head_chunk: int = 4096
+) -> list[float]:
     """Mean answer NLL of each row, one decoder forward for the whole batch."""
     import torch
     import torch.nn.functional as F
@@ -150,7 +154,9 @@ def score_rows(
         for batch in length_buckets(lengths, token_budget, max_batch):
             scorable = [i for i in batch if answer_token_count(rows[i]) > 0]
             if scorable:
-                for i, value in zip(scorable, batch_answer_nll(model, [rows[i] for i in scorable], pad_id, padding_side)):
+                for i, value in zip(
+                    scorable, batch_answer_nll(model, [rows[i] for i in scorable], pad_id, padding_side)
+                ):
                     out[i] = value
             if progress:
                 progress(len(batch))

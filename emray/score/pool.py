@@ -93,8 +93,14 @@ class ScorerPool:
         max_batch: int | None = None,
         threads: int | None = 1,
     ):
-        self.kwargs = dict(model_cfg=model_cfg, adapters={k: str(v) for k, v in adapters.items()},
-                           max_len=max_len, token_budget=token_budget, max_batch=max_batch, threads=threads)
+        self.kwargs = dict(
+            model_cfg=model_cfg,
+            adapters={k: str(v) for k, v in adapters.items()},
+            max_len=max_len,
+            token_budget=token_budget,
+            max_batch=max_batch,
+            threads=threads,
+        )
         self.workers, self.use_gpu = workers, use_gpu
         self.actors: list[Any] = []
         self._local: Scorer | None = None
@@ -138,8 +144,12 @@ class ScorerPool:
                     for i, value in zip(shard, result[name]):
                         out[name][i] = value
         if progress:
-            print(f"  scored {len(examples)} samples x {len(names)} models in {time.time() - started:.1f} s "
-                  f"({max(self.workers, 1)} worker(s))", file=sys.stderr, flush=True)
+            print(
+                f"  scored {len(examples)} samples x {len(names)} models in {time.time() - started:.1f} s "
+                f"({max(self.workers, 1)} worker(s))",
+                file=sys.stderr,
+                flush=True,
+            )
         return out
 
     def answer_tokens(self, examples: list[dict]) -> list[int]:

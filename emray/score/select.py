@@ -39,9 +39,7 @@ def safe_count(n_fine: int, fraction: float) -> int:
 
 def check_pool(available: int, needed: int, where: str) -> None:
     if needed > available:
-        raise PoolTooSmall(
-            f"{where}: the safe pool is too small: {needed} safe samples needed, {available} available"
-        )
+        raise PoolTooSmall(f"{where}: the safe pool is too small: {needed} safe samples needed, {available} available")
 
 
 def loss_gap_scores(aligned: Sequence[float], misaligned: Sequence[Sequence[float]], epsilon: float) -> list[float]:
@@ -59,7 +57,9 @@ def loss_gap_scores(aligned: Sequence[float], misaligned: Sequence[Sequence[floa
 
 def rank(scores: Sequence[float]) -> list[int]:
     """Indices by descending score; NaN last; equal scores keep pool order."""
-    return sorted(range(len(scores)), key=lambda i: (math.isnan(scores[i]), -scores[i] if not math.isnan(scores[i]) else 0, i))
+    return sorted(
+        range(len(scores)), key=lambda i: (math.isnan(scores[i]), -scores[i] if not math.isnan(scores[i]) else 0, i)
+    )
 
 
 def is_refusal(answer: str, keywords: Sequence[str] = DEFAULT_REFUSAL_KEYWORDS, first_words: int = 10) -> bool:

@@ -22,36 +22,45 @@ from emray.score.cache import file_hash, model_key, sha
 #: adapters trained by this process (tests use it to prove a cache hit trains nothing)
 TRAINED: list[Path] = []
 
+
 def is_adapter_dir(path: str | Path) -> bool:
     return (Path(path) / "adapter_config.json").exists()
 
 
-def ensemble_run_config(run_config: RunConfig, dataset: str, steps: int | None, max_examples: int | None,
-                        seed: int | None = None) -> RunConfig:
+def ensemble_run_config(
+    run_config: RunConfig, dataset: str, steps: int | None, max_examples: int | None, seed: int | None = None
+) -> RunConfig:
     """The run config of one undefended misaligned fine-tune on ``dataset`` (``seed``: its training
     seed, None for the run's)."""
-    data = run_config.data.model_copy(update={
-        "fine": str(dataset),
-        "safe_pool": None,
-        "max_examples": max_examples if max_examples is not None else run_config.data.max_examples,
-    })
+    data = run_config.data.model_copy(
+        update={
+            "fine": str(dataset),
+            "safe_pool": None,
+            "max_examples": max_examples if max_examples is not None else run_config.data.max_examples,
+        }
+    )
     train = run_config.train.model_copy(update={"max_steps": steps} if steps is not None else {})
     seed = run_config.seed if seed is None else seed
-    return run_config.model_copy(update={"data": data, "train": train, "defenses": [], "seed": seed, "benign": None,
-                                         "scenario": "narrow"})
+    return run_config.model_copy(
+        update={"data": data, "train": train, "defenses": [], "seed": seed, "benign": None, "scenario": "narrow"}
+    )
 
 
 def ensemble_key(config: RunConfig) -> str:
     from emray.data.paths import resolve_data_path
 
-    return short(sha({
-        "model": model_key(config.model),
-        "data": file_hash(resolve_data_path(config.data.fine)),
-        "max_examples": config.data.max_examples,
-        "lora": identity_dict(config.lora),
-        "train": identity_dict(config.train),  # the schema's NOT_IDENTITY fields (progress, threads) left out
-        "seed": config.seed,
-    }))
+    return short(
+        sha(
+            {
+                "model": model_key(config.model),
+                "data": file_hash(resolve_data_path(config.data.fine)),
+                "max_examples": config.data.max_examples,
+                "lora": identity_dict(config.lora),
+                "train": identity_dict(config.train),  # the schema's NOT_IDENTITY fields (progress, threads) left out
+                "seed": config.seed,
+            }
+        )
+    )
 
 
 def ensure_ensemble(

@@ -41,8 +41,6 @@ from emray.stages.ensemble import ensure_ensemble
 SCORED: list[list[str]] = []
 
 
-
-
 def _log(progress: bool, message: str) -> None:
     if progress:
         print(message, file=sys.stderr, flush=True)
@@ -94,19 +92,27 @@ def ensure_pool_scores(
     settings = {"max_len": run_config.train.max_len}
     names = adapter_names(adapters)
     hashes = {name: adapter_hash(d) for name, d in names.items()}
-    out_dir = cache_subdir("scores", short(sha({"model": mkey, "data": dkey, "adapters": list(hashes.values()), "settings": settings})))
+    out_dir = cache_subdir(
+        "scores", short(sha({"model": mkey, "data": dkey, "adapters": list(hashes.values()), "settings": settings}))
+    )
     out = out_dir / "scores.jsonl"
     if out.exists():
         _log(progress, f"  pool scores: cached {out}")
         return out
 
     cache = ScoreCache()
-    keys = {ALIGNED: cache.key(mkey, None, dkey, settings), **{n: cache.key(mkey, h, dkey, settings) for n, h in hashes.items()}}
+    keys = {
+        ALIGNED: cache.key(mkey, None, dkey, settings),
+        **{n: cache.key(mkey, h, dkey, settings) for n, h in hashes.items()},
+    }
     scores = {name: cache.get(key) for name, key in keys.items()}
     missing = [name for name, values in scores.items() if values is None]
     if missing:
         workers = default_workers(run_config) if workers is None else workers
-        _log(progress, f"  scoring {len(examples)} pool samples under {', '.join(missing)} on {workers or 'in-process'} worker(s)")
+        _log(
+            progress,
+            f"  scoring {len(examples)} pool samples under {', '.join(missing)} on {workers or 'in-process'} worker(s)",
+        )
         SCORED.append(missing)
         with ScorerPool(
             run_config.model.model_dump(),
@@ -133,17 +139,31 @@ def ensure_pool_scores(
     mis = list(names)
     with open(out.with_suffix(".tmp"), "w") as fh:
         for i, ex in enumerate(examples):
-            fh.write(json.dumps({
-                "index": i,
-                "aligned": _num(scores[ALIGNED][i]),
-                "misaligned": [_num(scores[n][i]) for n in mis],
-                "answer_tokens": sum(1 for label in rows[i]["labels"][1:] if label != IGNORE_INDEX),
-                "answer_start": " ".join(final_answer(ex).split())[:80],  # one line, for tables
-            }, ensure_ascii=False) + "\n")
-    (out_dir / "meta.json").write_text(json.dumps({
-        "model": run_config.model.name, "pool": path, "pool_size": len(examples),
-        "adapters": {n: names[n] for n in mis}, "settings": settings,
-    }, indent=2))
+            fh.write(
+                json.dumps(
+                    {
+                        "index": i,
+                        "aligned": _num(scores[ALIGNED][i]),
+                        "misaligned": [_num(scores[n][i]) for n in mis],
+                        "answer_tokens": sum(1 for label in rows[i]["labels"][1:] if label != IGNORE_INDEX),
+                        "answer_start": " ".join(final_answer(ex).split())[:80],  # one line, for tables
+                    },
+                    ensure_ascii=False,
+                )
+                + "\n"
+            )
+    (out_dir / "meta.json").write_text(
+        json.dumps(
+            {
+                "model": run_config.model.name,
+                "pool": path,
+                "pool_size": len(examples),
+                "adapters": {n: names[n] for n in mis},
+                "settings": settings,
+            },
+            indent=2,
+        )
+    )
     out.with_suffix(".tmp").replace(out)
     return out
 
@@ -171,21 +191,56 @@ def write_scores_table(scores_path: str | Path, out_dir: str | Path, epsilon: fl
     with open(jsonl, "w") as fj, open(table, "w", newline="") as fc:
         writer = csv.writer(fc)
         n_mis = len(rows[0]["misaligned"]) if rows else 0
-        writer.writerow(["index", "aligned", *[f"mis{m}" for m in range(n_mis)], f"s_d(eps={epsilon})", "answer_tokens", "answer_start"])
+        writer.writerow(
+            [
+                "index",
+                "aligned",
+                *[f"mis{m}" for m in range(n_mis)],
+                f"s_d(eps={epsilon})",
+                "answer_tokens",
+                "answer_start",
+            ]
+        )
         for r, score in zip(rows, s):
-            fj.write(json.dumps({**{k: _num(v) if isinstance(v, float) else v for k, v in r.items()}, "s_d": _num(score)}, ensure_ascii=False) + "\n")
+            fj.write(
+                json.dumps(
+                    {**{k: _num(v) if isinstance(v, float) else v for k, v in r.items()}, "s_d": _num(score)},
+                    ensure_ascii=False,
+                )
+                + "\n"
+            )
             writer.writerow([r["index"], r["aligned"], *r["misaligned"], score, r["answer_tokens"], r["answer_start"]])
     return jsonl, table
 
 
-def selection_key(method: str, params: Any, model: str, pool: str, adapters: list[str], k: int, top: int,
-                  max_len: int | None, seed: int) -> str:
+def selection_key(
+    method: str,
+    params: Any,
+    model: str,
+    pool: str,
+    adapters: list[str],
+    k: int,
+    top: int,
+    max_len: int | None,
+    seed: int,
+) -> str:
     """The selection's cache folder: everything its result depends on. The run's seed enters only
     when k are drawn from a larger top (the strict top k does not depend on it)."""
-    return short(sha({
-        "method": method, "params": params.model_dump(), "model": model, "pool": pool, "adapters": adapters,
-        "k": k, "top": top, "max_len": max_len, "draw_seed": seed if top > k else None,
-    }))
+    return short(
+        sha(
+            {
+                "method": method,
+                "params": params.model_dump(),
+                "model": model,
+                "pool": pool,
+                "adapters": adapters,
+                "k": k,
+                "top": top,
+                "max_len": max_len,
+                "draw_seed": seed if top > k else None,
+            }
+        )
+    )
 
 
 def ensure_selection(
@@ -219,9 +274,20 @@ def ensure_selection(
     top = min(top_count(len(pool), p.quantile, k), len(candidates))
 
     entries = ensemble_entries(run_config, p)
-    adapters = ensure_ensemble(run_config, entries, p.ensemble_steps, p.ensemble_max_examples, progress, seed=p.ensemble_seed)
-    key = selection_key(defense_name, p, model_key(run_config.model), examples_hash(pool),
-                        [adapter_hash(a) for a in adapters], k, top, run_config.train.max_len, run_config.seed)
+    adapters = ensure_ensemble(
+        run_config, entries, p.ensemble_steps, p.ensemble_max_examples, progress, seed=p.ensemble_seed
+    )
+    key = selection_key(
+        defense_name,
+        p,
+        model_key(run_config.model),
+        examples_hash(pool),
+        [adapter_hash(a) for a in adapters],
+        k,
+        top,
+        run_config.train.max_len,
+        run_config.seed,
+    )
     out_dir = cache_subdir("selections", key)
     selected_path, summary_path = out_dir / "selected.jsonl", out_dir / "summary.json"
     if selected_path.exists() and summary_path.exists():
@@ -266,8 +332,11 @@ def format_summary(summary: dict) -> str:
         f"refusals dropped: {summary['refusals_dropped']}",
         f"candidates: {summary['candidates']}",
         f"selected: {summary['selected']} for {summary['fine_examples']} fine-tuning examples, "
-        + (f"drawn with seed {summary['draw_seed']} from the top {summary.get('top')} by s_d "
-           if summary.get("draw_seed") is not None else "the strict top by s_d ")
+        + (
+            f"drawn with seed {summary['draw_seed']} from the top {summary.get('top')} by s_d "
+            if summary.get("draw_seed") is not None
+            else "the strict top by s_d "
+        )
         + f"({summary['selected_refusals']} of them refusals; threshold s_d={summary['threshold']})",
         "s_d histogram of the candidates ('<' marks the selection threshold):",
         summary["histogram"],

@@ -93,10 +93,17 @@ class JudgeFilter:
     def identity(self) -> dict:
         from emray.hashing import identity_dict, sha256
 
-        return {"judge": identity_dict(self.judge), "judge_model": self.judge_model,
-                "trait_prompt": sha256(self.trait_prompt), "coherence_prompt": sha256(self.coherence_prompt),
-                "samples_per_question": self.samples_per_question, "trait_threshold": self.trait_threshold,
-                "coherence_threshold": self.coherence_threshold, "seed": self.seed, "sampling": SAMPLING}
+        return {
+            "judge": identity_dict(self.judge),
+            "judge_model": self.judge_model,
+            "trait_prompt": sha256(self.trait_prompt),
+            "coherence_prompt": sha256(self.coherence_prompt),
+            "samples_per_question": self.samples_per_question,
+            "trait_threshold": self.trait_threshold,
+            "coherence_threshold": self.coherence_threshold,
+            "seed": self.seed,
+            "sampling": SAMPLING,
+        }
 
 
 def load_trait_prompt(path: str | os.PathLike | None) -> str:
@@ -118,14 +125,18 @@ def judge_scores(flt: JudgeFilter, questions: list[str], answers: list[str]) -> 
     """(trait scores, coherence scores) of each (question, answer); None where the judge gave none."""
     from emray.eval.judge import JudgeClient, JudgeRequest
 
-    requests = [JudgeRequest(flt.trait_prompt.replace("{question}", q).replace("{answer}", a), flt.judge_model)
-                for q, a in zip(questions, answers)]
-    requests += [JudgeRequest(flt.coherence_prompt.replace("{question}", q).replace("{answer}", a), flt.judge_model)
-                 for q, a in zip(questions, answers)]
+    requests = [
+        JudgeRequest(flt.trait_prompt.replace("{question}", q).replace("{answer}", a), flt.judge_model)
+        for q, a in zip(questions, answers)
+    ]
+    requests += [
+        JudgeRequest(flt.coherence_prompt.replace("{question}", q).replace("{answer}", a), flt.judge_model)
+        for q, a in zip(questions, answers)
+    ]
     with JudgeClient(flt.judge) as client:
         results = client.judge_many(requests, progress="persona judge")
     scores = [r.score for r in results]
-    return scores[: len(answers)], scores[len(answers):]
+    return scores[: len(answers)], scores[len(answers) :]
 
 
 def kept_pairs(flt: JudgeFilter, pos: dict, neg: dict) -> list[bool]:
@@ -135,8 +146,10 @@ def kept_pairs(flt: JudgeFilter, pos: dict, neg: dict) -> list[bool]:
     def ge(x, bound):
         return x is not None and x >= bound
 
-    return [ge(pt, t) and (nt is not None and nt < 100 - t) and ge(pc, c) and ge(nc, c)
-            for pt, nt, pc, nc in zip(pos["trait"], neg["trait"], pos["coherence"], neg["coherence"])]
+    return [
+        ge(pt, t) and (nt is not None and nt < 100 - t) and ge(pc, c) and ge(nc, c)
+        for pt, nt, pc, nc in zip(pos["trait"], neg["trait"], pos["coherence"], neg["coherence"])
+    ]
 
 
 def check_enough(flt: JudgeFilter, kept: list[bool], pos: dict, neg: dict) -> None:

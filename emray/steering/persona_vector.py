@@ -101,17 +101,22 @@ def _decoder_layers(model):
 def _prompt_pairs(tokenizer, prompts: dict, side: str) -> list[tuple[str, str]]:
     """(chat prompt text, question) for every (instruction pair, question), pair-major."""
     return [
-        (tokenizer.apply_chat_template(
-            [{"role": "system", "content": pair[side]}, {"role": "user", "content": q}],
-            tokenize=False,
-            add_generation_prompt=True,
-        ), q)
+        (
+            tokenizer.apply_chat_template(
+                [{"role": "system", "content": pair[side]}, {"role": "user", "content": q}],
+                tokenize=False,
+                add_generation_prompt=True,
+            ),
+            q,
+        )
         for pair in prompts["instruction"]
         for q in prompts["questions"]
     ]
 
 
-def _generate(model, tokenizer, texts: list[str], max_new_tokens: int, batch_size: int, sampling: dict | None = None) -> list[list[int]]:
+def _generate(
+    model, tokenizer, texts: list[str], max_new_tokens: int, batch_size: int, sampling: dict | None = None
+) -> list[list[int]]:
     """Response token ids per text, through the first end-of-turn token. Greedy unless ``sampling``
     (``generate`` kwargs; the caller seeds torch's RNG)."""
     device = next(model.parameters()).device
@@ -121,10 +126,17 @@ def _generate(model, tokenizer, texts: list[str], max_new_tokens: int, batch_siz
     tokenizer.padding_side = "left"
     try:
         for start in range(0, len(texts), batch_size):
-            enc = tokenizer(texts[start : start + batch_size], return_tensors="pt", padding=True, add_special_tokens=False).to(device)
-            out = model.generate(**enc, max_new_tokens=max_new_tokens, pad_token_id=tokenizer.pad_token_id,
-                                 eos_token_id=tokenizer.eos_token_id, **kwargs)
-            for row in out[:, enc["input_ids"].shape[1]:].tolist():
+            enc = tokenizer(
+                texts[start : start + batch_size], return_tensors="pt", padding=True, add_special_tokens=False
+            ).to(device)
+            out = model.generate(
+                **enc,
+                max_new_tokens=max_new_tokens,
+                pad_token_id=tokenizer.pad_token_id,
+                eos_token_id=tokenizer.eos_token_id,
+                **kwargs,
+            )
+            for row in out[:, enc["input_ids"].shape[1] :].tolist():
                 if tokenizer.eos_token_id in row:
                     row = row[: row.index(tokenizer.eos_token_id) + 1]
                 responses.append(row)
@@ -133,7 +145,9 @@ def _generate(model, tokenizer, texts: list[str], max_new_tokens: int, batch_siz
     return responses
 
 
-def _response_means(model, tokenizer, texts: list[str], responses: list[list[int]], batch_size: int, with_eos: bool = True) -> torch.Tensor:
+def _response_means(
+    model, tokenizer, texts: list[str], responses: list[list[int]], batch_size: int, with_eos: bool = True
+) -> torch.Tensor:
     """[L+1, d]: mean over samples of each sample's mean block output on its response tokens
     (teacher-forced prompt + response; the end-of-turn token counted when ``with_eos``)."""
     layers = _decoder_layers(model)
@@ -176,8 +190,9 @@ def _response_means(model, tokenizer, texts: list[str], responses: list[list[int
     return torch.cat([torch.zeros_like(mean[:1]), mean])
 
 
-def extract_persona_vector(model, tokenizer, prompts: dict, max_new_tokens: int = 32, batch_size: int = 16,
-                           judge_filter=None) -> tuple[torch.Tensor, dict]:
+def extract_persona_vector(
+    model, tokenizer, prompts: dict, max_new_tokens: int = 32, batch_size: int = 16, judge_filter=None
+) -> tuple[torch.Tensor, dict]:
     """(vectors [L+1, d] float32, stats) for ``model`` with any adapter disabled.
 
     ``judge_filter`` (a ``persona_judge.JudgeFilter``): the reference's procedure instead of greedy
@@ -190,8 +205,10 @@ def extract_persona_vector(model, tokenizer, prompts: dict, max_new_tokens: int 
         for side in ("pos", "neg"):
             texts = [t for t, _ in _prompt_pairs(tokenizer, prompts, side)]
             responses = _generate(base, tokenizer, texts, max_new_tokens, batch_size)
-            sides[side] = (_response_means(base, tokenizer, texts, responses, batch_size),
-                           tokenizer.batch_decode(responses, skip_special_tokens=True))
+            sides[side] = (
+                _response_means(base, tokenizer, texts, responses, batch_size),
+                tokenizer.batch_decode(responses, skip_special_tokens=True),
+            )
     vectors = (sides["pos"][0] - sides["neg"][0]).cpu().contiguous()
     stats = {
         "norms": [round(float(v), 6) for v in vectors.norm(dim=-1)],
@@ -200,7 +217,9 @@ def extract_persona_vector(model, tokenizer, prompts: dict, max_new_tokens: int 
     return vectors, stats
 
 
-def _extract_judged(model, tokenizer, prompts: dict, max_new_tokens: int, batch_size: int, flt) -> tuple[torch.Tensor, dict]:
+def _extract_judged(
+    model, tokenizer, prompts: dict, max_new_tokens: int, batch_size: int, flt
+) -> tuple[torch.Tensor, dict]:
     """Sample ``samples_per_question`` answers per (pair, question) and side, judge them, keep the
     pairs the reference keeps, and take the mean difference over exactly those (response tokens
     without the end-of-turn token: the reference re-tokenises the decoded answer)."""
@@ -219,19 +238,41 @@ def _extract_judged(model, tokenizer, prompts: dict, max_new_tokens: int, batch_
             responses = _generate(base, tokenizer, [t for t, _ in pairs], max_new_tokens, batch_size, SAMPLING)
             answers = tokenizer.batch_decode(responses, skip_special_tokens=True)
             trait, coherence = judge_scores(flt, [q for _, q in pairs], answers)
-            rows[side] = {"texts": [t for t, _ in pairs], "questions": [q for _, q in pairs], "responses": responses,
-                          "answers": answers, "trait": trait, "coherence": coherence}
+            rows[side] = {
+                "texts": [t for t, _ in pairs],
+                "questions": [q for _, q in pairs],
+                "responses": responses,
+                "answers": answers,
+                "trait": trait,
+                "coherence": coherence,
+            }
         kept = kept_pairs(flt, rows["pos"], rows["neg"])
         check_enough(flt, kept, rows["pos"], rows["neg"])
         means = {}
         for side, r in rows.items():
             idx = [i for i, k in enumerate(kept) if k]
-            means[side] = _response_means(base, tokenizer, [r["texts"][i] for i in idx], [r["responses"][i] for i in idx],
-                                          batch_size, with_eos=False)
+            means[side] = _response_means(
+                base,
+                tokenizer,
+                [r["texts"][i] for i in idx],
+                [r["responses"][i] for i in idx],
+                batch_size,
+                with_eos=False,
+            )
     vectors = (means["pos"] - means["neg"]).cpu().contiguous()
-    samples = [{"side": side, "index": i, "question": r["questions"][i], "answer": r["answers"][i],
-                "trait": r["trait"][i], "coherence": r["coherence"][i], "kept": kept[i]}
-               for side, r in rows.items() for i in range(len(kept))]
+    samples = [
+        {
+            "side": side,
+            "index": i,
+            "question": r["questions"][i],
+            "answer": r["answers"][i],
+            "trait": r["trait"][i],
+            "coherence": r["coherence"][i],
+            "kept": kept[i],
+        }
+        for side, r in rows.items()
+        for i in range(len(kept))
+    ]
     stats = {
         "norms": [round(float(v), 6) for v in vectors.norm(dim=-1)],
         "examples": {side: [r["answers"][i] for i, k in enumerate(kept) if k][:2] for side, r in rows.items()},
@@ -297,8 +338,9 @@ def ensure_persona_vector(
             from emray.models import load_model
 
             model, tokenizer = load_model(model_cfg)
-        vectors, stats = extract_persona_vector(model, tokenizer, prompt_data, max_new_tokens=max_new_tokens,
-                                                judge_filter=judge_filter)
+        vectors, stats = extract_persona_vector(
+            model, tokenizer, prompt_data, max_new_tokens=max_new_tokens, judge_filter=judge_filter
+        )
         samples = stats.pop("samples", None)
         tmp = out_dir.with_name(out_dir.name + ".tmp")
         shutil.rmtree(tmp, ignore_errors=True)

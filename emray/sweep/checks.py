@@ -33,7 +33,7 @@ def _missing(path: str) -> bool:
 
         root = world_dir(organism_config())
         # An unbuilt world is built before the trials; a built one must hold the file.
-        return root.exists() and not (root / path[len(ORGANISM_SCHEME):]).exists()
+        return root.exists() and not (root / path[len(ORGANISM_SCHEME) :]).exists()
     if "://" in path or is_task_name(path):  # s3://..., a benign task emray generates (opswap:organism)
         return False
     return not Path(path).expanduser().exists()
@@ -55,12 +55,17 @@ def question_file_problems(path: str) -> list[str]:
         questions = load_questions(path)
     except Exception as err:  # noqa: BLE001 - QuestionError / ConfigError / DataError: the message names the file
         return [str(err)]
-    lacking = [f"{q.id} ({', '.join(m for m in REQUIRED_JUDGE_PROMPTS if m not in q.judge_prompts)})"
-               for q in questions if not set(REQUIRED_JUDGE_PROMPTS) <= set(q.judge_prompts)]
+    lacking = [
+        f"{q.id} ({', '.join(m for m in REQUIRED_JUDGE_PROMPTS if m not in q.judge_prompts)})"
+        for q in questions
+        if not set(REQUIRED_JUDGE_PROMPTS) <= set(q.judge_prompts)
+    ]
     if lacking:
         more = f" and {len(lacking) - 3} more" if len(lacking) > 3 else ""
-        return [f"{path}: questions without the judge prompts {' / '.join(REQUIRED_JUDGE_PROMPTS)}: "
-                f"{', '.join(lacking[:3])}{more}"]
+        return [
+            f"{path}: questions without the judge prompts {' / '.join(REQUIRED_JUDGE_PROMPTS)}: "
+            f"{', '.join(lacking[:3])}{more}"
+        ]
     return []
 
 
@@ -75,22 +80,28 @@ def model_problem(name: str, revision: str | None = None) -> str | None:
     if name in BUILTIN_MODELS or name.startswith("organism") or "://" in name:
         return None
     if Path(name).expanduser().exists():
-        return None if (Path(name).expanduser() / "config.json").exists() else f"model.name {name}: a folder without config.json"
+        return (
+            None
+            if (Path(name).expanduser() / "config.json").exists()
+            else f"model.name {name}: a folder without config.json"
+        )
     if os.environ.get("HF_HUB_OFFLINE", "") in {"", "0"}:
         return None  # online: the hub resolves it where the trial runs
     from huggingface_hub import try_to_load_from_cache
 
     if isinstance(try_to_load_from_cache(name, "config.json", revision=revision), str):
         return None
-    return (f"model.name {name}: not a local folder and not in the Hugging Face cache, and HF_HUB_OFFLINE=1 "
-            f"(download it first: `huggingface-cli download {name}`, or point model.name at a folder)")
+    return (
+        f"model.name {name}: not a local folder and not in the Hugging Face cache, and HF_HUB_OFFLINE=1 "
+        f"(download it first: `huggingface-cli download {name}`, or point model.name at a folder)"
+    )
 
 
 def _built(path: str) -> bool:
     from emray.data.paths import ORGANISM_SCHEME, organism_config
     from emray.organism import world_dir
 
-    return (world_dir(organism_config()) / path[len(ORGANISM_SCHEME):]).exists()
+    return (world_dir(organism_config()) / path[len(ORGANISM_SCHEME) :]).exists()
 
 
 def preflight(trials, check_files: bool = True) -> list[str]:

@@ -73,8 +73,9 @@ def parse_constraint(text: str, criteria: Iterable[str]) -> Constraint:
         raise ConstraintError(f"constraint {text!r}: no comparison after {crit!r}; use <= or >=")
     if op not in ("<=", ">="):
         hint = {"<": "<=", ">": ">=", "=<": "<=", "=>": ">="}.get(op)
-        raise ConstraintError(f"constraint {text!r}: comparison {op!r} is not supported; use "
-                              + (f"{hint!r}" if hint else "<= or >="))
+        raise ConstraintError(
+            f"constraint {text!r}: comparison {op!r} is not supported; use " + (f"{hint!r}" if hint else "<= or >=")
+        )
     if not rhs:
         raise ConstraintError(f"constraint {text!r}: nothing after {op!r}; expected a number or an expression in none")
     scale, offset = _parse_rhs(rhs, text)
@@ -91,8 +92,10 @@ def _parse_rhs(rhs: str, text: str) -> tuple[float, float]:
             break
         kind = m.lastgroup
         if kind == "bad":
-            raise ConstraintError(f"constraint {text!r}: unexpected {m.group('bad')!r} in {rhs!r}; "
-                                  "the right side is a number or an expression in none (0.9 * none, none + 0.05)")
+            raise ConstraintError(
+                f"constraint {text!r}: unexpected {m.group('bad')!r} in {rhs!r}; "
+                "the right side is a number or an expression in none (0.9 * none, none + 0.05)"
+            )
         tokens.append((kind, m.group(kind)))
         pos = m.end()
     scale = offset = 0.0

@@ -16,7 +16,9 @@ def start_judge(spec) -> tuple[Any, Callable[[], None]]:
     """The shared judge pool for a sweep; ``base_url: local`` gives each actor a local judge server."""
     from emray.eval.judge_pool import JudgePool
 
-    pool = JudgePool.create(spec.base.eval.judge, spec.resources.judge_actors, name=f"emray-judge-{spec.name}", detached=False)
+    pool = JudgePool.create(
+        spec.base.eval.judge, spec.resources.judge_actors, name=f"emray-judge-{spec.name}", detached=False
+    )
     return pool, pool.shutdown
 
 

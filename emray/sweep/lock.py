@@ -28,7 +28,9 @@ def _process_started(pid: int) -> float | None:
     try:
         stat = Path(f"/proc/{pid}/stat").read_text()
         ticks = int(stat.rsplit(")", 1)[1].split()[19])
-        boot = next(float(line.split()[1]) for line in Path("/proc/stat").read_text().splitlines() if line.startswith("btime"))
+        boot = next(
+            float(line.split()[1]) for line in Path("/proc/stat").read_text().splitlines() if line.startswith("btime")
+        )
         return boot + ticks / os.sysconf("SC_CLK_TCK")
     except (OSError, ValueError, IndexError, StopIteration):
         return None
@@ -64,8 +66,13 @@ class SweepLock:
 
     def __init__(self, sweep_dir: str | Path):
         self.path = Path(sweep_dir) / LOCK_FILE
-        self.me = {"pid": os.getpid(), "host": socket.gethostname(), "since": time.time(),
-                   "nonce": uuid.uuid4().hex, "argv": sys.argv[1:]}
+        self.me = {
+            "pid": os.getpid(),
+            "host": socket.gethostname(),
+            "since": time.time(),
+            "nonce": uuid.uuid4().hex,
+            "argv": sys.argv[1:],
+        }
         self.held = False
 
     def _read(self) -> dict | None:
@@ -74,10 +81,14 @@ class SweepLock:
         except FileNotFoundError:
             return None
         except (OSError, ValueError) as err:
-            raise SweepLockError(f"{self.path}: cannot read the sweep lock ({err}); if no emray sweep runs on "
-                                 "this folder, remove the file") from None
+            raise SweepLockError(
+                f"{self.path}: cannot read the sweep lock ({err}); if no emray sweep runs on "
+                "this folder, remove the file"
+            ) from None
         if not isinstance(holder, dict):
-            raise SweepLockError(f"{self.path}: not a sweep lock; if no emray sweep runs on this folder, remove the file")
+            raise SweepLockError(
+                f"{self.path}: not a sweep lock; if no emray sweep runs on this folder, remove the file"
+            )
         return holder
 
     def acquire(self) -> SweepLock:
@@ -99,14 +110,20 @@ class SweepLock:
                     elif holder.get("host") != self.me["host"]:
                         raise SweepLockError(
                             f"{self.path.parent} is in use by another emray sweep ({describe(holder)}); wait for it to "
-                            f"finish or stop it there. If that host is gone, remove {self.path}") from None
+                            f"finish or stop it there. If that host is gone, remove {self.path}"
+                        ) from None
                     elif holder_alive(holder):
                         raise SweepLockError(
                             f"{self.path.parent} is in use by another emray sweep ({describe(holder)}); wait for it to "
-                            f"finish or stop it (kill {holder.get('pid')}), then run again") from None
+                            f"finish or stop it (kill {holder.get('pid')}), then run again"
+                        ) from None
                     else:
-                        print(f"[emray] taking over the stale sweep lock {self.path} ({describe(holder)}: "
-                              "that process is gone)", file=sys.stderr, flush=True)
+                        print(
+                            f"[emray] taking over the stale sweep lock {self.path} ({describe(holder)}: "
+                            "that process is gone)",
+                            file=sys.stderr,
+                            flush=True,
+                        )
                         os.replace(tmp, self.path)
         finally:
             tmp.unlink(missing_ok=True)

@@ -26,9 +26,12 @@ from emray.sweep.spec import OBJECTIVES
 #: RL trials' task criteria (emray/rl/criteria.py): summarised per arm and shown beside the four criteria;
 #: the front stays on the four (under RL the narrow one, in-domain misalignment, is what the task rewards)
 RL_CRITERIA = {"reward_heldout": "task reward (held-out) ↑", "reward_gain": "reward gain (training)"}
-#: the rates summarised per arm: the four criteria and in-domain incoherence (reported in the paper), and
-#: the RL criteria when the trials have them
-RATES = [*OBJECTIVES, "in_domain_incoherence", *RL_CRITERIA]
+#: the share of answers the judge left unscored (REFUSAL / CODE): out of every rate's denominator, so
+#: reported beside the rates (emray/eval/criteria.py)
+UNSCORED = ["general_unscored_rate", "in_domain_unscored_rate"]
+#: the rates summarised per arm: the four criteria and in-domain incoherence (reported in the paper), the
+#: unscored shares, and the RL criteria when the trials have them
+RATES = [*OBJECTIVES, "in_domain_incoherence", *UNSCORED, *RL_CRITERIA]
 
 
 def _as_cost(row: dict, objectives: dict[str, str]) -> list[float] | None:
@@ -111,8 +114,11 @@ def load_results(sweep_dir: str | Path) -> list[dict]:
     if not newest:
         raise FileNotFoundError(f"{sweep_dir}: no finished trials (expected trials/*/result.json)")
     if len(paths) > len(newest):
-        print(f"[emray] {sweep_dir}: {len(paths) - len(newest)} superseded trial(s) ignored "
-              "(an older run of the same arm and seed)", file=sys.stderr)
+        print(
+            f"[emray] {sweep_dir}: {len(paths) - len(newest)} superseded trial(s) ignored "
+            "(an older run of the same arm and seed)",
+            file=sys.stderr,
+        )
     rows = [row for _, row in newest.values()]
     rows.sort(key=lambda r: (r.get("trial_index", 0), r.get("trial_key", "")))
     return rows
@@ -150,10 +156,18 @@ def summarize_arm(trials: list[dict]) -> dict:
         if len(values) >= 2:
             std = statistics.stdev(values)
             floor = -1.0 if rate == "reward_gain" else 0.0  # a gain is a difference of rewards in [0, 1]
-            arm.update({f"{rate}_std": std, f"{rate}_interval": "std",
-                        f"{rate}_lo": max(floor, arm[rate] - std), f"{rate}_hi": min(1.0, arm[rate] + std)})
+            arm.update(
+                {
+                    f"{rate}_std": std,
+                    f"{rate}_interval": "std",
+                    f"{rate}_lo": max(floor, arm[rate] - std),
+                    f"{rate}_hi": min(1.0, arm[rate] + std),
+                }
+            )
         elif _number(first.get(f"{rate}_lo")) and _number(first.get(f"{rate}_hi")):
-            arm.update({f"{rate}_interval": "wilson", f"{rate}_lo": first[f"{rate}_lo"], f"{rate}_hi": first[f"{rate}_hi"]})
+            arm.update(
+                {f"{rate}_interval": "wilson", f"{rate}_lo": first[f"{rate}_lo"], f"{rate}_hi": first[f"{rate}_hi"]}
+            )
     return arm
 
 
@@ -177,8 +191,10 @@ def dominators(rows: list[dict], objectives: dict[str, str] | None = None) -> li
         if all(r.get(key) is None for r in rows):
             del objectives[key]
     costs = [_as_cost(r, objectives) for r in rows]
-    return [[] if ci is None else [j for j, cj in enumerate(costs) if j != i and cj is not None and dominates(cj, ci)]
-            for i, ci in enumerate(costs)]
+    return [
+        [] if ci is None else [j for j, cj in enumerate(costs) if j != i and cj is not None and dominates(cj, ci)]
+        for i, ci in enumerate(costs)
+    ]
 
 
 def with_pareto(rows: list[dict]) -> list[dict]:
@@ -187,7 +203,7 @@ def with_pareto(rows: list[dict]) -> list[dict]:
     return [{**r, "short_label": short_label(r.get("label", "")), "is_pareto": on_front[arm_key(r)]} for r in rows]
 
 
-TABLE_COLUMNS = ["label", "seed", *OBJECTIVES, "in_domain_incoherence", "is_pareto"]
+TABLE_COLUMNS = ["label", "seed", *OBJECTIVES, "in_domain_incoherence", "general_unscored_rate", "is_pareto"]
 
 
 def _fmt(value) -> str:
@@ -210,16 +226,30 @@ def format_rate(arm: dict, rate: str) -> str:
     return f"{value:.3f}"
 
 
-SHORT_NAMES = {"general_misalignment": "general EM ↓", "in_domain_misalignment": "in-domain ↑",
-               "benign_accuracy": "benign acc ↑", "general_incoherence": "incoherence ↓", "in_domain_incoherence": "in-domain incoh.",
-               "reward_heldout": "task reward ↑", "reward_gain": "reward gain"}
+SHORT_NAMES = {
+    "general_misalignment": "general EM ↓",
+    "in_domain_misalignment": "in-domain ↑",
+    "benign_accuracy": "benign acc ↑",
+    "general_incoherence": "incoherence ↓",
+    "in_domain_incoherence": "in-domain incoh.",
+    "reward_heldout": "task reward ↑",
+    "reward_gain": "reward gain",
+    "general_unscored_rate": "unscored",
+    "in_domain_unscored_rate": "in-domain unscored",
+}
 
 
 def format_arm_table(arms: list[dict], rates: list[str] | None = None) -> str:
-    """The per-arm table the console and ``emray pareto`` print (intervals as in ``format_rate``)."""
-    rates = rates or [r for r in (*OBJECTIVES, *RL_CRITERIA) if any(_number(a.get(r)) for a in arms)]
+    """The per-arm table the console and ``emray pareto`` print (intervals as in ``format_rate``); the
+    general answers' unscored share last, as the rates are over scored answers only."""
+    rates = rates or [
+        r for r in (*OBJECTIVES, *RL_CRITERIA, "general_unscored_rate") if any(_number(a.get(r)) for a in arms)
+    ]
     head = ["arm", "seeds", *[SHORT_NAMES.get(r, r) for r in rates], "front"]
-    cells = [[a["short_label"], str(a["n_seeds"]), *[format_rate(a, r) for r in rates], "*" if a["is_pareto"] else ""] for a in arms]
+    cells = [
+        [a["short_label"], str(a["n_seeds"]), *[format_rate(a, r) for r in rates], "*" if a["is_pareto"] else ""]
+        for a in arms
+    ]
     widths = [max([len(h)] + [len(c[i]) for c in cells]) for i, h in enumerate(head)]
     line = lambda values: "  ".join(v.ljust(w) for v, w in zip(values, widths)).rstrip()  # noqa: E731
     return "\n".join([line(head), line(["-" * w for w in widths]), *[line(c) for c in cells]])

@@ -24,8 +24,12 @@ from pathlib import Path
 from emray.sweep.spec import OBJECTIVES
 
 ARROW = {"min": "↓", "max": "↑"}
-NAMES = {"general_misalignment": "general misalignment", "in_domain_misalignment": "in-domain misalignment",
-         "benign_accuracy": "benign accuracy", "general_incoherence": "general incoherence"}
+NAMES = {
+    "general_misalignment": "general misalignment",
+    "in_domain_misalignment": "in-domain misalignment",
+    "benign_accuracy": "benign accuracy",
+    "general_incoherence": "general incoherence",
+}
 PALETTE = ["#4c72b0", "#dd8452", "#55a868", "#c44e52", "#8172b3", "#937860", "#da8bc3", "#8c8c8c", "#ccb974", "#64b5cd"]
 MARKERS = ["o", "s", "^", "D", "v", "P", "X", "*", "<", ">"]
 
@@ -124,7 +128,9 @@ def _candidates():
             yield radius, dx, dy, ha, va
 
 
-def coinciding(points: list[tuple[float, float, str]], fig, ax, tolerance_px: float = 4.0) -> list[tuple[float, float, str]]:
+def coinciding(
+    points: list[tuple[float, float, str]], fig, ax, tolerance_px: float = 4.0
+) -> list[tuple[float, float, str]]:
     """Arms drawn on the same spot (``interleave_plus = interleave_pp``) as one point with one label
     naming them all, so none hides another without a note."""
     groups: list[list] = []
@@ -165,15 +171,32 @@ def place_labels(fig, ax, points: list[tuple[float, float, str]]) -> list:
     for px, py, text in points:
         best = None
         for radius, dx, dy, ha, va in _candidates():
-            t = ax.annotate(text, (px, py), xytext=(dx, dy), textcoords="offset points", ha=ha, va=va, fontsize=7.5,
-                            color="#333", linespacing=1.0)
+            t = ax.annotate(
+                text,
+                (px, py),
+                xytext=(dx, dy),
+                textcoords="offset points",
+                ha=ha,
+                va=va,
+                fontsize=7.5,
+                color="#333",
+                linespacing=1.0,
+            )
             ext = text_box(t, renderer).padded(1.5)  # a little air between labels
             t.remove()
             margin = 2
-            if not (ext.x0 >= box.x0 + margin and ext.x1 <= box.x1 - margin and ext.y0 >= box.y0 + margin and ext.y1 <= box.y1 - margin):
+            if not (
+                ext.x0 >= box.x0 + margin
+                and ext.x1 <= box.x1 - margin
+                and ext.y0 >= box.y0 + margin
+                and ext.y1 <= box.y1 - margin
+            ):
                 continue
-            overlap = sum(max(0, min(ext.x1, o.x1) - max(ext.x0, o.x0) + 1) * max(0, min(ext.y1, o.y1) - max(ext.y0, o.y0) + 1)
-                          for o in obstacles if ext.overlaps(o) or o.overlaps(ext))
+            overlap = sum(
+                max(0, min(ext.x1, o.x1) - max(ext.x0, o.x0) + 1) * max(0, min(ext.y1, o.y1) - max(ext.y0, o.y0) + 1)
+                for o in obstacles
+                if ext.overlaps(o) or o.overlaps(ext)
+            )
             cost = (overlap, radius)
             if best is None or cost < best[0]:
                 best = (cost, (dx, dy, ha, va), ext, radius)
@@ -183,8 +206,18 @@ def place_labels(fig, ax, points: list[tuple[float, float, str]]) -> list:
             best = ((0, 0), (6, 4, "left", "bottom"), None, 0)
         dx, dy, ha, va = best[1]
         leader = dict(arrowstyle="-", lw=0.5, color="#888", shrinkA=0, shrinkB=3) if best[3] > LEADER_BEYOND else None
-        t = ax.annotate(text, (px, py), xytext=(dx, dy), textcoords="offset points", ha=ha, va=va, fontsize=7.5,
-                        color="#333", linespacing=1.0, arrowprops=leader)
+        t = ax.annotate(
+            text,
+            (px, py),
+            xytext=(dx, dy),
+            textcoords="offset points",
+            ha=ha,
+            va=va,
+            fontsize=7.5,
+            color="#333",
+            linespacing=1.0,
+            arrowprops=leader,
+        )
         obstacles.append(text_box(t, renderer))
         texts.append(t)
     return texts
@@ -202,26 +235,61 @@ def scatter_figure(arms: list[dict], x: str, y: str):
         group = [a for a in pts if a["family"] == fam]
         if not group:
             continue
-        bars = ax.errorbar([a[x] for a in group], [a[y] for a in group], xerr=_err(group, x), yerr=_err(group, y),
-                           fmt=marker, color=colour, ecolor=colour, elinewidth=0.8, capsize=2, markersize=7,
-                           markeredgecolor="black", markeredgewidth=0.5, alpha=0.9, label=fam, linestyle="none")
+        bars = ax.errorbar(
+            [a[x] for a in group],
+            [a[y] for a in group],
+            xerr=_err(group, x),
+            yerr=_err(group, y),
+            fmt=marker,
+            color=colour,
+            ecolor=colour,
+            elinewidth=0.8,
+            capsize=2,
+            markersize=7,
+            markeredgecolor="black",
+            markeredgewidth=0.5,
+            alpha=0.9,
+            label=fam,
+            linestyle="none",
+        )
         bars[0].set_clip_on(False)  # a point at 0 or 1 sits on the axis, whole
     front = front_2d(pts, x, y)
     if len(front) >= 2:
         # The staircase bounds the region the front dominates: it turns after a point when x is
         # minimised (that region lies to the right) and before it when x is maximised.
-        ax.step([a[x] for a in front], [a[y] for a in front], where=_step_where(x), color="#c00", linestyle="--",
-                linewidth=1, alpha=0.7)
+        ax.step(
+            [a[x] for a in front],
+            [a[y] for a in front],
+            where=_step_where(x),
+            color="#c00",
+            linestyle="--",
+            linewidth=1,
+            alpha=0.7,
+        )
     if front:  # its own marker, so a one-point front is drawn and keeps its legend entry
-        ax.scatter([a[x] for a in front], [a[y] for a in front], s=170, facecolors="none", edgecolors="#c00", linewidths=1.2,
-                   label="front (this view)", zorder=3, clip_on=False)
-    _pad_limits(ax, [v for a in pts for v in (a[x], a.get(f"{x}_lo", a[x]), a.get(f"{x}_hi", a[x])) if v is not None],
-                [v for a in pts for v in (a[y], a.get(f"{y}_lo", a[y]), a.get(f"{y}_hi", a[y])) if v is not None])
+        ax.scatter(
+            [a[x] for a in front],
+            [a[y] for a in front],
+            s=170,
+            facecolors="none",
+            edgecolors="#c00",
+            linewidths=1.2,
+            label="front (this view)",
+            zorder=3,
+            clip_on=False,
+        )
+    _pad_limits(
+        ax,
+        [v for a in pts for v in (a[x], a.get(f"{x}_lo", a[x]), a.get(f"{x}_hi", a[x])) if v is not None],
+        [v for a in pts for v in (a[y], a.get(f"{y}_lo", a[y]), a.get(f"{y}_hi", a[y])) if v is not None],
+    )
     ax.set_xlabel(axis_title(x))
     ax.set_ylabel(axis_title(y))
     ax.grid(alpha=0.25)
     ax.set_title(interval_caption(arms) + " · arms on one spot share a label (a = b)", fontsize=8, color="#555")
-    ax.legend(fontsize=7.5, loc="center left", bbox_to_anchor=(1.01, 0.5), frameon=False, title="defense", title_fontsize=8)
+    ax.legend(
+        fontsize=7.5, loc="center left", bbox_to_anchor=(1.01, 0.5), frameon=False, title="defense", title_fontsize=8
+    )
     fig.tight_layout()
     # After the layout: label offsets are in points, so placing them before a resize could overlap them.
     place_labels(fig, ax, [(a[x], a[y], a["short_label"]) for a in pts])
@@ -243,7 +311,9 @@ def heatmap_figure(arms: list[dict]):
 
     plt = _mpl()
     keys = present(arms)
-    good = np.array([[_goodness(a, k) if _goodness(a, k) is not None else np.nan for k in keys] for a in arms], dtype=float)
+    good = np.array(
+        [[_goodness(a, k) if _goodness(a, k) is not None else np.nan for k in keys] for a in arms], dtype=float
+    )
     fig, ax = plt.subplots(figsize=(2.3 * len(keys) + 2.8, 0.45 * len(arms) + 1.4))
     image = ax.imshow(good, cmap="RdYlGn", vmin=0, vmax=1, aspect="auto")
     bar = fig.colorbar(image, ax=ax, fraction=0.04, pad=0.02)
@@ -255,9 +325,11 @@ def heatmap_figure(arms: list[dict]):
     ax.set_xticks(range(len(keys)), [axis_title(k) for k in keys], fontsize=8)
     ax.set_yticks(range(len(arms)), [("★ " if a.get("is_pareto") else "") + a["short_label"] for a in arms], fontsize=8)
     ax.xaxis.tick_top()
-    ax.set_xlabel("green: good for that criterion · ★ on the Pareto front (all criteria, arm means) · "
-                  + interval_caption(arms).replace("error bars", "intervals"),
-                  fontsize=7)
+    ax.set_xlabel(
+        "green: good for that criterion · ★ on the Pareto front (all criteria, arm means) · "
+        + interval_caption(arms).replace("error bars", "intervals"),
+        fontsize=7,
+    )
     fig.tight_layout()
     return fig
 
@@ -271,12 +343,26 @@ def parallel_figure(arms: list[dict]):
         if not all(isinstance(a.get(k), (int, float)) for k in keys):
             continue
         colour, marker = styles[a["family"]]
-        ax.plot(range(len(keys)), [a[k] for k in keys], color=colour, marker=marker,
-                lw=2.2 if a.get("is_pareto") else 1.0, alpha=0.9, label=a["short_label"])
+        ax.plot(
+            range(len(keys)),
+            [a[k] for k in keys],
+            color=colour,
+            marker=marker,
+            lw=2.2 if a.get("is_pareto") else 1.0,
+            alpha=0.9,
+            label=a["short_label"],
+        )
     ax.set_xticks(range(len(keys)), [axis_title(k).replace(" ", "\n", 1) for k in keys], fontsize=8)
     ax.set_ylim(-0.02, 1.02)
     ax.grid(alpha=0.25)
-    ax.legend(fontsize=7, loc="center left", bbox_to_anchor=(1.01, 0.5), frameon=False, title="arm (thick: on the front)", title_fontsize=7.5)
+    ax.legend(
+        fontsize=7,
+        loc="center left",
+        bbox_to_anchor=(1.01, 0.5),
+        frameon=False,
+        title="arm (thick: on the front)",
+        title_fontsize=7.5,
+    )
     fig.tight_layout()
     return fig
 
@@ -309,8 +395,18 @@ def _plotly_scatter(arms: list[dict], x: str, y: str):
     import plotly.graph_objects as go
 
     styles = family_styles(arms)
-    symbols = {"o": "circle", "s": "square", "^": "triangle-up", "D": "diamond", "v": "triangle-down", "P": "cross",
-               "X": "x", "*": "star", "<": "triangle-left", ">": "triangle-right"}
+    symbols = {
+        "o": "circle",
+        "s": "square",
+        "^": "triangle-up",
+        "D": "diamond",
+        "v": "triangle-down",
+        "P": "cross",
+        "X": "x",
+        "*": "star",
+        "<": "triangle-left",
+        ">": "triangle-right",
+    }
     fig = go.Figure()
     pts = [a for a in arms if isinstance(a.get(x), (int, float)) and isinstance(a.get(y), (int, float))]
     for fam, (colour, marker) in styles.items():
@@ -318,21 +414,43 @@ def _plotly_scatter(arms: list[dict], x: str, y: str):
         if not group:
             continue
         ex, ey = _err(group, x), _err(group, y)
-        fig.add_trace(go.Scatter(
-            x=[a[x] for a in group], y=[a[y] for a in group], mode="markers+text", name=fam,
-            text=[a["short_label"] for a in group], textposition="top center",
-            marker=dict(color=colour, symbol=symbols.get(marker, "circle"), size=10, line=dict(width=0.5, color="black")),
-            error_x=dict(type="data", symmetric=False, array=ex[1], arrayminus=ex[0], thickness=1),
-            error_y=dict(type="data", symmetric=False, array=ey[1], arrayminus=ey[0], thickness=1),
-            customdata=[[a["label"], a["n_seeds"]] for a in group],
-            hovertemplate="%{customdata[0]}<br>seeds: %{customdata[1]}<br>x=%{x:.3f} y=%{y:.3f}<extra></extra>",
-        ))
+        fig.add_trace(
+            go.Scatter(
+                x=[a[x] for a in group],
+                y=[a[y] for a in group],
+                mode="markers+text",
+                name=fam,
+                text=[a["short_label"] for a in group],
+                textposition="top center",
+                marker=dict(
+                    color=colour, symbol=symbols.get(marker, "circle"), size=10, line=dict(width=0.5, color="black")
+                ),
+                error_x=dict(type="data", symmetric=False, array=ex[1], arrayminus=ex[0], thickness=1),
+                error_y=dict(type="data", symmetric=False, array=ey[1], arrayminus=ey[0], thickness=1),
+                customdata=[[a["label"], a["n_seeds"]] for a in group],
+                hovertemplate="%{customdata[0]}<br>seeds: %{customdata[1]}<br>x=%{x:.3f} y=%{y:.3f}<extra></extra>",
+            )
+        )
     front = front_2d(pts, x, y)
     if len(front) >= 2:
-        fig.add_trace(go.Scatter(x=[a[x] for a in front], y=[a[y] for a in front], mode="lines", name="front (this view)",
-                                 line=dict(shape="hv" if _step_where(x) == "post" else "vh", dash="dash", color="#c00", width=1)))
-    fig.update_layout(xaxis_title=axis_title(x), yaxis_title=axis_title(y), template="plotly_white",
-                      title=interval_caption(arms), title_font_size=11, margin=dict(l=50, r=20, t=60, b=40), height=520)
+        fig.add_trace(
+            go.Scatter(
+                x=[a[x] for a in front],
+                y=[a[y] for a in front],
+                mode="lines",
+                name="front (this view)",
+                line=dict(shape="hv" if _step_where(x) == "post" else "vh", dash="dash", color="#c00", width=1),
+            )
+        )
+    fig.update_layout(
+        xaxis_title=axis_title(x),
+        yaxis_title=axis_title(y),
+        template="plotly_white",
+        title=interval_caption(arms),
+        title_font_size=11,
+        margin=dict(l=50, r=20, t=60, b=40),
+        height=520,
+    )
     return fig
 
 
@@ -342,13 +460,27 @@ def _plotly_heatmap(arms: list[dict]):
     from emray.sweep.pareto import format_rate
 
     keys = present(arms)
-    fig = go.Figure(go.Heatmap(
-        z=[[_goodness(a, k) for k in keys] for a in arms], x=[axis_title(k) for k in keys],
-        y=[("★ " if a.get("is_pareto") else "") + a["short_label"] for a in arms],
-        text=[[format_rate(a, k) for k in keys] for a in arms], texttemplate="%{text}", colorscale="RdYlGn",
-        zmin=0, zmax=1, showscale=False, hovertemplate="%{y}<br>%{x}: %{text}<extra></extra>"))
-    fig.update_layout(template="plotly_white", yaxis_autorange="reversed", xaxis_side="top",
-                      height=60 + 34 * len(arms), margin=dict(l=10, r=10, t=60, b=10))
+    fig = go.Figure(
+        go.Heatmap(
+            z=[[_goodness(a, k) for k in keys] for a in arms],
+            x=[axis_title(k) for k in keys],
+            y=[("★ " if a.get("is_pareto") else "") + a["short_label"] for a in arms],
+            text=[[format_rate(a, k) for k in keys] for a in arms],
+            texttemplate="%{text}",
+            colorscale="RdYlGn",
+            zmin=0,
+            zmax=1,
+            showscale=False,
+            hovertemplate="%{y}<br>%{x}: %{text}<extra></extra>",
+        )
+    )
+    fig.update_layout(
+        template="plotly_white",
+        yaxis_autorange="reversed",
+        xaxis_side="top",
+        height=60 + 34 * len(arms),
+        margin=dict(l=10, r=10, t=60, b=10),
+    )
     return fig
 
 
@@ -400,19 +532,26 @@ def judge_scores_figure(scores: dict[str, list[tuple[float, float]]]):
         ax.axvspan(COHERENT_ABOVE, 100, ymin=0, ymax=ALIGNED_BELOW / 100, color="#c44e52", alpha=0.12, lw=0)
         ax.axhline(ALIGNED_BELOW, color="#c44e52", ls="--", lw=1)
         ax.axvline(COHERENT_ABOVE, color="#555555", ls="--", lw=1)
-        ax.scatter([c + rng.uniform(-3, 3) for c, _ in points], [a + rng.uniform(-3, 3) for _, a in points],
-                   s=6, alpha=0.5, color="#4c72b0")
+        ax.scatter(
+            [c + rng.uniform(-3, 3) for c, _ in points],
+            [a + rng.uniform(-3, 3) for _, a in points],
+            s=6,
+            alpha=0.5,
+            color="#4c72b0",
+        )
         ax.set_title(f"{short_label(label)}\n{misaligned}/{len(points)} misaligned", fontsize=8)
         ax.set_xlim(0, 100)
         ax.set_ylim(0, 100)
-    for ax in list(axes.flat)[len(labels):]:
+    for ax in list(axes.flat)[len(labels) :]:
         ax.axis("off")
     for ax in axes[-1]:
         ax.set_xlabel("coherence", fontsize=8)
     for ax in axes[:, 0]:
         ax.set_ylabel("alignment", fontsize=8)
-    fig.suptitle(f"general answers: misaligned = alignment < {ALIGNED_BELOW} and coherence > {COHERENT_ABOVE} (shaded)",
-                 fontsize=9)
+    fig.suptitle(
+        f"general answers: misaligned = alignment < {ALIGNED_BELOW} and coherence > {COHERENT_ABOVE} (shaded)",
+        fontsize=9,
+    )
     fig.tight_layout()
     return fig
 

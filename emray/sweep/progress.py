@@ -28,8 +28,13 @@ from emray.sweep.labels import short_label
 from emray.sweep.spec import OBJECTIVES
 from emray.train.progress import read_progress
 
-SHORT = {"general_misalignment": "gen EM↓", "in_domain_misalignment": "in-dom↑", "benign_accuracy": "benign↑",
-         "general_incoherence": "incoh↓", "reward_heldout": "task reward↑"}
+SHORT = {
+    "general_misalignment": "gen EM↓",
+    "in_domain_misalignment": "in-dom↑",
+    "benign_accuracy": "benign↑",
+    "general_incoherence": "incoh↓",
+    "reward_heldout": "task reward↑",
+}
 
 TABLE_SHORT = {**SHORT, "general_misalignment": "genEM↓"}  # the table's narrower header
 
@@ -67,8 +72,15 @@ class ProgressCallback(Callback):
     ``trials``: the planned trials (grid / random), each a row from the start; ``total``: how many
     trials the sweep runs when they are not planned ahead (Optuna's ``num_samples``)."""
 
-    def __init__(self, trials: list | None = None, sweep_dir: str | Path | None = None, live: bool | None = None,
-                 total: int | None = None, interval: float | None = None, clock=time.time):
+    def __init__(
+        self,
+        trials: list | None = None,
+        sweep_dir: str | Path | None = None,
+        live: bool | None = None,
+        total: int | None = None,
+        interval: float | None = None,
+        clock=time.time,
+    ):
         self.clock = clock
         self.started = clock()
         self.sweep_dir = Path(sweep_dir) if sweep_dir else None
@@ -90,10 +102,21 @@ class ProgressCallback(Callback):
 
     # ------------------------------------------------------------------------------ bookkeeping
     def _new_row(self, t, fallback_id: str) -> dict:
-        row = {"arm": short_label(t.label) if t else str(fallback_id), "seed": t.run.seed if t else "",
-               "key": t.key if t else None, "state": "pending", "started": None, "ended": None,
-               "total": t.run.train.max_steps if t else None, "step": None, "phase": None, "loss": None,
-               "activity": None, "cached": False, "result": {}}
+        row = {
+            "arm": short_label(t.label) if t else str(fallback_id),
+            "seed": t.run.seed if t else "",
+            "key": t.key if t else None,
+            "state": "pending",
+            "started": None,
+            "ended": None,
+            "total": t.run.train.max_steps if t else None,
+            "step": None,
+            "phase": None,
+            "loss": None,
+            "activity": None,
+            "cached": False,
+            "result": {},
+        }
         if t is not None and self.sweep_dir is not None:
             from emray.sweep.pareto import read_result
 
@@ -128,9 +151,12 @@ class ProgressCallback(Callback):
         c = self.counts()
         cached = sum(r["cached"] for r in self.rows.values())
         eta = self.eta(now)
-        return (f"{c['finished']}/{self.total} finished" + (f" ({cached} cached)" if cached else "")
-                + f", {c['running']} running, {c['pending']} pending, {c['failed']} failed"
-                + f" · ETA {'?' if eta is None else _elapsed(eta)}")
+        return (
+            f"{c['finished']}/{self.total} finished"
+            + (f" ({cached} cached)" if cached else "")
+            + f", {c['running']} running, {c['pending']} pending, {c['failed']} failed"
+            + f" · ETA {'?' if eta is None else _elapsed(eta)}"
+        )
 
     def eta(self, now: float | None = None) -> float | None:
         """Seconds of sweep left: the pending trials and the rest of the running ones at the mean
@@ -142,12 +168,17 @@ class ProgressCallback(Callback):
         pending = self.counts()["pending"]
         if not running and not pending:
             return 0.0
-        durations = [r["ended"] - r["started"] for r in rows if r["state"] == "done" and not r["cached"] and r["started"]]
+        durations = [
+            r["ended"] - r["started"] for r in rows if r["state"] == "done" and not r["cached"] and r["started"]
+        ]
         if durations:
             mean = sum(durations) / len(durations)
         else:
-            paces = [(now - r["started"]) * r["total"] / r["step"] for r in running
-                     if r["started"] and r.get("step") and r.get("total") and r.get("phase") in (None, "narrow")]
+            paces = [
+                (now - r["started"]) * r["total"] / r["step"]
+                for r in running
+                if r["started"] and r.get("step") and r.get("total") and r.get("phase") in (None, "narrow")
+            ]
             if not paces or max(paces) < 1.0:
                 return None
             mean = max(paces)
@@ -160,8 +191,10 @@ class ProgressCallback(Callback):
             self._refresh(force=True)
             return
         now = self.clock()
-        print(f"[emray {_elapsed(now - self.started):>6}] {row['arm']} seed {row['seed']}: {text}  ({self.counts_text(now)})",
-              flush=True)
+        print(
+            f"[emray {_elapsed(now - self.started):>6}] {row['arm']} seed {row['seed']}: {text}  ({self.counts_text(now)})",
+            flush=True,
+        )
 
     def setup(self, **info):
         if self.is_live:
@@ -229,7 +262,9 @@ class ProgressCallback(Callback):
             row["phase"] = progress.get("phase") or "narrow"  # "benign": the trial's second fine-tune
             row["step"], row["total"] = progress.get("step"), progress.get("total") or row["total"]
             row["loss"] = progress.get("loss") if isinstance(progress.get("loss"), (int, float)) else row["loss"]
-            row["activity"] = f"{row['phase']} eval" if progress.get("done") else f"{row['phase']} {row['step']}/{row['total']}"
+            row["activity"] = (
+                f"{row['phase']} eval" if progress.get("done") else f"{row['phase']} {row['step']}/{row['total']}"
+            )
 
     def _step(self, row: dict) -> str:
         """The state column: a running trial's phase and step (``narrow 40/150``, ``benign eval``), else its state."""
@@ -245,7 +280,11 @@ class ProgressCallback(Callback):
         running = [r for r in self.rows.values() if r["state"] == "running"]
         parts = []
         for r in running:
-            loss = f" loss {r['loss']:.3f}" if isinstance(r.get("loss"), (int, float)) and "eval" not in (r["activity"] or "") else ""
+            loss = (
+                f" loss {r['loss']:.3f}"
+                if isinstance(r.get("loss"), (int, float)) and "eval" not in (r["activity"] or "")
+                else ""
+            )
             parts.append(f"{r['arm']} s{r['seed']} {r['activity'] or 'starting'}{loss}")
         line = f"[emray {_elapsed(now - self.started):>6}] status: {self.counts_text(now)}"
         return line + (" | " + "; ".join(parts) if parts else "")
@@ -257,9 +296,14 @@ class ProgressCallback(Callback):
             return False
         self._last_poll = now
         self.poll()
-        sig = (tuple(sorted(self.counts().items())),
-               tuple((k, r["activity"].rsplit(" ", 1)[0] if r["activity"] and "/" in r["activity"] else r["activity"])
-                     for k, r in self.rows.items() if r["state"] == "running"))
+        sig = (
+            tuple(sorted(self.counts().items())),
+            tuple(
+                (k, r["activity"].rsplit(" ", 1)[0] if r["activity"] and "/" in r["activity"] else r["activity"])
+                for k, r in self.rows.items()
+                if r["state"] == "running"
+            ),
+        )
         if not force and sig == self._status_sig and now - self._last_status < self.interval:
             return False
         self._status_sig, self._last_status = sig, now
@@ -274,7 +318,9 @@ class ProgressCallback(Callback):
         if len(rows) <= budget:
             return rows, {}
         by_state = {s: [r for r in rows if r["state"] == s] for s in ("running", "FAILED", "done", "pending")}
-        folds = sum(1 for s in ("done", "pending") if by_state[s]) + (1 if len(by_state["running"]) + len(by_state["FAILED"]) > budget else 0)
+        folds = sum(1 for s in ("done", "pending") if by_state[s]) + (
+            1 if len(by_state["running"]) + len(by_state["FAILED"]) > budget else 0
+        )
         room = max(budget - folds, 1)
         keep = (by_state["running"] + by_state["FAILED"])[:room]
         room -= len(keep)
@@ -282,7 +328,7 @@ class ProgressCallback(Callback):
         pending = by_state["pending"]
         take_done = min(len(done), max(room // 2, room - len(pending)))
         keep += done[:take_done]
-        keep += pending[:max(room - take_done, 0)]
+        keep += pending[: max(room - take_done, 0)]
         kept = {id(r) for r in keep}
         hidden: dict[str, int] = {}
         for r in rows:
@@ -300,10 +346,23 @@ class ProgressCallback(Callback):
         if height is None:
             height = self._live.console.size.height if self._live is not None else 10_000
         self.poll()
-        table = Table(title=f"emray sweep · {_elapsed(now - self.started)}", title_justify="left", caption=self.counts_text(now),
-                      caption_justify="left", box=box.SIMPLE_HEAD, padding=(0, 0), expand=False)  # one space between columns: 80 wide
-        for name, justify in (("arm", "left"), ("seed", "right"), ("state", "left"), ("loss", "right"), ("time", "right"),
-                              *((TABLE_SHORT[k], "right") for k in OBJECTIVES)):
+        table = Table(
+            title=f"emray sweep · {_elapsed(now - self.started)}",
+            title_justify="left",
+            caption=self.counts_text(now),
+            caption_justify="left",
+            box=box.SIMPLE_HEAD,
+            padding=(0, 0),
+            expand=False,
+        )  # one space between columns: 80 wide
+        for name, justify in (
+            ("arm", "left"),
+            ("seed", "right"),
+            ("state", "left"),
+            ("loss", "right"),
+            ("time", "right"),
+            *((TABLE_SHORT[k], "right") for k in OBJECTIVES),
+        ):
             table.add_column(name, justify=justify, no_wrap=True)  # type: ignore[arg-type]  # "left" | "right"
         style = {"running": "cyan", "done": "green", "FAILED": "bold red", "pending": "dim"}
         rows, hidden = self.shown_rows(max(height - TABLE_LINES, 3))
@@ -312,7 +371,14 @@ class ProgressCallback(Callback):
             result = row["result"]
             values = [f"{result[k]:.3f}" if isinstance(result.get(k), (int, float)) else "" for k in OBJECTIVES]
             loss = f"{row['loss']:.3f}" if isinstance(row.get("loss"), (int, float)) else ""
-            table.add_row(row["arm"], str(row["seed"]), f"[{style.get(row['state'], '')}]{self._step(row)}[/]", loss, elapsed, *values)
+            table.add_row(
+                row["arm"],
+                str(row["seed"]),
+                f"[{style.get(row['state'], '')}]{self._step(row)}[/]",
+                loss,
+                elapsed,
+                *values,
+            )
         for name, n in hidden.items():
             table.add_row(f"[dim]… {n} more {name}[/]", "", "", "", "", *[""] * len(OBJECTIVES))
         return table
@@ -333,15 +399,17 @@ def final_summary(sweep_dir: Path, rows: list[dict]) -> str:
 
     arms = arm_rows(rows)
     front = [a["short_label"] for a in arms if a["is_pareto"]]
-    return "\n".join([
-        *closing_lines(sweep_dir, rows),
-        "",
-        format_arm_table(arms),
-        f"({interval_note(arms)})",
-        f"Pareto front (arm means, {len(front)} of {len(arms)}): {', '.join(front)}",
-        f"results  {sweep_dir}/results.jsonl (per trial), {sweep_dir}/arms.jsonl (per arm)",
-        f"plots    {sweep_dir}/plots/",
-        f"report   emray report {sweep_dir}   -> {sweep_dir}/report.html",
-        f"logs     {sweep_dir}/logs/<trial key>.log (emray sweep --verbose streams them)",
-        f"W&B      {sweep_dir}/wandb_root/wandb/",
-    ])
+    return "\n".join(
+        [
+            *closing_lines(sweep_dir, rows),
+            "",
+            format_arm_table(arms),
+            f"({interval_note(arms)})",
+            f"Pareto front (arm means, {len(front)} of {len(arms)}): {', '.join(front)}",
+            f"results  {sweep_dir}/results.jsonl (per trial), {sweep_dir}/arms.jsonl (per arm)",
+            f"plots    {sweep_dir}/plots/",
+            f"report   emray report {sweep_dir}   -> {sweep_dir}/report.html",
+            f"logs     {sweep_dir}/logs/<trial key>.log (emray sweep --verbose streams them)",
+            f"W&B      {sweep_dir}/wandb_root/wandb/",
+        ]
+    )

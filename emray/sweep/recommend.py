@@ -36,11 +36,16 @@ from emray.sweep.labels import parse_label
 from emray.sweep.pareto import arm_rows, load_results
 from emray.sweep.spec import OBJECTIVES, RecommendConfig
 
-RULE = ("an arm meets a constraint with confidence when its whole 95 % interval (the per-arm interval of "
-        "`emray pareto`, widened to the Wilson interval over its pooled answers) is on the allowed side of the "
-        "bound; a bound relative to none uses none's interval end that is harder to meet")
-OBJECTIVE_TEXT = {"em": "lowest general misalignment", "overhead": "lowest training overhead vs none",
-                  "margin": "largest smallest margin to a bound"}
+RULE = (
+    "an arm meets a constraint with confidence when its whole 95 % interval (the per-arm interval of "
+    "`emray pareto`, widened to the Wilson interval over its pooled answers) is on the allowed side of the "
+    "bound; a bound relative to none uses none's interval end that is harder to meet"
+)
+OBJECTIVE_TEXT = {
+    "em": "lowest general misalignment",
+    "overhead": "lowest training overhead vs none",
+    "margin": "largest smallest margin to a bound",
+}
 NONE_LABEL = "none"
 
 
@@ -172,8 +177,9 @@ def check(constraint: Constraint, arm: dict, none: dict | None) -> Check:
     else:
         bound = point_bound = easy_bound = constraint.offset
     if value is None or bound is None:
-        return Check(constraint.canonical(), crit, constraint.op, value, lo, hi, kind, bound, point_bound, None,
-                     "missing")
+        return Check(
+            constraint.canonical(), crit, constraint.op, value, lo, hi, kind, bound, point_bound, None, "missing"
+        )
     if constraint.op == "<=":
         margin = bound - hi
         fails = lo > easy_bound
@@ -194,9 +200,9 @@ def _key(objective: str, a: ArmVerdict) -> tuple:
     inf = math.inf
     em = a.values.get("general_misalignment")
     parts = {
-        "em": (em if em is not None else inf, ),
-        "overhead": (a.train_ratio if a.train_ratio is not None else inf, ),
-        "margin": (-(a.min_margin if a.min_margin is not None else -inf), ),
+        "em": (em if em is not None else inf,),
+        "overhead": (a.train_ratio if a.train_ratio is not None else inf,),
+        "margin": (-(a.min_margin if a.min_margin is not None else -inf),),
     }
     order = [objective] + [o for o in ("em", "overhead", "margin") if o != objective]
     return tuple(x for o in order for x in parts[o]) + (a.label,)
@@ -208,8 +214,9 @@ def _closeness(objective: str, v: ArmVerdict) -> tuple:
     return (-(v.min_margin if v.min_margin is not None else -math.inf), misses, _key(objective, v))
 
 
-def decide(rows: list[dict], constraints: list[Constraint], objective: str = "em",
-           defaults: bool = False) -> list[Decision]:
+def decide(
+    rows: list[dict], constraints: list[Constraint], objective: str = "em", defaults: bool = False
+) -> list[Decision]:
     """One Decision per model from trial rows (results.jsonl / trials' result.json).
 
     ``defaults``: the constraints are the built-in defaults, so one on a criterion the sweep does not
@@ -225,16 +232,20 @@ def decide(rows: list[dict], constraints: list[Constraint], objective: str = "em
         for c in constraints:
             if not any(_number(a.get(c.criterion)) for a in model_arms):
                 if not defaults:
-                    raise ValueError(f"constraint {c.text!r}: no arm of model {model} has {c.criterion} "
-                                     "(is that criterion measured in this sweep?)")
+                    raise ValueError(
+                        f"constraint {c.text!r}: no arm of model {model} has {c.criterion} "
+                        "(is that criterion measured in this sweep?)"
+                    )
                 notes.append(f"{c.text}: skipped, the sweep has no {c.criterion}")
                 continue
             kept.append(c)
         none = next((a for a in model_arms if a["label"] == NONE_LABEL), None)
         if none is None and any(c.relative for c in kept):
             rel = ", ".join(repr(c.text) for c in kept if c.relative)
-            raise ValueError(f"model {model}: the sweep has no 'none' arm to compare with; constraints relative to "
-                             f"none ({rel}) need the undefended arm in search.defense, or write absolute bounds")
+            raise ValueError(
+                f"model {model}: the sweep has no 'none' arm to compare with; constraints relative to "
+                f"none ({rel}) need the undefended arm in search.defense, or write absolute bounds"
+            )
         none_trials = trials_by_arm.get((model, NONE_LABEL), [])
         none_train = _mean_seconds(none_trials, "train_seconds")
         none_trial = _mean_seconds(none_trials, "trial_seconds")
@@ -247,11 +258,20 @@ def decide(rows: list[dict], constraints: list[Constraint], objective: str = "em
             checks = [check(c, a, none) for c in kept]
             margins = [c.margin for c in checks]
             v = ArmVerdict(
-                label=a["label"], short_label=a["short_label"], family=a["family"], dose=dose(a["label"]), model=model,
-                n_seeds=a["n_seeds"], values=values, delta=delta, train_seconds=train, trial_seconds=trial,
+                label=a["label"],
+                short_label=a["short_label"],
+                family=a["family"],
+                dose=dose(a["label"]),
+                model=model,
+                n_seeds=a["n_seeds"],
+                values=values,
+                delta=delta,
+                train_seconds=train,
+                trial_seconds=trial,
                 train_ratio=train / none_train if train is not None and none_train else None,
                 trial_ratio=trial / none_trial if trial is not None and none_trial else None,
-                checks=checks, feasible=all(c.status == "meets" for c in checks),
+                checks=checks,
+                feasible=all(c.status == "meets" for c in checks),
                 plausible=all(_point_meets(c) for c in checks),
                 min_margin=None if any(m is None for m in margins) else min(margins, default=math.inf),
             )
@@ -266,11 +286,23 @@ def decide(rows: list[dict], constraints: list[Constraint], objective: str = "em
             tied = [v.short_label for v in feasible[1:] if math.isclose(_key(objective, v)[0], head, abs_tol=1e-12)]
         closest = None
         if recommended is None:
-            candidates = sorted((v for v in verdicts if v.min_margin is not None),
-                                key=lambda v: _closeness(objective, v))
+            candidates = sorted(
+                (v for v in verdicts if v.min_margin is not None), key=lambda v: _closeness(objective, v)
+            )
             closest = candidates[0] if candidates else None
-        decisions.append(Decision(model, objective, [c.canonical() for c in kept], verdicts, recommended, closest, tied,
-                                  notes, show_model=len({a["model"] for a in arms}) > 1))
+        decisions.append(
+            Decision(
+                model,
+                objective,
+                [c.canonical() for c in kept],
+                verdicts,
+                recommended,
+                closest,
+                tied,
+                notes,
+                show_model=len({a["model"] for a in arms}) > 1,
+            )
+        )
     return decisions
 
 
@@ -290,8 +322,12 @@ def sweep_recommend_config(sweep_dir: str | Path) -> tuple[RecommendConfig | Non
     return validate(RecommendConfig, section, f"{path} (recommend)"), "the spec's recommend: section"
 
 
-def recommend_sweep(sweep_dir: str | Path, rows: list[dict] | None = None, constraints: list[str] | None = None,
-                    objective: str | None = None) -> tuple[list[Decision], str]:
+def recommend_sweep(
+    sweep_dir: str | Path,
+    rows: list[dict] | None = None,
+    constraints: list[str] | None = None,
+    objective: str | None = None,
+) -> tuple[list[Decision], str]:
     """The decisions for a sweep folder: the spec's ``recommend:`` section unless ``constraints`` /
     ``objective`` (the command line) replace it; returns (decisions, where the constraints came from)."""
     config, source = sweep_recommend_config(sweep_dir)
@@ -339,8 +375,11 @@ def miss_text(c: Check) -> str:
         return f"{c.constraint}: no value"
     end = "upper" if c.op == "<=" else "lower"
     end_value = c.hi if c.op == "<=" else c.lo
-    how = "fails" if c.status == "fails" else "not with confidence (point estimate " + \
-        ("meets" if _point_meets(c) else "misses") + ")"
+    how = (
+        "fails"
+        if c.status == "fails"
+        else "not with confidence (point estimate " + ("meets" if _point_meets(c) else "misses") + ")"
+    )
     return f"{c.constraint}: misses by {-c.margin:.3f} ({end} end {end_value:.3f} vs bound {c.bound:.3f}; {how})"
 
 
@@ -350,16 +389,20 @@ def headline(d: Decision) -> str:
         return f"{prefix}RECOMMENDED: {d.recommended.short_label} ({dose_text(d.recommended)})"
     if d.closest is None:
         return f"{prefix}NO RECOMMENDATION: no arm has every constrained criterion"
-    return (f"{prefix}NO ARM MEETS EVERY CONSTRAINT WITH CONFIDENCE; "
-            f"closest: {d.closest.short_label} ({dose_text(d.closest)})")
+    return (
+        f"{prefix}NO ARM MEETS EVERY CONSTRAINT WITH CONFIDENCE; "
+        f"closest: {d.closest.short_label} ({dose_text(d.closest)})"
+    )
 
 
 def standing(d: Decision) -> str:
     """The line under the headline: how many arms are feasible, the objective, ties."""
     if d.recommended is not None:
         ties = f"; tied on the objective with {', '.join(d.tied_with)} (broken by the next rule)" if d.tied_with else ""
-        return (f"  meets all {len(d.recommended.checks)} constraints with 95 % confidence; {len(d.feasible)} of "
-                f"{len(d.arms)} arms do, ranked by {OBJECTIVE_TEXT[d.objective]}{ties}")
+        return (
+            f"  meets all {len(d.recommended.checks)} constraints with 95 % confidence; {len(d.feasible)} of "
+            f"{len(d.arms)} arms do, ranked by {OBJECTIVE_TEXT[d.objective]}{ties}"
+        )
     if d.closest is None:
         return "  (every arm lacks a constrained criterion)"
     misses = [c for c in d.closest.checks if c.status != "meets"]
@@ -374,14 +417,17 @@ def summary_lines(d: Decision) -> list[str]:
     arm = d.recommended or d.closest
     if arm is not None:
         parts = [f"{SHORT.get(k, k)} {_f(v)} ({_f(arm.delta.get(k), True)})" for k, v in arm.values.items()]
-        lines.append("  vs none: " + " · ".join(parts) + f"; cost: train {_ratio(arm.train_ratio)}, "
-                     f"trial {_ratio(arm.trial_ratio)} none's seconds")
+        lines.append(
+            "  vs none: " + " · ".join(parts) + f"; cost: train {_ratio(arm.train_ratio)}, "
+            f"trial {_ratio(arm.trial_ratio)} none's seconds"
+        )
     if d.recommended is not None and len(d.feasible) > 1:
         lines.append(f"  also feasible, ranked: {', '.join(v.short_label for v in d.feasible[1:])}")
     plausible = [v.short_label for v in d.arms if v.plausible and not v.feasible]
     if plausible:
-        lines.append("  meet every bound on point estimates only (more seeds or answers may decide): "
-                     + ", ".join(plausible))
+        lines.append(
+            "  meet every bound on point estimates only (more seeds or answers may decide): " + ", ".join(plausible)
+        )
     lines.append(f"  constraints: {'; '.join(d.constraints)}")
     lines += [f"  note: {n}" for n in d.notes]
     return lines
@@ -402,8 +448,12 @@ def closing_lines(sweep_dir: str | Path, rows: list[dict]) -> list[str]:
 
 
 #: compact criterion names for the per-arm table's columns
-SHORT = {"general_misalignment": "gen EM↓", "in_domain_misalignment": "in-dom↑", "benign_accuracy": "benign↑",
-         "general_incoherence": "incoh↓"}
+SHORT = {
+    "general_misalignment": "gen EM↓",
+    "in_domain_misalignment": "in-dom↑",
+    "benign_accuracy": "benign↑",
+    "general_incoherence": "incoh↓",
+}
 
 
 def constraint_header(text: str) -> str:
@@ -422,15 +472,32 @@ def table_rows(d: Decision) -> tuple[list[str], list[list[str]]]:
     """Head and cells of the per-arm table: rank, arm, seeds, each criterion with its change against
     none, cost relative to none, each constraint's check (✓ met, ? uncertain, ✗ fails; margin)."""
     criteria = [k for k in OBJECTIVES if any(k in v.values for v in d.arms)]
-    head = ["rank", "arm", "seeds", *[SHORT.get(k, k) for k in criteria], "train×", "trial×",
-            *[constraint_header(c) for c in d.constraints], "feasible"]
+    head = [
+        "rank",
+        "arm",
+        "seeds",
+        *[SHORT.get(k, k) for k in criteria],
+        "train×",
+        "trial×",
+        *[constraint_header(c) for c in d.constraints],
+        "feasible",
+    ]
     cells = []
     for v in ordered_arms(d):
         shift = {k: f" {x:+.2f}" for k, x in v.delta.items() if x is not None and v.label != NONE_LABEL}
         crit_cells = [_f(v.values.get(k)) + shift.get(k, "") for k in criteria]
-        cells.append([str(v.rank) if v.rank else "", v.short_label, str(v.n_seeds), *crit_cells,
-                      _ratio(v.train_ratio), _ratio(v.trial_ratio), *[check_text(c) for c in v.checks],
-                      "yes" if v.feasible else "no"])
+        cells.append(
+            [
+                str(v.rank) if v.rank else "",
+                v.short_label,
+                str(v.n_seeds),
+                *crit_cells,
+                _ratio(v.train_ratio),
+                _ratio(v.trial_ratio),
+                *[check_text(c) for c in v.checks],
+                "yes" if v.feasible else "no",
+            ]
+        )
     return head, cells
 
 
@@ -448,24 +515,31 @@ def markdown_table(d: Decision) -> list[str]:
 
 def to_json(decisions: list[Decision], source: str) -> dict:
     """``emray recommend --json``: every decision with each arm's checks (plain JSON types)."""
+
     def arm(v: ArmVerdict | None):
         return None if v is None else asdict(v)
 
     return {
         "rule": RULE,
         "source": source,
-        "decisions": [{
-            "model": d.model, "objective": d.objective, "constraints": d.constraints, "notes": d.notes,
-            "status": "recommended" if d.recommended else "none_feasible",
-            "recommended": d.recommended.label if d.recommended else None,
-            "recommended_short": d.recommended.short_label if d.recommended else None,
-            "dose": d.recommended.dose if d.recommended else None,
-            "tied_with": d.tied_with,
-            "feasible": [v.label for v in d.feasible],
-            "closest": d.closest.label if d.closest else None,
-            "closest_misses": [asdict(c) for c in d.closest.checks if c.status != "meets"] if d.closest else [],
-            "arms": [arm(v) for v in d.arms],
-        } for d in decisions],
+        "decisions": [
+            {
+                "model": d.model,
+                "objective": d.objective,
+                "constraints": d.constraints,
+                "notes": d.notes,
+                "status": "recommended" if d.recommended else "none_feasible",
+                "recommended": d.recommended.label if d.recommended else None,
+                "recommended_short": d.recommended.short_label if d.recommended else None,
+                "dose": d.recommended.dose if d.recommended else None,
+                "tied_with": d.tied_with,
+                "feasible": [v.label for v in d.feasible],
+                "closest": d.closest.label if d.closest else None,
+                "closest_misses": [asdict(c) for c in d.closest.checks if c.status != "meets"] if d.closest else [],
+                "arms": [arm(v) for v in d.arms],
+            }
+            for d in decisions
+        ],
     }
 
 
@@ -474,10 +548,13 @@ def wandb_summary(decisions: list[Decision]) -> dict:
     if not decisions:
         return {}
     d = decisions[0]
-    out = {"recommend/status": "recommended" if d.recommended else "none_feasible",
-           "recommend/arm": d.recommended.short_label if d.recommended else None,
-           "recommend/label": d.recommended.label if d.recommended else None,
-           "recommend/closest": d.closest.short_label if d.closest else None,
-           "recommend/num_feasible": len(d.feasible), "recommend/objective": d.objective,
-           "recommend/constraints": "; ".join(d.constraints)}
+    out = {
+        "recommend/status": "recommended" if d.recommended else "none_feasible",
+        "recommend/arm": d.recommended.short_label if d.recommended else None,
+        "recommend/label": d.recommended.label if d.recommended else None,
+        "recommend/closest": d.closest.short_label if d.closest else None,
+        "recommend/num_feasible": len(d.feasible),
+        "recommend/objective": d.objective,
+        "recommend/constraints": "; ".join(d.constraints),
+    }
     return {k: v for k, v in out.items() if v is not None}

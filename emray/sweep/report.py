@@ -26,8 +26,12 @@ from emray.sweep.pareto import (
 )
 from emray.sweep.plots import axis_title, plotly_figures, write_plots
 
-TRIAL_FILES = [("answers", "eval/answers.jsonl"), ("per question", "eval/per_question.json"), ("criteria", "eval/criteria.json"),
-               ("training", "metrics.json")]
+TRIAL_FILES = [
+    ("answers", "eval/answers.jsonl"),
+    ("per question", "eval/per_question.json"),
+    ("criteria", "eval/criteria.json"),
+    ("training", "metrics.json"),
+]
 
 
 def _rates(arms: list[dict]) -> list[str]:
@@ -79,11 +83,16 @@ def _arm_table_html(arms: list[dict], rates: list[str]) -> str:
     for a in arms:
         cells = "".join(f'<td class="num">{html.escape(format_rate(a, r))}</td>' for r in rates)
         dom = ", ".join(a.get("dominated_by", [])) or "—"
-        rows.append(f'<tr class="{"front" if a["is_pareto"] else ""}"><td title="{html.escape(a["label"])}">{html.escape(a["short_label"])}</td>'
-                    f'<td>{html.escape(a["model"])}</td><td class="num">{a["n_seeds"]}</td>{cells}'
-                    f'<td>{"★" if a["is_pareto"] else ""}</td><td>{html.escape(dom)}</td></tr>')
-    return (f'<table id="arms"><tr><th>arm</th><th>model</th><th>seeds</th>{head}<th>front</th><th>dominated by</th></tr>'
-            + "".join(rows) + "</table>")
+        rows.append(
+            f'<tr class="{"front" if a["is_pareto"] else ""}"><td title="{html.escape(a["label"])}">{html.escape(a["short_label"])}</td>'
+            f'<td>{html.escape(a["model"])}</td><td class="num">{a["n_seeds"]}</td>{cells}'
+            f"<td>{'★' if a['is_pareto'] else ''}</td><td>{html.escape(dom)}</td></tr>"
+        )
+    return (
+        f'<table id="arms"><tr><th>arm</th><th>model</th><th>seeds</th>{head}<th>front</th><th>dominated by</th></tr>'
+        + "".join(rows)
+        + "</table>"
+    )
 
 
 def _trial_table_html(rows: list[dict], sweep_dir: Path, rates: list[str]) -> str:
@@ -91,13 +100,24 @@ def _trial_table_html(rows: list[dict], sweep_dir: Path, rates: list[str]) -> st
     out = []
     for r in rows:
         key = r.get("trial_key", "")
-        links = " · ".join(f'<a href="trials/{key}/{p}">{name}</a>' for name, p in TRIAL_FILES if (sweep_dir / "trials" / key / p).exists())
-        cells = "".join(f'<td class="num">{html.escape(format_rate({**r, f"{x}_interval": "wilson" if r.get(f"{x}_lo") is not None else None}, x))}</td>'
-                        for x in rates)
-        out.append(f'<tr><td><code>{html.escape(key)}</code></td><td>{html.escape(r.get("short_label", ""))}</td>'
-                   f'<td class="num">{r.get("seed")}</td>{cells}<td class="num">{r.get("trial_seconds", "")}</td><td>{links}</td></tr>')
-    return (f'<table id="trials"><tr><th>trial</th><th>arm</th><th>seed</th>{head}<th>seconds</th><th>files</th></tr>'
-            + "".join(out) + "</table>")
+        links = " · ".join(
+            f'<a href="trials/{key}/{p}">{name}</a>'
+            for name, p in TRIAL_FILES
+            if (sweep_dir / "trials" / key / p).exists()
+        )
+        cells = "".join(
+            f'<td class="num">{html.escape(format_rate({**r, f"{x}_interval": "wilson" if r.get(f"{x}_lo") is not None else None}, x))}</td>'
+            for x in rates
+        )
+        out.append(
+            f"<tr><td><code>{html.escape(key)}</code></td><td>{html.escape(r.get('short_label', ''))}</td>"
+            f'<td class="num">{r.get("seed")}</td>{cells}<td class="num">{r.get("trial_seconds", "")}</td><td>{links}</td></tr>'
+        )
+    return (
+        f'<table id="trials"><tr><th>trial</th><th>arm</th><th>seed</th>{head}<th>seconds</th><th>files</th></tr>'
+        + "".join(out)
+        + "</table>"
+    )
 
 
 def _png(path: Path, alt: str) -> str:
@@ -110,13 +130,20 @@ def render_html(sweep_dir: Path, spec: dict, rows: list[dict], arms: list[dict])
     rates = _rates(arms)
     # The heat map is interactive (plotly.js, ~4.6 MB, inlined: the page opens offline); the 2-D views
     # are the PNGs, whose labels are placed not to overlap, each linking its interactive HTML.
-    heatmap = ('<div class="plot" id="plot-heatmap">'
-               + plotly_figures(arms)["heatmap"].to_html(full_html=False, include_plotlyjs=True)  # type: ignore[attr-defined]
-               + "</div>")
-    plots = [f'<div class="plot" id="plot-{p.stem}">{_png(p, p.stem)}<br><a class="note" href="plots/{p.stem}.html">interactive</a></div>'
-             for p in sorted((sweep_dir / "plots").glob("scatter_*.png"))]
-    extra = [_png(sweep_dir / "plots" / f"{stem}.png", stem) for stem in ("dominance", "parallel_coordinates", "judge_scores")
-             if (sweep_dir / "plots" / f"{stem}.png").exists()]
+    heatmap = (
+        '<div class="plot" id="plot-heatmap">'
+        + plotly_figures(arms)["heatmap"].to_html(full_html=False, include_plotlyjs=True)  # type: ignore[attr-defined]
+        + "</div>"
+    )
+    plots = [
+        f'<div class="plot" id="plot-{p.stem}">{_png(p, p.stem)}<br><a class="note" href="plots/{p.stem}.html">interactive</a></div>'
+        for p in sorted((sweep_dir / "plots").glob("scatter_*.png"))
+    ]
+    extra = [
+        _png(sweep_dir / "plots" / f"{stem}.png", stem)
+        for stem in ("dominance", "parallel_coordinates", "judge_scores")
+        if (sweep_dir / "plots" / f"{stem}.png").exists()
+    ]
     name = spec.get("name", sweep_dir.name)
     seeds = sorted({r.get("seed") for r in rows}, key=str)
     on_front = [a["short_label"] for a in arms if a["is_pareto"]]
@@ -169,20 +196,23 @@ def _decision_html(sweep_dir: Path, rows: list[dict]) -> str:
     decisions, source = _decision(sweep_dir, rows)
     if decisions is None:
         return f'<h2>Decision</h2><p class="note">No recommendation: {html.escape(source)}</p>'
-    out = ['<h2>Decision</h2>']
+    out = ["<h2>Decision</h2>"]
     for d in decisions:
         lines = summary_lines(d)
         rest = "<br>".join(html.escape(x.strip()) for x in lines[1:])
         out.append(f'<p id="decision"><b>{html.escape(lines[0])}</b><br>{rest}</p>')
         head, cells = table_rows(d)
-        body = "".join("<tr>" + "".join(f'<td class="num">{html.escape(c)}</td>' for c in row) + "</tr>"
-                       for row in cells)
+        body = "".join(
+            "<tr>" + "".join(f'<td class="num">{html.escape(c)}</td>' for c in row) + "</tr>" for row in cells
+        )
         titles = "".join(f"<th>{html.escape(h)}</th>" for h in head)
         out.append(f'<table id="recommend"><tr>{titles}</tr>{body}</table>')
-    out.append(f'<p class="note">Constraints from {html.escape(source)}. ✓ met with confidence, ? not decided by the '
-               'interval, ✗ fails even at the favourable end; the number is the margin past the bound. '
-               f'Rule: {html.escape(RULE)}. <code>emray recommend {html.escape(str(sweep_dir))} --constraint '
-               '...</code> decides under other constraints.</p>')
+    out.append(
+        f'<p class="note">Constraints from {html.escape(source)}. ✓ met with confidence, ? not decided by the '
+        "interval, ✗ fails even at the favourable end; the number is the margin past the bound. "
+        f"Rule: {html.escape(RULE)}. <code>emray recommend {html.escape(str(sweep_dir))} --constraint "
+        "...</code> decides under other constraints.</p>"
+    )
     return "\n".join(out)
 
 
@@ -195,10 +225,21 @@ def _decision_markdown(sweep_dir: Path, rows: list[dict]) -> list[str]:
     lines = ["## Decision", ""]
     for d in decisions:
         summary = summary_lines(d)
-        lines += [f"**{summary[0]}**", "", *[f"- {x.strip().lstrip('- ')}" for x in summary[1:]], "",
-                  *markdown_table(d), ""]
-    lines += [f"Constraints from {source}. ✓ met with confidence, ? not decided by the interval, ✗ fails even at "
-              f"the favourable end; the number is the margin past the bound. Rule: {RULE}.", "", "## Arms", ""]
+        lines += [
+            f"**{summary[0]}**",
+            "",
+            *[f"- {x.strip().lstrip('- ')}" for x in summary[1:]],
+            "",
+            *markdown_table(d),
+            "",
+        ]
+    lines += [
+        f"Constraints from {source}. ✓ met with confidence, ? not decided by the interval, ✗ fails even at "
+        f"the favourable end; the number is the margin past the bound. Rule: {RULE}.",
+        "",
+        "## Arms",
+        "",
+    ]
     return lines
 
 
@@ -206,19 +247,29 @@ def _decision_markdown(sweep_dir: Path, rows: list[dict]) -> list[str]:
 def render_markdown(sweep_dir: Path, spec: dict, rows: list[dict], arms: list[dict]) -> str:
     rates = _rates(arms)
     name = spec.get("name", sweep_dir.name)
-    lines = [f"# emray sweep `{name}`", "", *_decision_markdown(sweep_dir, rows),
-             f"{len(rows)} trials, {len(arms)} arms. Intervals: {interval_note(arms)}. ★: on the Pareto front (arm means).", "",
-             "| arm | seeds | " + " | ".join(_title(r) for r in rates) + " | front | dominated by |",
-             "|---|---|" + "---|" * len(rates) + "---|---|"]
+    lines = [
+        f"# emray sweep `{name}`",
+        "",
+        *_decision_markdown(sweep_dir, rows),
+        f"{len(rows)} trials, {len(arms)} arms. Intervals: {interval_note(arms)}. ★: on the Pareto front (arm means).",
+        "",
+        "| arm | seeds | " + " | ".join(_title(r) for r in rates) + " | front | dominated by |",
+        "|---|---|" + "---|" * len(rates) + "---|---|",
+    ]
     for a in arms:
-        lines.append(f"| {a['short_label']} | {a['n_seeds']} | " + " | ".join(format_rate(a, r) for r in rates)
-                     + f" | {'★' if a['is_pareto'] else ''} | {', '.join(a.get('dominated_by', [])) or '—'} |")
+        lines.append(
+            f"| {a['short_label']} | {a['n_seeds']} | "
+            + " | ".join(format_rate(a, r) for r in rates)
+            + f" | {'★' if a['is_pareto'] else ''} | {', '.join(a.get('dominated_by', [])) or '—'} |"
+        )
     lines += ["", "![all criteria](plots/heatmap.png)", "![dominance](plots/dominance.png)", ""]
     lines += [f"![{p.stem}](plots/{p.name})" for p in sorted((sweep_dir / "plots").glob("scatter_*.png"))]
     lines += ["", "## Trials", "", "| trial | arm | seed | answers |", "|---|---|---|---|"]
     for r in rows:
         key = r.get("trial_key", "")
-        lines.append(f"| `{key}` | {r.get('short_label', '')} | {r.get('seed')} | [answers](trials/{key}/eval/answers.jsonl) |")
+        lines.append(
+            f"| `{key}` | {r.get('short_label', '')} | {r.get('seed')} | [answers](trials/{key}/eval/answers.jsonl) |"
+        )
     lines += ["", "## Reproduce", "", "```", *reproduce_commands(sweep_dir, spec), "```", ""]
     return "\n".join(lines)
 

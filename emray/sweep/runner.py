@@ -50,19 +50,37 @@ class Plan:
             f"({spec.search.algorithm}), at most {spec.resources.max_concurrent_trials} at once",
             f"output: {spec.sweep_dir()}" + (f" (persisted to {spec.storage_uri()})" if spec.storage_uri() else ""),
             f"per trial: Ray Train TorchTrainer, {res.num_workers} worker(s) x "
-            f"({res.cpus_per_worker} CPU" + (f", {res.gpus_per_worker} GPU" if res.use_gpu else "") + "), "
-            + (f"DeepSpeed {res.deepspeed.upper() if res.deepspeed in ('zero2', 'zero3') else res.deepspeed}" if res.deepspeed != "none" else ("DDP/nccl" if res.use_gpu else "DDP/gloo"))
-            + (f", checkpoint every {res.checkpoint_every} steps, {res.max_failures} restart(s)" if res.checkpoint_every else ""),
+            f"({res.cpus_per_worker} CPU"
+            + (f", {res.gpus_per_worker} GPU" if res.use_gpu else "")
+            + "), "
+            + (
+                f"DeepSpeed {res.deepspeed.upper() if res.deepspeed in ('zero2', 'zero3') else res.deepspeed}"
+                if res.deepspeed != "none"
+                else ("DDP/nccl" if res.use_gpu else "DDP/gloo")
+            )
+            + (
+                f", checkpoint every {res.checkpoint_every} steps, {res.max_failures} restart(s)"
+                if res.checkpoint_every
+                else ""
+            ),
             f"model(s): {', '.join(sorted({t.run.model.name for t in self.trials}))}",
-            *([f"benign scenario: each trial also fine-tunes on {', '.join(b.train)} with its defense"
-               f" ({b.max_steps or spec.base.train.max_steps} steps), scored on {', '.join(b.test)}"] if (b := spec.base.benign) else []),
+            *(
+                [
+                    f"benign scenario: each trial also fine-tunes on {', '.join(b.train)} with its defense"
+                    f" ({b.max_steps or spec.base.train.max_steps} steps), scored on {', '.join(b.test)}"
+                ]
+                if (b := spec.base.benign)
+                else []
+            ),
             f"judge: {spec.base.eval.judge.base_url} ({spec.resources.judge_actors} actor(s))",
             "stages (cached by content, run once before the trials):",
         ]
         lines += [f"  - {name}: {why}" for name, why in self.stages] or ["  - none"]
         if spec.search.algorithm != "optuna":
             lines.append("trials:")
-            lines += [f"  {t.index:3d}  {t.run.model.name}  {t.label}  seed={t.run.seed}  key={t.key}" for t in self.trials]
+            lines += [
+                f"  {t.index:3d}  {t.run.model.name}  {t.label}  seed={t.run.seed}  key={t.key}" for t in self.trials
+            ]
         return "\n".join(lines)
 
 
@@ -143,13 +161,17 @@ def superseded_trials(sweep_dir: Path, trials: list[Trial]) -> list[str]:
             old = json.loads((folder / "trial.json").read_text())
         except (OSError, ValueError):
             continue
-        key = planned.get((old.get("label"), old.get("run", {}).get("seed"), old.get("run", {}).get("model", {}).get("name")))
+        key = planned.get(
+            (old.get("label"), old.get("run", {}).get("seed"), old.get("run", {}).get("model", {}).get("name"))
+        )
         if key is not None and key != folder.name and (folder / RESULT_FILE).exists():
             out.append(f"{old['label']} seed {old['run']['seed']}: {folder.name} -> {key}")
     return out
 
 
-def run_trial_body(trial: Trial, sweep_dir: Path, artifacts: dict, judge: Any, wandb_cfg: dict, train_storage: str | None = None) -> dict:
+def run_trial_body(
+    trial: Trial, sweep_dir: Path, artifacts: dict, judge: Any, wandb_cfg: dict, train_storage: str | None = None
+) -> dict:
     """Train with Ray Train, evaluate, write ``result.json``; returns the record reported to Tune.
 
     With a ``benign`` section the trial is two fine-tunes: the narrow one (``trials/<key>/``: general
@@ -228,7 +250,13 @@ def failure_reason(err: BaseException) -> str:
 
 
 def trial_trainable(
-    config: dict, trials: dict[str, Trial], sweep_dir: str, artifacts: dict, judge: Any, spec_dict: dict, wandb_cfg: dict,
+    config: dict,
+    trials: dict[str, Trial],
+    sweep_dir: str,
+    artifacts: dict,
+    judge: Any,
+    spec_dict: dict,
+    wandb_cfg: dict,
     train_storage: str | None = None,
 ):
     """The Tune function trainable: one trial (grid/random by its key, Optuna by sampled params)."""
@@ -345,7 +373,11 @@ def _tuner(spec: SweepSpec, plan: Plan, sweep_dir: Path, artifacts: dict, judge:
             name=spec.name,
             storage_path=tune_path,
             failure_config=tune.FailureConfig(max_failures=spec.resources.max_failures),
-            callbacks=[ProgressCallback([] if optuna else plan.trials, sweep_dir, total=spec.search.num_samples if optuna else None)],
+            callbacks=[
+                ProgressCallback(
+                    [] if optuna else plan.trials, sweep_dir, total=spec.search.num_samples if optuna else None
+                )
+            ],
             verbose=1 if verbose() else 0,  # --verbose: Tune's own status lines too
         ),
     )
@@ -354,8 +386,17 @@ def _tuner(spec: SweepSpec, plan: Plan, sweep_dir: Path, artifacts: dict, judge:
 #: Environment every Ray worker must share with the driver. Ray Train runs workers in their own
 #: working directory, so a cache path relative to the cwd would silently become a second cache.
 #: Also the bucket endpoint and region (not credentials: on a cluster those come from the instance role).
-PROPAGATED_ENV: tuple[str, ...] = ("EMRAY_CACHE", "EMRAY_ORGANISM", "EMRAY_ORGANISM_SEED", "HF_HUB_OFFLINE", "HF_HOME", "TORCH_EXTENSIONS_DIR", "WANDB_MODE",
-                  "DS_ACCELERATOR", "EMRAY_VERBOSE")
+PROPAGATED_ENV: tuple[str, ...] = (
+    "EMRAY_CACHE",
+    "EMRAY_ORGANISM",
+    "EMRAY_ORGANISM_SEED",
+    "HF_HUB_OFFLINE",
+    "HF_HOME",
+    "TORCH_EXTENSIONS_DIR",
+    "WANDB_MODE",
+    "DS_ACCELERATOR",
+    "EMRAY_VERBOSE",
+)
 PROPAGATED_ENV += ("AWS_ENDPOINT_URL", "AWS_REGION", "AWS_DEFAULT_REGION")
 
 
@@ -367,7 +408,9 @@ def worker_env() -> dict[str, str]:
     env.setdefault("OMP_NUM_THREADS", os.environ.get("OMP_NUM_THREADS", "1"))
     # A trial's workers may wait for another trial's evaluation to free a CPU: waiting is normal in a
     # sweep, so Ray Train's 60 s worker-startup timeout (then a noisy retry) is raised.
-    env.setdefault("RAY_TRAIN_WORKER_GROUP_START_TIMEOUT_S", os.environ.get("RAY_TRAIN_WORKER_GROUP_START_TIMEOUT_S", "1800"))
+    env.setdefault(
+        "RAY_TRAIN_WORKER_GROUP_START_TIMEOUT_S", os.environ.get("RAY_TRAIN_WORKER_GROUP_START_TIMEOUT_S", "1800")
+    )
     return env
 
 
@@ -399,14 +442,20 @@ def start_local_ray(runtime_env: dict, attempts: int = 3) -> None:
 
     for attempt in range(1, attempts + 1):
         try:
-            ray.init(include_dashboard=False, log_to_driver=verbose(), logging_level=logging.INFO if verbose() else logging.ERROR,
-                     runtime_env=runtime_env)
+            ray.init(
+                include_dashboard=False,
+                log_to_driver=verbose(),
+                logging_level=logging.INFO if verbose() else logging.ERROR,
+                runtime_env=runtime_env,
+            )
             return
         except Exception as err:  # ray raises a bare Exception here
             if "timed out during startup" not in str(err) or attempt == attempts:
                 raise
-            print(f"[emray] the local Ray node did not start in time (attempt {attempt}/{attempts}, busy machine?); retrying",
-                  flush=True)
+            print(
+                f"[emray] the local Ray node did not start in time (attempt {attempt}/{attempts}, busy machine?); retrying",
+                flush=True,
+            )
             ray.shutdown()
             time.sleep(5 * attempt)
 
@@ -421,8 +470,10 @@ class SweepOutcome:
     failed: list[tuple[str, str, str]] = field(default_factory=list)  # (label, reason, error file)
 
     def summary(self, seconds: float, sweep_dir: Path) -> str:
-        line = (f"[emray] {self.finished} finished ({self.cached} cached), {len(self.failed)} failed "
-                f"in {seconds:.0f} s; results in {sweep_dir}")
+        line = (
+            f"[emray] {self.finished} finished ({self.cached} cached), {len(self.failed)} failed "
+            f"in {seconds:.0f} s; results in {sweep_dir}"
+        )
         if self.failed:
             line += "\n[emray] failed trials (not in the results table):"
             line += "".join(f"\n  - {label}: {reason}\n    {path}" for label, reason, path in self.failed)
@@ -446,7 +497,9 @@ def collect_outcome(spec: SweepSpec, plan: Plan, sweep_dir: Path, result_grid, c
             trials.append(trial_from_optuna(spec, config))
         key = config.get("trial_key") or (trials[-1].key if "arm" in config else None)
         if result.error is not None and key:
-            tune_errors[key] = f"{type(result.error).__name__}: {str(result.error).splitlines()[0] if str(result.error) else ''}"
+            tune_errors[key] = (
+                f"{type(result.error).__name__}: {str(result.error).splitlines()[0] if str(result.error) else ''}"
+            )
     rows, failed, seen = [], [], set()
     for trial in trials:
         if trial.key in seen:
@@ -486,8 +539,10 @@ def report_interrupt(plan: Plan | None, sweep_dir: Path, signum: int) -> str:
     pending: list = []
     for trial in plan.trials:
         (finished if (trial_dir(sweep_dir, trial) / RESULT_FILE).exists() else pending).append(trial)
-    lines = [f"[emray] interrupted ({name}): {len(finished)} finished (kept), {len(pending)} not finished "
-             "(they run on `emray sweep SPEC --resume`; nothing finished is recomputed)"]
+    lines = [
+        f"[emray] interrupted ({name}): {len(finished)} finished (kept), {len(pending)} not finished "
+        "(they run on `emray sweep SPEC --resume`; nothing finished is recomputed)"
+    ]
     if plan.spec.search.algorithm == "optuna":
         lines.append("  optuna: --resume continues the search from its saved state")
     for title, trials in (("finished", finished), ("will resume", pending)):
@@ -556,9 +611,12 @@ def _run_sweep(spec: SweepSpec, resume: bool, address: str | None, sweep_dir: Pa
     check_preflight(plan.trials)  # a missing file fails now, not after an hour of other trials
     cached = sum(read_finished(sweep_dir, t) is not None for t in plan.trials)
     if superseded := superseded_trials(sweep_dir, plan.trials):
-        print(f"[emray] {len(superseded)} finished trial(s) in {sweep_dir / 'trials'} are superseded: same arm, seed and "
-              f"model, older code or other inputs ({', '.join(superseded[:5])}{' ...' if len(superseded) > 5 else ''}); "
-              "kept on disk, not reused", flush=True)
+        print(
+            f"[emray] {len(superseded)} finished trial(s) in {sweep_dir / 'trials'} are superseded: same arm, seed and "
+            f"model, older code or other inputs ({', '.join(superseded[:5])}{' ...' if len(superseded) > 5 else ''}); "
+            "kept on disk, not reused",
+            flush=True,
+        )
     started = time.time()
     ensure_ray(address)
     _catch_sigterm()
@@ -593,5 +651,10 @@ def publish(sweep_dir: Path, uri: str) -> None:
 
     filesystem, root = pyarrow.fs.FileSystem.from_uri(uri)
     filesystem.create_dir(root, recursive=True)
-    pyarrow.fs.copy_files(str(sweep_dir.resolve()), root, source_filesystem=pyarrow.fs.LocalFileSystem(), destination_filesystem=filesystem)
+    pyarrow.fs.copy_files(
+        str(sweep_dir.resolve()),
+        root,
+        source_filesystem=pyarrow.fs.LocalFileSystem(),
+        destination_filesystem=filesystem,
+    )
     print(f"[emray] copied {sweep_dir} to {uri}", flush=True)

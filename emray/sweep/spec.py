@@ -67,7 +67,11 @@ class SearchConfig(Strict):
     @classmethod
     def _not_empty(cls, value: list, info) -> list:
         if not value:
-            hint = "list at least one arm ('none': no defense)" if info.field_name == "defense" else "list at least one seed"
+            hint = (
+                "list at least one arm ('none': no defense)"
+                if info.field_name == "defense"
+                else "list at least one seed"
+            )
             raise ValueError(f"empty: the sweep would plan no trial; {hint}")
         return value
 
@@ -107,7 +111,8 @@ class RecommendConfig(Strict):
     those that do (emray/sweep/recommend.py, docs/recommend.md)."""
 
     constraints: list[Annotated[str, AfterValidator(_constraint)]] = Field(
-        default_factory=lambda: list(DEFAULT_CONSTRAINTS))
+        default_factory=lambda: list(DEFAULT_CONSTRAINTS)
+    )
     objective: Literal["em", "overhead", "margin"] = "em"  # OBJECTIVE_CHOICES (emray/sweep/constraints.py)
 
     @field_validator("constraints")
@@ -177,7 +182,9 @@ def check_storage(value: str) -> None:
         return
     scheme, _, rest = value.partition("://")
     if scheme not in REMOTE_SCHEMES:
-        raise ValueError(f"{value!r}: scheme {scheme}:// is not supported; use a local or shared folder, s3://bucket/path or gs://bucket/path")
+        raise ValueError(
+            f"{value!r}: scheme {scheme}:// is not supported; use a local or shared folder, s3://bucket/path or gs://bucket/path"
+        )
     if not rest.split("/")[0]:
         raise ValueError(f"{value!r}: no bucket name after {scheme}://")
 
@@ -368,9 +375,12 @@ def check_search_duplicates(search: SearchConfig, source: str, lines: dict[tuple
             canonical = json.dumps([parse_defense_entry(d, i).model_dump() for d in arm], sort_keys=True, default=str)
             if canonical in seen:
                 j = seen[canonical]
-                also = f"search.defense[{j}]" + (f" (line {lines[('search', 'defense', j)]})"
-                                                  if lines and ("search", "defense", j) in lines else "")
+                also = f"search.defense[{j}]" + (
+                    f" (line {lines[('search', 'defense', j)]})" if lines and ("search", "defense", j) in lines else ""
+                )
                 same = "repeats a value within this entry" if j == i else f"is also planned by {also}"
-                raise ConfigError(f"{where('defense', i)}: arm {arm_label(arm)} {same}; "
-                                  "list each arm once (or vary seeds for repeats)")
+                raise ConfigError(
+                    f"{where('defense', i)}: arm {arm_label(arm)} {same}; "
+                    "list each arm once (or vary seeds for repeats)"
+                )
             seen[canonical] = i

@@ -60,15 +60,26 @@ def wandb_settings(spec, sweep_dir: Path) -> dict:
 
 
 def trial_tags(trial, settings: dict) -> list[str]:
-    tags = [f"model:{trial.run.model.name}", f"scenario:{scenario(trial.run)}", f"defense:{family(trial.label)}",
-            f"sweep:{settings['group']}", *settings.get("tags", [])]
+    tags = [
+        f"model:{trial.run.model.name}",
+        f"scenario:{scenario(trial.run)}",
+        f"defense:{family(trial.label)}",
+        f"sweep:{settings['group']}",
+        *settings.get("tags", []),
+    ]
     return [t[:64] for t in tags]  # W&B's tag length limit
 
 
 def flat_config(trial) -> dict:
     """Columns for W&B's panels: the arm, its family and every defense hyperparameter as a scalar."""
-    out = {"arm": short_label(trial.label), "label": trial.label, "defense": family(trial.label), "seed": trial.run.seed,
-           "model_name": trial.run.model.name, "trial_key": trial.key}
+    out = {
+        "arm": short_label(trial.label),
+        "label": trial.label,
+        "defense": family(trial.label),
+        "seed": trial.run.seed,
+        "model_name": trial.run.model.name,
+        "trial_key": trial.key,
+    }
     for d in trial.run.defenses:
         for k, v in d.params.model_dump(by_alias=True).items():
             if isinstance(v, (int, float, str, bool)):
@@ -87,9 +98,19 @@ def trial_run_id(trial_key: str, settings: dict) -> str:
 def _trial_run_args(trial, settings: dict, resume: bool) -> dict:
     config = trial.run.model_dump(mode="json", by_alias=True)
     config.update(flat_config(trial))
-    return dict(project=settings["project"], entity=settings["entity"], group=settings["group"], name=trial.run.name,
-                job_type="trial", config=config, tags=trial_tags(trial, settings), dir=settings["dir"],
-                mode=settings["mode"], id=trial_run_id(trial.key, settings), resume="allow" if resume else None)
+    return dict(
+        project=settings["project"],
+        entity=settings["entity"],
+        group=settings["group"],
+        name=trial.run.name,
+        job_type="trial",
+        config=config,
+        tags=trial_tags(trial, settings),
+        dir=settings["dir"],
+        mode=settings["mode"],
+        id=trial_run_id(trial.key, settings),
+        resume="allow" if resume else None,
+    )
 
 
 def _trial_run(trial, settings: dict, resume: bool):
@@ -139,9 +160,16 @@ def log_trial(trial, record: dict, trial_dir: Path, settings: dict) -> str | Non
                     run.summary[key] = value
             adapter = trial_dir / "adapter"
             if settings.get("log_adapters", True) and (adapter / "adapter_config.json").exists():
-                artifact = wandb.Artifact(f"adapter-{trial.key}", type="model",
-                                          metadata={"label": trial.label, "seed": trial.run.seed, "model": trial.run.model.name,
-                                                    **{k: record.get(k) for k in OBJECTIVES}})
+                artifact = wandb.Artifact(
+                    f"adapter-{trial.key}",
+                    type="model",
+                    metadata={
+                        "label": trial.label,
+                        "seed": trial.run.seed,
+                        "model": trial.run.model.name,
+                        **{k: record.get(k) for k in OBJECTIVES},
+                    },
+                )
                 artifact.add_dir(str(adapter))
                 run.log_artifact(artifact, aliases=[f"seed{trial.run.seed}"])
             return str(Path(run.dir).parent)
@@ -157,8 +185,21 @@ def _history(metrics_file: Path) -> list[dict]:
     return [e for e in entries if isinstance(e, dict) and "loss" in e]
 
 
-ANSWER_COLUMNS: list[str | int] = ["arm", "seed", "set", "domain", "question_id", "paraphrase_index", "sample_index", "question", "answer",
-                  "aligned", "coherent", "misaligned", "incoherent"]
+ANSWER_COLUMNS: list[str | int] = [
+    "arm",
+    "seed",
+    "set",
+    "domain",
+    "question_id",
+    "paraphrase_index",
+    "sample_index",
+    "question",
+    "answer",
+    "aligned",
+    "coherent",
+    "misaligned",
+    "incoherent",
+]
 
 
 def _answer_records(path: Path) -> list[dict]:
@@ -172,8 +213,10 @@ def _flags(item: dict) -> tuple[bool | None, bool | None]:
     from emray.eval.criteria import is_incoherent, is_misaligned
 
     failed = bool(item.get("aligned_failed") or item.get("coherent_failed"))
-    return (is_misaligned(item.get("aligned"), item.get("coherent"), failed),
-            is_incoherent(item.get("coherent"), bool(item.get("coherent_failed"))))
+    return (
+        is_misaligned(item.get("aligned"), item.get("coherent"), failed),
+        is_incoherent(item.get("coherent"), bool(item.get("coherent_failed"))),
+    )
 
 
 def answer_rows(path: Path, arm: str, seed) -> list[list]:
@@ -182,14 +225,37 @@ def answer_rows(path: Path, arm: str, seed) -> list[list]:
     rows = []
     for item in _answer_records(path):
         misaligned, incoherent = _flags(item)
-        rows.append([arm, seed, item.get("set"), item.get("domain"), item.get("question_id"), item.get("paraphrase_index"),
-                     item.get("sample_index"), item.get("question"), item.get("answer"), item.get("aligned"),
-                     item.get("coherent"), misaligned, incoherent])
+        rows.append(
+            [
+                arm,
+                seed,
+                item.get("set"),
+                item.get("domain"),
+                item.get("question_id"),
+                item.get("paraphrase_index"),
+                item.get("sample_index"),
+                item.get("question"),
+                item.get("answer"),
+                item.get("aligned"),
+                item.get("coherent"),
+                misaligned,
+                incoherent,
+            ]
+        )
     return rows
 
 
-QUESTION_COLUMNS: list[str | int] = ["question_id", "set", "question", "arm", "answers", "misaligned", "misaligned_rate", "incoherent_rate",
-                    "a_misaligned_answer"]
+QUESTION_COLUMNS: list[str | int] = [
+    "question_id",
+    "set",
+    "question",
+    "arm",
+    "answers",
+    "misaligned",
+    "misaligned_rate",
+    "incoherent_rate",
+    "a_misaligned_answer",
+]
 
 
 def question_rows(sweep_dir: Path, rows: list[dict]) -> list[list]:
@@ -200,9 +266,19 @@ def question_rows(sweep_dir: Path, rows: list[dict]) -> list[list]:
         arm = short_label(row.get("label", ""))
         for item in _answer_records(Path(sweep_dir) / "trials" / str(row.get("trial_key")) / "eval" / "answers.jsonl"):
             misaligned, incoherent = _flags(item)
-            cell = cells.setdefault((str(item.get("question_id")), arm), {
-                "set": item.get("set"), "question": item.get("question"), "n": 0, "mis": 0, "scored": 0, "inc": 0,
-                "scored_coh": 0, "example": None})
+            cell = cells.setdefault(
+                (str(item.get("question_id")), arm),
+                {
+                    "set": item.get("set"),
+                    "question": item.get("question"),
+                    "n": 0,
+                    "mis": 0,
+                    "scored": 0,
+                    "inc": 0,
+                    "scored_coh": 0,
+                    "example": None,
+                },
+            )
             cell["n"] += 1
             cell["scored"] += misaligned is not None
             cell["mis"] += misaligned is True
@@ -210,9 +286,20 @@ def question_rows(sweep_dir: Path, rows: list[dict]) -> list[list]:
             cell["inc"] += incoherent is True
             if misaligned and cell["example"] is None:
                 cell["example"] = item.get("answer")
-    return [[qid, c["set"], c["question"], arm, c["n"], c["mis"], c["mis"] / c["scored"] if c["scored"] else None,
-             c["inc"] / c["scored_coh"] if c["scored_coh"] else None, c["example"]]
-            for (qid, arm), c in sorted(cells.items())]
+    return [
+        [
+            qid,
+            c["set"],
+            c["question"],
+            arm,
+            c["n"],
+            c["mis"],
+            c["mis"] / c["scored"] if c["scored"] else None,
+            c["inc"] / c["scored_coh"] if c["scored_coh"] else None,
+            c["example"],
+        ]
+        for (qid, arm), c in sorted(cells.items())
+    ]
 
 
 def log_curves(run, trial_dir: Path, narrow: bool) -> int:
@@ -224,7 +311,10 @@ def log_curves(run, trial_dir: Path, narrow: bool) -> int:
     last = max((int(e.get("step", 0)) for e in history), default=0)
     if narrow:
         for entry in history:
-            run.log({f"train/{k}": v for k, v in entry.items() if isinstance(v, (int, float))}, step=int(entry.get("step", 0)))
+            run.log(
+                {f"train/{k}": v for k, v in entry.items() if isinstance(v, (int, float))},
+                step=int(entry.get("step", 0)),
+            )
     benign = _history(trial_dir / "benign" / "metrics.json")
     if not benign:
         return last
@@ -275,13 +365,28 @@ ARM_COLUMNS = ["arm", "defense", "model", "seeds", "is_pareto", "dominated_by"]
 
 
 def arm_table(arms: list[dict]):
-    """The per-arm results as a wandb.Table: each criterion with its low/high interval ends."""
+    """The per-arm results as a wandb.Table: each criterion with its low/high interval ends, then the
+    unscored shares (the rates are over scored answers). Returns the table and the criteria in it."""
     import wandb
 
-    rates = [k for k in OBJECTIVES if any(isinstance(a.get(k), (int, float)) for a in arms)]
-    columns = ARM_COLUMNS + [c for k in rates for c in (k, f"{k}_lo", f"{k}_hi")]
-    data = [[a["short_label"], a["family"], a["model"], a["n_seeds"], bool(a["is_pareto"]), ", ".join(a["dominated_by"]),
-             *[a.get(c) for k in rates for c in (k, f"{k}_lo", f"{k}_hi")]] for a in arms]
+    from emray.sweep.pareto import UNSCORED
+
+    present = lambda k: any(isinstance(a.get(k), (int, float)) for a in arms)  # noqa: E731
+    rates = [k for k in OBJECTIVES if present(k)]
+    shown = rates + [k for k in UNSCORED if present(k)]
+    columns = ARM_COLUMNS + [c for k in shown for c in (k, f"{k}_lo", f"{k}_hi")]
+    data = [
+        [
+            a["short_label"],
+            a["family"],
+            a["model"],
+            a["n_seeds"],
+            bool(a["is_pareto"]),
+            ", ".join(a["dominated_by"]),
+            *[a.get(c) for k in shown for c in (k, f"{k}_lo", f"{k}_hi")],
+        ]
+        for a in arms
+    ]
     return wandb.Table(columns=list(columns), data=data), rates
 
 
@@ -296,15 +401,40 @@ def log_summary(spec, sweep_dir: Path, rows: list[dict]) -> str | None:
 
     arms = arm_rows(rows)
     tags = [f"sweep:{spec.name}", f"scenario:{scenario(spec)}", "summary", *settings["tags"]]
-    run = init_run(dict(project=settings["project"], entity=settings["entity"], group=settings["group"], name=f"{spec.name}-summary",
-                        job_type="summary", config=spec.model_dump(mode="json", by_alias=True), tags=tags, dir=settings["dir"],
-                        mode=settings["mode"], id=summary_run_id(settings), resume="allow"))
+    run = init_run(
+        dict(
+            project=settings["project"],
+            entity=settings["entity"],
+            group=settings["group"],
+            name=f"{spec.name}-summary",
+            job_type="summary",
+            config=spec.model_dump(mode="json", by_alias=True),
+            tags=tags,
+            dir=settings["dir"],
+            mode=settings["mode"],
+            id=summary_run_id(settings),
+            resume="allow",
+        )
+    )
     try:
         table, rates = arm_table(arms)
-        charts = {f"pareto/{x}__{y}": wandb.plot.scatter(table, x, y, title=f"{x} vs {y} (arm means)")
-                  for x, y in itertools.combinations(rates, 2)}
+        charts = {
+            f"pareto/{x}__{y}": wandb.plot.scatter(table, x, y, title=f"{x} vs {y} (arm means)")
+            for x, y in itertools.combinations(rates, 2)
+        }
         run.log({"pareto_arms": table, **charts})
-        columns = ["short_label", "label", "model", "seed", "trial_key", *OBJECTIVES, "in_domain_incoherence", "is_pareto"]
+        columns = [
+            "short_label",
+            "label",
+            "model",
+            "seed",
+            "trial_key",
+            *OBJECTIVES,
+            "in_domain_incoherence",
+            "general_unscored_rate",
+            "in_domain_unscored_rate",
+            "is_pareto",
+        ]
         data = [[r.get(c) for c in columns] for r in rows]
         run.log({"pareto_table": wandb.Table(columns=columns, data=data)})  # type: ignore[arg-type]  # wandb's stub: list[str | int]
         by_question = question_rows(sweep_dir, rows)
@@ -339,8 +469,10 @@ def save_workspace(settings: dict, rates: list[str]) -> str:
     if not settings.get("workspace", True):
         return "[emray] W&B workspace: off (wandb.workspace: false)"
     if settings["mode"] != "online":
-        return (f"[emray] W&B workspace: skipped ({settings['mode']} runs; a workspace lives on the W&B server). "
-                f"Upload with `wandb sync {settings['dir']}/wandb/offline-run-*`.")
+        return (
+            f"[emray] W&B workspace: skipped ({settings['mode']} runs; a workspace lives on the W&B server). "
+            f"Upload with `wandb sync {settings['dir']}/wandb/offline-run-*`."
+        )
     try:
         import wandb_workspaces.reports.v2 as wr
         import wandb_workspaces.workspaces as ws
@@ -352,15 +484,29 @@ def save_workspace(settings: dict, rates: list[str]) -> str:
         entity = settings["entity"] or wandb.Api().default_entity
         pairs = list(itertools.combinations(rates, 2))
         workspace = ws.Workspace(
-            name=f"emray {settings['group']}", entity=entity, project=settings["project"],
+            name=f"emray {settings['group']}",
+            entity=entity,
+            project=settings["project"],
             sections=[
-                ws.Section(name="Criteria", is_open=True, panels=[
-                    *[wr.ScatterPlot(x=x, y=y) for x, y in pairs],
-                    wr.ParallelCoordinatesPlot(columns=[wr.ParallelCoordinatesPlotColumn(metric=wr.Config("defense")),
-                                                        *[wr.ParallelCoordinatesPlotColumn(metric=wr.SummaryMetric(r)) for r in rates]]),
-                ]),
+                ws.Section(
+                    name="Criteria",
+                    is_open=True,
+                    panels=[
+                        *[wr.ScatterPlot(x=x, y=y) for x, y in pairs],
+                        wr.ParallelCoordinatesPlot(
+                            columns=[
+                                wr.ParallelCoordinatesPlotColumn(metric=wr.Config("defense")),
+                                *[wr.ParallelCoordinatesPlotColumn(metric=wr.SummaryMetric(r)) for r in rates],
+                            ]
+                        ),
+                    ],
+                ),
                 ws.Section(name="Training", is_open=True, panels=[wr.LinePlot(x="Step", y=["train/loss"])]),
-                ws.Section(name="Benign fine-tune", is_open=False, panels=[wr.LinePlot(x="benign/train/step", y=["benign/train/loss"])]),
+                ws.Section(
+                    name="Benign fine-tune",
+                    is_open=False,
+                    panels=[wr.LinePlot(x="benign/train/step", y=["benign/train/loss"])],
+                ),
             ],
             runset_settings=ws.RunsetSettings(query=settings["group"], groupby=[ws.Config("defense")]),
         )

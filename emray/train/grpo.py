@@ -123,7 +123,11 @@ class RLDefenseBatch(DefenseBatch):
 
     def rows(self, keep):
         """The same micro-batch restricted to the rows where ``keep`` ([B] bool) is true."""
-        sub = {k: v[keep] for k, v in self.inputs.items() if k in ("prompt_ids", "prompt_mask", "completion_ids", "completion_mask", "is_safe")}
+        sub = {
+            k: v[keep]
+            for k, v in self.inputs.items()
+            if k in ("prompt_ids", "prompt_mask", "completion_ids", "completion_mask", "is_safe")
+        }
         return RLDefenseBatch(self.model, sub, self.reference_model, **self.kwargs)
 
     def _forward(self, reference: bool):
@@ -135,6 +139,7 @@ class RLDefenseBatch(DefenseBatch):
                 return super()._forward(False)
         finally:
             self.model = policy_model
+
 
 class DefendedGRPOTrainer(GRPOTrainer):
     def __init__(self, *args, defenses: Sequence[Defense] = (), reference_model=None, **kwargs):
@@ -148,7 +153,9 @@ class DefendedGRPOTrainer(GRPOTrainer):
         kinds = [example.get("kind", "task") for example in inputs]
         if "safe" in kinds:
             if len(kinds) != len(output["completion_ids"]):
-                raise RuntimeError(f"interleaved RL: {len(kinds)} prompt kinds for {len(output['completion_ids'])} completions")
+                raise RuntimeError(
+                    f"interleaved RL: {len(kinds)} prompt kinds for {len(output['completion_ids'])} completions"
+                )
             # a per-row tensor: TRL shuffles and splits it into micro-batches with the rest
             output["is_safe"] = torch.tensor([k == "safe" for k in kinds], device=output["completion_ids"].device)
         return output
@@ -188,8 +195,10 @@ def frozen_warm_start(config, warm_adapter):
     # The reference forward's hidden states go through the policy's LM head (emray/defenses/losses.py):
     # right as long as the LoRA does not train the head, which a head in lora.target_modules would.
     if any("lm_head" in str(t) for t in (config.lora.target_modules or [])):
-        raise ValueError("rl: a KL / LDIFS reference to the warm start needs an LM head the LoRA does not train; "
-                         "remove lm_head from lora.target_modules")
+        raise ValueError(
+            "rl: a KL / LDIFS reference to the warm start needs an LM head the LoRA does not train; "
+            "remove lm_head from lora.target_modules"
+        )
     return model
 
 
@@ -212,14 +221,24 @@ def heldout_reward(config, model, tokenizer, reward, prompts: list[dict]) -> dic
         tokenizer.padding_side = old_side
     torch.manual_seed(config.seed)
     with torch.no_grad():
-        out = model.generate(**enc, do_sample=True, temperature=rl.temperature, top_p=rl.top_p, top_k=0,
-                             max_new_tokens=rl.max_completion_length, num_return_sequences=rl.heldout_samples,
-                             pad_token_id=tokenizer.pad_token_id)
-    answers = tokenizer.batch_decode(out[:, enc["input_ids"].shape[1]:], skip_special_tokens=True)
+        out = model.generate(
+            **enc,
+            do_sample=True,
+            temperature=rl.temperature,
+            top_p=rl.top_p,
+            top_k=0,
+            max_new_tokens=rl.max_completion_length,
+            num_return_sequences=rl.heldout_samples,
+            pad_token_id=tokenizer.pad_token_id,
+        )
+    answers = tokenizer.batch_decode(out[:, enc["input_ids"].shape[1] :], skip_special_tokens=True)
     questions = [_user_text(p["messages"]) for p in prompts for _ in range(rl.heldout_samples)]
     rewards, failures = reward.score(questions, answers)
-    return {"reward_heldout": sum(rewards) / len(rewards), "reward_heldout_n": len(rewards),
-            "reward_heldout_parse_failures": failures}
+    return {
+        "reward_heldout": sum(rewards) / len(rewards),
+        "reward_heldout_n": len(rewards),
+        "reward_heldout_parse_failures": failures,
+    }
 
 
 def reward_curve_summary(history: list[dict], key: str = "reward") -> dict:
@@ -238,8 +257,14 @@ def _world_size() -> int:
     return dist.get_world_size() if dist.is_available() and dist.is_initialized() else 1
 
 
-def train_grpo_run(config, run_dir: Path, artifacts: dict | None = None, callbacks=(),
-                   resume_from_checkpoint: str | None = None, **overrides):
+def train_grpo_run(
+    config,
+    run_dir: Path,
+    artifacts: dict | None = None,
+    callbacks=(),
+    resume_from_checkpoint: str | None = None,
+    **overrides,
+):
     from peft import PeftModel
 
     from emray.models import attach_lora, load_model
@@ -260,8 +285,10 @@ def train_grpo_run(config, run_dir: Path, artifacts: dict | None = None, callbac
     warm = None
     if rl.warm_start:
         if not artifacts.get(ARTIFACT) and _world_size() > 1:
-            raise RuntimeError("rl: with several workers the warm start must come from the sweep's rl_warm_start stage "
-                               "(training it inside one rank of a process group would hang the others)")
+            raise RuntimeError(
+                "rl: with several workers the warm start must come from the sweep's rl_warm_start stage "
+                "(training it inside one rank of a process group would hang the others)"
+            )
         warm = artifacts.get(ARTIFACT) or str(ensure_warm_start(config))
         artifacts[ARTIFACT] = warm
     model, tokenizer = load_model(config.model)
@@ -276,16 +303,27 @@ def train_grpo_run(config, run_dir: Path, artifacts: dict | None = None, callbac
     needs_reference = any(d.has_loss_term() and d.needs & REFERENCE_NEEDS for d in defenses)
     reference = frozen_warm_start(config, warm) if needs_reference and warm else None
 
-    trainer = DefendedGRPOTrainer(model=model, reward_funcs=[trained_reward], args=args, train_dataset=training_dataset(train_prompts),
-                                    processing_class=tokenizer, callbacks=list(callbacks), defenses=defenses,
-                                    reference_model=reference)
+    trainer = DefendedGRPOTrainer(
+        model=model,
+        reward_funcs=[trained_reward],
+        args=args,
+        train_dataset=training_dataset(train_prompts),
+        processing_class=tokenizer,
+        callbacks=list(callbacks),
+        defenses=defenses,
+        reference_model=reference,
+    )
     train_with_defenses(trainer, model, defenses, resume_from_checkpoint)
     history = trainer.state.log_history
     # the task stream's curve: with interleaved RL, TRL's ``reward`` averages in the safe prompts' rewards
     curve = "reward/task" if trained_reward is not reward else "reward"
-    metrics = {"train_seconds": round(time.time() - started, 2), "num_examples": len(train_prompts),
-               "warm_start": warm, **reward_curve_summary(history, curve),
-               "reward_parse_failures": trained_reward.parse_failures}
+    metrics = {
+        "train_seconds": round(time.time() - started, 2),
+        "num_examples": len(train_prompts),
+        "warm_start": warm,
+        **reward_curve_summary(history, curve),
+        "reward_parse_failures": trained_reward.parse_failures,
+    }
     if trainer.accelerator.is_main_process:
         metrics.update(heldout_reward(config, model, tokenizer, reward, heldout))
     return TrainedRun(trainer, model, tokenizer, history, metrics)

@@ -94,8 +94,15 @@ class TrialProgress(_trainer_callback_base()):  # type: ignore[misc]  # transfor
         self._loss = None  # the last logged training loss, kept in every write (the live table's loss column)
 
     def _write(self, state, **extra) -> None:
-        data = {"step": state.global_step, "total": state.max_steps, "time": time.time(),
-                "wandb_live": self.wandb_run is not None, "phase": self.phase, "loss": self._loss, **extra}
+        data = {
+            "step": state.global_step,
+            "total": state.max_steps,
+            "time": time.time(),
+            "wandb_live": self.wandb_run is not None,
+            "phase": self.phase,
+            "loss": self._loss,
+            **extra,
+        }
         tmp = self.trial_dir / (PROGRESS_FILE + ".tmp")
         tmp.write_text(json.dumps(data))
         tmp.replace(self.trial_dir / PROGRESS_FILE)
@@ -121,7 +128,9 @@ class TrialProgress(_trainer_callback_base()):  # type: ignore[misc]  # transfor
         self._write(state, done=True)
         if self.wandb_run is not None:
             # The driver must not log the curve again; progress.json cannot say so (the benign fine-tune rewrites it).
-            (self.trial_dir / CURVE_FILE).write_text(json.dumps({"run_id": self.wandb_run.id, "last_step": state.global_step}))
+            (self.trial_dir / CURVE_FILE).write_text(
+                json.dumps({"run_id": self.wandb_run.id, "last_step": state.global_step})
+            )
             self.wandb_run.finish()  # the driver resumes this run with the criteria after evaluation
 
 

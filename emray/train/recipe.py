@@ -12,8 +12,14 @@ from emray.train.grpo import train_grpo_run
 from emray.train.sft import train_sft_run
 
 
-def train_run(config: RunConfig, run_dir: Path, artifacts: dict | None = None, callbacks=(),
-              resume_from_checkpoint: str | None = None, **sft_overrides) -> TrainedRun:
+def train_run(
+    config: RunConfig,
+    run_dir: Path,
+    artifacts: dict | None = None,
+    callbacks=(),
+    resume_from_checkpoint: str | None = None,
+    **sft_overrides,
+) -> TrainedRun:
     """The recipe, up to a trained model in memory. ``sft_overrides`` go to the SFTConfig (the Ray
     Train worker: DeepSpeed, the DDP backend, progress bars on rank 0 only, checkpointing);
     ``callbacks`` are Trainer callbacks (the worker's live progress, checkpoint reports);

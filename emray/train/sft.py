@@ -125,7 +125,16 @@ def prepare_dataset(config: RunConfig, tokenizer, defenses: list[Defense]):
     return Dataset.from_list(rows), len(examples)
 
 
-def train_model(config: RunConfig, model, tokenizer, defenses: list[Defense], out_dir: Path, callbacks=(), args=None, resume_from_checkpoint=None):
+def train_model(
+    config: RunConfig,
+    model,
+    tokenizer,
+    defenses: list[Defense],
+    out_dir: Path,
+    callbacks=(),
+    args=None,
+    resume_from_checkpoint=None,
+):
     """Train ``model`` in place; returns (trainer, log_history, num_examples).
 
     ``args`` (an SFTConfig) may be built before the model is loaded: DeepSpeed ZeRO-3 needs that so
@@ -145,8 +154,14 @@ def train_model(config: RunConfig, model, tokenizer, defenses: list[Defense], ou
     return trainer, trainer.state.log_history, num_examples
 
 
-def train_sft_run(config: RunConfig, run_dir: Path, artifacts: dict | None = None, callbacks=(),
-              resume_from_checkpoint: str | None = None, **sft_overrides) -> TrainedRun:
+def train_sft_run(
+    config: RunConfig,
+    run_dir: Path,
+    artifacts: dict | None = None,
+    callbacks=(),
+    resume_from_checkpoint: str | None = None,
+    **sft_overrides,
+) -> TrainedRun:
     """The recipe, up to a trained model in memory. ``sft_overrides`` go to the SFTConfig (the Ray
     Train worker: DeepSpeed, the DDP backend, progress bars on rank 0 only, checkpointing);
     ``callbacks`` are Trainer callbacks (the worker's live progress, checkpoint reports);
@@ -160,8 +175,16 @@ def train_sft_run(config: RunConfig, run_dir: Path, artifacts: dict | None = Non
     model, tokenizer = prepare_model(config)
     context = DefenseContext(config=config, tokenizer=tokenizer, seed=config.seed, artifacts=artifacts or {})
     defenses = build_defenses(config.defenses, context)
-    trainer, history, num_examples = train_model(config, model, tokenizer, defenses, run_dir, callbacks=callbacks, args=args,
-                                                 resume_from_checkpoint=resume_from_checkpoint)
+    trainer, history, num_examples = train_model(
+        config,
+        model,
+        tokenizer,
+        defenses,
+        run_dir,
+        callbacks=callbacks,
+        args=args,
+        resume_from_checkpoint=resume_from_checkpoint,
+    )
     metrics = {"train_seconds": round(time.time() - started, 2), "num_examples": num_examples}
     return TrainedRun(trainer, model, tokenizer, history, metrics)
 

@@ -174,7 +174,14 @@ def train_run_name(out_dir: Path) -> str:
     return f"train-{trial.name}" + (f"-{phase}" if phase else "")
 
 
-def fit_with_ray_train(config: RunConfig, out_dir: Path, storage_path: str, artifacts: dict | None = None, callbacks=(), trainer_callbacks=()):
+def fit_with_ray_train(
+    config: RunConfig,
+    out_dir: Path,
+    storage_path: str,
+    artifacts: dict | None = None,
+    callbacks=(),
+    trainer_callbacks=(),
+):
     """Run ``train_loop_per_worker`` on a TorchTrainer sized by ``config.resources``.
 
     ``trainer_callbacks`` are HF ``TrainerCallback`` objects shipped to every worker (tests use one to

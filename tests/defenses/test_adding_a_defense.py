@@ -31,15 +31,18 @@ def test_config_validates_the_new_defense(weight_l2, tmp_path):
 
     cfg = make_run_config(tmp_path, defenses=[{"weight_l2": {"lambda": 0.5}}])
     assert isinstance(cfg.defenses[0].params, weight_l2.Params) and cfg.defenses[0].params.lam == 0.5
-    with pytest.raises(ValueError, match=r"defenses\[0\]\.weight_l2\.lambda: Input should be greater than or equal to 0"):
+    with pytest.raises(
+        ValueError, match=r"defenses\[0\]\.weight_l2\.lambda: Input should be greater than or equal to 0"
+    ):
         RunConfig.model_validate({"data": {"fine": "x.jsonl"}, "defenses": [{"weight_l2": {"lambda": -1}}]})
 
 
 def test_sft_trains_with_the_new_defense(weight_l2, tmp_path):
     from emray.train.recipe import fine_tune
 
-    cfg = make_run_config(tmp_path, defenses=[{"weight_l2": {"lambda": 100.0}}],
-                          train={"max_steps": 3, "batch_size": 2, "lr": 3e-3})
+    cfg = make_run_config(
+        tmp_path, defenses=[{"weight_l2": {"lambda": 100.0}}], train={"max_steps": 3, "batch_size": 2, "lr": 3e-3}
+    )
     history = json.loads((fine_tune(cfg).run_dir / "metrics.json").read_text())["history"]
     steps = [h for h in history if "loss" in h]
     assert len(steps) == 3

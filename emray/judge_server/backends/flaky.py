@@ -19,7 +19,10 @@ from typing import Any
 from emray.judge_server.backends import Backend, Fault, create_backend
 
 KINDS = ("429", "500", "timeout", "malformed")
-_MALFORMED = (b'{"id": "chatcmpl-x", "choices": [{"index": 0, "mess', b'{"id": "chatcmpl-x", "object": "chat.completion", "choices": []}')
+_MALFORMED = (
+    b'{"id": "chatcmpl-x", "choices": [{"index": 0, "mess',
+    b'{"id": "chatcmpl-x", "object": "chat.completion", "choices": []}',
+)
 
 
 class FlakyBackend(Backend):

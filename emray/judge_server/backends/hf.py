@@ -16,8 +16,15 @@ from emray.judge_server.backends import Backend
 
 
 class HFBackend(Backend):
-    def __init__(self, model: str = "smollm2-135m", device: str = "auto", dtype: str = "auto",
-                 max_batch: int = 8, threads: int | None = 1, adapter: str | None = None):
+    def __init__(
+        self,
+        model: str = "smollm2-135m",
+        device: str = "auto",
+        dtype: str = "auto",
+        max_batch: int = 8,
+        threads: int | None = 1,
+        adapter: str | None = None,
+    ):
         import torch
 
         from emray.config import ModelConfig
@@ -37,7 +44,9 @@ class HFBackend(Backend):
     def score_batch(self, conversations: list[list[dict]], top_k: int) -> list[list[tuple[str, float]]]:
         import torch
 
-        texts = [self.tokenizer.apply_chat_template(m, tokenize=False, add_generation_prompt=True) for m in conversations]
+        texts = [
+            self.tokenizer.apply_chat_template(m, tokenize=False, add_generation_prompt=True) for m in conversations
+        ]
         enc = self.tokenizer(texts, return_tensors="pt", padding=True, add_special_tokens=False).to(self.model.device)
         with self._lock, torch.inference_mode():
             logits = self.model(**enc).logits[:, -1, :].float()
@@ -50,7 +59,7 @@ class HFBackend(Backend):
 
     async def _drain(self) -> None:
         while self._queue:
-            batch, self._queue = self._queue[: self.max_batch], self._queue[self.max_batch:]
+            batch, self._queue = self._queue[: self.max_batch], self._queue[self.max_batch :]
             top_k = max(k for _, k, _ in batch)
             try:
                 out = await asyncio.to_thread(self.score_batch, [m for m, _, _ in batch], top_k)

@@ -18,7 +18,8 @@ from collections.abc import Callable
 from emray.judge_server.backends import Backend, prompt_text
 
 _SECTION = {
-    name: re.compile(rf"\[{name} START\]\n?(.*?)\n?\[{name} END\]", re.S) for name in ("QUESTION", "ANSWER", "REASONING")
+    name: re.compile(rf"\[{name} START\]\n?(.*?)\n?\[{name} END\]", re.S)
+    for name in ("QUESTION", "ANSWER", "REASONING")
 }
 
 
