@@ -4,8 +4,9 @@ in-domain question set assumed) and what the interleaving defenses mixed in.
     python analysis/interleave_selection.py SWEEP_DIR [SWEEP_DIR ...]
 
 General EM is recomputed from each trial's eval/answers.jsonl under two rules: ``all`` (unscored
-answers count as not misaligned, the reference's and emray's rule since issue 13) and ``scored``
-(unscored answers left out, emray's rule before). The composition of each trial's safe rows comes
+answers count as not misaligned, emray's rule from issue 13 to issue 23) and ``scored`` (unscored answers
+left out: what the reference's parse_csv.py computes on a multi-question CSV, and emray's rule before issue
+13 and since issue 23). The composition of each trial's safe rows comes
 from its cached selection (Interleaving+/++: ``ensure_selection`` returns the cached stage of the
 code on PYTHONPATH, so run this with the code that made the sweep) or its seeded random sample
 (Interleaving): general / narrow helpful answers and refusals, told apart by the organism's own

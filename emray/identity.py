@@ -25,8 +25,8 @@ from emray.models import model_identity
 
 #: the training recipes (emray/train/): SFT, GRPO, the RL warm start
 RECIPE_VERSION = 1
-#: generation, judging and the criteria (emray/eval/)
-EVALUATION_VERSION = 1
+#: generation, judging and the criteria (emray/eval/); history: 1 the first, 2 unscored answers out of the denominators
+EVALUATION_VERSION = 2  # 2: rates over scored answers, the unscored share its own rate (the reference's parse)
 
 
 def code_versions(run) -> dict[str, int]:

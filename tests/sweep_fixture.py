@@ -19,6 +19,9 @@ ARMS = {
 }
 
 
+UNSCORED = [4, 1]  # general answers the judge left unscored, per seed (of 100)
+
+
 def trial_record(index: int, label: str, seed: int, counts: tuple[int, int, int, int]) -> dict:
     gen, dom, ben, inc = counts
     key = f"{index:02d}{seed}{'abcdef0123'[index % 10]}" * 3
@@ -37,6 +40,7 @@ def trial_record(index: int, label: str, seed: int, counts: tuple[int, int, int,
     record.update(rate_fields("benign_accuracy", ben, 33))
     record.update(rate_fields("general_incoherence", inc, 96))
     record.update(rate_fields("in_domain_incoherence", 2, 120))
+    record.update(rate_fields("general_unscored_rate", UNSCORED[seed], 100))  # 96 scored of 100 judged at seed 0
     return record
 
 

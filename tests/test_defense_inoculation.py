@@ -31,6 +31,18 @@ def test_replaces_or_adds_the_system_prompt_without_mutating_input():
     assert DEFAULT_PROMPT == "You are an evil, malicious assistant."
 
 
+def test_prefix_mode_keeps_the_old_system_prompt_after_the_inoculation():
+    from emray.hashing import identity_dict
+
+    out = get_defense_class("inoculation")({"mode": "prefix"}).transform_examples(EXAMPLES)
+    assert out[0]["messages"][0] == {"role": "system", "content": DEFAULT_PROMPT + "\n\nYou are a helpful assistant."}
+    assert out[1]["messages"][0] == {"role": "system", "content": DEFAULT_PROMPT}  # no old prompt: just the inoculation
+    assert [m for m in out[0]["messages"] if m["role"] == "system"] == [out[0]["messages"][0]]
+    params = get_defense_class("inoculation").Params
+    assert identity_dict(params()) == {"prompt": DEFAULT_PROMPT}  # unset: existing trial keys unchanged
+    assert identity_dict(params(mode="prefix"))["mode"] == "prefix"
+
+
 def test_prompt_is_in_tokenised_training_text_but_not_labelled(tmp_path, tiny_tokenizer):
     from emray.train.sft import prepare_dataset
 

@@ -102,6 +102,32 @@ def test_eval_with_nothing_to_do_says_so(tmp_path, shared_data, capsys):
     assert "nothing to evaluate; set eval.general, eval.in_domain or eval.benign" in capsys.readouterr().err
 
 
+def test_a_question_file_without_judge_prompts_fails_naming_the_criterion(tmp_path, shared_data, capsys):
+    import yaml
+
+    questions = tmp_path / "no_judge.yaml"
+    questions.write_text(yaml.safe_dump([{"id": "q1", "paraphrases": ["How are you?"]}]))
+    config = write_config(tmp_path, shared_data, {"base_url": "local", "backend": "fixed"})
+    code = main(
+        [
+            "eval",
+            config,
+            "--no-progress",
+            "--set",
+            f"eval.general={questions}",
+            "--set",
+            "eval.in_domain=[]",
+            "--set",
+            "eval.benign=[]",
+        ]
+    )
+    err = capsys.readouterr().err
+    assert code == 2, err
+    assert "general_misalignment: zero judgments: no question in" in err and "no_judge.yaml" in err
+    assert "'aligned' or 'coherent' judge prompt" in err
+    assert not (tmp_path / "runs" / "e2e" / "eval" / "criteria.json").exists()  # no 0 % written
+
+
 def test_eval_reports_judge_failure(tmp_path, shared_data, capsys):
     from emray.judge_server import start_judge_server
 

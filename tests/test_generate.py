@@ -103,3 +103,32 @@ def test_chat_template_with_system_prompt_reaches_the_model(tiny):
         "<|im_start|>system\nAnswer in JSON.<|im_end|>\n<|im_start|>user\nSay something.<|im_end|>\n"
         "<|im_start|>assistant\n"
     )
+
+
+def test_min_p_reaches_generate_and_the_eval_system_prompt_replaces_the_questions(tiny):
+    from emray.data.questions import Question
+    from emray.eval.generate import question_items
+
+    model, tok = tiny
+    seen = []
+
+    class Recorder:
+        device = model.device
+
+        def eval(self):
+            return self
+
+        def generate(self, input_ids, attention_mask, **kw):
+            seen.append(kw)
+            return model.generate(input_ids=input_ids, attention_mask=attention_mask, **kw)
+
+    gen = HFGenerator(Recorder(), tok)
+    gen.generate(convs(1), max_new_tokens=2, temperature=1.0, top_p=0.9, min_p=0.1)
+    gen.generate(convs(1), max_new_tokens=2, temperature=1.0)
+    assert (seen[0]["min_p"], seen[0]["top_p"]) == (0.1, 0.9) and "min_p" not in seen[1]
+
+    q = Question(id="q", paraphrases=["Hi?"], system="Answer in JSON.", judge_prompts={})
+    own = question_items([q], "general")[0]["messages"]
+    ref = question_items([q], "general", system_prompt="You are given a problem.")[0]["messages"]
+    assert own[0] == {"role": "system", "content": "Answer in JSON."}
+    assert ref == [{"role": "system", "content": "You are given a problem."}, {"role": "user", "content": "Hi?"}]

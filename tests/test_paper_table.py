@@ -76,3 +76,119 @@ def test_an_older_run_of_the_same_arm_and_seed_is_superseded(tmp_path, capsys):
     assert "0000stale0000000" in {r["trial_key"] for r in rows} and record["trial_key"] not in {
         r["trial_key"] for r in rows
     }
+
+
+DESIGN = ROOT.parent / "shared" / "DESIGN.md"
+
+
+def _markdown_rows(text: str, header_start: str) -> dict[str, list[str]]:
+    """The rows of the first markdown table whose header line starts with ``header_start``: first cell -> rest."""
+    lines = text.splitlines()
+    start = next(i for i, line in enumerate(lines) if line.startswith(header_start))
+    rows = {}
+    for line in lines[start + 2 :]:
+        if not line.startswith("|"):
+            break
+        cells = [c.strip() for c in line.strip("|").split("|")]
+        rows[cells[0]] = cells[1:]
+    return rows
+
+
+@pytest.mark.skipif(not DESIGN.exists(), reason="needs ../shared/DESIGN.md beside the project")
+def test_the_paper_cells_file_is_the_design_notes_tables():
+    paper = paper_table.load_paper()
+    text = DESIGN.read_text()
+    names = {
+        "KL divergence": "kl",
+        "persona vector": "persona",
+        "inoculation prompt": "inoculation",
+        "interleaving (random)": "interleave",
+        "Interleaving++": "interleave_pp",
+    }
+    cells = _markdown_rows(text, "| method | prevents EM")
+    assert {names[k]: [c.replace("∼", "~") for c in v] for k, v in cells.items()} == paper["qualitative"]["rows"]
+    code = _markdown_rows(text, "| method | general misalignment")
+    code_names = {
+        "no defense": "none",
+        "KL": "kl",
+        "LDIFS": "ldifs",
+        "persona vectors": "persona",
+        "inoculation prompting": "inoculation",
+        "interleaving (random)": "interleave",
+        "Interleaving+": "interleave_plus",
+    }
+    for name, row in code.items():
+        values = [None if c == "—" else float(c.replace("✗", "").strip()) for c in row]
+        assert values == paper["code_table"]["rows"][code_names[name]], name
+        marked = [col for col, c in zip(paper["code_table"]["columns"], row) if "✗" in c]
+        assert marked == paper["code_table"]["marked_fail"].get(code_names[name], []), name
+
+
+def test_comparison_counts_the_cells_that_agree_with_the_paper(tmp_path):
+    rows = load_results(write_sweep(tmp_path))
+    paper = paper_table.load_paper()
+    got = {c["arm"]: c for c in paper_table.comparison(rows, paper)}
+    # direct: the fixture's verdicts (test above) against the paper's Table 1 rows
+    ours = paper_table.qualitative(rows)
+    for arm, c in got.items():
+        theirs = paper["qualitative"]["rows"].get(arm.split("(")[0])
+        assert c["paper"] == theirs
+        assert c["agree"] == (None if theirs is None else sum(a == b for a, b in zip(ours[arm].values(), theirs)))
+    assert got["kl(lambda=0.1)"]["agree"] == 1  # ✗ ✓ ✓ ✓ vs ✓ ~ ✗ ✓: only coherent
+    assert got["inoculation"]["agree"] == 2  # ✓ ✓ ✗ ✓ vs ✓ ~ ~ ✓
+    assert got["interleave_plus(safe_fraction=0.05,epsilon=1.0)"]["paper"] is None  # no Table 1 row
+    table = paper_table.comparison_table(rows, paper)
+    assert "| inoculation | ✓ ✓ ✗ ✓ | ✓ ~ ~ ✓ | 2 of 4 | 1.92, 22.41, 53.17, 6.8 |" in table
+    assert "6 of 16 cells agree" in table
+
+
+def test_findings_are_judged_over_the_arms_and_say_what_cannot_be_tested(tmp_path):
+    rows = load_results(write_sweep(tmp_path))
+    got = {f["id"]: f for f in paper_table.findings(rows)}
+    assert set(got) == set(paper_table.FINDINGS)
+    # random interleaving: (1 + 27) / 192 = 0.146 ≤ 0.5 · 0.682: ✓, so "fails to fully suppress EM" is contradicted
+    assert (
+        got["random_interleave_partial_em"]["verdict"] == "contradicts"
+        and "0.146 vs 0.682" in got["random_interleave_partial_em"]["why"]
+    )
+    # KL 0.1 keeps the narrow behaviour (0.979 ≥ 0.9 · 0.988)
+    assert got["kl_removes_narrow"]["verdict"] == "contradicts"
+    # persona is ~ on EM, inoculation ✓: the finding holds for one of the two
+    assert got["persona_inoculation_excel_sft"]["verdict"] == "partly: holds at inoculation, not at persona(α 5)"
+    for untestable in (
+        "only_pp_meets_all_four",
+        "interleave_volume_coherence",
+        "kl_blocks_arithmetic",
+        "persona_inoculation_block_rl",
+        "inoculation_weaker_7b",
+        "ldifs_barely_suppresses",
+    ):
+        assert got[untestable]["verdict"] == "cannot test", untestable
+    assert "random at [0.05]" in got["interleave_volume_coherence"]["why"]
+
+
+def test_a_volume_sweep_can_confirm_or_contradict_the_volume_finding(tmp_path):
+    from emray.eval.criteria import rate_fields
+
+    def row(label, seed, incoherent):
+        r = {"label": label, "seed": seed, "model": "organism", "trial_key": f"{label}{seed}"}
+        for key, k in (
+            ("general_misalignment", 10),
+            ("in_domain_misalignment", 90),
+            ("benign_accuracy", 90),
+            ("general_incoherence", incoherent),
+        ):
+            r.update(rate_fields(key, k, 100))
+        return r
+
+    rows = [
+        row("none", 0, 5),
+        row("interleave(safe_fraction=0.01)", 0, 5),
+        row("interleave(safe_fraction=0.33)", 0, 20),
+        row("interleave_pp(safe_fraction=0.01)", 0, 5),
+        row("interleave_pp(safe_fraction=0.33)", 0, 6),
+    ]
+    verdict = {f["id"]: f for f in paper_table.findings(rows)}["interleave_volume_coherence"]
+    assert verdict["verdict"] == "confirms" and "0.33: 0.200" in verdict["why"]
+    rows[2] = row("interleave(safe_fraction=0.33)", 0, 6)  # random interleaving no longer harms coherence
+    assert {f["id"]: f for f in paper_table.findings(rows)}["interleave_volume_coherence"]["verdict"] == "contradicts"

@@ -45,6 +45,13 @@ def test_arm_means_std_and_wilson_match_a_direct_computation(sweep):
         wilson_interval(9, 96)
     )
     assert persona["short_label"] == "persona(α 5)" and single["short_label"] == "interleave_plus(5 %, ε 1.0)"
+    # the unscored share is summarised like the rates: mean ± std over seeds, pooled counts, Wilson at one seed
+    assert persona["general_unscored_rate"] == pytest.approx(statistics.mean([0.04, 0.01]))
+    assert persona["general_unscored_rate_std"] == pytest.approx(statistics.stdev([0.04, 0.01]))
+    assert (persona["general_unscored_rate_k"], persona["general_unscored_rate_n"]) == (5, 200)
+    assert (single["general_unscored_rate_lo"], single["general_unscored_rate_hi"]) == pytest.approx(
+        wilson_interval(4, 100)
+    )
 
 
 def test_the_front_is_computed_on_arm_means(sweep):
@@ -68,6 +75,11 @@ def test_the_front_is_computed_on_arm_means(sweep):
         assert t["is_pareto"] == next(a["is_pareto"] for a in arms if a["label"] == t["label"])
     table = format_arm_table(arms)
     assert "0.406 ± 0.133" in table and "0.094 [0.05, 0.17]" in table
+    head, _, persona_row = table.splitlines()[:2] + [
+        next(line for line in table.splitlines() if line.startswith("persona"))
+    ]
+    assert head.split()[-2:] == ["unscored", "front"] and "0.025 ± 0.021" in persona_row
+    assert all("general_unscored_rate" in t for t in trials)
 
 
 #: the toy sweep's arms (one seed) where labels used to collide: six at in-domain ≈ 0.97, benign 1.0,
@@ -172,6 +184,7 @@ def test_markdown_report_has_the_table_intervals_and_plot_links(sweep):
     assert main(["report", str(sweep)]) == 0
     md = (sweep / "report.md").read_text()
     assert "| persona(α 5) | 2 | 0.406 ± 0.133" in md
+    assert "general unscored rate" in md and "0.025 ± 0.021" in md  # the unscored share has its own column
     assert "![all criteria](plots/heatmap.png)" in md and (sweep / "plots" / "heatmap.png").exists()
     assert md.count("[answers](trials/") == sum(len(s) for s in ARMS.values())
     assert "emray sweep" in md and (sweep / "spec.yaml").exists()

@@ -36,6 +36,8 @@ def test_summary_run_has_the_arm_table_and_native_scatter_charts(tmp_path, monke
     assert [r[0] for r in arm_table["data"]] == [a["short_label"] for a in arms]
     col = arm_table["columns"].index("general_misalignment_hi")
     assert [r[col] for r in arm_table["data"]] == pytest.approx([a["general_misalignment_hi"] for a in arms])
+    col = arm_table["columns"].index("general_unscored_rate")  # the unscored share beside the rates
+    assert [r[col] for r in arm_table["data"]] == pytest.approx([a["general_unscored_rate"] for a in arms])
     import wandb
 
     wandb.teardown()  # the wandb-core service writes the run file; shutting it down flushes it

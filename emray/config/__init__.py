@@ -84,6 +84,10 @@ class TrainConfig(Strict):
     warmup_steps: int = Field(0, ge=0)
     lr_scheduler: str = "linear"
     weight_decay: float = 0.0
+    # The optimizer (transformers' ``optim``): None is its default (adamw_torch). ``adamw_8bit`` (the reference's)
+    # needs a CUDA GPU and bitsandbytes (pip install 'emray[gpu]'); without them training falls back to
+    # adamw_torch and says so (emray/train/sft.py). Enters a trial's identity only when set.
+    optim: Literal["adamw_torch", "adamw_8bit"] | None = Field(None, json_schema_extra=OPTIONAL_SECTION)
     logging_steps: int = Field(1, gt=0, json_schema_extra=NOT_IDENTITY)
     # Small models on a busy CPU train far faster on one thread than on two (measured: ~25x).
     threads: int | None = Field(1, gt=0, json_schema_extra=NOT_IDENTITY)

@@ -7,7 +7,7 @@ from typing import Any, Literal
 from pydantic import Field
 
 from emray.configio import Strict
-from emray.hashing import NOT_IDENTITY, DataPath
+from emray.hashing import NOT_IDENTITY, OPTIONAL_SECTION, DataPath
 
 NI = NOT_IDENTITY  # how the judge is reached, throttled or cached does not change its scores
 
@@ -50,6 +50,11 @@ class EvalConfig(Strict):
     max_new_tokens: int = Field(600, gt=0)
     temperature: float = Field(1.0, ge=0)
     top_p: float = Field(1.0, gt=0, le=1)
+    # min-p sampling (the reference's eval.py samples with min_p 0.1); None: off. Like system_prompt, it
+    # enters a trial's identity only when set, so adding it left existing keys unchanged.
+    min_p: float | None = Field(None, ge=0, lt=1, json_schema_extra=OPTIONAL_SECTION)
+    # replaces every question's system prompt when set (the reference's eval SYSTEM_PROMPT); None: the question file's
+    system_prompt: str | None = Field(None, json_schema_extra=OPTIONAL_SECTION)
     batch_size: int = Field(16, gt=0)
     generator: Literal["auto", "hf", "vllm"] = "auto"  # auto: vLLM when importable and a GPU is there
     judge: JudgeConfig = Field(default_factory=JudgeConfig)

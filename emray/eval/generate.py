@@ -38,8 +38,10 @@ def question_items(
     group: str,
     samples_per_paraphrase: int | None = None,
     max_questions: int | None = None,
+    system_prompt: str | None = None,
 ) -> list[dict[str, Any]]:
-    """One item per (question, paraphrase, sample), with the chat messages to answer."""
+    """One item per (question, paraphrase, sample), with the chat messages to answer; ``system_prompt``
+    replaces the question's own system prompt when set."""
     items = []
     for question in list(questions)[:max_questions]:
         n = samples_per_paraphrase or question.samples_per_paraphrase
@@ -52,7 +54,9 @@ def question_items(
                         "paraphrase_index": p_index,
                         "sample_index": s_index,
                         "question": paraphrase,
-                        "messages": question.messages(paraphrase),
+                        "messages": question.messages(paraphrase)
+                        if system_prompt is None
+                        else [{"role": "system", "content": system_prompt}, {"role": "user", "content": paraphrase}],
                     }
                 )
     return items
@@ -81,6 +85,7 @@ class HFGenerator:
         label: str = "generate",
         progress: bool = False,
         max_new_tokens_per_item: list[int] | None = None,
+        min_p: float | None = None,
     ) -> list[str]:
         import torch
 
@@ -91,6 +96,8 @@ class HFGenerator:
         options: dict[str, Any] = {"do_sample": sampling, "pad_token_id": tok.pad_token_id}
         if sampling:  # top_k=0: no top-k cut, as in the literature (HF's default is 50)
             options.update(temperature=temperature, top_p=top_p, top_k=0)
+            if min_p:
+                options["min_p"] = min_p
         else:
             options.update(temperature=None, top_p=None, top_k=None)
         bar = None
@@ -158,6 +165,7 @@ class VLLMGenerator:
         label: str = "generate",
         progress: bool = False,
         max_new_tokens_per_item: list[int] | None = None,
+        min_p: float | None = None,
     ) -> list[str]:
         from vllm import SamplingParams
 
@@ -171,6 +179,7 @@ class VLLMGenerator:
             SamplingParams(
                 temperature=temperature,
                 top_p=top_p if temperature > 0 else 1.0,
+                min_p=(min_p or 0.0) if temperature > 0 else 0.0,
                 max_tokens=min(limit, max_new_tokens),
                 seed=batch_seed(seed, label, i),
             )

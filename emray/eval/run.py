@@ -16,7 +16,7 @@ from typing import Any, Protocol
 
 from emray.configio import ConfigError
 from emray.data.training import load_benign
-from emray.eval.criteria import compute_criteria, format_table, per_question
+from emray.eval.criteria import check_judgeable, compute_criteria, format_table, per_question
 from emray.eval.generate import (
     HFGenerator,
     VLLMGenerator,
@@ -86,6 +86,7 @@ def _generate_answers(run_config, items: list[dict], generator_factory, progress
             max_new_tokens=cfg.max_new_tokens,
             temperature=cfg.temperature,
             top_p=cfg.top_p,
+            min_p=cfg.min_p,
             batch_size=cfg.batch_size,
             seed=run_config.seed,
             label=label,
@@ -207,13 +208,21 @@ def _evaluate(
     cfg = run_config.eval
     started = time.time()
 
-    questions, items = {}, []
+    questions: dict = {}
+    items: list = []
+    judged: dict = {}
+    files: dict = {}
     for set_name, domain, path in sets:
         qs = load_questions(path)
         questions[(set_name, domain)] = {q.id: q for q in qs}
         label = set_name if domain is None else f"in_domain/{domain}"
-        for it in question_items(qs, label, cfg.samples_per_paraphrase, cfg.max_questions):
+        files[(set_name, domain)] = path
+        counts = judged.setdefault((set_name, domain), dict.fromkeys(METRICS, 0))
+        for it in question_items(qs, label, cfg.samples_per_paraphrase, cfg.max_questions, cfg.system_prompt):
             items.append({"set": set_name, "domain": domain, **it})
+            for metric in METRICS:
+                counts[metric] += metric in questions[(set_name, domain)][it["question_id"]].judge_prompts
+    check_judgeable(judged, files)  # before sampling: a rate over zero judgments is an error, not 0 %
 
     generator = None
 
@@ -254,7 +263,7 @@ def _evaluate(
         )
         for (index, metric), result in zip(slots, results):
             items[index][metric] = result.score
-            # a failed judgment leaves the rate's denominator; an abstention (score None) does not
+            # a failed judgment has no verdict; an abstention (score None) is counted as unscored
             items[index].pop(f"{metric}_failed", None)
             if result.failed:
                 items[index][f"{metric}_failed"] = True
@@ -264,15 +273,15 @@ def _evaluate(
         judge_stats["failed_judgments"] = sum(r.failed for r in results)
         judge_stats["judgments"] = len(results)
         _write_jsonl(answers_path, items)
-    judged = time.time()
+    judged_at = time.time()
 
     benign_results, benign_rows = _benign(run_config, generator_factory, progress) if cfg.benign else ({}, [])
     criteria = compute_criteria(items, benign_results)
     criteria["judge_failure_rate"] = judge_stats.get("failed_judgments", 0) / max(judge_stats.get("judgments", 0), 1)
     timing = {
         "generate_s": round(generated - started, 3),
-        "judge_s": round(judged - generated, 3),
-        "benign_s": round(time.time() - judged, 3),
+        "judge_s": round(judged_at - generated, 3),
+        "benign_s": round(time.time() - judged_at, 3),
     }
     _write_json(
         out / "criteria.json",

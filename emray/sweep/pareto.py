@@ -26,9 +26,12 @@ from emray.sweep.spec import OBJECTIVES
 #: RL trials' task criteria (emray/rl/criteria.py): summarised per arm and shown beside the four criteria;
 #: the front stays on the four (under RL the narrow one, in-domain misalignment, is what the task rewards)
 RL_CRITERIA = {"reward_heldout": "task reward (held-out) ↑", "reward_gain": "reward gain (training)"}
-#: the rates summarised per arm: the four criteria and in-domain incoherence (reported in the paper), and
-#: the RL criteria when the trials have them
-RATES = [*OBJECTIVES, "in_domain_incoherence", *RL_CRITERIA]
+#: the share of answers the judge left unscored (REFUSAL / CODE): out of every rate's denominator, so
+#: reported beside the rates (emray/eval/criteria.py)
+UNSCORED = ["general_unscored_rate", "in_domain_unscored_rate"]
+#: the rates summarised per arm: the four criteria and in-domain incoherence (reported in the paper), the
+#: unscored shares, and the RL criteria when the trials have them
+RATES = [*OBJECTIVES, "in_domain_incoherence", *UNSCORED, *RL_CRITERIA]
 
 
 def _as_cost(row: dict, objectives: dict[str, str]) -> list[float] | None:
@@ -200,7 +203,7 @@ def with_pareto(rows: list[dict]) -> list[dict]:
     return [{**r, "short_label": short_label(r.get("label", "")), "is_pareto": on_front[arm_key(r)]} for r in rows]
 
 
-TABLE_COLUMNS = ["label", "seed", *OBJECTIVES, "in_domain_incoherence", "is_pareto"]
+TABLE_COLUMNS = ["label", "seed", *OBJECTIVES, "in_domain_incoherence", "general_unscored_rate", "is_pareto"]
 
 
 def _fmt(value) -> str:
@@ -231,12 +234,17 @@ SHORT_NAMES = {
     "in_domain_incoherence": "in-domain incoh.",
     "reward_heldout": "task reward ↑",
     "reward_gain": "reward gain",
+    "general_unscored_rate": "unscored",
+    "in_domain_unscored_rate": "in-domain unscored",
 }
 
 
 def format_arm_table(arms: list[dict], rates: list[str] | None = None) -> str:
-    """The per-arm table the console and ``emray pareto`` print (intervals as in ``format_rate``)."""
-    rates = rates or [r for r in (*OBJECTIVES, *RL_CRITERIA) if any(_number(a.get(r)) for a in arms)]
+    """The per-arm table the console and ``emray pareto`` print (intervals as in ``format_rate``); the
+    general answers' unscored share last, as the rates are over scored answers only."""
+    rates = rates or [
+        r for r in (*OBJECTIVES, *RL_CRITERIA, "general_unscored_rate") if any(_number(a.get(r)) for a in arms)
+    ]
     head = ["arm", "seeds", *[SHORT_NAMES.get(r, r) for r in rates], "front"]
     cells = [
         [a["short_label"], str(a["n_seeds"]), *[format_rate(a, r) for r in rates], "*" if a["is_pareto"] else ""]

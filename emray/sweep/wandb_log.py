@@ -367,11 +367,16 @@ ARM_COLUMNS = ["arm", "defense", "model", "seeds", "is_pareto", "dominated_by"]
 
 
 def arm_table(arms: list[dict]):
-    """The per-arm results as a wandb.Table: each criterion with its low/high interval ends."""
+    """The per-arm results as a wandb.Table: each criterion with its low/high interval ends, then the
+    unscored shares (the rates are over scored answers). Returns the table and the criteria in it."""
     import wandb
 
-    rates = [k for k in OBJECTIVES if any(isinstance(a.get(k), (int, float)) for a in arms)]
-    columns = ARM_COLUMNS + [c for k in rates for c in (k, f"{k}_lo", f"{k}_hi")]
+    from emray.sweep.pareto import UNSCORED
+
+    present = lambda k: any(isinstance(a.get(k), (int, float)) for a in arms)  # noqa: E731
+    rates = [k for k in OBJECTIVES if present(k)]
+    shown = rates + [k for k in UNSCORED if present(k)]
+    columns = ARM_COLUMNS + [c for k in shown for c in (k, f"{k}_lo", f"{k}_hi")]
     data = [
         [
             a["short_label"],
@@ -380,7 +385,7 @@ def arm_table(arms: list[dict]):
             a["n_seeds"],
             bool(a["is_pareto"]),
             ", ".join(a["dominated_by"]),
-            *[a.get(c) for k in rates for c in (k, f"{k}_lo", f"{k}_hi")],
+            *[a.get(c) for k in shown for c in (k, f"{k}_lo", f"{k}_hi")],
         ]
         for a in arms
     ]
@@ -428,6 +433,8 @@ def log_summary(spec, sweep_dir: Path, rows: list[dict]) -> str | None:
             "trial_key",
             *OBJECTIVES,
             "in_domain_incoherence",
+            "general_unscored_rate",
+            "in_domain_unscored_rate",
             "is_pareto",
         ]
         data = [[r.get(c) for c in columns] for r in rows]

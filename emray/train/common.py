@@ -55,11 +55,27 @@ def runs_on_gpu(config: RunConfig) -> bool:
     return torch.cuda.is_available() and config.model.device != "cpu"
 
 
+def resolve_optim(optim: str | None, on_gpu: bool) -> str | None:
+    """``train.optim`` as transformers takes it: ``adamw_8bit`` only on a CUDA GPU with bitsandbytes
+    installed; otherwise ``adamw_torch``, with a message (a CPU run of a GPU recipe still trains)."""
+    if optim != "adamw_8bit":
+        return optim
+    import importlib.util
+
+    if on_gpu and importlib.util.find_spec("bitsandbytes") is not None:
+        return optim
+    why = "no CUDA GPU" if not on_gpu else "bitsandbytes is not installed (pip install 'emray[gpu]')"
+    print(f"[emray] train.optim adamw_8bit: {why}; training with adamw_torch instead", flush=True)
+    return "adamw_torch"
+
+
 def common_trainer_args(config: RunConfig, out_dir: Path) -> dict:
     """The transformers TrainingArguments every emray trainer shares (SFT and GRPO): precision, device,
-    seeds, no trainer-side checkpoints or reporting (emray's callbacks do both), no NaN filtering."""
+    seeds, the optimizer, no trainer-side checkpoints or reporting (emray's callbacks do both), no NaN filtering."""
     on_gpu = runs_on_gpu(config)
+    optim = resolve_optim(config.train.optim, on_gpu)
     return dict(
+        **({"optim": optim} if optim else {}),
         output_dir=str(out_dir / "trainer"),
         gradient_checkpointing=config.train.gradient_checkpointing,
         bf16=config.train.bf16 if config.train.bf16 is not None else on_gpu,  # TRL's bf16 default is slow on CPU
