@@ -173,6 +173,7 @@ FILE_WORDS = {
 NOT_FILES = {
     ("InoculationParams", "prompt"): "the system prompt text itself",
     ("RLConfig", "system_prompt"): "the system prompt text itself",
+    ("EvalConfig", "system_prompt"): "the system prompt text itself",
     ("SFTMixParams", "data"): "a selection method name (random | interleave_plus | interleave_pp | onpolicy)",
     ("InterleavedRLParams", "data"): "a selection method name",
     ("JudgeConfig", "cache_path"): "a cache location (NOT_IDENTITY): it never changes results",
@@ -266,11 +267,12 @@ def test_a_bumped_code_version_gives_new_keys_and_supersedes_the_old_trial(files
     kl = get_defense_class("kl")
     with_kl, without = run(files, defenses=[{"kl": {"lambda": 0.1}}]), run(files, defenses=[])
     before = {"kl": trial_key(with_kl), "none": trial_key(without)}
-    assert identity.code_versions(with_kl) == {}
+    shared = identity.code_versions(with_kl)  # the evaluation's version, bumped once (scored-answer rates)
+    assert "defense:kl" not in shared and shared == identity.code_versions(without)
     monkeypatch.setattr(kl, "version", 2)
-    assert identity.code_versions(with_kl) == {"defense:kl": 2}
+    assert identity.code_versions(with_kl) == {**shared, "defense:kl": 2}
     assert trial_key(with_kl) != before["kl"] and trial_key(without) == before["none"]
-    monkeypatch.setattr(identity, "EVALUATION_VERSION", 2)
+    monkeypatch.setattr(identity, "EVALUATION_VERSION", identity.EVALUATION_VERSION + 1)
     assert trial_key(without) != before["none"]
 
     sweep = tmp_path / "sweep"
