@@ -573,6 +573,9 @@ def _catch_sigterm() -> None:
 
     if threading.current_thread() is threading.main_thread():
         signal.signal(signal.SIGTERM, _raise_terminated)
+        # Ctrl-C is KeyboardInterrupt here, whatever an earlier Ray Train fit in this process left
+        # installed (its handler aborts a controller that is gone)
+        signal.signal(signal.SIGINT, signal.default_int_handler)
 
 
 def run_sweep(spec: SweepSpec, resume: bool = False, address: str | None = None) -> SweepOutcome:
@@ -584,6 +587,7 @@ def run_sweep(spec: SweepSpec, resume: bool = False, address: str | None = None)
     sweep_dir.mkdir(parents=True, exist_ok=True)
     state: dict[str, Any] = {}
     previous = signal.getsignal(signal.SIGTERM)
+    previous_int = signal.getsignal(signal.SIGINT)
     with SweepLock(sweep_dir):
         try:
             _catch_sigterm()
@@ -598,6 +602,8 @@ def run_sweep(spec: SweepSpec, resume: bool = False, address: str | None = None)
         finally:
             if previous is not None and signal.getsignal(signal.SIGTERM) is _raise_terminated:
                 signal.signal(signal.SIGTERM, previous)
+            if previous_int is not None and signal.getsignal(signal.SIGINT) is signal.default_int_handler:
+                signal.signal(signal.SIGINT, previous_int)
 
 
 def _run_sweep(spec: SweepSpec, resume: bool, address: str | None, sweep_dir: Path, state: dict) -> SweepOutcome:
