@@ -81,7 +81,7 @@ def test_smollm2_adapter_loads_back_and_changes_output(tmp_path):
 def test_adamw_8bit_falls_back_to_adamw_torch_without_a_gpu_and_says_so(tmp_path, capsys, monkeypatch):
     import importlib.util
 
-    from emray.train import sft
+    from emray.train import common, sft
 
     cfg = make_run_config(tmp_path, train={"optim": "adamw_8bit", "max_steps": 1, "progress": False})
     args = sft.build_sft_args(cfg, tmp_path)  # this machine trains on CPU
@@ -91,12 +91,12 @@ def test_adamw_8bit_falls_back_to_adamw_torch_without_a_gpu_and_says_so(tmp_path
     monkeypatch.setattr(
         importlib.util, "find_spec", lambda name, *a: None if name == "bitsandbytes" else real_find_spec(name, *a)
     )
-    assert sft.resolve_optim("adamw_8bit", on_gpu=True) == "adamw_torch"
+    assert common.resolve_optim("adamw_8bit", on_gpu=True) == "adamw_torch"
     assert "bitsandbytes is not installed (pip install 'emray[gpu]')" in capsys.readouterr().out
     monkeypatch.setattr(
         importlib.util, "find_spec", lambda name, *a: object() if name == "bitsandbytes" else real_find_spec(name, *a)
     )
-    assert sft.resolve_optim("adamw_8bit", on_gpu=True) == "adamw_8bit"
-    assert sft.resolve_optim(None, on_gpu=False) is None and capsys.readouterr().out == ""
+    assert common.resolve_optim("adamw_8bit", on_gpu=True) == "adamw_8bit"
+    assert common.resolve_optim(None, on_gpu=False) is None and capsys.readouterr().out == ""
     plain = make_run_config(tmp_path, train={"max_steps": 1, "progress": False})
     assert "optim" not in sft.common_trainer_args(plain, tmp_path)  # unset: transformers' default, as before
