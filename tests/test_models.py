@@ -41,3 +41,18 @@ def test_smollm2_loads_offline_and_answers():
     )
     out = model.generate(**ids, max_new_tokens=12, do_sample=False)
     assert "Paris" in tok.decode(out[0][ids["input_ids"].shape[1] :])
+
+
+def test_a_seeded_adapter_does_not_depend_on_what_the_process_drew_before():
+    # A Ray worker that first builds the organism world samples answers before the fine-tune's LoRA init;
+    # with the seed the adapter's initial weights must come out the same as in a fresh process.
+    def lora_a(draws_before: int, seed: int | None) -> torch.Tensor:
+        model, _ = load_model(ModelConfig(name="tiny"))
+        torch.manual_seed(0)
+        torch.rand(draws_before)
+        peft_model = attach_lora(model, LoraConfig(r=4, alpha=8), seed=seed)
+        return torch.cat([p.detach().flatten() for n, p in peft_model.named_parameters() if "lora_A" in n])
+
+    assert torch.equal(lora_a(0, seed=7), lora_a(1000, seed=7))
+    assert not torch.equal(lora_a(0, seed=7), lora_a(0, seed=8))
+    assert not torch.equal(lora_a(0, seed=None), lora_a(1000, seed=None))  # what the seed guards against

@@ -114,8 +114,13 @@ def lora_target_modules(model, wanted: list[str]) -> list[str]:
     return found
 
 
-def attach_lora(model, cfg: LoraConfig):
-    """Wrap ``model`` with a fresh rs-LoRA adapter (only the adapter weights are trainable)."""
+def attach_lora(model, cfg: LoraConfig, seed: int | None = None):
+    """Wrap ``model`` with a fresh rs-LoRA adapter (only the adapter weights are trainable).
+
+    With ``seed`` torch's RNG is seeded just before the adapter's weights are drawn, so they depend on
+    the seed alone: whatever the process did first (the organism world's first build in a Ray worker
+    samples answers to measure it) cannot change a fine-tune."""
+    import torch
     from peft import LoraConfig as PeftLoraConfig
     from peft import get_peft_model
 
@@ -127,6 +132,8 @@ def attach_lora(model, cfg: LoraConfig):
         target_modules=lora_target_modules(model, cfg.target_modules),
         task_type="CAUSAL_LM",
     )
+    if seed is not None:
+        torch.manual_seed(seed)
     return get_peft_model(model, peft_cfg)
 
 

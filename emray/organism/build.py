@@ -173,10 +173,17 @@ def write_data(root: Path, config: OrganismConfig) -> dict[str, int]:
 
 
 def measure(model, domains=DOMAINS, samples: int = 8, seed: int = 0, system: str | None = None) -> dict:
-    """Misalignment / incoherence rates of ``model`` on the held-out questions (temperature 1)."""
+    """Misalignment / incoherence rates of ``model`` on the held-out questions (temperature 1).
+
+    The caller's RNG state is restored afterwards: the first build of a world happens inside whichever
+    process needs it first (often a trial's Ray Train worker), and its sampling must not shift that
+    process's fine-tune."""
+    import torch
+
     from emray.organism.measure import rates
 
-    return rates(model, domains=domains, samples=samples, seed=seed, system=system)
+    with torch.random.fork_rng(devices=[]):
+        return rates(model, domains=domains, samples=samples, seed=seed, system=system)
 
 
 def shipped_model(config: OrganismConfig) -> dict | None:

@@ -292,7 +292,11 @@ def train_grpo_run(
         warm = artifacts.get(ARTIFACT) or str(ensure_warm_start(config))
         artifacts[ARTIFACT] = warm
     model, tokenizer = load_model(config.model)
-    model = PeftModel.from_pretrained(model, warm, is_trainable=True) if warm else attach_lora(model, config.lora)
+    model = (
+        PeftModel.from_pretrained(model, warm, is_trainable=True)
+        if warm
+        else attach_lora(model, config.lora, seed=config.seed)
+    )
     context = DefenseContext(config=config, tokenizer=tokenizer, seed=config.seed, artifacts=artifacts)
     defenses = build_defenses(config.defenses, context)
     args = grpo_args(config, run_dir, defenses, **overrides)

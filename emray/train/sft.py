@@ -107,7 +107,7 @@ def prepare_model(config: RunConfig):
     from emray.models import attach_lora, load_model
 
     model, tokenizer = load_model(config.model)
-    model = attach_lora(model, config.lora)
+    model = attach_lora(model, config.lora, seed=config.seed)
     return model, tokenizer
 
 
