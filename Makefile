@@ -84,6 +84,10 @@ lint: install
 test-slow: install
 	$(BIN)/pytest -q -m slow
 
+# The real vLLM engine over HTTP: generation (base + LoRA) and the judge against transformers, on CPU.
+test-vllm: install vllm-env
+	$(BIN)/pytest -q -m vllm
+
 bench: install
 	$(BIN)/python benchmarks/bench_defenses.py
 	$(BIN)/python benchmarks/bench_scorer.py
