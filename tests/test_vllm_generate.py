@@ -178,3 +178,17 @@ def test_a_server_that_cannot_start_says_why_and_where_its_log_is(tmp_path):
 def test_a_missing_vllm_environment_is_an_error_naming_the_key_and_the_fix(tmp_path):
     with pytest.raises(ConfigError, match=r"eval\.vllm\.python: .*nowhere/bin/python does not exist.*make vllm-env"):
         resolve_python(str(tmp_path / "nowhere" / "bin" / "python"))
+
+
+def test_eval_vllm_options_are_typed_with_file_and_key_errors(tmp_path):
+    from emray.config import load_run_config
+
+    path = tmp_path / "run.yaml"
+    path.write_text(
+        "name: x\nmodel: {name: organism}\ndata: {fine: organism:data/train/code.jsonl}\n"
+        "eval:\n  generator: vllm\n  vllm: {kv_cache_gib: 1.5, pythn: .venv-vllm/bin/python}\n"
+    )
+    with pytest.raises(ConfigError) as err:
+        load_run_config(path)
+    assert f"{path}:6: key 'eval.vllm.kv_cache_gib': Input should be a valid integer" in str(err.value)
+    assert f"{path}:6: key 'eval.vllm.pythn': unknown key" in str(err.value)
