@@ -21,6 +21,7 @@ import time
 from pathlib import Path
 from typing import Any
 
+from emray.cache_dirs import cache_subdir
 from emray.configio import ConfigError
 
 ENTRY_POINT = "vllm.entrypoints.openai.api_server"
@@ -128,6 +129,8 @@ class VLLMServer:
             "VLLM_CPU_KVCACHE_SPACE": str(kv_cache_gib),  # GiB on CPU (vLLM's default, 4, is far more than needed)
             "PYTHONPATH": "",  # emray's own path must not leak into vLLM's environment
         }
+        # vLLM's compile cache (else ~/.cache/vllm) inside emray's cache, like every other cache of a run
+        env.setdefault("VLLM_CACHE_ROOT", str(cache_subdir("vllm") / "cache"))
         log_dir.mkdir(parents=True, exist_ok=True)
         log = log_dir / f"vllm-server-{port}.log"
         with open(log, "w") as fh:
