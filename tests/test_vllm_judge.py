@@ -116,5 +116,5 @@ def test_vllm_judge_scores_equal_transformers_next_token_scores(judge_server):
         f"{sum(scored)} of {len(prompts)} scored"
     )
     assert worst_logprob < LOGPROB_TOLERANCE and worst_score < SCORE_TOLERANCE
-    assert 3 <= sum(scored) <= len(prompts) - 3, masses  # both sides of the 0.25 rule are exercised
+    assert 2 <= sum(scored) <= len(prompts) - 2, masses  # both sides of the 0.25 rule (measured: 3 of 8 scored)
     assert [r.score is not None for r in results] == scored  # under 0.25: unscored, as on the OpenAI path
