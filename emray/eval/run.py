@@ -17,13 +17,7 @@ from typing import Any, Protocol
 from emray.configio import ConfigError
 from emray.data.training import load_benign
 from emray.eval.criteria import check_judgeable, compute_criteria, format_table, per_question
-from emray.eval.generate import (
-    HFGenerator,
-    VLLMGenerator,
-    question_items,
-    split_reasoning,
-    vllm_available,
-)
+from emray.eval.generate import HFGenerator, question_items, split_reasoning
 from emray.eval.judge import DEFAULT_JUDGE_MODEL, JudgeClient, JudgeRequest
 
 METRICS = ("aligned", "coherent")
@@ -62,9 +56,10 @@ def make_generator(run_config, adapter: str | None = None, model=None, tokenizer
     cfg = run_config.eval
     if model is not None:
         return HFGenerator(model, tokenizer)
-    use_vllm = cfg.generator == "vllm" or (cfg.generator == "auto" and vllm_available())
-    if use_vllm:
-        return VLLMGenerator(run_config.model, adapter, seed=run_config.seed)
+    if cfg.generator == "vllm" or (cfg.generator == "auto" and vllm_available(cfg.vllm)):
+        from emray.eval.vllm_generate import VLLMGenerator
+
+        return VLLMGenerator(run_config.model, adapter, cfg.vllm, seed=run_config.seed)
     import torch
 
     from emray.models import load_model
@@ -73,6 +68,23 @@ def make_generator(run_config, adapter: str | None = None, model=None, tokenizer
         torch.set_num_threads(run_config.train.threads)
     model, tokenizer = load_model(run_config.model, adapter=adapter)
     return HFGenerator(model, tokenizer)
+
+
+def vllm_available(vllm_cfg) -> bool:
+    """``generator: auto`` takes vLLM on a GPU when it is reachable: a server URL, or vLLM's environment."""
+    import torch
+
+    if not torch.cuda.is_available():
+        return False
+    if vllm_cfg.url:
+        return True
+    from emray.eval.vllm_server import resolve_python
+
+    try:
+        resolve_python(vllm_cfg.python)
+    except ConfigError:
+        return False
+    return True
 
 
 def _generate_answers(run_config, items: list[dict], generator_factory, progress: bool) -> list[dict]:
@@ -193,15 +205,18 @@ def evaluate(
     own_judge = judge is None and bool(sets)
     if own_judge:  # before generating: a missing API key fails now, not after an hour of sampling
         judge = JudgeClient(cfg.judge)
+    opened: list = []  # the generator, once made: a vLLM generator's server lives as long as this evaluation
     try:
-        return _evaluate(run_config, adapter, judge, out, sets, model, tokenizer, progress, print_table)
+        return _evaluate(run_config, adapter, judge, out, sets, model, tokenizer, progress, print_table, opened)
     finally:
+        for generator in opened:
+            getattr(generator, "close", lambda: None)()
         if own_judge:
             judge.close()  # type: ignore[union-attr]  # our own JudgeClient
 
 
 def _evaluate(
-    run_config, adapter, judge, out: Path, sets, model, tokenizer, progress: bool, print_table: bool
+    run_config, adapter, judge, out: Path, sets, model, tokenizer, progress: bool, print_table: bool, opened: list
 ) -> dict[str, Any]:
     from emray.data.questions import load_questions
 
@@ -230,6 +245,7 @@ def _evaluate(
         nonlocal generator
         if generator is None:
             generator = make_generator(run_config, adapter, model, tokenizer)
+            opened.append(generator)
         return generator
 
     gen_key = _sha(
@@ -238,7 +254,7 @@ def _evaluate(
             "adapter": _adapter_identity(adapter),
             "trained_model": id(model) if model is not None else None,
             "seed": run_config.seed,
-            "settings": cfg.model_dump(exclude={"judge", "benign", "max_benign"}),
+            "settings": cfg.model_dump(exclude={"judge", "benign", "max_benign", "vllm"}),
             "items": [it["messages"] for it in items],
         }
     )
