@@ -67,7 +67,9 @@ vllm-env: $(VLLM_VENV)/bin/vllm-ready
 demo: install
 	$(BIN)/emray sweep sweeps/toy.yaml
 
-test: install
+# The default run includes the real vLLM engine's tests (tests/test_vllm_*.py), so it builds vLLM's own
+# environment first (make vllm-env: 3-4 minutes and 3.5 GB the first time).
+test: install vllm-env
 	$(BIN)/pytest -q
 
 # The organism's training outcomes under ATen's non-vectorised kernels: what a CPU without AVX-512/AVX2

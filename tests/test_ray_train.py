@@ -40,6 +40,8 @@ def ddp_run(ray_local, tmp_path_factory):
     return _fit(tmp_path_factory.mktemp("ddp"), "none")
 
 
+# slow (3.5 min): the default run keeps DeepSpeed in test_zero3_saves_the_gathered_adapter and DDP in the killed-worker test
+@pytest.mark.slow
 def test_ddp_and_zero2_train_the_same(ddp_run, tmp_path):
     ddp, ddp_out = ddp_run
     zero2, zero2_out = _fit(tmp_path, "zero2")

@@ -118,6 +118,8 @@ def test_adapter_switching_matches_separately_loaded_models(adapters, pool_examp
     assert abs(got["mis0"][0] - got["aligned"][0]) > 1e-3  # the adapters do change the model
 
 
+# slow (1 min): the default run's sweep e2e (tests/test_sweep_e2e.py, interleave_pp) scores through the actor pool
+@pytest.mark.slow
 def test_two_ray_actors_give_the_same_scores_as_one(adapters, pool_examples):
     import ray
 

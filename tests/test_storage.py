@@ -92,6 +92,8 @@ def test_storage_uris_are_checked_at_validation(tmp_path):
         assert message in str(err.value) and "storage" in str(err.value)
 
 
+# slow (1 min): the default run keeps the bucket end to end in test_sweep_persists_to_s3
+@pytest.mark.slow
 def test_ray_train_checkpoints_go_to_the_bucket(s3, tmp_path):
     import ray
     from conftest import make_run_config

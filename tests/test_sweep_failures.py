@@ -8,6 +8,7 @@ import sys
 import time
 from pathlib import Path
 
+import pytest
 from conftest import SHARED_DATA
 
 BASE = f"""\
@@ -80,6 +81,9 @@ def test_diverged_trial_fails_loudly_and_the_rest_is_kept(tmp_path):
     assert [r["label"] for r in rows(tmp_path / "out")] == ["none"]  # the finished trial, and only it
 
 
+# slow (2.5 min): the default run keeps judge failures in tests/test_judge_client.py and a sweep's resume in
+# tests/test_sweep_resume.py; this joins them in one sweep
+@pytest.mark.slow
 def test_judge_outage_then_resume_after_editing_the_spec(tmp_path):
     outage = tmp_path / "judge_down"
     judge = (

@@ -59,6 +59,7 @@ def judge_server(tmp_path_factory):
         served_name=SERVED,
         dtype="float32",
         max_model_len=2048,
+        extra_args=["--enforce-eager"],  # no torch.compile warm-up (a minute per start here); same engine and kernels
         log_dir=tmp_path_factory.mktemp("vllm-judge-log"),
     )
     yield running
