@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # The GPU side of the cluster path on one H100/H200, in under 10 minutes (not run on the CPU
 # development machine; see docs/cluster.md). Needs emray installed with CUDA torch
-# (pip install -e '.[test]'; for generation also '.[vllm]'), nothing downloaded: the model is a
+# (pip install -e '.[test]'; for generation also vLLM's env: make vllm-env VLLM_PKG=vllm==0.32.0), nothing downloaded: the model is a
 # random-init Qwen2.5-7B shape. Prints one RESULT line per check with tokens/s.
 #   bash benchmarks/gpu_check.sh            # everything
 #   STEPS=2 bash benchmarks/gpu_check.sh    # fewer training steps

@@ -155,7 +155,6 @@ def test_an_interrupt_says_so_lists_finished_and_pending_and_exits_128_plus_sign
     assert signal.getsignal(signal.SIGTERM) == before
 
 
-@pytest.mark.slow
 def test_sigint_to_a_real_sweep_then_resume(tmp_path, spec_file):
     """Ctrl-C (SIGINT to the process group) on a running sweep: exit 130, nothing left running,
     and ``--resume`` recomputes nothing that finished."""
