@@ -123,6 +123,9 @@ def test_sweep_persists_to_s3(s3, tmp_path):
         "eval.samples_per_paraphrase=1",
         "eval.max_new_tokens=8",
         "search.defense=[none]",
+        # Ray Train's worker group inside a Tune trial, end to end in the default run (the toy default,
+        # launcher auto, trains in the trial's process): its checkpoints go to the bucket too.
+        "base.resources.launcher=ray_train",
     ]
     run_env = {**os.environ, **env, "EMRAY_ORGANISM": "quick", "PYTHONPATH": str(ROOT)}
     args = [
@@ -139,9 +142,10 @@ def test_sweep_persists_to_s3(s3, tmp_path):
     assert "sweeps/toy/results.jsonl" in keys and "sweeps/toy/results.csv" in keys
     assert any(k.startswith("sweeps/toy/tune/toy/") for k in keys)  # Ray Tune's experiment state
     assert any(k.startswith("sweeps/toy/ray_train/") and k.endswith("adapter_model.safetensors") for k in keys)
+    assert any(k.startswith("sweeps/toy/trials/") and k.endswith("/adapter/adapter_model.safetensors") for k in keys)
     row = json.loads(
         client.get_object(Bucket=BUCKET, Key="sweeps/toy/results.jsonl")["Body"].read().decode().splitlines()[0]
     )
     local = json.loads((tmp_path / "toy" / "results.jsonl").read_text().splitlines()[0])
-    assert row == local and row["label"] == "none"
+    assert row == local and row["label"] == "none" and row["launcher"] == "ray_train"
     assert not Path("s3:").exists()  # no local folder named after the scheme

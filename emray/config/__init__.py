@@ -118,6 +118,35 @@ class ResourcesConfig(Strict):
     # max_failures times, resuming from the last checkpoint.
     checkpoint_every: int = Field(0, ge=0)
     max_failures: int = Field(0, ge=0)
+    # Where a sweep trial's fine-tunes and evaluations run (emray/train/launch.py). ``ray_train``: a Ray
+    # Train worker group per fine-tune and a Ray task per evaluation. ``in_trial``: all of them inside
+    # the trial's own Tune actor, which then holds ``cpus_per_worker`` (one process, imports and the
+    # worker-group set-up paid once; only for one CPU worker without DeepSpeed or Ray Train restarts).
+    # ``auto``: in_trial wherever it is allowed. Either gives the same adapter: not part of the key.
+    launcher: Literal["auto", "ray_train", "in_trial"] = Field("auto", json_schema_extra=NOT_IDENTITY)
+
+    @model_validator(mode="after")
+    def _check_launcher(self) -> ResourcesConfig:
+        if self.launcher == "in_trial" and self.in_trial_refusal():
+            raise ValueError(f"launcher: in_trial needs {self.in_trial_refusal()}; use launcher: ray_train or auto")
+        return self
+
+    def in_trial_refusal(self) -> str | None:
+        """Why this fine-tune needs a Ray Train worker group, or None when it can run in the trial's process."""
+        needs = []
+        if self.num_workers != 1:
+            needs.append(f"num_workers: 1 (not {self.num_workers})")
+        if self.use_gpu:
+            needs.append("use_gpu: false")  # GPU memory of an in-process fine-tune is not handed on to vLLM
+        if self.deepspeed != "none":
+            needs.append("deepspeed: none")
+        if self.checkpoint_every or self.max_failures:
+            needs.append("checkpoint_every: 0 and max_failures: 0 (Ray Train's restarts)")
+        return ", ".join(needs) or None
+
+    def runs_in_trial(self) -> bool:
+        """Whether a sweep trial trains and evaluates inside its own Tune actor (see ``launcher``)."""
+        return self.launcher != "ray_train" and self.in_trial_refusal() is None
 
     @field_validator("deepspeed")
     @classmethod

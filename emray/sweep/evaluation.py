@@ -1,7 +1,8 @@
 """The sweep's evaluation half: the shared judge pool and one trial's generation -> judge -> criteria.
 
 Generation runs as a Ray task with the trial's resources (one GPU on a cluster), so it can use a
-different device layout than training (ZeRO-3 shards are no use to ``generate``); judging goes
+different device layout than training (ZeRO-3 shards are no use to ``generate``), or in the trial's
+own process when the trial trains there (``resources.launcher``); judging goes
 through the judge actor pool that every trial shares, with its on-disk cache.
 """
 
@@ -34,6 +35,10 @@ def _evaluate_task(run, adapter: str, out_dir: str, judge) -> dict:
 
 
 def evaluate_adapter(run, adapter: Path, out_dir: Path, judge) -> dict:
+    """The trial's evaluation: in the trial's own process when it trains there (it holds the CPUs,
+    emray/train/launch.py), else a Ray task with the trial's resources."""
+    if run.resources.runs_in_trial():
+        return _evaluate_task(run, str(adapter), str(out_dir), judge)
     import ray
     from ray.util.scheduling_strategies import PlacementGroupSchedulingStrategy
 

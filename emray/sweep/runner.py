@@ -44,25 +44,14 @@ class Plan:
     stages: list[tuple[str, str]]  # (stage name, what it is for)
 
     def describe(self) -> str:
-        spec, res = self.spec, self.spec.base.resources
+        from emray.train.launch import describe_launch
+
+        spec = self.spec
         lines = [
             f"sweep {spec.name}: {len(self.trials) if spec.search.algorithm != 'optuna' else spec.search.num_samples} trials "
             f"({spec.search.algorithm}), at most {spec.resources.max_concurrent_trials} at once",
             f"output: {spec.sweep_dir()}" + (f" (persisted to {spec.storage_uri()})" if spec.storage_uri() else ""),
-            f"per trial: Ray Train TorchTrainer, {res.num_workers} worker(s) x "
-            f"({res.cpus_per_worker} CPU"
-            + (f", {res.gpus_per_worker} GPU" if res.use_gpu else "")
-            + "), "
-            + (
-                f"DeepSpeed {res.deepspeed.upper() if res.deepspeed in ('zero2', 'zero3') else res.deepspeed}"
-                if res.deepspeed != "none"
-                else ("DDP/nccl" if res.use_gpu else "DDP/gloo")
-            )
-            + (
-                f", checkpoint every {res.checkpoint_every} steps, {res.max_failures} restart(s)"
-                if res.checkpoint_every
-                else ""
-            ),
+            describe_launch(spec.base),
             f"model(s): {', '.join(sorted({t.run.model.name for t in self.trials}))}",
             *(
                 [
@@ -186,12 +175,13 @@ def run_trial_body(
     write_live_run_init(out, trial, wandb_cfg)
     started = time.time()
     storage = train_storage or str((sweep_dir / "ray_train").resolve())
-    criteria = train_and_evaluate(trial.run, out, storage, artifacts, judge)
+    phases: dict[str, float] = {}  # wall seconds of each phase of this trial (BENCHMARKS.md's profile)
+    criteria = train_and_evaluate(trial.run, out, storage, artifacts, judge, phases)
     train_seconds = time.time() - started  # the narrow fine-tune and its evaluation
     if trial.run.benign is not None:
         from emray.config.fine_tunes import benign_run
 
-        benign = train_and_evaluate(benign_run(trial.run), out / "benign", storage, artifacts, judge)
+        benign = train_and_evaluate(benign_run(trial.run), out / "benign", storage, artifacts, judge, phases, "benign_")
         criteria.update({k: v for k, v in benign.items() if k.startswith("benign_")})
     record = {
         "trial_key": trial.key,
@@ -205,30 +195,42 @@ def run_trial_body(
         "train_seconds": round(train_seconds, 1),
         "trial_seconds": round(time.time() - started, 1),
     }
+    logged = time.time()
     record["wandb_run"] = log_trial(trial, record, out, wandb_cfg)
+    phases["wandb_s"] = time.time() - logged
+    record["phase_seconds"] = {k: round(v, 2) for k, v in phases.items()}
+    record["launcher"] = "in_trial" if trial.run.resources.runs_in_trial() else "ray_train"
     tmp = out / (RESULT_FILE + ".tmp")
     tmp.write_text(json.dumps(record, indent=2))
     tmp.replace(out / RESULT_FILE)  # atomic: a killed trial never looks finished
     return record
 
 
-def train_and_evaluate(run, out: Path, storage: str, artifacts: dict, judge: Any) -> dict:
-    """One fine-tune of a trial (Ray Train) into ``out``, checked, then evaluated into ``out/eval``."""
+def train_and_evaluate(
+    run, out: Path, storage: str, artifacts: dict, judge: Any, phases: dict | None = None, prefix: str = ""
+) -> dict:
+    """One fine-tune of a trial into ``out`` (in the trial's process or a Ray Train worker group:
+    ``resources.launcher``), checked, then evaluated into ``out/eval``."""
     from emray.sweep.evaluation import evaluate_adapter
-    from emray.train.worker import fit_with_ray_train
+    from emray.train.launch import fit
 
+    phases = {} if phases is None else phases
     adapter = out / "adapter"
+    fit_started = time.time()
     # A retried or resumed trial keeps a finished training (rank 0 writes metrics.json last).
     if not ((adapter / "adapter_config.json").exists() and (out / "metrics.json").exists()):
         try:
-            fit_with_ray_train(run, out, storage, artifacts)
+            fit(run, out, storage, artifacts)
         except Exception:
             if (out / "metrics.json").exists():
                 check_training(out)  # a diverged loss: say so, not "training failed"
             raise
     check_training(out)
     check_adapter(adapter)
+    eval_started = time.time()
+    phases[f"{prefix}fit_s"] = eval_started - fit_started
     criteria = evaluate_adapter(run, adapter, out / "eval", judge)
+    phases[f"{prefix}evaluate_s"] = time.time() - eval_started
     check_judging(criteria, run.eval.judge.max_failure_rate)
     return criteria
 
@@ -319,6 +321,14 @@ def trial_from_optuna(spec: SweepSpec, config: dict) -> Trial:
 
 
 # ---------------------------------------------------------------------------------------- sweep
+def trial_resources(spec: SweepSpec) -> dict[str, float]:
+    """What a Tune trial's actor holds. A trial that trains and evaluates in its own process holds the
+    worker's CPUs; one that only waits on its Ray Train worker group and evaluation task (which hold the
+    real resources) holds a token CPU share (Tune rejects an empty bundle), so it never starves them."""
+    res = spec.base.resources
+    return {"cpu": res.cpus_per_worker} if res.runs_in_trial() else {"cpu": 0.01}
+
+
 def _tuner(spec: SweepSpec, plan: Plan, sweep_dir: Path, artifacts: dict, judge: Any, resume: bool):
     from ray import tune
 
@@ -336,9 +346,7 @@ def _tuner(spec: SweepSpec, plan: Plan, sweep_dir: Path, artifacts: dict, judge:
         # A bucket holds Ray Train's checkpoints too; else they sit beside the trials.
         train_storage=f"{spec.storage_uri()}/ray_train" if spec.storage_uri() else None,
     )
-    # The trial function only waits on its TorchTrainer and evaluation task, which hold the real
-    # resources; a token CPU share (Tune rejects an empty bundle) keeps it from starving them.
-    trainable = tune.with_resources(trainable, {"cpu": 0.01})
+    trainable = tune.with_resources(trainable, trial_resources(spec))
     tune_path = f"{spec.storage_uri()}/tune" if spec.storage_uri() else str((sweep_dir / "tune").resolve())
     # Grid and random trials are keyed by identity and skip themselves when finished, so a resume is
     # a fresh Tuner over the current spec: exactly the trials without a result run. Only Optuna's
@@ -368,6 +376,9 @@ def _tuner(spec: SweepSpec, plan: Plan, sweep_dir: Path, artifacts: dict, judge:
             search_alg=search_alg,
             num_samples=num_samples,
             max_concurrent_trials=spec.resources.max_concurrent_trials,
+            # A trial that trains in its own actor (emray/train/launch.py) hands the actor, with torch,
+            # transformers and TRL imported, to the next trial: imports are paid once per actor.
+            reuse_actors=spec.base.resources.runs_in_trial(),
         ),
         run_config=tune.RunConfig(
             name=spec.name,

@@ -19,7 +19,7 @@ from pathlib import Path
 
 from emray.config import RunConfig
 from emray.config.deepspeed import deepspeed_config
-from emray.train.common import check_finite, write_run_folder
+from emray.train.common import TrainedRun, check_finite, write_run_folder
 from emray.train.recipe import train_run
 
 
@@ -110,37 +110,51 @@ def _train_loop(loop_config: dict, out_dir: Path) -> None:
         callbacks.append(_make_report_callback())
     callbacks += list(loop_config.get("trainer_callbacks") or ())
     resume = restore_checkpoint(out_dir, rank)
-    trained = train_run(
+    trained, metrics = train_and_save(
         config,
         out_dir,
         loop_config.get("artifacts") or {},
-        callbacks=callbacks,
-        resume_from_checkpoint=resume,
+        callbacks,
+        rank,
+        resume,
         deepspeed=ds,
-        disable_tqdm=rank != 0 or not config.train.progress,
         # Ray sets up torch.distributed; the Trainer must not try to launch its own.
         ddp_backend="nccl" if config.resources.use_gpu else "gloo",
         **checkpoint_args(config),
     )
-    trainer, history = trained.trainer, trained.history
-    # Every rank: under ZeRO-3 the adapter's shards are gathered (a collective); rank 0 writes it.
-    adapter_dir = out_dir / "adapter"
-    trainer.save_model(str(adapter_dir))
-    metrics = {
-        **trained.metrics,
-        "train_nodes": _train_nodes(),
-        "world_size": context.get_world_size(),
-        "global_step": trainer.state.global_step,
-        "resumed_from_step": _step_of(resume),
-    }
+    metrics.update(train_nodes=_train_nodes(), world_size=context.get_world_size())
     checkpoint = None
     if rank == 0:
-        result = write_run_folder(config, out_dir, None, trained.tokenizer, history, metrics)
+        result = write_run_folder(config, out_dir, None, trained.tokenizer, trained.history, metrics)
         metrics.update({k: v for k, v in result.metrics.items() if isinstance(v, (int, float))})
         checkpoint = ray.train.Checkpoint.from_directory(str(result.adapter_dir))
-    check_finite(history, out_dir / "metrics.json")  # every rank: the logged loss is the all-rank mean
+    check_finite(trained.history, out_dir / "metrics.json")  # every rank: the logged loss is the all-rank mean
     ray.train.report(metrics, checkpoint=checkpoint)
     os.environ.pop("ACCELERATE_USE_DEEPSPEED", None)
+
+
+def train_and_save(
+    config: RunConfig, out_dir: Path, artifacts: dict, callbacks: list, rank: int, resume: str | None, **overrides
+) -> tuple[TrainedRun, dict]:
+    """The recipe, then ``out_dir/adapter`` through ``Trainer.save_model`` (every rank: under ZeRO-3 it
+    gathers the adapter's shards, a collective; rank 0 writes it). What a Ray Train worker and an
+    in-trial fine-tune (emray/train/launch.py) both run; returns the trained run and its metrics."""
+    trained = train_run(
+        config,
+        out_dir,
+        artifacts,
+        callbacks=callbacks,
+        resume_from_checkpoint=resume,
+        disable_tqdm=rank != 0 or not config.train.progress,
+        **overrides,
+    )
+    trained.trainer.save_model(str(out_dir / "adapter"))
+    metrics = {
+        **trained.metrics,
+        "global_step": trained.trainer.state.global_step,
+        "resumed_from_step": _step_of(resume),
+    }
+    return trained, metrics
 
 
 def _train_nodes() -> list[str]:
