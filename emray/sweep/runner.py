@@ -47,9 +47,18 @@ class Plan:
         from emray.train.launch import describe_launch
 
         spec = self.spec
+        count = {"optuna": f"{spec.search.num_samples} trials", "dose_search": f"at most {len(self.trials)} trials"}
         lines = [
-            f"sweep {spec.name}: {len(self.trials) if spec.search.algorithm != 'optuna' else spec.search.num_samples} trials "
+            f"sweep {spec.name}: {count.get(spec.search.algorithm, f'{len(self.trials)} trials')} "
             f"({spec.search.algorithm}), at most {spec.resources.max_concurrent_trials} at once",
+            *(
+                [
+                    "dose_search: the undefended arm on every seed, then per defense a bisection over its doses on "
+                    f"seed {spec.search.seeds[0]}, then the chosen dose on every seed (emray/sweep/dose_search.py)"
+                ]
+                if spec.search.algorithm == "dose_search"
+                else []
+            ),
             f"output: {spec.sweep_dir()}" + (f" (persisted to {spec.storage_uri()})" if spec.storage_uri() else ""),
             describe_launch(spec.base),
             f"model(s): {', '.join(sorted({t.run.model.name for t in self.trials}))}",
@@ -329,7 +338,9 @@ def trial_resources(spec: SweepSpec) -> dict[str, float]:
     return {"cpu": res.cpus_per_worker} if res.runs_in_trial() else {"cpu": 0.01}
 
 
-def _tuner(spec: SweepSpec, plan: Plan, sweep_dir: Path, artifacts: dict, judge: Any, resume: bool):
+def _tuner(
+    spec: SweepSpec, plan: Plan, sweep_dir: Path, artifacts: dict, judge: Any, resume: bool, dose_search: Any = None
+):
     from ray import tune
 
     from emray.sweep.progress import ProgressCallback
@@ -356,6 +367,7 @@ def _tuner(spec: SweepSpec, plan: Plan, sweep_dir: Path, artifacts: dict, judge:
         print(f"[emray] resuming {tune_path}/{spec.name}", flush=True)
         return tune.Tuner.restore(f"{tune_path}/{spec.name}", trainable=trainable, resume_errored=True)
 
+    param_space: dict[str, Any] = {}
     if spec.search.algorithm == "optuna":
         from ray.tune.search.optuna import OptunaSearch
 
@@ -365,7 +377,12 @@ def _tuner(spec: SweepSpec, plan: Plan, sweep_dir: Path, artifacts: dict, judge:
             mode=list(OBJECTIVES.values()),
             seed=spec.base.seed,
         )
-        param_space, num_samples = {}, spec.search.num_samples
+        num_samples = spec.search.num_samples
+    elif dose_search is not None:
+        from emray.sweep.dose_search import make_searcher
+
+        # Proposes planned trial keys, so a trial runs (and skips itself when finished) as a grid trial does.
+        search_alg, num_samples = make_searcher(dose_search, sweep_dir), len(plan.trials)
     else:
         search_alg, num_samples = None, 1
         param_space = {"trial_key": tune.grid_search([t.key for t in plan.trials])}
@@ -499,13 +516,18 @@ def _failure(sweep_dir: Path, trial: Trial, tune_error: str | None) -> tuple[str
 
 
 def collect_outcome(spec: SweepSpec, plan: Plan, sweep_dir: Path, result_grid, cached: int) -> SweepOutcome:
-    """Finished trials (their result.json) and failed ones (their error file) of the current plan."""
-    trials = list(plan.trials)
+    """Finished trials (their result.json) and failed ones (their error file) of the current plan; under
+    dose_search only the planned trials the search ran (the others were never needed)."""
+    adaptive = spec.search.algorithm == "dose_search"
+    by_key = {t.key: t for t in plan.trials}
+    trials = [] if adaptive else list(plan.trials)
     tune_errors: dict[str, str] = {}
     for result in result_grid or []:
         config = result.config or {}
         if spec.search.algorithm == "optuna" and "arm" in config:
             trials.append(trial_from_optuna(spec, config))
+        if adaptive and config.get("trial_key") in by_key:
+            trials.append(by_key[config["trial_key"]])
         key = config.get("trial_key") or (trials[-1].key if "arm" in config else None)
         if result.error is not None and key:
             tune_errors[key] = (
@@ -639,11 +661,16 @@ def _run_sweep(spec: SweepSpec, resume: bool, address: str | None, sweep_dir: Pa
     _catch_sigterm()
     artifacts = run_stages(spec, plan.trials)
     judge, stop_judge = start_judge(spec)
+    dose_search = None
+    if spec.search.algorithm == "dose_search":
+        from emray.sweep.dose_search import DoseSearch
+
+        dose_search = DoseSearch(spec, plan.trials)
     # Ctrl-C reaches us as KeyboardInterrupt (run_sweep reports it), not Tune's own "stop gracefully"
     # that returns as if the unfinished trials had failed.
     os.environ["TUNE_DISABLE_SIGINT_HANDLER"] = "1"
     try:
-        tuner = _tuner(spec, plan, sweep_dir, artifacts, judge, resume)
+        tuner = _tuner(spec, plan, sweep_dir, artifacts, judge, resume, dose_search)
         result_grid = tuner.fit()
     finally:
         stop_judge()
@@ -655,7 +682,17 @@ def _run_sweep(spec: SweepSpec, resume: bool, address: str | None, sweep_dir: Pa
 
         write_plots(sweep_dir, rows)
         log_summary(spec, sweep_dir, rows)
-        print("\n" + final_summary(sweep_dir, rows), flush=True)
+        decided = rows
+        if dose_search is not None:  # the recommendation reads the arms run on every seed, not the probes
+            dose_search.write_report(sweep_dir)
+            chosen = dose_search.chosen_keys()
+            decided = [r for r in rows if r.get("trial_key") in chosen]
+            print(
+                f"\n[emray] dose_search: {len(rows)} of {len(plan.trials)} planned trials run; each defense's "
+                f"probes and chosen dose: {sweep_dir / 'dose_search.json'}",
+                flush=True,
+            )
+        print("\n" + final_summary(sweep_dir, decided), flush=True)
     if spec.storage_uri():
         publish(sweep_dir, spec.storage_uri())
     print("\n" + outcome.summary(time.time() - started, sweep_dir), flush=True)

@@ -4,7 +4,7 @@
 name: toy
 base: {model: {name: organism}, data: {...}, train: {...}, eval: {...}}   # a RunConfig
 search:
-  algorithm: grid            # grid | random | optuna
+  algorithm: grid            # grid | random | optuna | dose_search (emray/sweep/dose_search.py)
   models: [organism]         # optional: a grid over model names (sizes)
   defense:
     - none
@@ -14,7 +14,8 @@ search:
   seeds: [0, 1, 2]
 ```
 Grid expands every defense entry's value lists into one trial per combination, times models and
-seeds. Random and Optuna draw ``num_samples`` trials; a range needs one of them.
+seeds. Random and Optuna draw ``num_samples`` trials; a range needs one of them. ``dose_search`` plans the
+grid but runs only what a bisection over each family's list of doses needs (emray/sweep/dose_search.py).
 """
 
 from __future__ import annotations
@@ -57,7 +58,7 @@ class Range(Strict):
 
 
 class SearchConfig(Strict):
-    algorithm: Literal["grid", "random", "optuna"] = "grid"
+    algorithm: Literal["grid", "random", "optuna", "dose_search"] = "grid"
     num_samples: int | None = Field(None, gt=0)  # random / optuna: how many trials
     models: list[str] = Field(default_factory=list)
     defense: list[Any] = Field(default_factory=lambda: ["none"])
@@ -76,8 +77,14 @@ class SearchConfig(Strict):
         return value
 
     @model_validator(mode="after")
+    def _one_model_for_dose_search(self) -> SearchConfig:
+        if self.algorithm == "dose_search" and len(self.models) > 1:
+            raise ValueError("search.models: dose_search searches one model's doses; run one sweep per model")
+        return self
+
+    @model_validator(mode="after")
     def _samples_for_sampling(self) -> SearchConfig:
-        if self.algorithm != "grid" and self.num_samples is None:
+        if self.algorithm in ("random", "optuna") and self.num_samples is None:
             raise ValueError(f"search.num_samples is required for algorithm {self.algorithm!r}")
         return self
 
@@ -144,7 +151,7 @@ class SweepSpec(Strict):
             for spec_entry in _as_list(entry):
                 name, params = _entry_name_params(spec_entry, i)
                 for key, value in params.items():
-                    if isinstance(value, dict) and search.algorithm == "grid":
+                    if isinstance(value, dict) and search.algorithm in ("grid", "dose_search"):
                         raise ValueError(f"search.defense[{i}].{name}.{key}: a range needs algorithm random or optuna")
                 # Validate one concrete point so typos in params fail before anything runs, then every
                 # other listed value (one at a time) so a bad value late in a list fails too.
@@ -153,6 +160,8 @@ class SweepSpec(Strict):
                 for key, value in params.items():
                     for other in value[1:] if isinstance(value, list) else ():
                         parse_defense_entry({name: {**first, key: other}}, i)
+        if search.algorithm == "dose_search":
+            check_dose_ladders(search.defense)
         return search
 
     @field_validator("storage")
@@ -187,6 +196,31 @@ def check_storage(value: str) -> None:
         )
     if not rest.split("/")[0]:
         raise ValueError(f"{value!r}: no bucket name after {scheme}://")
+
+
+def check_dose_ladders(entries: list) -> None:
+    """``dose_search``: the undefended arm, and each other entry one defense with at most one list of numbers
+    (its dose ladder), one entry per defense (emray/sweep/dose_search.py bisects each ladder)."""
+    names = []
+    for i, entry in enumerate(entries):
+        if isinstance(entry, list):
+            raise ValueError(f"search.defense[{i}]: dose_search takes one defense per entry, not a combination")
+        name, params = _entry_name_params(entry, i)
+        lists = {k: v for k, v in params.items() if isinstance(v, list)}
+        if len(lists) > 1:
+            raise ValueError(
+                f"search.defense[{i}].{name}: dose_search bisects one dose per defense; lists for {', '.join(lists)}"
+            )
+        for key, values in lists.items():
+            if not all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in values):
+                raise ValueError(f"search.defense[{i}].{name}.{key}: a dose ladder is a list of numbers, got {values}")
+        if name in names:
+            raise ValueError(f"search.defense[{i}]: {name!r} is listed twice; dose_search takes one ladder per defense")
+        names.append(name)
+    if "none" not in names:
+        raise ValueError(
+            "search.defense: dose_search needs the undefended arm 'none' (relative constraints compare with it)"
+        )
 
 
 def _as_list(entry: Any) -> list:
@@ -316,7 +350,7 @@ def expand_trials(spec: SweepSpec) -> list[Trial]:
     """The concrete trials of a grid or random search (Optuna proposes its own, see runner)."""
     models = spec.search.models or [None]
     arms = [combo for i, entry in enumerate(spec.search.defense) for combo in expand_arm(entry, i)]
-    if spec.search.algorithm == "grid":
+    if spec.search.algorithm in ("grid", "dose_search"):  # dose_search runs a part of the grid
         points = [(m, arm, s) for m in models for arm in arms for s in spec.search.seeds]
     else:
         rng = random.Random(spec.base.seed)
