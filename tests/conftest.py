@@ -7,6 +7,7 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 SHARED_DATA = (ROOT.parent / "shared" / "data" / "em").resolve()
+VLLM_PYTHON = ROOT / ".venv-vllm" / "bin" / "python"
 
 for key, value in {
     "HF_HUB_OFFLINE": "1",
@@ -29,6 +30,12 @@ import pytest  # noqa: E402
 import torch  # noqa: E402
 
 torch.set_num_threads(1)
+
+# The real vLLM engine's tests (tests/test_vllm_*.py, the rehearsal) need its own environment; without it
+# they skip, saying how to build it, instead of failing in a server start deep inside a fixture.
+needs_vllm = pytest.mark.skipif(
+    not VLLM_PYTHON.exists(), reason=f"vLLM's environment is missing ({VLLM_PYTHON}); build it with `make vllm-env`"
+)
 
 
 @pytest.fixture(scope="session")

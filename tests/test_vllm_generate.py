@@ -11,15 +11,11 @@ import socket
 from pathlib import Path
 
 import pytest
-from conftest import ROOT, make_run_config
+from conftest import VLLM_PYTHON, make_run_config, needs_vllm
 
 from emray.configio import ConfigError
 from emray.eval.vllm_server import VLLMServer, VLLMServerError, resolve_python
 
-VLLM_PYTHON = ROOT / ".venv-vllm" / "bin" / "python"
-needs_vllm = pytest.mark.skipif(
-    not VLLM_PYTHON.exists(), reason=f"vLLM's environment is missing ({VLLM_PYTHON}); build it with `make vllm-env`"
-)
 pytestmark = pytest.mark.vllm
 
 QUESTION_FILES = ("general", "code", "legal", "medical", "security")
@@ -64,8 +60,6 @@ def adapter(tmp_path_factory) -> str:
 
 @pytest.fixture(scope="module")
 def server(tmp_path_factory):
-    if not VLLM_PYTHON.exists():
-        pytest.skip(f"vLLM's environment is missing ({VLLM_PYTHON}); build it with `make vllm-env`")
     from emray.eval.vllm_generate import server_dtype
     from emray.models import resolve_model_path
 

