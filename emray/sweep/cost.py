@@ -128,7 +128,7 @@ def format_cost(arms: list[dict], total: dict[str, Any]) -> str:
     for arm in arms:
         overhead = arm.get("cost_overhead")
         lines.append(
-            f"{str(arm.get('short_label') or arm.get('label'))[:40]:<40} {arm.get('n_trials', ''):>6} "
+            f"{str(arm.get('short_label') or arm.get('label'))[:40]:<40} {arm.get('n_seeds', ''):>6} "
             f"{_num(arm.get('cost_accelerator_s'), '.1f'):>13} {_num(overhead, '.2f', '×'):>8} "
             f"{_num(arm.get('judge_calls_total'), '.0f'):>11} {_num(arm.get('judge_cost_usd_total'), '.4f'):>9}"
         )
