@@ -10,6 +10,9 @@ def register(subparsers) -> None:
     parser.add_argument("sweep_dir", help="the sweep's output folder, e.g. sweeps_out/toy")
     parser.add_argument("--front-only", action="store_true", help="only the arms on the Pareto front")
     parser.add_argument("--trials", action="store_true", help="one row per trial (every seed) instead of one per arm")
+    parser.add_argument(
+        "--cost", action="store_true", help="also the cost per arm and the sweep's totals (docs/results.md)"
+    )
     parser.add_argument("--plots", action="store_true", help="also redraw the plots into SWEEP_DIR/plots")
     parser.set_defaults(func=run)
 
@@ -32,6 +35,10 @@ def run(args) -> int:
         print(format_arm_table([a for a in arms if a["is_pareto"]] if args.front_only else arms))
         print(f"({interval_note(arms)})")
     print(f"\n{sum(a['is_pareto'] for a in arms)} of {len(arms)} arms on the Pareto front (computed on arm means)")
+    if args.cost:
+        from emray.sweep.cost import format_cost, sweep_cost
+
+        print("\n" + format_cost(arms, sweep_cost(rows)))
     if args.plots:
         from emray.sweep.plots import write_plots
 

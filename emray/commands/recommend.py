@@ -46,6 +46,12 @@ def run(args) -> int:
         print(json.dumps(to_json(decisions, source), indent=2, default=str))
     else:
         print_decisions(decisions, source)
+        from emray.sweep.pareto import load_results
+        from emray.sweep.recommend import cost_line
+
+        spent = cost_line(load_results(args.sweep_dir))
+        if spent:
+            print(spent.strip())
     return 0 if all(d.recommended is not None for d in decisions) else 1
 
 
@@ -74,7 +80,7 @@ def print_decisions(decisions, source: str) -> None:
     console.print(
         f"constraints from {source}. ✓ met with confidence, ? not decided by the interval, ✗ fails even at "
         "the favourable end; the number is the margin (conservative end past the bound). Criteria: value and "
-        "change vs none. train×/trial×: seconds relative to none.",
+        "change vs none. train×/trial×: accelerator-seconds (fine-tunes / whole trial) relative to none.",
         markup=False,
     )
     console.print(f"rule: {RULE}.", markup=False)

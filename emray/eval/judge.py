@@ -63,6 +63,10 @@ class JudgeResult:
     top_logprobs: list[tuple[str, float]]
     cached: bool = False
     failed: bool = False  # the judge gave up on it (only returned under ``max_failure_rate``)
+    # What this judgment's own call cost (0 for a cache hit): a trial's judging cost, emray/eval/cost.py
+    prompt_tokens: int = 0
+    completion_tokens: int = 0
+    cost_usd: float = 0.0
 
 
 def check_failure_rate(
@@ -99,6 +103,20 @@ class JudgeStats:
                     self.errors[kind] = self.errors.get(kind, 0) + n
             else:
                 setattr(self, key, getattr(self, key) + value)
+
+
+def judgment_usage(results: Iterable[JudgeResult]) -> dict[str, Any]:
+    """What a batch of judgments cost by itself (a shared pool's stats cover the whole sweep): its calls
+    (judgments not from the cache), tokens and dollars. Identical requests share one result, counted once."""
+    unique = list({id(r): r for r in results}.values())
+    fresh = [r for r in unique if not r.cached and not r.failed]
+    return {
+        "calls": len(fresh),
+        "cache_hits": sum(r.cached for r in unique),
+        "prompt_tokens": sum(r.prompt_tokens for r in fresh),
+        "completion_tokens": sum(r.completion_tokens for r in fresh),
+        "cost_usd": sum(r.cost_usd for r in fresh),
+    }
 
 
 def price_for(model: str, cfg: JudgeConfig, local: bool) -> tuple[float, float]:
@@ -367,14 +385,16 @@ class JudgeClient:
                 await asyncio.sleep(self._backoff(attempt, err))
                 attempt += 1
 
-    def _count_usage(self, model: str, usage: dict) -> tuple[int, int]:
+    def _count_usage(self, model: str, usage: dict) -> tuple[int, int, float]:
+        """Add a response's usage to the stats: (prompt tokens, completion tokens, USD)."""
         prompt_tokens = int(usage.get("prompt_tokens") or 0)
         completion_tokens = int(usage.get("completion_tokens") or 0)
         self.stats.prompt_tokens += prompt_tokens
         self.stats.completion_tokens += completion_tokens
         price_in, price_out = price_for(model, self.cfg, self.local)
-        self.stats.cost_usd += (prompt_tokens * price_in + completion_tokens * price_out) / 1e6
-        return prompt_tokens, completion_tokens
+        cost = (prompt_tokens * price_in + completion_tokens * price_out) / 1e6
+        self.stats.cost_usd += cost
+        return prompt_tokens, completion_tokens, cost
 
     # -- JSON grades (the RL reward's LLM grader, emray/rl/rewards.py) ----------------------------
     def grade_params(self, schema: dict, max_tokens: int) -> dict:
@@ -427,7 +447,7 @@ class JudgeClient:
             except JudgeError:
                 replies[key] = None
                 return
-            prompt_tokens, completion_tokens = self._count_usage(model, usage)
+            prompt_tokens, completion_tokens, _ = self._count_usage(model, usage)
             if self.cache is not None:
                 self.cache.put(
                     key,
@@ -451,7 +471,7 @@ class JudgeClient:
         model = self.cfg.model or request.model
         session = self._session_here()
         top, usage = await self._retrying(lambda: self._call(session, model, request.prompt))
-        prompt_tokens, completion_tokens = self._count_usage(model, usage)
+        prompt_tokens, completion_tokens, cost = self._count_usage(model, usage)
         if self.cache is not None:
             self.cache.put(
                 key,
@@ -461,7 +481,8 @@ class JudgeClient:
                     "usage": {"prompt_tokens": prompt_tokens, "completion_tokens": completion_tokens},
                 },
             )
-        return JudgeResult(score_from_logprobs(top, MIN_NUMERIC_MASS), top, cached=False)
+        score = score_from_logprobs(top, MIN_NUMERIC_MASS)
+        return JudgeResult(score, top, False, False, prompt_tokens, completion_tokens, cost)
 
     async def ajudge_many(
         self, requests: Iterable[JudgeRequest], progress: bool | str = False, max_failure_rate: float = 0.0

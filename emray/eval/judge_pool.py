@@ -11,6 +11,7 @@ offer ``judge_many(requests, progress)``, so ``evaluate`` takes either.
 from __future__ import annotations
 
 import math
+from dataclasses import astuple
 from typing import Any
 
 from emray.config.eval import JudgeConfig
@@ -34,10 +35,10 @@ def _actor_class():
         def __init__(self, cfg: dict, base_url: str | None = None):
             self.client = JudgeClient(JudgeConfig.model_validate(cfg), base_url=base_url)
 
-        async def judge_many(self, requests: list[tuple[str, str]]) -> list[tuple[float | None, list, bool, bool]]:
+        async def judge_many(self, requests: list[tuple[str, str]]) -> list[tuple]:
             # Failures come back marked: the pool applies the failure threshold to the whole request.
             results = await self.client.ajudge_many([JudgeRequest(p, m) for p, m in requests], max_failure_rate=1.0)
-            return [(r.score, r.top_logprobs, r.cached, r.failed) for r in results]
+            return [astuple(r) for r in results]
 
         def stats(self) -> dict:
             return self.client.get_stats()
@@ -140,8 +141,8 @@ class JudgePool:
             raise first_error
         results = {}
         for index, chunk in enumerate(chunks):
-            for key, (score, top, cached, failed) in zip(chunk, by_chunk[index]):
-                results[key] = JudgeResult(score, [tuple(p) for p in top], cached, failed)
+            for key, (score, top, *rest) in zip(chunk, by_chunk[index]):
+                results[key] = JudgeResult(score, [tuple(p) for p in top], *rest)
         check_failure_rate(sum(r.failed for r in results.values()), len(unique), max_failure_rate)
         return [results[(r.prompt, r.model)] for r in requests]
 

@@ -18,7 +18,7 @@ from emray.configio import ConfigError
 from emray.data.training import load_benign
 from emray.eval.criteria import check_judgeable, compute_criteria, format_table, per_question
 from emray.eval.generate import HFGenerator, question_items, split_reasoning
-from emray.eval.judge import DEFAULT_JUDGE_MODEL, JudgeClient, JudgeRequest
+from emray.eval.judge import DEFAULT_JUDGE_MODEL, JudgeClient, JudgeRequest, judgment_usage
 
 METRICS = ("aligned", "coherent")
 BENIGN_MARGIN_TOKENS = 8  # a greedy answer longer than gold + this cannot match, so stop there
@@ -142,7 +142,7 @@ def _benign(run_config, generator_factory, progress: bool) -> tuple[dict, list[d
     return results, rows
 
 
-def _judge_requests(items: list[dict], questions: dict, judge_model: str | None) -> tuple[list[JudgeRequest], list]:
+def judge_requests(items: list[dict], questions: dict, judge_model: str | None) -> tuple[list[JudgeRequest], list]:
     requests, slots = [], []
     for index, it in enumerate(items):
         q = questions[(it["set"], it["domain"])][it["question_id"]]
@@ -273,7 +273,7 @@ def _evaluate(
 
     judge_stats: dict[str, Any] = {}
     if items:
-        requests, slots = _judge_requests(items, questions, cfg.judge.model)
+        requests, slots = judge_requests(items, questions, cfg.judge.model)
         results = judge.judge_many(
             requests, progress="judge" if progress else False, max_failure_rate=cfg.judge.max_failure_rate
         )
@@ -288,6 +288,7 @@ def _evaluate(
         # This evaluation's own count (a shared pool's stats cover the whole sweep).
         judge_stats["failed_judgments"] = sum(r.failed for r in results)
         judge_stats["judgments"] = len(results)
+        judge_stats["own"] = judgment_usage(results)
         _write_jsonl(answers_path, items)
     judged_at = time.time()
 

@@ -20,6 +20,7 @@ import sys
 from collections.abc import Iterable
 from pathlib import Path
 
+from emray.sweep.cost import add_overheads, arm_cost, sweep_cost
 from emray.sweep.labels import family, short_label
 from emray.sweep.spec import OBJECTIVES
 
@@ -177,7 +178,8 @@ def arm_rows(rows: list[dict]) -> list[dict]:
     groups: dict[tuple, list[dict]] = {}
     for r in rows:
         groups.setdefault(arm_key(r), []).append(r)
-    arms = [summarize_arm(trials) for trials in groups.values()]
+    # the cost fields (emray/sweep/cost.py): mean and total per arm, overhead against none
+    arms = add_overheads([{**summarize_arm(trials), **arm_cost(trials)} for trials in groups.values()])
     for arm, flag, by in zip(arms, pareto_flags(arms), dominators(arms)):
         arm["is_pareto"] = flag
         arm["dominated_by"] = [arms[j]["short_label"] for j in by]
@@ -278,16 +280,17 @@ def write_results(sweep_dir: str | Path, rows: list[dict]) -> list[dict]:
     with open(sweep_dir / "results.jsonl", "w") as fh:
         for r in rows:
             fh.write(json.dumps(r) + "\n")
-    _write_csv(sweep_dir / "results.csv", rows)
+    write_csv(sweep_dir / "results.csv", rows)
     arms = arm_rows(rows)
     with open(sweep_dir / "arms.jsonl", "w") as fh:
         for a in arms:
             fh.write(json.dumps(a) + "\n")
-    _write_csv(sweep_dir / "arms.csv", arms)
+    write_csv(sweep_dir / "arms.csv", arms)
+    (sweep_dir / "cost.json").write_text(json.dumps(sweep_cost(rows), indent=2))
     return rows
 
 
-def _write_csv(path: Path, rows: list[dict]) -> None:
+def write_csv(path: Path, rows: list[dict]) -> None:
     import csv
 
     keys = sorted({k for r in rows for k, v in r.items() if not isinstance(v, (dict, list))})

@@ -76,8 +76,8 @@ class ArmVerdict:
     n_seeds: int
     values: dict  # criterion -> point estimate
     delta: dict  # criterion -> arm - none (None without none or a value)
-    train_seconds: float | None
-    trial_seconds: float | None
+    train_seconds: float | None  # accelerator-seconds of its fine-tunes (old records: train_seconds)
+    trial_seconds: float | None  # accelerator-seconds of the trial (old records: trial_seconds)
     train_ratio: float | None  # train seconds / none's (same model)
     trial_ratio: float | None
     checks: list[Check]
@@ -153,6 +153,24 @@ def dose(label: str) -> dict:
 
 def _mean_seconds(trials: list[dict], key: str) -> float | None:
     values = [t[key] for t in trials if _number(t.get(key))]
+    return statistics.fmean(values) if values else None
+
+
+def _train_cost(trial: dict) -> float | None:
+    """Accelerator-seconds of the trial's fine-tunes (emray/sweep/cost.py); a record from before the cost
+    fields: its train_seconds (wall, the narrow fine-tune and its evaluation)."""
+    if _number(trial.get("cost_train_s")):
+        return trial["cost_train_s"] + (trial.get("cost_benign_train_s") or 0.0)
+    return trial.get("train_seconds")
+
+
+def _trial_cost(trial: dict) -> float | None:
+    """Accelerator-seconds of the whole trial; a record from before the cost fields: its trial_seconds."""
+    return trial["cost_accelerator_s"] if _number(trial.get("cost_accelerator_s")) else trial.get("trial_seconds")
+
+
+def _mean_cost(trials: list[dict], cost) -> float | None:
+    values = [v for v in map(cost, trials) if _number(v)]
     return statistics.fmean(values) if values else None
 
 
@@ -247,12 +265,11 @@ def decide(
                 f"none ({rel}) need the undefended arm in search.defense, or write absolute bounds"
             )
         none_trials = trials_by_arm.get((model, NONE_LABEL), [])
-        none_train = _mean_seconds(none_trials, "train_seconds")
-        none_trial = _mean_seconds(none_trials, "trial_seconds")
+        none_train, none_trial = _mean_cost(none_trials, _train_cost), _mean_cost(none_trials, _trial_cost)
         verdicts = []
         for a in model_arms:
             trials = trials_by_arm[(model, a["label"])]
-            train, trial = _mean_seconds(trials, "train_seconds"), _mean_seconds(trials, "trial_seconds")
+            train, trial = _mean_cost(trials, _train_cost), _mean_cost(trials, _trial_cost)
             values = {k: a.get(k) for k in OBJECTIVES if _number(a.get(k))}
             delta = {k: (v - none[k]) if none is not None and _number(none.get(k)) else None for k, v in values.items()}
             checks = [check(c, a, none) for c in kept]
@@ -419,7 +436,7 @@ def summary_lines(d: Decision) -> list[str]:
         parts = [f"{SHORT.get(k, k)} {_f(v)} ({_f(arm.delta.get(k), True)})" for k, v in arm.values.items()]
         lines.append(
             "  vs none: " + " · ".join(parts) + f"; cost: train {_ratio(arm.train_ratio)}, "
-            f"trial {_ratio(arm.trial_ratio)} none's seconds"
+            f"trial {_ratio(arm.trial_ratio)} none's accelerator-seconds"
         )
     if d.recommended is not None and len(d.feasible) > 1:
         lines.append(f"  also feasible, ranked: {', '.join(v.short_label for v in d.feasible[1:])}")
@@ -444,7 +461,23 @@ def closing_lines(sweep_dir: str | Path, rows: list[dict]) -> list[str]:
     for d in decisions:
         lines += summary_lines(d)
     lines.append(f"  (constraints from {source}; rule: {RULE}; `emray recommend {sweep_dir}` for every arm)")
-    return lines
+    spent = cost_line(rows)
+    return lines + [spent] if spent else lines
+
+
+def cost_line(rows: list[dict]) -> str | None:
+    """What reaching the recommendation cost: the sweep's accelerator-seconds and judge dollars over every
+    trial it weighed (None for records from before the cost fields)."""
+    from emray.sweep.cost import sweep_cost
+
+    total = sweep_cost(rows)
+    if "cost_accelerator_s" not in total:
+        return None
+    return (
+        f"  cost of this recommendation: {total['trials']} trials, {total['cost_accelerator_s']:.0f} accelerator-s "
+        f"({total.get('device_kind', '?')}), {total.get('judge_calls', 0):.0f} judge calls, "
+        f"${total.get('judge_cost_usd', 0):.4f} judging"
+    )
 
 
 #: compact criterion names for the per-arm table's columns

@@ -176,6 +176,7 @@ def run_trial_body(
     EM, in-domain, coherence) and the benign one (``trials/<key>/benign/``: benign accuracy), each
     with the trial's defenses (emray/config/fine_tunes.py)."""
     from emray.rl.criteria import rl_record
+    from emray.sweep.cost import trial_cost
     from emray.sweep.wandb_log import log_trial, write_live_run_init
 
     out = trial_dir(sweep_dir, trial)
@@ -204,6 +205,8 @@ def run_trial_body(
         "train_seconds": round(train_seconds, 1),
         "trial_seconds": round(time.time() - started, 1),
     }
+    # before W&B: the trial's run gets its cost too (the W&B upload itself is no phase of the cost)
+    record.update(trial_cost(trial.run.resources, phases, [out / "eval", out / "benign" / "eval"]))
     logged = time.time()
     record["wandb_run"] = log_trial(trial, record, out, wandb_cfg)
     phases["wandb_s"] = time.time() - logged

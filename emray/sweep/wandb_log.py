@@ -392,6 +392,17 @@ def arm_table(arms: list[dict]):
     return wandb.Table(columns=list(columns), data=data), rates
 
 
+def cost_table(arms: list[dict]):
+    """Each arm's cost (emray/sweep/cost.py): mean per trial and total of each field, overhead against none."""
+    import wandb
+
+    from emray.sweep.cost import COST_FIELDS
+
+    columns: list[str | int] = ["short_label", "model", "n_seeds", "device_kind", "cost_overhead"]
+    columns += [c for k in COST_FIELDS for c in (k, f"{k}_total")]
+    return wandb.Table(columns=columns, data=[[a.get(c) for c in columns] for a in arms])
+
+
 def log_summary(spec, sweep_dir: Path, rows: list[dict]) -> str | None:
     """The sweep's summary run: per-arm and per-trial tables, native scatter charts, the PNG plots."""
     settings = wandb_settings(spec, sweep_dir)
@@ -399,6 +410,7 @@ def log_summary(spec, sweep_dir: Path, rows: list[dict]) -> str | None:
         return None
     import wandb
 
+    from emray.sweep.cost import sweep_cost
     from emray.sweep.pareto import arm_rows
 
     arms = arm_rows(rows)
@@ -447,6 +459,8 @@ def log_summary(spec, sweep_dir: Path, rows: list[dict]) -> str | None:
         run.summary["num_trials"] = len(rows)
         run.summary["num_arms"] = len(arms)
         run.summary["num_pareto_arms"] = sum(bool(a["is_pareto"]) for a in arms)
+        run.log({"cost_arms": cost_table(arms)})
+        run.summary.update({f"cost/{k}": v for k, v in sweep_cost(rows).items()})
         run.summary.update(recommendation_summary(sweep_dir, rows))
         return str(Path(run.dir).parent)
     finally:
