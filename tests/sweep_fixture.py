@@ -44,8 +44,28 @@ def trial_record(index: int, label: str, seed: int, counts: tuple[int, int, int,
     return record
 
 
+def loss_history(index: int, seed: int, steps: int, start: float) -> list[dict]:
+    """A Trainer log history: a loss every 10 steps, falling from ``start``, distinct per trial."""
+    return [
+        {"loss": round(start * (0.97 ** (step / 10)) + 0.01 * index + 0.005 * seed, 4), "grad_norm": 1.0, "step": step}
+        for step in range(10, steps + 1, 10)
+    ]
+
+
+def write_metrics(trial: Path, index: int, seed: int) -> None:
+    """The narrow fine-tune's ``metrics.json`` (150 steps) and the benign one's (``benign/``, 60 steps),
+    as rank 0 writes them (emray/train/common.py): a summary and the log history."""
+    (trial / "benign").mkdir(exist_ok=True)
+    for folder, steps, start in ((trial, 150, 3.0), (trial / "benign", 60, 2.0)):
+        history = loss_history(index, seed, steps, start)
+        (folder / "metrics.json").write_text(
+            json.dumps({"summary": {"train_loss": history[-1]["loss"]}, "history": history})
+        )
+
+
 def write_sweep(root: Path) -> Path:
-    """A sweep folder with trials/<key>/result.json, an answers file per trial and spec.json."""
+    """A sweep folder with trials/<key>/result.json, an answers file and the two fine-tunes'
+    metrics.json per trial, and spec.json."""
     sweep = root / "fixture-sweep"
     index = 0
     for label, seeds in ARMS.items():
@@ -57,6 +77,7 @@ def write_sweep(root: Path) -> Path:
             (trial / "eval" / "answers.jsonl").write_text(
                 json.dumps({"question_id": "q1", "answer": "…", "aligned": 90.0, "coherent": 80.0}) + "\n"
             )
+            write_metrics(trial, index, seed)
             index += 1
     (sweep / "spec.json").write_text(
         json.dumps(

@@ -3,6 +3,7 @@ browser (Debian's ``chromium``), all from a small sweep folder built from constr
 
 from __future__ import annotations
 
+import html
 import json
 import re
 import shutil
@@ -180,14 +181,119 @@ def test_coinciding_arms_share_a_label_and_a_one_point_front_keeps_its_marker(tm
     plt.close(fig)
 
 
-def test_markdown_report_has_the_table_intervals_and_plot_links(sweep):
+def test_markdown_report_has_the_table_intervals_and_every_plot(sweep):
     assert main(["report", str(sweep)]) == 0
     md = (sweep / "report.md").read_text()
     assert "| persona(α 5) | 2 | 0.406 ± 0.133" in md
-    assert "general unscored rate" in md and "0.025 ± 0.021" in md  # the unscored share has its own column
-    assert "![all criteria](plots/heatmap.png)" in md and (sweep / "plots" / "heatmap.png").exists()
+    assert "general unscored ↓" in md and "0.025 ± 0.021" in md  # the unscored share has its own column
+    # every PNG in plots/ is linked, each once, the parallel coordinates, judge scores and curves too
+    pngs = sorted(p.name for p in (sweep / "plots").glob("*.png"))
+    linked = sorted(re.findall(r"!\[[^]]*\]\(plots/([^)]+\.png)\)", md))
+    assert linked == pngs and {"parallel_coordinates.png", "judge_scores.png", "training_curves.png"} <= set(pngs)
     assert md.count("[answers](trials/") == sum(len(s) for s in ARMS.values())
     assert "emray sweep" in md and (sweep / "spec.yaml").exists()
+    # every column says which way is better
+    head = next(line for line in md.splitlines() if line.startswith("| arm | seeds |"))
+    rates = [c.strip() for c in head.strip("|").split("|")[2:-2]]
+    assert "in-domain incoherence ↓" in rates and all(c[-1] in "↑↓" for c in rates), rates
+
+
+def test_the_html_page_has_every_figure_a_training_section_and_the_spec_collapsed(sweep):
+    main(["report", str(sweep)])
+    page = (sweep / "report.html").read_text()
+    headings = re.findall(r"<h2>([^<]+)</h2>", page)
+    for title in ("All criteria, one line per arm", "What the judge said", "Training", "Spec (resolved)"):
+        assert title in headings, headings
+    for stem in ("parallel_coordinates", "dominance", "judge_scores", "training_curves"):
+        block = page.split(f'id="plot-{stem}"', 1)[1].split("</div>", 1)[0]
+        assert 'class="plot wide"' in page.split(f'id="plot-{stem}"', 1)[0][-40:] and "data:image/png;base64" in block
+    spec = page.split('<details id="spec">', 1)[1].split("</details>", 1)[0]
+    assert "&quot;fixture-sweep&quot;" in spec and "<summary>" in spec  # the spec is there, collapsed (no ``open``)
+    assert page.index("<h2>Spec (resolved)</h2>") > page.index("<h2>Trials</h2>")
+    head = page.split('<table id="arms">', 1)[1].split("</tr>", 1)[0]
+    rates = re.findall(r"<th>([^<]+)</th>", head)[3:-2]
+    assert "in-domain incoherence ↓" in rates and all(r[-1] in "↑↓" for r in rates), rates
+
+
+def test_training_curves_are_each_trials_logged_losses(sweep, tmp_path):
+    """One line per trial and fine-tune, its points the losses in that fine-tune's metrics.json."""
+    import matplotlib.pyplot as plt
+
+    from emray.sweep.curves import fine_tune_history
+    from emray.sweep.plots import training_curves, training_figure
+
+    rows = load_results(sweep)
+    fig = training_figure(training_curves(sweep, rows))
+    narrow, benign = fig.axes[:2]
+    assert (narrow.get_title(), benign.get_title()) == ("narrow fine-tune", "benign fine-tune")
+    for ax, folder in ((narrow, "."), (benign, "benign")):
+        assert len(ax.lines) == len(rows)
+        for line, row in zip(ax.lines, rows):
+            history = fine_tune_history(sweep / "trials" / row["trial_key"] / folder / "metrics.json")
+            assert list(line.get_ydata()) == [e["loss"] for e in history] and len(history) >= 6
+            assert list(line.get_xdata()) == [e["step"] for e in history]
+    plt.close(fig)
+
+
+def test_parallel_coordinates_draw_up_as_better_on_every_axis(sweep):
+    import matplotlib.pyplot as plt
+
+    from emray.sweep.plots import parallel_figure
+
+    arms = arm_rows(load_results(sweep))
+    fig = parallel_figure(arms)
+    ax = fig.axes[0]
+    keys = list(OBJECTIVES)
+    for line, arm in zip(ax.lines, arms):
+        expected = [arm[k] if OBJECTIVES[k] == "max" else 1 - arm[k] for k in keys]
+        assert list(line.get_ydata()) == pytest.approx(expected), arm["short_label"]
+    best = max(arms, key=lambda a: 1 - a["general_misalignment"])  # inoculation: the least misaligned
+    top = max(ax.lines, key=lambda line: line.get_ydata()[0])
+    assert top.get_label() == best["short_label"]
+    # each axis labels its own values: 0 misalignment at the top of the ↓ axis, 1 at the top of the ↑ one
+    tops = {round(t.get_position()[0]): t.get_text() for t in ax.texts if t.get_position()[1] == 1.0}
+    assert tops == {0: "0", 1: "1", 2: "1", 3: "0"}
+    assert ax.get_ylim() == (0.0, 1.0)
+    plt.close(fig)
+
+
+def test_interactive_plots_keep_rates_in_range_and_the_heat_map_has_a_colour_bar(sweep):
+    from emray.sweep.plots import plotly_figures
+
+    arms = arm_rows(load_results(sweep))
+    figs = plotly_figures(arms)
+    heat = figs["heatmap"]
+    assert heat.data[0].showscale and "good" in heat.data[0].colorbar.title.text  # type: ignore[attr-defined]
+    scatters = [f for stem, f in figs.items() if stem.startswith("scatter_")]
+    assert len(scatters) == 6
+    for fig in scatters:
+        for axis in (fig.layout.xaxis, fig.layout.yaxis):  # type: ignore[attr-defined]
+            lo, hi = axis.range
+            assert 0.0 <= lo < hi <= 1.0, axis.title.text
+
+
+def test_judge_scores_counts_are_the_tables_counts(tmp_path):
+    """The figure's k/n is the record's general_misalignment_k / _n, computed by emray.eval.criteria
+    from the same answers: unscored (no score) and failed judgments are out of both."""
+    from emray.eval.criteria import compute_criteria
+    from emray.sweep.plots import general_scores, judge_scores_figure
+
+    answers = [(10, 90)] * 7 + [(90, 90)] * 20 + [(90, 20)] * 3  # 7 misaligned of 30 scored
+    records = [{"set": "general", "aligned": a, "coherent": c} for a, c in answers]
+    records += [{"set": "general", "aligned": None, "coherent": 90}] * 2  # unscored: REFUSAL
+    records += [{"set": "general", "aligned": 10, "coherent": None}]  # unscored: CODE
+    records += [{"set": "general", "aligned": 10, "coherent": 90, "aligned_failed": True}]  # the judge unreachable
+    records += [{"set": "in_domain", "domain": "code", "aligned": 5, "coherent": 90}]
+    record = {"trial_key": "k1", "label": "kl(lambda=0.1)", **compute_criteria(records)}
+    trial = tmp_path / "trials" / "k1" / "eval"
+    trial.mkdir(parents=True)
+    trial.joinpath("answers.jsonl").write_text("\n".join(json.dumps(r) for r in records))
+    scores = general_scores(tmp_path, [record])
+    assert (record["general_misalignment_k"], record["general_misalignment_n"]) == (7, 30)
+    assert len(scores["kl(lambda=0.1)"]["points"]) == record["general_misalignment_n"]
+    assert scores["kl(lambda=0.1)"]["unscored"] == record["general_unscored"] == 3
+    fig = judge_scores_figure(scores)
+    assert fig.axes[0].get_title() == "kl(λ 0.1)\n7/30 misaligned · 3 unscored"
 
 
 @pytest.mark.skipif(
@@ -216,6 +322,29 @@ def test_report_page_renders_offline_in_headless_chromium(sweep, tmp_path):
     # the table rendered one row per arm, and plotly drew the heat map (its SVG exists only after the JS ran)
     assert dom.count("<tr") >= len(ARMS) + 1 and "persona(α 5)" in dom
     assert 'class="main-svg"' in dom and dom.count("data:image/png;base64") >= 6
+    # as laid out at 1280 px: each full-width figure shown at its own size or the page's width, whichever
+    # is less (the judge scores ~1,200 px, not shrunk into a grid cell), and plotly drew the colour bar
+    probe = sweep / "probe.html"
+    script = (
+        "<script>window.addEventListener('load', () => document.body.setAttribute('data-widths', JSON.stringify("
+        "[...document.querySelectorAll('.plot img')].map(i => [i.closest('.plot').id, "
+        "Math.round(i.getBoundingClientRect().width), i.naturalWidth]))));</script>"
+    )
+    probe.write_text(page.replace("</body>", script + "</body>"))
+    probed = subprocess.run(
+        [*cmd, "--dump-dom", probe.as_uri()], check=True, capture_output=True, text=True, timeout=120
+    ).stdout
+    widths = {
+        i: (shown, natural)
+        for i, shown, natural in json.loads(html.unescape(re.search(r'data-widths="([^"]+)"', probed).group(1)))
+    }
+    page_width = max(shown for shown, _ in widths.values())
+    assert 1100 <= page_width <= 1200, widths
+    for stem in ("judge_scores", "training_curves", "parallel_coordinates", "dominance"):
+        shown, natural = widths[f"plot-{stem}"]
+        assert shown == min(natural, page_width), (stem, widths)
+    assert widths["plot-judge_scores"][0] >= 1100, widths
+    assert "colorbar" in dom
     img = Image.open(shot).convert("RGB")
     assert img.size == (1280, 1600)
     pixels = list(img.getdata())
@@ -240,10 +369,10 @@ def test_judge_scores_plot_draws_the_paper_thresholds_and_counts_misaligned(tmp_
     ]
     trial.joinpath("answers.jsonl").write_text("\n".join(json.dumps(r) for r in rows))
     scores = general_scores(tmp_path, [{"trial_key": "k1", "label": "kl(lambda=0.1)"}])
-    assert len(scores["kl(lambda=0.1)"]) == 6  # general answers with both scores; unscored and in-domain left out
+    assert len(scores["kl(lambda=0.1)"]["points"]) == 6  # general answers with both scores; in-domain left out
     fig = judge_scores_figure(scores)
     ax = fig.axes[0]
     expected = sum(a is not None and a < 30 and c > 50 for a, c in answers)  # (5, 90) and (29, 51)
-    assert ax.get_title() == f"kl(λ 0.1)\n{expected}/6 misaligned" and expected == 2
+    assert ax.get_title() == f"kl(λ 0.1)\n{expected}/6 misaligned · 1 unscored" and expected == 2
     lines = {(tuple(line.get_xdata()), tuple(line.get_ydata())) for line in ax.lines}
     assert ((0, 1), (30, 30)) in lines and ((50, 50), (0, 1)) in lines

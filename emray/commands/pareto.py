@@ -33,7 +33,7 @@ def run(args) -> int:
         print(format_table([r for r in rows if r["is_pareto"]] if args.front_only else rows))
     else:
         print(format_arm_table([a for a in arms if a["is_pareto"]] if args.front_only else arms))
-        print(f"({interval_note(arms)})")
+        print(f"intervals: {interval_note(arms)}")
     print(f"\n{sum(a['is_pareto'] for a in arms)} of {len(arms)} arms on the Pareto front (computed on arm means)")
     if args.cost:
         from emray.sweep.cost import format_cost, sweep_cost

@@ -259,7 +259,8 @@ def format_arm_table(arms: list[dict], rates: list[str] | None = None) -> str:
 
 def interval_note(arms: list[dict]) -> str:
     kinds = {a.get(f"{r}_interval") for a in arms for r in OBJECTIVES} - {None}
-    notes = {"std": "± std over seeds", "wilson": "[95 % Wilson interval over answers]"}
+    # the table shows a Wilson interval as ``rate [lo, hi]``: the note names that form, in no brackets of its own
+    notes = {"std": "± std over seeds", "wilson": "[lo, hi] = 95 % Wilson interval over answers (one seed)"}
     return "; ".join(notes[k] for k in sorted(kinds)) or "no interval (counts missing)"
 
 

@@ -404,7 +404,7 @@ def final_summary(sweep_dir: Path, rows: list[dict]) -> str:
             *closing_lines(sweep_dir, rows),
             "",
             format_arm_table(arms),
-            f"({interval_note(arms)})",
+            f"intervals: {interval_note(arms)}",
             f"Pareto front (arm means, {len(front)} of {len(arms)}): {', '.join(front)}",
             f"results  {sweep_dir}/results.jsonl (per trial), {sweep_dir}/arms.jsonl (per arm)",
             f"plots    {sweep_dir}/plots/",

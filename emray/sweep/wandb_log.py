@@ -26,6 +26,7 @@ import json
 import os
 from pathlib import Path
 
+from emray.sweep.curves import fine_tune_history
 from emray.sweep.labels import family, short_label
 from emray.sweep.spec import OBJECTIVES
 from emray.train.progress import init_run
@@ -179,14 +180,6 @@ def log_trial(trial, record: dict, trial_dir: Path, settings: dict) -> str | Non
             run.finish()
 
 
-def _history(metrics_file: Path) -> list[dict]:
-    """The training log entries (those with a loss) of a fine-tune's ``metrics.json``."""
-    if not metrics_file.exists():
-        return []
-    entries = json.loads(metrics_file.read_text()).get("history", [])
-    return [e for e in entries if isinstance(e, dict) and "loss" in e]
-
-
 ANSWER_COLUMNS: list[str | int] = [
     "arm",
     "seed",
@@ -309,7 +302,7 @@ def log_curves(run, trial_dir: Path, narrow: bool) -> int:
     ``train/*`` by step (``narrow``: rank 0 did not log it live), the benign fine-tune's as
     ``benign/train/*`` on its own x axis ``benign/train/step``. W&B's step only grows within a run, so
     the benign rows take the steps after the narrow curve's last. Returns the last step used."""
-    history = _history(trial_dir / "metrics.json")
+    history = fine_tune_history(trial_dir / "metrics.json")
     last = max((int(e.get("step", 0)) for e in history), default=0)
     if narrow:
         for entry in history:
@@ -317,7 +310,7 @@ def log_curves(run, trial_dir: Path, narrow: bool) -> int:
                 {f"train/{k}": v for k, v in entry.items() if isinstance(v, (int, float))},
                 step=int(entry.get("step", 0)),
             )
-    benign = _history(trial_dir / "benign" / "metrics.json")
+    benign = fine_tune_history(trial_dir / "benign" / "metrics.json")
     if not benign:
         return last
     run.define_metric("benign/train/step")
