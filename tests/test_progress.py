@@ -103,8 +103,13 @@ def test_final_summary_names_the_front_and_where_things_are(tmp_path):
             "general_incoherence": 0.06,
         },
     ]
+    from emray.eval.criteria import rate_fields
+
+    rows[0].update(rate_fields("general_misalignment", 7, 10))  # one seed: a Wilson interval, shown as [lo, hi]
     text = final_summary(tmp_path, rows)
     assert "Pareto front (arm means, 1 of 2): none" in text
+    assert "0.700 [0.40, 0.89]" in text and "([" not in text
+    assert "\nintervals: [lo, hi] = 95 % Wilson interval over answers (one seed)\n" in text
     assert f"emray report {tmp_path}" in text and f"{tmp_path}/logs/<trial key>.log" in text
 
 
@@ -132,3 +137,37 @@ def test_stage_lines_name_the_stage_briefly():
         )
         == "persona_vector(organism, evil_extract.json)"
     )
+
+
+def test_stage_lines_say_when_each_stage_is_done_and_how_long_it_took(capsys):
+    """Stages finish in their own order on Ray; each one's line comes when it is done, on the sweep's
+    clock, with its own duration."""
+    import re
+    import time
+
+    import ray
+
+    from emray.sweep.runner import stage_results
+
+    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)
+    try:
+
+        @ray.remote
+        def stage(seconds: float) -> dict:
+            time.sleep(seconds)
+            return {"slept": seconds}
+
+        now = time.time()
+        pending = {"slow": stage.remote(3.0), "fast": stage.remote(0.2)}
+        names = {"slow": ("persona_vector", now), "fast": ("interleave_plus", now)}
+        results = list(stage_results(pending, names, started=now - 60))
+    finally:
+        ray.shutdown()
+    assert results == [("fast", {"slept": 0.2}), ("slow", {"slept": 3.0})]
+    fast, slow = capsys.readouterr().out.splitlines()
+    took = {}
+    for line in (fast, slow):
+        match = re.fullmatch(r"\[emray   1:\d\d\] stage (\w+): done in 0:(\d\d)", line)
+        assert match, line  # on the sweep's clock (started a minute before), with the stage's duration
+        took[match[1]] = int(match[2])
+    assert took["persona_vector"] >= 3 and took["persona_vector"] - took["interleave_plus"] >= 2, took

@@ -4,8 +4,12 @@
 Every planned trial has a row from the start (pending until Tune starts it; a trial finished by an
 earlier run shows as done). A running trial's phase (``narrow`` / ``benign`` fine-tune, then its
 evaluation), step / total and last loss come from its ``progress.json``, written by rank 0
-(emray/train/progress.py). The ETA is the work left (pending trials, the rest of the running ones)
-at the mean duration of the trials finished in this run, over the trials seen running at once.
+(emray/train/progress.py). The ETA (``eta``) is ``?`` until a trial of this run finishes; then the work
+left (pending trials, the rest of the running ones) at the mean duration of this run's finished trials,
+over the trials seen running at once, re-estimated when a trial starts, finishes or fails, smoothed, and
+counting down in between. The clock starts at the sweep's start (``started``: before its stages), not
+Tune's. Under ``search.algorithm: dose_search`` the trials are not all planned up front (``needed``): a
+trial has a row once the search asks for it, and the pending count is what it asks for now.
 
 - On a TTY: the table, titled with the counts and the ETA; with more trials than terminal lines,
   running and failed rows stay and the rest of the finished / pending ones fold into a count row.
@@ -41,6 +45,9 @@ TABLE_SHORT = {**SHORT, "general_misalignment": "genEM↓"}  # the table's narro
 #: Seconds between two plain status lines when nothing changes; the environment variable overrides it.
 INTERVAL_ENV = "EMRAY_PROGRESS_INTERVAL"
 DEFAULT_INTERVAL = 30.0
+#: How far one re-estimate moves the ETA's expected end (the rest keeps the previous one): a trial that
+#: finishes fast or slow nudges the estimate instead of swinging it.
+ETA_SMOOTHING = 0.5
 POLL_SECONDS = 1.0  # how often the plain console reads the running trials' progress files
 #: The live table's lines besides its rows: title, the header and its rule, the closing blank line,
 #: the counts caption and one spare for the cursor.
@@ -60,17 +67,24 @@ def _criteria(result: dict) -> str:
     return " ".join(f"{SHORT[k]} {result[k]:.3f}" for k in keys if isinstance(result.get(k), (int, float)))
 
 
-def _elapsed(seconds: float) -> str:
+def duration_text(seconds: float) -> str:
     m, s = divmod(int(seconds), 60)
     h, m = divmod(m, 60)
     return f"{h}:{m:02d}:{s:02d}" if h else f"{m}:{s:02d}"
+
+
+def stamp(started: float, now: float | None = None) -> str:
+    """The prefix of every console line: ``[emray   2:30]``, the time since the sweep started."""
+    return f"[emray {duration_text((time.time() if now is None else now) - started):>6}]"
 
 
 class ProgressCallback(Callback):
     """Tune callback: keeps a row per trial and shows it (live table on a TTY, lines else).
 
     ``trials``: the planned trials (grid / random), each a row from the start; ``total``: how many
-    trials the sweep runs when they are not planned ahead (Optuna's ``num_samples``)."""
+    trials the sweep runs when they are not planned ahead (Optuna's ``num_samples``); ``needed``: an
+    adaptive search's trial keys it needs now (dose_search): ``trials`` then only names them, and a
+    trial has a row once the search asks for it; ``started``: the sweep's start (its clock's zero)."""
 
     def __init__(
         self,
@@ -80,17 +94,22 @@ class ProgressCallback(Callback):
         total: int | None = None,
         interval: float | None = None,
         clock=time.time,
+        needed=None,
+        started: float | None = None,
     ):
         self.clock = clock
-        self.started = clock()
+        self.started = clock() if started is None else started
         self.sweep_dir = Path(sweep_dir) if sweep_dir else None
         self.by_key = {t.key: t for t in trials or []}
         self.by_index = {t.index: t for t in trials or []}
         self.rows: dict[str, dict] = {}  # row id (the trial key, else Tune's trial id) -> row
         self._ids: dict[str, str] = {}  # Tune trial id -> row id
-        for t in trials or []:
+        self.needed = needed
+        self.planned = len(self.by_key)  # dose_search: the grid it searches, an upper bound on its trials
+        for t in (trials or []) if needed is None else []:
             self.rows[t.key] = self._new_row(t, t.key)
         self.total = max(total or 0, len(self.rows))
+        self._eta_end: float | None = None  # when the sweep is expected to end (``eta``)
         self.is_live = sys.stdout.isatty() if live is None else live
         self.interval = progress_interval() if interval is None else interval
         self.peak_running = 0
@@ -141,49 +160,79 @@ class ProgressCallback(Callback):
             self._ids[trial.trial_id] = row_id
         return self.rows[self._ids[trial.trial_id]]
 
+    def _pending_adaptive(self) -> int:
+        """dose_search: the trials the search asks for now that Tune has not started."""
+        started = {r["key"] for r in self.rows.values() if r["state"] != "pending"}
+        return sum(1 for key in self.needed() if key not in started)
+
     def counts(self) -> dict[str, int]:
         states = [r["state"] for r in self.rows.values()]
         out = {"finished": states.count("done"), "running": states.count("running"), "failed": states.count("FAILED")}
-        out["pending"] = max(self.total - sum(out.values()), 0)
+        if self.needed is not None:
+            out["pending"] = self._pending_adaptive()
+        else:
+            out["pending"] = max(self.total - sum(out.values()), 0)
         return out
 
     def counts_text(self, now: float | None = None) -> str:
         c = self.counts()
         cached = sum(r["cached"] for r in self.rows.values())
         eta = self.eta(now)
+        if self.needed is None:
+            finished, pending = f"{c['finished']}/{self.total} finished", f"{c['pending']} pending"
+        else:  # the grid bounds what an adaptive search may still ask for; the ETA covers what it asked
+            more = max(self.planned - sum(c.values()), 0)
+            finished, pending = (
+                f"{c['finished']} finished",
+                f"{c['pending']} pending (dose_search: at most {more} more)",
+            )
         return (
-            f"{c['finished']}/{self.total} finished"
+            finished
             + (f" ({cached} cached)" if cached else "")
-            + f", {c['running']} running, {c['pending']} pending, {c['failed']} failed"
-            + f" · ETA {'?' if eta is None else _elapsed(eta)}"
+            + f", {c['running']} running, {pending}, {c['failed']} failed"
+            + f" · ETA {'?' if eta is None else ('≥' if self.needed else '') + duration_text(eta)}"
         )
 
-    def eta(self, now: float | None = None) -> float | None:
-        """Seconds of sweep left: the pending trials and the rest of the running ones at the mean
-        duration of this run's finished trials (before any finished: the running trials' training
-        pace, an underestimate), spread over the most trials seen running at once."""
-        now = self.clock() if now is None else now
+    def work_left(self, now: float) -> float | None:
+        """Seconds of work left, spread over the most trials seen running at once: the pending trials
+        and the rest of the running ones at the mean duration of this run's finished trials; None
+        before one finishes (a trial's training pace says nothing of its evaluations)."""
         rows = list(self.rows.values())
-        running = [r for r in rows if r["state"] == "running"]
-        pending = self.counts()["pending"]
-        if not running and not pending:
-            return 0.0
         durations = [
-            r["ended"] - r["started"] for r in rows if r["state"] == "done" and not r["cached"] and r["started"]
+            r["ended"] - r["started"]
+            for r in rows
+            if r["state"] == "done" and not r["cached"] and r["started"] is not None
         ]
-        if durations:
-            mean = sum(durations) / len(durations)
-        else:
-            paces = [
-                (now - r["started"]) * r["total"] / r["step"]
-                for r in running
-                if r["started"] and r.get("step") and r.get("total") and r.get("phase") in (None, "narrow")
-            ]
-            if not paces or max(paces) < 1.0:
-                return None
-            mean = max(paces)
-        work = sum(max(mean - (now - r["started"]), 0.0) for r in running if r["started"]) + pending * mean
+        if not durations:
+            return None
+        mean = sum(durations) / len(durations)
+        running = [r for r in rows if r["state"] == "running" and r["started"] is not None]
+        work = sum(max(mean - (now - r["started"]), 0.0) for r in running) + self.counts()["pending"] * mean
         return work / max(self.peak_running, 1)
+
+    def estimate(self, now: float | None = None) -> None:
+        """Re-estimate the expected end (on a trial's start, end or failure): the new estimate moves it
+        ``ETA_SMOOTHING`` of the way, so one fast or slow trial does not swing it."""
+        now = self.clock() if now is None else now
+        left = self.work_left(now)
+        if left is None:
+            return
+        target = now + left
+        if self._eta_end is None:
+            self._eta_end = target
+        else:
+            self._eta_end += ETA_SMOOTHING * (target - self._eta_end)
+
+    def eta(self, now: float | None = None) -> float | None:
+        """Seconds of sweep left: None (``ETA ?``) until a trial of this run finishes, then the time to
+        the expected end, counting down between events; once past it with work left, re-estimated."""
+        now = self.clock() if now is None else now
+        c = self.counts()
+        if not c["running"] and not c["pending"]:
+            return 0.0
+        if self._eta_end is not None and self._eta_end <= now:
+            self.estimate(now)  # overdue: the trials take longer than estimated
+        return None if self._eta_end is None else max(self._eta_end - now, 0.0)
 
     # ------------------------------------------------------------------------------ Tune events
     def _say(self, row: dict, text: str) -> None:
@@ -192,8 +241,7 @@ class ProgressCallback(Callback):
             return
         now = self.clock()
         print(
-            f"[emray {_elapsed(now - self.started):>6}] {row['arm']} seed {row['seed']}: {text}  ({self.counts_text(now)})",
-            flush=True,
+            f"{stamp(self.started, now)} {row['arm']} seed {row['seed']}: {text}  ({self.counts_text(now)})", flush=True
         )
 
     def setup(self, **info):
@@ -210,6 +258,7 @@ class ProgressCallback(Callback):
             return  # a finished trial Tune runs again only to read its result
         row.update(state="running", started=self.clock(), ended=None, step=None, phase=None, loss=None, activity=None)
         self.peak_running = max(self.peak_running, self.counts()["running"])
+        self.estimate()
         self._say(row, "started")
 
     def on_trial_result(self, iteration, trials, trial, result, **info):
@@ -225,11 +274,13 @@ class ProgressCallback(Callback):
         if row["cached"]:
             return
         row.update(state="done", ended=self.clock())
+        self.estimate()
         self._say(row, "finished")
 
     def on_trial_error(self, iteration, trials, trial, **info):
         row = self._row(trial)
         row.update(state="FAILED", ended=self.clock(), cached=False)
+        self.estimate()
         self._say(row, f"FAILED; log: {self.log_path(row) or trial.local_path or trial.path}")
 
     def on_step_end(self, iteration, trials, **info):
@@ -254,7 +305,7 @@ class ProgressCallback(Callback):
             if row["state"] != "running":
                 continue
             progress = read_progress(self.sweep_dir / "trials" / row["key"]) if self.sweep_dir and row["key"] else None
-            if progress and row["started"] and progress.get("time", row["started"]) < row["started"] - 5:
+            if progress and row["started"] is not None and progress.get("time", row["started"]) < row["started"] - 5:
                 progress = None  # left by an earlier attempt at this trial
             if not progress:
                 row["activity"] = "starting"
@@ -286,7 +337,7 @@ class ProgressCallback(Callback):
                 else ""
             )
             parts.append(f"{r['arm']} s{r['seed']} {r['activity'] or 'starting'}{loss}")
-        line = f"[emray {_elapsed(now - self.started):>6}] status: {self.counts_text(now)}"
+        line = f"{stamp(self.started, now)} status: {self.counts_text(now)}"
         return line + (" | " + "; ".join(parts) if parts else "")
 
     def status_tick(self, force: bool = False) -> bool:
@@ -347,7 +398,7 @@ class ProgressCallback(Callback):
             height = self._live.console.size.height if self._live is not None else 10_000
         self.poll()
         table = Table(
-            title=f"emray sweep · {_elapsed(now - self.started)}",
+            title=f"emray sweep · {duration_text(now - self.started)}",
             title_justify="left",
             caption=self.counts_text(now),
             caption_justify="left",
@@ -367,7 +418,11 @@ class ProgressCallback(Callback):
         style = {"running": "cyan", "done": "green", "FAILED": "bold red", "pending": "dim"}
         rows, hidden = self.shown_rows(max(height - TABLE_LINES, 3))
         for row in rows:
-            elapsed = _elapsed((row["ended"] or now) - row["started"]) if row["started"] else ""
+            elapsed = (
+                duration_text((now if row["ended"] is None else row["ended"]) - row["started"])
+                if row["started"] is not None
+                else ""
+            )
             result = row["result"]
             values = [f"{result[k]:.3f}" if isinstance(result.get(k), (int, float)) else "" for k in OBJECTIVES]
             loss = f"{row['loss']:.3f}" if isinstance(row.get("loss"), (int, float)) else ""

@@ -120,24 +120,46 @@ def _run_stage(cls_name: str, run, params) -> dict:
     return cls.build_stage(run, params)
 
 
-def run_stages(spec: SweepSpec, trials: list[Trial]) -> dict[str, dict]:
-    """Run every needed stage once as a Ray task; returns artifacts per trial key."""
+def run_stages(spec: SweepSpec, trials: list[Trial], started: float | None = None) -> dict[str, dict]:
+    """Run every needed stage once as a Ray task; returns artifacts per trial key. Each stage's line
+    when it starts and, with its duration, when it is done, on the sweep's clock (``started``)."""
     import ray
 
+    from emray.sweep.progress import stamp
+
+    started = time.time() if started is None else started
     remote = ray.remote(num_cpus=spec.resources.cpus_for_stages, num_gpus=spec.resources.gpus_for_stages)(_run_stage)
     artifacts: dict[str, dict] = {t.key: {} for t in trials}
     pending: dict[str, Any] = {}
     owners: dict[str, list[str]] = {}
+    names: dict[str, tuple[str, float]] = {}  # stage key -> (its name, when it was submitted)
     for key, cls, trial, params in stage_requests(trials):
         if key not in pending:
-            print(f"[emray] stage {cls.stage_name}: {cls.stage_description(trial.run, params)}", flush=True)
+            print(f"{stamp(started)} stage {cls.stage_name}: {cls.stage_description(trial.run, params)}", flush=True)
             pending[key] = remote.remote(cls.name, trial.run, params)
+            names[key] = (cls.stage_name, time.time())
         owners.setdefault(key, []).append(trial.key)
-    for key, ref in pending.items():
-        result = ray.get(ref)
+    for key, result in stage_results(pending, names, started):
         for trial_key in owners[key]:
             artifacts[trial_key].update(result)
     return artifacts
+
+
+def stage_results(pending: dict[str, Any], names: dict[str, tuple[str, float]], started: float):
+    """(stage key, its result) of each running stage in the order they finish, each with a console
+    line that says how long it took: ``[emray   0:41] stage persona_vector: done in 0:38``."""
+    import ray
+
+    from emray.sweep.progress import duration_text, stamp
+
+    keys = {ref: key for key, ref in pending.items()}
+    refs = list(pending.values())
+    while refs:
+        (ref,), refs = ray.wait(refs, num_returns=1)
+        result = ray.get(ref)
+        name, submitted = names[keys[ref]]
+        print(f"{stamp(started)} stage {name}: done in {duration_text(time.time() - submitted)}", flush=True)
+        yield keys[ref], result
 
 
 # ---------------------------------------------------------------------------------------- trial
@@ -342,7 +364,14 @@ def trial_resources(spec: SweepSpec) -> dict[str, float]:
 
 
 def _tuner(
-    spec: SweepSpec, plan: Plan, sweep_dir: Path, artifacts: dict, judge: Any, resume: bool, dose_search: Any = None
+    spec: SweepSpec,
+    plan: Plan,
+    sweep_dir: Path,
+    artifacts: dict,
+    judge: Any,
+    resume: bool,
+    dose_search: Any = None,
+    started: float | None = None,
 ):
     from ray import tune
 
@@ -406,7 +435,12 @@ def _tuner(
             failure_config=tune.FailureConfig(max_failures=spec.resources.max_failures),
             callbacks=[
                 ProgressCallback(
-                    [] if optuna else plan.trials, sweep_dir, total=spec.search.num_samples if optuna else None
+                    [] if optuna else plan.trials,
+                    sweep_dir,
+                    total=spec.search.num_samples if optuna else None,
+                    # dose_search asks for trials as it decides: pending is what it asks for now
+                    needed=dose_search.needed if dose_search is not None else None,
+                    started=started,
                 )
             ],
             verbose=1 if verbose() else 0,  # --verbose: Tune's own status lines too
@@ -647,6 +681,7 @@ def _run_sweep(spec: SweepSpec, resume: bool, address: str | None, sweep_dir: Pa
     from emray.sweep.plots import write_plots
     from emray.sweep.wandb_log import log_summary
 
+    started = time.time()  # the sweep's clock: its console lines count from here
     (sweep_dir / "spec.json").write_text(spec.model_dump_json(indent=2, by_alias=True))
     plan = state["plan"] = make_plan(spec)
     print(plan.describe(), flush=True)
@@ -659,10 +694,9 @@ def _run_sweep(spec: SweepSpec, resume: bool, address: str | None, sweep_dir: Pa
             "kept on disk, not reused",
             flush=True,
         )
-    started = time.time()
     ensure_ray(address)
     _catch_sigterm()
-    artifacts = run_stages(spec, plan.trials)
+    artifacts = run_stages(spec, plan.trials, started)
     judge, stop_judge = start_judge(spec)
     dose_search = None
     if spec.search.algorithm == "dose_search":
@@ -673,7 +707,7 @@ def _run_sweep(spec: SweepSpec, resume: bool, address: str | None, sweep_dir: Pa
     # that returns as if the unfinished trials had failed.
     os.environ["TUNE_DISABLE_SIGINT_HANDLER"] = "1"
     try:
-        tuner = _tuner(spec, plan, sweep_dir, artifacts, judge, resume, dose_search)
+        tuner = _tuner(spec, plan, sweep_dir, artifacts, judge, resume, dose_search, started)
         result_grid = tuner.fit()
     finally:
         stop_judge()
