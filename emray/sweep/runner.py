@@ -137,7 +137,9 @@ def run_stages(spec: SweepSpec, trials: list[Trial], started: float | None = Non
         if key not in pending:
             print(f"{stamp(started)} stage {cls.stage_name}: {cls.stage_description(trial.run, params)}", flush=True)
             pending[key] = remote.remote(cls.name, trial.run, params)
-            names[key] = (cls.stage_name, time.time())
+            # two defenses can share a stage kind (safe_selection): the done line names whose it is
+            name = cls.stage_name if cls.stage_name.startswith(cls.name) else f"{cls.stage_name} ({cls.name})"
+            names[key] = (name, time.time())
         owners.setdefault(key, []).append(trial.key)
     for key, result in stage_results(pending, names, started):
         for trial_key in owners[key]:
