@@ -22,7 +22,7 @@ export MPLCONFIGDIR := $(CURDIR)/.cache/mpl
 export TOKENIZERS_PARALLELISM := false
 export OMP_NUM_THREADS := 1
 
-.PHONY: install demo test test-kernels test-slow lint bench clean vllm-env test-vllm
+.PHONY: install demo test test-tools test-kernels test-slow lint bench clean vllm-env test-vllm
 
 # The install is quiet: its output goes to $(INSTALL_LOG), printed only when a step fails.
 INSTALL_LOG := $(VENV)/install.log
@@ -68,9 +68,27 @@ demo: install
 	$(BIN)/emray sweep sweeps/toy.yaml
 
 # The default run includes the real vLLM engine's tests (tests/test_vllm_*.py), so it builds vLLM's own
-# environment first (make vllm-env: 3-4 minutes and 3.5 GB the first time).
-test: install vllm-env
+# environment first (make vllm-env: 3-4 minutes and 3.5 GB the first time), and the tests that need a real
+# browser and terminal: headless Chromium renders `emray report` (tests/test_report.py), tmux runs the live
+# table (tests/test_progress_console.py). `test-tools` installs them where it can (apt, as root), as .ci/run
+# does; elsewhere it says which tests will skip and why, and the run goes on.
+test: install vllm-env test-tools
 	$(BIN)/pytest -q
+
+# Debian package -> the tests that skip without it
+TEST_TOOLS := chromium:tests/test_report.py tmux:tests/test_progress_console.py
+test-tools:
+	@for item in $(TEST_TOOLS); do \
+	  tool=$${item%%:*}; tests=$${item#*:}; \
+	  command -v $$tool >/dev/null 2>&1 && continue; \
+	  if command -v apt-get >/dev/null 2>&1 && [ "$$(id -u)" = 0 ]; then \
+	    echo "installing $$tool (apt-get) for $$tests"; \
+	    (apt-get update -qq && apt-get install -y -qq $$tool) >/dev/null 2>&1 \
+	      || echo "emray: could not install $$tool with apt-get; $$tests will skip its $$tool test"; \
+	  else \
+	    echo "emray: $$tool is not installed and apt-get as root is not available here (install it: apt-get install $$tool); $$tests will skip its $$tool test"; \
+	  fi; \
+	done
 
 # The organism's training outcomes under ATen's non-vectorised kernels: what a CPU without AVX-512/AVX2
 # computes (floats differ in the last bits and a fine-tune can land elsewhere). CI runs it after `make test`.
