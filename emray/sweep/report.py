@@ -204,7 +204,9 @@ narrower than the truth, and seeds show the rest. "Dominated by": arms at least 
 <div class="grid">{"".join(plots)}</div>
 {"".join(figures)}
 <h2>Trials</h2>
-<p class="note">Each trial's answers with their judge scores, per-question rates, criteria and training curve.</p>
+<p class="note">Each trial's answers with their judge scores, per-question rates, criteria and training log: files of
+the sweep folder, linked relative to it (they open where this page sits beside <code>trials/</code>; the rest of
+the page, figures included, is self-contained).</p>
 {_trial_table_html(rows, sweep_dir, rates)}
 <h2>Reproduce</h2>
 <pre>{html.escape(commands)}</pre>
