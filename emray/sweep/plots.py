@@ -384,7 +384,17 @@ def parallel_figure(arms: list[dict]):
         ax.axvline(j, color="#999", lw=0.8, zorder=0)
         for good in (0.0, 0.25, 0.5, 0.75, 1.0):
             value = good if OBJECTIVES[key] == "max" else 1.0 - good
-            ax.text(j - 0.03, good, f"{value:g}", ha="right", va="center", fontsize=7, color="#555")
+            ax.text(
+                j - 0.06,
+                good,
+                f"{value:g}",
+                ha="right",
+                va="center",
+                fontsize=7,
+                color="#555",
+                zorder=5,
+                bbox=dict(boxstyle="square,pad=0.1", facecolor="white", edgecolor="none", alpha=0.8),
+            )
     ax.set_xticks(range(len(keys)), [axis_title(k).replace(" ", "\n", 1) for k in keys], fontsize=8)
     ax.set_yticks([])
     ax.set_ylim(0.0, 1.0)
