@@ -325,11 +325,17 @@ def test_report_page_renders_offline_in_headless_chromium(sweep, tmp_path):
     # as laid out at 1280 px: each full-width figure shown at its own size or the page's width, whichever
     # is less (the judge scores ~1,200 px, not shrunk into a grid cell), and plotly drew the colour bar
     probe = sweep / "probe.html"
-    script = (
-        "<script>window.addEventListener('load', () => document.body.setAttribute('data-widths', JSON.stringify("
-        "[...document.querySelectorAll('.plot img')].map(i => [i.closest('.plot').id, "
-        "Math.round(i.getBoundingClientRect().width), i.naturalWidth]))));</script>"
-    )
+    script = """<script>
+window.addEventListener('load', () => {
+  const box = (e) => e.getBoundingClientRect();
+  const images = [...document.querySelectorAll('.plot img')];
+  document.body.dataset.widths = JSON.stringify(
+    images.map((i) => [i.closest('.plot').id, Math.round(box(i).width), i.naturalWidth]));
+  const page = Math.round(box(document.querySelector('h1')).right);  // the content box's right edge
+  document.body.dataset.tables = JSON.stringify(
+    [...document.querySelectorAll('table')].map((t) => [t.id, Math.round(box(t).right), page]));
+});
+</script>"""
     probe.write_text(page.replace("</body>", script + "</body>"))
     probed = subprocess.run(
         [*cmd, "--dump-dom", probe.as_uri()], check=True, capture_output=True, text=True, timeout=120
@@ -344,6 +350,11 @@ def test_report_page_renders_offline_in_headless_chromium(sweep, tmp_path):
         shown, natural = widths[f"plot-{stem}"]
         assert shown == min(natural, page_width), (stem, widths)
     assert widths["plot-judge_scores"][0] >= 1100, widths
+    # every table fits the page: its right edge inside the body's content box (none cut off or scrolled)
+    tables = json.loads(html.unescape(re.search(r'data-tables="([^"]+)"', probed).group(1)))
+    assert {t[0] for t in tables} >= {"arms", "trials"}
+    for name, right, page_right in tables:
+        assert right <= page_right, (name, right, page_right)
     assert "colorbar" in dom
     img = Image.open(shot).convert("RGB")
     assert img.size == (1280, 1600)

@@ -73,29 +73,38 @@ def write_spec_yaml(sweep_dir: Path) -> dict:
 CSS = """
 body{font:14px/1.45 system-ui,-apple-system,Segoe UI,Roboto,sans-serif;margin:24px auto;max-width:1200px;color:#222;padding:0 16px}
 h1{font-size:22px;margin-bottom:4px} h2{font-size:17px;margin-top:28px;border-bottom:1px solid #ddd;padding-bottom:3px}
-table{border-collapse:collapse;font-size:13px;margin:8px 0} th,td{border:1px solid #ddd;padding:4px 8px;text-align:left;vertical-align:top}
-th{background:#f4f4f6} tr.front td:first-child{font-weight:600} td.num{font-variant-numeric:tabular-nums;white-space:nowrap}
+table{border-collapse:collapse;font-size:12.5px;margin:8px 0}
+th,td{border:1px solid #ddd;padding:3px 6px;text-align:left;vertical-align:top}
+th{background:#f4f4f6} tr.front td:first-child{font-weight:600} td.num{font-variant-numeric:tabular-nums}
+td.arm,td.files{white-space:nowrap} .scroll{overflow-x:auto;max-width:100%}
 .note{color:#666;font-size:12px} details summary{cursor:pointer;color:#444}
 .grid{display:grid;grid-template-columns:repeat(auto-fill,minmax(540px,1fr));gap:12px}
 pre{background:#f6f8fa;padding:10px;overflow:auto;font-size:12px;max-height:420px} code{font-size:12px}
 """
 
 
+def _rate_cell(text: str) -> str:
+    """A rate cell that wraps only between the value and its interval (``0.874`` / ``[0.79, 0.93]``,
+    ``0.406`` / ``± 0.133``), so a table of many criteria fits the page."""
+    return html.escape(text).replace(", ", ",&nbsp;").replace("± ", "±&nbsp;")
+
+
 def _arm_table_html(arms: list[dict], rates: list[str]) -> str:
     head = "".join(f"<th>{html.escape(_title(r))}</th>" for r in rates)
+    several_models = len({a["model"] for a in arms}) > 1  # one model: named in the page's first line
     rows = []
     for a in arms:
-        cells = "".join(f'<td class="num">{html.escape(format_rate(a, r))}</td>' for r in rates)
+        cells = "".join(f'<td class="num">{_rate_cell(format_rate(a, r))}</td>' for r in rates)
         dom = ", ".join(a.get("dominated_by", [])) or "—"
+        model = f"<td>{html.escape(a['model'])}</td>" if several_models else ""
         rows.append(
-            f'<tr class="{"front" if a["is_pareto"] else ""}"><td title="{html.escape(a["label"])}">{html.escape(a["short_label"])}</td>'
-            f'<td>{html.escape(a["model"])}</td><td class="num">{a["n_seeds"]}</td>{cells}'
+            f'<tr class="{"front" if a["is_pareto"] else ""}"><td class="arm" title="{html.escape(a["label"])}">'
+            f'{html.escape(a["short_label"])}</td>{model}<td class="num">{a["n_seeds"]}</td>{cells}'
             f"<td>{'★' if a['is_pareto'] else ''}</td><td>{html.escape(dom)}</td></tr>"
         )
     return (
-        f'<table id="arms"><tr><th>arm</th><th>model</th><th>seeds</th>{head}<th>front</th><th>dominated by</th></tr>'
-        + "".join(rows)
-        + "</table>"
+        f'<div class="scroll"><table id="arms"><tr><th>arm</th>{"<th>model</th>" if several_models else ""}'
+        f"<th>seeds</th>{head}<th>front</th><th>dominated by</th></tr>" + "".join(rows) + "</table></div>"
     )
 
 
@@ -109,15 +118,15 @@ def _trial_table_html(rows: list[dict], sweep_dir: Path, rates: list[str]) -> st
             for name, p in TRIAL_FILES
             if (sweep_dir / "trials" / key / p).exists()
         )
-        cells = "".join(f'<td class="num">{html.escape(format_rate(_with_interval(r, x), x))}</td>' for x in rates)
+        cells = "".join(f'<td class="num">{_rate_cell(format_rate(_with_interval(r, x), x))}</td>' for x in rates)
         out.append(
-            f"<tr><td><code>{html.escape(key)}</code></td><td>{html.escape(r.get('short_label', ''))}</td>"
-            f'<td class="num">{r.get("seed")}</td>{cells}<td class="num">{r.get("trial_seconds", "")}</td><td>{links}</td></tr>'
+            f'<tr><td><code>{html.escape(key)}</code></td><td class="arm">{html.escape(r.get("short_label", ""))}</td>'
+            f'<td class="num">{r.get("seed")}</td>{cells}<td class="num">{r.get("trial_seconds", "")}</td>'
+            f'<td class="files">{links}</td></tr>'
         )
     return (
-        f'<table id="trials"><tr><th>trial</th><th>arm</th><th>seed</th>{head}<th>seconds</th><th>files</th></tr>'
-        + "".join(out)
-        + "</table>"
+        f'<div class="scroll"><table id="trials"><tr><th>trial</th><th>arm</th><th>seed</th>{head}<th>seconds</th>'
+        "<th>files</th></tr>" + "".join(out) + "</table></div>"
     )
 
 
@@ -207,7 +216,7 @@ narrower than the truth, and seeds show the rest. "Dominated by": arms at least 
 <p class="note">Each trial's answers with their judge scores, per-question rates, criteria and training log: files of
 the sweep folder, linked relative to it (they open where this page sits beside <code>trials/</code>; the rest of
 the page, figures included, is self-contained).</p>
-{_trial_table_html(rows, sweep_dir, rates)}
+{_trial_table_html(rows, sweep_dir, [r for r in rates if r in OBJECTIVES or r == "general_unscored_rate"])}
 <h2>Reproduce</h2>
 <pre>{html.escape(commands)}</pre>
 <h2>Spec (resolved)</h2>
@@ -244,7 +253,7 @@ def _decision_html(sweep_dir: Path, rows: list[dict]) -> str:
             "<tr>" + "".join(f'<td class="num">{html.escape(c)}</td>' for c in row) + "</tr>" for row in cells
         )
         titles = "".join(f"<th>{html.escape(h)}</th>" for h in head)
-        out.append(f'<table id="recommend"><tr>{titles}</tr>{body}</table>')
+        out.append(f'<div class="scroll"><table id="recommend"><tr>{titles}</tr>{body}</table></div>')
     out.append(
         f'<p class="note">Constraints from {html.escape(source)}. ✓ met with confidence, ? not decided by the '
         "interval, ✗ fails even at the favourable end; the number is the margin past the bound. "
