@@ -96,8 +96,10 @@ def test_the_cadence_the_phase_changes_and_the_eta(tmp_path, capsys):
     assert tick(32) and "narrow 20/100 loss 1.500" in capsys.readouterr().out.splitlines()[-1]
     write(step=100, loss=1.0, done=True)
     assert tick(34) and "narrow eval" in capsys.readouterr().out  # a new phase: at once
+    write(step=0, loss=None, phase="benign")  # the benign fine-tune starts: no loss of its own yet
+    assert tick(35) and "s0 benign 0/100;" in capsys.readouterr().out  # not the narrow fine-tune's "loss 1.000"
     write(step=3, loss=0.9, phase="benign")
-    assert tick(36) and "benign 3/100 loss 0.900" in capsys.readouterr().out
+    assert not tick(36) and "benign 3/100 loss 0.900" in cb.status_line()  # a step: the cadence decides
     # ETA: `?` until a trial finishes (the progress files' training pace says nothing of the evaluations)
     assert cb.eta() is None and "ETA ?" in cb.status_line()
     now[0] = 1000.0 + 60

@@ -310,7 +310,10 @@ class ProgressCallback(Callback):
             if not progress:
                 row["activity"] = "starting"
                 continue
-            row["phase"] = progress.get("phase") or "narrow"  # "benign": the trial's second fine-tune
+            phase = progress.get("phase") or "narrow"  # "benign": the trial's second fine-tune
+            if phase != row["phase"]:
+                row["loss"] = None  # the narrow fine-tune's last loss is not the benign one's
+            row["phase"] = phase
             row["step"], row["total"] = progress.get("step"), progress.get("total") or row["total"]
             row["loss"] = progress.get("loss") if isinstance(progress.get("loss"), (int, float)) else row["loss"]
             row["activity"] = (
