@@ -162,7 +162,7 @@ def finished(gen: int, dom: int, ben: int, inc: int) -> dict:
 
 
 def test_a_stopped_trial_is_recorded_and_recommend_and_pareto_count_it_infeasible(tmp_path):
-    from emray.sweep.pareto import arm_rows, format_arm_table, load_results
+    from emray.sweep.pareto import arm_rows, format_arm_table, load_results, stopped_lines
     from emray.sweep.recommend import decide, summary_lines, table_rows
 
     sweep = tmp_path / "s"
@@ -198,6 +198,7 @@ def test_a_stopped_trial_is_recorded_and_recommend_and_pareto_count_it_infeasibl
     arms = {a["label"]: a for a in arm_rows(rows)}
     assert arms["kl(lambda=0.1)"]["n_stopped"] == 1 and not arms["kl(lambda=0.1)"]["is_pareto"]
     assert "stopped" in format_arm_table(list(arms.values()))
+    assert stopped_lines(list(arms.values())) == [f"stopped early: kl(λ 0.1) {half.stopped[0]}"]
 
 
 def test_dose_search_reads_a_stopped_probe_as_failing_what_it_was_stopped_on():

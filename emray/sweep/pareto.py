@@ -274,6 +274,11 @@ def format_arm_table(arms: list[dict], rates: list[str] | None = None) -> str:
     return "\n".join([line(head), line(["-" * w for w in widths]), *[line(c) for c in cells]])
 
 
+def stopped_lines(arms: list[dict]) -> list[str]:
+    """One line per trial stopped early, with its reason (emray/sweep/early_stop.py); [] without any."""
+    return [f"stopped early: {a['short_label']} {reason}" for a in arms for reason in a.get("stop_reasons") or []]
+
+
 def interval_note(arms: list[dict]) -> str:
     kinds = {a.get(f"{r}_interval") for a in arms for r in OBJECTIVES} - {None}
     notes = {"std": "± std over seeds", "wilson": "[95 % Wilson interval over answers]"}
