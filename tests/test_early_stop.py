@@ -272,3 +272,30 @@ def test_a_sweep_stops_trials_that_fail_a_constraint_early_and_a_resume_does_not
     again = subprocess.run([*args, "--resume"], capture_output=True, text=True, timeout=900, env={**os.environ})
     assert again.returncode == 0, (again.stdout[-3000:], again.stderr[-3000:])
     assert "2 finished (2 cached, 2 stopped early), 0 failed" in again.stdout
+
+
+def test_early_stop_is_not_part_of_any_trial_key(tmp_path):
+    from emray.sweep.spec import expand_trials, load_sweep_spec
+
+    sets = [f"storage={tmp_path}", "name=k"]
+    plain = [t.key for t in expand_trials(load_sweep_spec(TOY, sets))]
+    probed = load_sweep_spec(TOY, [*sets, "early_stop.fractions=[0.1, 0.9]", "early_stop.samples=1"])
+    assert probed.early_stop is not None and [t.key for t in expand_trials(probed)] == plain
+
+
+@pytest.mark.parametrize(
+    "override, message",
+    [
+        ("early_stop.fractions=[0.5, 1.5]", "less than or equal to 1"),
+        ("early_stop.fractions=[]", "fractions: empty"),
+        ("early_stop.criteria=[benign_accuracy]", "early_stop.criteria"),
+        ("early_stop.criteria=[in_domain_misalignment]", "needs in_domain: true"),
+    ],
+)
+def test_a_bad_early_stop_section_is_refused_by_key(tmp_path, override, message):
+    from emray.configio import ConfigError
+    from emray.sweep.spec import load_sweep_spec
+
+    with pytest.raises(ConfigError, match=message) as err:
+        load_sweep_spec(TOY, [f"storage={tmp_path}", "name=k", override])
+    assert "early_stop" in str(err.value)
