@@ -76,6 +76,8 @@ def wrong_stops(
     out = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     totals = {f: [0, 0, 0, 0] for f in fractions}  # trials, stopped, wrong, lost
     for label in arms:
+        if label == "none" and all(c.relative for c in constraints):
+            continue  # never stopped: every bound is relative to it, decided once it has finished
         trials = [r for r in rows if r["label"] == label]
         cells = []
         for f in fractions:

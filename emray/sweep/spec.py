@@ -143,7 +143,10 @@ class EarlyStopConfig(Strict):
     constraints (emray/sweep/early_stop.py, docs/recommend.md "Early stopping"). Not part of any trial's
     identity: the probes do not change the trained adapter."""
 
-    fractions: list[Annotated[float, Field(gt=0, le=1)]] = Field(default_factory=lambda: [0.25, 0.5, 0.75])
+    # when to probe, as fractions of the narrow fine-tune: 0.75 alone by default, because on the organism a
+    # probe earlier than that wrongly stopped interleaving, whose EM rises first and falls later
+    # (BENCHMARKS.md "Early stopping")
+    fractions: list[Annotated[float, Field(gt=0, le=1)]] = Field(default_factory=lambda: [0.75])
     questions: int | None = Field(None, gt=0)  # the first N questions of each probed file; None: all
     samples: int = Field(2, gt=0)  # answers per paraphrase (the final evaluation: eval.samples_per_paraphrase)
     in_domain: bool = False  # probe the in-domain files too
