@@ -290,6 +290,7 @@ def test_early_stop_is_not_part_of_any_trial_key(tmp_path):
         ("early_stop.fractions=[]", "fractions: empty"),
         ("early_stop.criteria=[benign_accuracy]", "early_stop.criteria"),
         ("early_stop.criteria=[in_domain_misalignment]", "needs in_domain: true"),
+        ("search.algorithm=optuna", "not with search.algorithm optuna"),
     ],
 )
 def test_a_bad_early_stop_section_is_refused_by_key(tmp_path, override, message):
@@ -297,5 +298,7 @@ def test_a_bad_early_stop_section_is_refused_by_key(tmp_path, override, message)
     from emray.sweep.spec import load_sweep_spec
 
     with pytest.raises(ConfigError, match=message) as err:
-        load_sweep_spec(TOY, [f"storage={tmp_path}", "name=k", override])
+        load_sweep_spec(
+            TOY, [f"storage={tmp_path}", "name=k", "search.num_samples=2", "early_stop.stop=true", override]
+        )
     assert "early_stop" in str(err.value)

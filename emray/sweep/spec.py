@@ -198,6 +198,13 @@ class SweepSpec(Strict):
             check_dose_ladders(search.defense)
         return search
 
+    @model_validator(mode="after")
+    def _early_stop_searcher(self) -> SweepSpec:
+        if self.early_stop is not None and self.search.algorithm == "optuna":
+            # Optuna's searcher reads its objectives from every Tune report; a probe's carries none
+            raise ValueError("early_stop: not with search.algorithm optuna; use grid, random or dose_search")
+        return self
+
     @field_validator("storage")
     @classmethod
     def _storage_scheme(cls, value: str) -> str:
