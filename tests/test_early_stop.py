@@ -272,6 +272,7 @@ def test_a_sweep_stops_trials_that_fail_a_constraint_early_and_a_resume_does_not
     again = subprocess.run([*args, "--resume"], capture_output=True, text=True, timeout=900, env={**os.environ})
     assert again.returncode == 0, (again.stdout[-3000:], again.stderr[-3000:])
     assert "2 finished (2 cached, 2 stopped early), 0 failed" in again.stdout
+    assert "stopped early: none" not in again.stdout  # a stopped record read again is not decided again
 
 
 def test_early_stop_is_not_part_of_any_trial_key(tmp_path):

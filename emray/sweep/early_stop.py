@@ -223,8 +223,8 @@ def make_stopper(spec: SweepSpec, trials: list[Trial], sweep_dir: Path):
 
         def __call__(self, trial_id: str, result: dict) -> bool:
             key = result.get("trial_key")
-            if not key or not any(k.startswith(PROBE_PREFIX) for k in result):
-                return False  # a trial's final report (or a cached trial's)
+            if not key or result.get("stopped_early") or not any(k.startswith(PROBE_PREFIX) for k in result):
+                return False  # a trial's final report, or a finished (or stopped) trial's record read again
             folder = sweep_dir / "trials" / key
             model = json.loads((folder / "trial.json").read_text())["run"]["model"]["name"]
             decision = decide_stop(result, constraints, self.none_arm(model), set(config.criteria))
