@@ -24,6 +24,7 @@ def run(args) -> int:
         format_table,
         interval_note,
         load_results,
+        stopped_lines,
         write_results,
     )
 
@@ -34,6 +35,8 @@ def run(args) -> int:
     else:
         print(format_arm_table([a for a in arms if a["is_pareto"]] if args.front_only else arms))
         print(f"intervals: {interval_note(arms)}")
+        if stopped := stopped_lines(arms):
+            print("\n".join(stopped))
     print(f"\n{sum(a['is_pareto'] for a in arms)} of {len(arms)} arms on the Pareto front (computed on arm means)")
     if args.cost:
         from emray.sweep.cost import format_cost, sweep_cost
@@ -42,6 +45,6 @@ def run(args) -> int:
     if args.plots:
         from emray.sweep.plots import write_plots
 
-        for path in write_plots(args.sweep_dir, rows):
+        for path in write_plots(args.sweep_dir, [r for r in rows if not r.get("stopped_early")]):
             print(path)
     return 0

@@ -105,7 +105,11 @@ def ladders(spec: SweepSpec, trials: list[Trial]) -> tuple[list[str], list[Ladde
 
 
 def meets(constraint: Constraint, result: dict, none: dict) -> bool | None:
-    """A probe against one constraint on point estimates; None when the probe lacks the criterion."""
+    """A probe against one constraint on point estimates; None when the probe lacks the criterion. A trial
+    stopped early (emray/sweep/early_stop.py) fails the constraints it was stopped on and has no value for
+    the others."""
+    if result.get("stopped_early"):
+        return False if constraint.canonical() in result.get("stop_constraints", []) else None
     value = result.get(constraint.criterion)
     if not isinstance(value, (int, float)):
         return None
@@ -260,6 +264,8 @@ def make_searcher(search: DoseSearch, sweep_dir: Path):
     trainable runs like a grid trial, and says FINISHED once every family has its answer."""
     from ray.tune.search import Searcher
 
+    from emray.sweep.pareto import read_result
+
     class DoseSearcher(Searcher):
         def __init__(self):
             super().__init__()
@@ -280,10 +286,12 @@ def make_searcher(search: DoseSearch, sweep_dir: Path):
             key = self.running.pop(trial_id, None)
             if key is None:
                 return
-            if error or not result:
+            # the trial's result.json when there is one: an early-stopped trial's last Tune result is its probe
+            record = read_result(sweep_dir / "trials" / key / "result.json")
+            if record is None and (error or not result):
                 search.failed.add(key)
             else:
-                search.results[key] = result
+                search.results[key] = record or result
             search.write_report(sweep_dir)
 
     return DoseSearcher()

@@ -36,7 +36,10 @@ RATES = [*OBJECTIVES, "in_domain_incoherence", *UNSCORED, *RL_CRITERIA]
 
 
 def _as_cost(row: dict, objectives: dict[str, str]) -> list[float] | None:
-    """Every objective as a cost to minimise; None when a criterion is missing."""
+    """Every objective as a cost to minimise; None when a criterion is missing or a trial of the arm was
+    stopped early (confidently infeasible: never on the front, whatever its other seeds scored)."""
+    if row.get("n_stopped") or row.get("stopped_early"):
+        return None
     costs = []
     for key, mode in objectives.items():
         value = row.get(key)
@@ -134,8 +137,11 @@ def _number(value) -> bool:
 
 
 def summarize_arm(trials: list[dict]) -> dict:
-    """One arm's row: mean, interval and pooled counts per rate over its trials (seeds)."""
+    """One arm's row: mean, interval and pooled counts per rate over its trials (seeds). A trial stopped
+    early (emray/sweep/early_stop.py) has no final criteria: it counts in ``n_seeds`` and ``n_stopped``,
+    its reason in ``stop_reasons``, and in none of the rates."""
     first = trials[0]
+    stopped = [t for t in trials if t.get("stopped_early")]
     arm = {
         "label": first.get("label", ""),
         "short_label": short_label(first.get("label", "")),
@@ -145,6 +151,12 @@ def summarize_arm(trials: list[dict]) -> dict:
         "n_seeds": len(trials),
         "trial_keys": [t.get("trial_key") for t in trials],
     }
+    if stopped:
+        arm.update(
+            n_stopped=len(stopped), stop_reasons=[f"seed {t.get('seed')}: {t.get('stop_reason')}" for t in stopped]
+        )
+        trials = [t for t in trials if not t.get("stopped_early")]
+        first = trials[0] if trials else {}
     for rate in RATES:
         values = [t[rate] for t in trials if _number(t.get(rate))]
         if not values:
@@ -249,12 +261,22 @@ def format_arm_table(arms: list[dict], rates: list[str] | None = None) -> str:
     ]
     head = ["arm", "seeds", *[SHORT_NAMES.get(r, r) for r in rates], "front"]
     cells = [
-        [a["short_label"], str(a["n_seeds"]), *[format_rate(a, r) for r in rates], "*" if a["is_pareto"] else ""]
+        [
+            a["short_label"],
+            str(a["n_seeds"]) + (f" ({a['n_stopped']} stopped)" if a.get("n_stopped") else ""),
+            *[format_rate(a, r) for r in rates],
+            "*" if a["is_pareto"] else ("stopped" if a.get("n_stopped") else ""),
+        ]
         for a in arms
     ]
     widths = [max([len(h)] + [len(c[i]) for c in cells]) for i, h in enumerate(head)]
     line = lambda values: "  ".join(v.ljust(w) for v, w in zip(values, widths)).rstrip()  # noqa: E731
     return "\n".join([line(head), line(["-" * w for w in widths]), *[line(c) for c in cells]])
+
+
+def stopped_lines(arms: list[dict]) -> list[str]:
+    """One line per trial stopped early, with its reason (emray/sweep/early_stop.py); [] without any."""
+    return [f"stopped early: {a['short_label']} {reason}" for a in arms for reason in a.get("stop_reasons") or []]
 
 
 def interval_note(arms: list[dict]) -> str:

@@ -63,6 +63,9 @@ def progress_interval(default: float = DEFAULT_INTERVAL) -> float:
 
 
 def _criteria(result: dict) -> str:
+    if "em_probe/general_misalignment" in result:  # an early-stop probe (emray/sweep/early_stop.py)
+        probe = {k: result.get(f"em_probe/{k}") for k in OBJECTIVES}
+        return f"probe at step {result.get('step')}/{result.get('total_steps')}: " + _criteria(probe)
     keys = (*OBJECTIVES, "reward_heldout")  # an RL trial's held-out task reward beside the four criteria
     return " ".join(f"{SHORT[k]} {result[k]:.3f}" for k in keys if isinstance(result.get(k), (int, float)))
 
@@ -275,7 +278,8 @@ class ProgressCallback(Callback):
             return
         row.update(state="done", ended=self.clock())
         self.estimate()
-        self._say(row, "finished")
+        # a trial whose last report is a probe was stopped by the early stopper (a finished one reports its record)
+        self._say(row, "stopped early" if "em_probe/general_misalignment" in (row.get("result") or {}) else "finished")
 
     def on_trial_error(self, iteration, trials, trial, **info):
         row = self._row(trial)

@@ -85,6 +85,7 @@ class ArmVerdict:
     plausible: bool = False  # every point estimate meets its point bound (not necessarily with confidence)
     min_margin: float | None = None
     rank: int | None = None  # 1-based among the feasible
+    stopped: list[str] = field(default_factory=list)  # seeds stopped early, with the reason: infeasible
 
 
 @dataclass
@@ -229,7 +230,7 @@ def _key(objective: str, a: ArmVerdict) -> tuple:
 def _closeness(objective: str, v: ArmVerdict) -> tuple:
     """The infeasible arms' order: the largest smallest margin first, then fewer misses, then the objective."""
     misses = sum(c.status != "meets" for c in v.checks)
-    return (-(v.min_margin if v.min_margin is not None else -math.inf), misses, _key(objective, v))
+    return (bool(v.stopped), -(v.min_margin if v.min_margin is not None else -math.inf), misses, _key(objective, v))
 
 
 def decide(
@@ -249,6 +250,9 @@ def decide(
         notes, kept = [], []
         for c in constraints:
             if not any(_number(a.get(c.criterion)) for a in model_arms):
+                if any(a.get("n_stopped") for a in model_arms):
+                    kept.append(c)  # measured, but the trials that had it were stopped before the final evaluation
+                    continue
                 if not defaults:
                     raise ValueError(
                         f"constraint {c.text!r}: no arm of model {model} has {c.criterion} "
@@ -288,9 +292,11 @@ def decide(
                 train_ratio=train / none_train if train is not None and none_train else None,
                 trial_ratio=trial / none_trial if trial is not None and none_trial else None,
                 checks=checks,
-                feasible=all(c.status == "meets" for c in checks),
-                plausible=all(_point_meets(c) for c in checks),
+                # a seed stopped early failed a constraint with confidence on its probe: never feasible
+                feasible=all(c.status == "meets" for c in checks) and not a.get("n_stopped"),
+                plausible=all(_point_meets(c) for c in checks) and not a.get("n_stopped"),
                 min_margin=None if any(m is None for m in margins) else min(margins, default=math.inf),
+                stopped=list(a.get("stop_reasons") or []),
             )
             verdicts.append(v)
         feasible = sorted((v for v in verdicts if v.feasible), key=lambda v: _key(objective, v))
@@ -440,6 +446,9 @@ def summary_lines(d: Decision) -> list[str]:
         )
     if d.recommended is not None and len(d.feasible) > 1:
         lines.append(f"  also feasible, ranked: {', '.join(v.short_label for v in d.feasible[1:])}")
+    lines += [
+        f"  stopped early (infeasible on a probe): {v.short_label} {reason}" for v in d.arms for reason in v.stopped
+    ]
     plausible = [v.short_label for v in d.arms if v.plausible and not v.feasible]
     if plausible:
         lines.append(
@@ -523,12 +532,12 @@ def table_rows(d: Decision) -> tuple[list[str], list[list[str]]]:
             [
                 str(v.rank) if v.rank else "",
                 v.short_label,
-                str(v.n_seeds),
+                str(v.n_seeds) + (f" ({len(v.stopped)} stopped)" if v.stopped else ""),
                 *crit_cells,
                 _ratio(v.train_ratio),
                 _ratio(v.trial_ratio),
                 *[check_text(c) for c in v.checks],
-                "yes" if v.feasible else "no",
+                "yes" if v.feasible else ("stopped" if v.stopped else "no"),
             ]
         )
     return head, cells

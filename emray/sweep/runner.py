@@ -61,6 +61,7 @@ class Plan:
             ),
             f"output: {spec.sweep_dir()}" + (f" (persisted to {spec.storage_uri()})" if spec.storage_uri() else ""),
             describe_launch(spec.base),
+            *([describe_early_stop(spec)] if spec.early_stop else []),
             f"model(s): {', '.join(sorted({t.run.model.name for t in self.trials}))}",
             *(
                 [
@@ -80,6 +81,27 @@ class Plan:
                 f"  {t.index:3d}  {t.run.model.name}  {t.label}  seed={t.run.seed}  key={t.key}" for t in self.trials
             ]
         return "\n".join(lines)
+
+
+def describe_early_stop(spec: SweepSpec) -> str:
+    """The plan's line on early stopping: when the trials probe, what may stop them, or why they cannot."""
+    es = spec.early_stop
+    assert es is not None
+    res = spec.base.resources
+    if not res.runs_in_trial() or spec.base.scenario != "narrow":
+        why = "the fine-tunes run in Ray Train worker groups" if not res.runs_in_trial() else "scenario rl"
+        return (
+            f"early_stop: NOT AVAILABLE here ({why}: intermediate evaluations need the narrow SFT fine-tune in the "
+            f"trial's own process, resources.launcher in_trial); every trial runs to the end"
+        )
+    where = f"probes at {', '.join(f'{100 * f:g} %' for f in es.fractions)} of the narrow fine-tune"
+    subset = f"{'all' if es.questions is None else f'the first {es.questions}'} questions x {es.samples} sample(s)"
+    if not es.stop:
+        return f"early_stop: {where} ({subset}), reported to Tune; stop: false (no trial is stopped)"
+    return (
+        f"early_stop: {where} ({subset}); a trial stops once a probe fails a constraint on "
+        f"{', '.join(es.criteria)} at the favourable end of its 95 % Wilson interval (relative ones once none finished)"
+    )
 
 
 def stage_requests(trials: list[Trial]) -> list[tuple[str, Any, Trial, Any]]:
@@ -192,7 +214,13 @@ def superseded_trials(sweep_dir: Path, trials: list[Trial]) -> list[str]:
 
 
 def run_trial_body(
-    trial: Trial, sweep_dir: Path, artifacts: dict, judge: Any, wandb_cfg: dict, train_storage: str | None = None
+    trial: Trial,
+    sweep_dir: Path,
+    artifacts: dict,
+    judge: Any,
+    wandb_cfg: dict,
+    train_storage: str | None = None,
+    early_stop: Any = None,
 ) -> dict:
     """Train with Ray Train, evaluate, write ``result.json``; returns the record reported to Tune.
 
@@ -210,7 +238,13 @@ def run_trial_body(
     started = time.time()
     storage = train_storage or str((sweep_dir / "ray_train").resolve())
     phases: dict[str, float] = {}  # wall seconds of each phase of this trial (BENCHMARKS.md's profile)
-    criteria = train_and_evaluate(trial.run, out, storage, artifacts, judge, phases)
+    probes = []  # early_stop: the narrow fine-tune's probes, reported to Tune (emray/sweep/early_stop.py)
+    if early_stop is not None:
+        from emray.sweep.early_stop import probe_callback, probes_available
+
+        if probes_available(trial):
+            probes.append(probe_callback(trial, early_stop, judge, out, started))
+    criteria = train_and_evaluate(trial.run, out, storage, artifacts, judge, phases, trainer_callbacks=probes)
     train_seconds = time.time() - started  # the narrow fine-tune and its evaluation
     if trial.run.benign is not None:
         from emray.config.fine_tunes import benign_run
@@ -228,6 +262,8 @@ def run_trial_body(
         **rl_record(out),  # scenario rl: the task reward learned
         "train_seconds": round(train_seconds, 1),
         "trial_seconds": round(time.time() - started, 1),
+        # fine-tune steps run (narrow + benign): the compute measure of BENCHMARKS.md "Early stopping"
+        "fine_tune_steps": fine_tune_steps(out),
     }
     # before W&B: the trial's run gets its cost too (the W&B upload itself is no phase of the cost)
     record.update(trial_cost(trial.run.resources, phases, [out / "eval", out / "benign" / "eval"]))
@@ -242,8 +278,26 @@ def run_trial_body(
     return record
 
 
+def fine_tune_steps(out: Path) -> int:
+    """Optimizer steps of a trial's fine-tunes (its narrow one in ``out``, its benign one in ``out/benign``)."""
+    steps = 0
+    for folder in (out, out / "benign"):
+        try:
+            steps += int(json.loads((folder / "metrics.json").read_text())["summary"].get("global_step") or 0)
+        except (OSError, ValueError, KeyError):
+            continue
+    return steps
+
+
 def train_and_evaluate(
-    run, out: Path, storage: str, artifacts: dict, judge: Any, phases: dict | None = None, prefix: str = ""
+    run,
+    out: Path,
+    storage: str,
+    artifacts: dict,
+    judge: Any,
+    phases: dict | None = None,
+    prefix: str = "",
+    trainer_callbacks: list | None = None,
 ) -> dict:
     """One fine-tune of a trial into ``out`` (in the trial's process or a Ray Train worker group:
     ``resources.launcher``), checked, then evaluated into ``out/eval``."""
@@ -256,7 +310,7 @@ def train_and_evaluate(
     # A retried or resumed trial keeps a finished training (rank 0 writes metrics.json last).
     if not ((adapter / "adapter_config.json").exists() and (out / "metrics.json").exists()):
         try:
-            fit(run, out, storage, artifacts)
+            fit(run, out, storage, artifacts, trainer_callbacks=trainer_callbacks or ())
         except Exception:
             if (out / "metrics.json").exists():
                 check_training(out)  # a diverged loss: say so, not "training failed"
@@ -296,11 +350,12 @@ def trial_trainable(
     spec_dict: dict,
     wandb_cfg: dict,
     train_storage: str | None = None,
+    early_stop: dict | None = None,
 ):
     """The Tune function trainable: one trial (grid/random by its key, Optuna by sampled params)."""
     from ray import tune
 
-    from emray.sweep.spec import SweepSpec
+    from emray.sweep.spec import EarlyStopConfig, SweepSpec
 
     if "trial_key" in config:
         trial = trials[config["trial_key"]]  # a Trial, pickled as it was planned (validated once, by the driver)
@@ -310,7 +365,11 @@ def trial_trainable(
     record = read_finished(root, trial)
     if record is None:
         try:
-            record = run_trial_body(trial, root, artifacts.get(trial.key, {}), judge, wandb_cfg, train_storage)
+            probes = EarlyStopConfig.model_validate(early_stop) if early_stop else None
+            record = run_trial_body(trial, root, artifacts.get(trial.key, {}), judge, wandb_cfg, train_storage, probes)
+        except SystemExit:
+            # Tune ended this trial (the early stopper: the driver has written its result.json): no failure
+            raise
         except BaseException as err:
             write_failure(root, trial, err)
             raise
@@ -390,6 +449,7 @@ def _tuner(
         wandb_cfg=wandb_settings(spec, sweep_dir),
         # A bucket holds Ray Train's checkpoints too; else they sit beside the trials.
         train_storage=f"{spec.storage_uri()}/ray_train" if spec.storage_uri() else None,
+        early_stop=spec.early_stop.model_dump(mode="json") if spec.early_stop else None,
     )
     trainable = tune.with_resources(trainable, trial_resources(spec))
     tune_path = f"{spec.storage_uri()}/tune" if spec.storage_uri() else str((sweep_dir / "tune").resolve())
@@ -435,6 +495,7 @@ def _tuner(
             name=spec.name,
             storage_path=tune_path,
             failure_config=tune.FailureConfig(max_failures=spec.resources.max_failures),
+            stop=early_stopper(spec, plan, sweep_dir),
             callbacks=[
                 ProgressCallback(
                     [] if optuna else plan.trials,
@@ -448,6 +509,15 @@ def _tuner(
             verbose=1 if verbose() else 0,  # --verbose: Tune's own status lines too
         ),
     )
+
+
+def early_stopper(spec: SweepSpec, plan: Plan, sweep_dir: Path):
+    """The early stopper (a ``ray.tune.Stopper``, emray/sweep/early_stop.py) when the spec asks for one."""
+    if spec.early_stop is None or not spec.early_stop.stop:
+        return None
+    from emray.sweep.early_stop import make_stopper
+
+    return make_stopper(spec, plan.trials, sweep_dir)
 
 
 #: Environment every Ray worker must share with the driver. Ray Train runs workers in their own
@@ -537,9 +607,11 @@ class SweepOutcome:
     failed: list[tuple[str, str, str]] = field(default_factory=list)  # (label, reason, error file)
 
     def summary(self, seconds: float, sweep_dir: Path) -> str:
+        stopped = sum(bool(r.get("stopped_early")) for r in self.rows)
         line = (
-            f"[emray] {self.finished} finished ({self.cached} cached), {len(self.failed)} failed "
-            f"in {seconds:.0f} s; results in {sweep_dir}"
+            f"[emray] {self.finished} finished ({self.cached} cached"
+            + (f", {stopped} stopped early" if stopped else "")
+            + f"), {len(self.failed)} failed in {seconds:.0f} s; results in {sweep_dir}"
         )
         if self.failed:
             line += "\n[emray] failed trials (not in the results table):"
@@ -719,8 +791,10 @@ def _run_sweep(spec: SweepSpec, resume: bool, address: str | None, sweep_dir: Pa
     if rows:
         from emray.sweep.progress import final_summary
 
-        write_plots(sweep_dir, rows)
-        log_summary(spec, sweep_dir, rows)
+        completed = [r for r in rows if not r.get("stopped_early")]  # a stopped trial has no final criteria to plot
+        if completed:
+            write_plots(sweep_dir, completed)
+            log_summary(spec, sweep_dir, completed)
         decided = rows
         if dose_search is not None:  # the recommendation reads the arms run on every seed, not the probes
             dose_search.write_report(sweep_dir)

@@ -130,6 +130,39 @@ class RecommendConfig(Strict):
         return value
 
 
+#: the criteria an early-stop probe can decide (a subset of the general, optionally in-domain, questions;
+#: benign accuracy needs the benign fine-tune, which a probe of the narrow one does not see)
+ProbeCriterion = Literal["general_misalignment", "general_incoherence", "in_domain_misalignment"]
+#: (the first two are what a probe stops on by default)
+PROBE_CRITERIA: tuple[ProbeCriterion, ...] = ("general_misalignment", "general_incoherence", "in_domain_misalignment")
+
+
+class EarlyStopConfig(Strict):
+    """``early_stop:``: cheap evaluations during a trial's narrow fine-tune, reported to Ray Tune, and a
+    stopper that ends a trial once a probe shows it confidently infeasible under the ``recommend:``
+    constraints (emray/sweep/early_stop.py, docs/recommend.md "Early stopping"). Not part of any trial's
+    identity: the probes do not change the trained adapter."""
+
+    # when to probe, as fractions of the narrow fine-tune: 0.75 alone by default, because on the organism a
+    # probe earlier than that wrongly stopped interleaving, whose EM rises first and falls later
+    # (BENCHMARKS.md "Early stopping")
+    fractions: list[Annotated[float, Field(gt=0, le=1)]] = Field(default_factory=lambda: [0.75])
+    questions: int | None = Field(None, gt=0)  # the first N questions of each probed file; None: all
+    samples: int = Field(2, gt=0)  # answers per paraphrase (the final evaluation: eval.samples_per_paraphrase)
+    in_domain: bool = False  # probe the in-domain files too
+    # which constraints' criteria a probe may stop on; the others are left to the final evaluation
+    criteria: list[ProbeCriterion] = Field(default_factory=lambda: list(PROBE_CRITERIA[:2]))
+    stop: bool = True  # false: probe and report only (what benchmarks/early_stop_curves.py measures)
+
+    @model_validator(mode="after")
+    def _in_domain_probed(self) -> EarlyStopConfig:
+        if "in_domain_misalignment" in self.criteria and not self.in_domain:
+            raise ValueError("criteria: in_domain_misalignment needs in_domain: true (the probe must answer them)")
+        if not self.fractions:
+            raise ValueError("fractions: empty; list at least one fraction of training in (0, 1]")
+        return self
+
+
 class SweepSpec(Strict):
     name: str
     # Where the sweep persists: a local or shared folder, or a bucket (s3://bucket/path, gs://bucket/path).
@@ -143,6 +176,7 @@ class SweepSpec(Strict):
     resources: SweepResources = Field(default_factory=SweepResources)
     wandb: WandbConfig = Field(default_factory=WandbConfig)
     recommend: RecommendConfig | None = None  # None: emray recommend's defaults
+    early_stop: EarlyStopConfig | None = None  # None: every trial runs to the end
 
     @field_validator("search")
     @classmethod
@@ -163,6 +197,13 @@ class SweepSpec(Strict):
         if search.algorithm == "dose_search":
             check_dose_ladders(search.defense)
         return search
+
+    @model_validator(mode="after")
+    def _early_stop_searcher(self) -> SweepSpec:
+        if self.early_stop is not None and self.search.algorithm == "optuna":
+            # Optuna's searcher reads its objectives from every Tune report; a probe's carries none
+            raise ValueError("early_stop: not with search.algorithm optuna; use grid, random or dose_search")
+        return self
 
     @field_validator("storage")
     @classmethod

@@ -20,11 +20,15 @@ from emray.train.common import check_finite, write_run_folder
 from emray.train.worker import fit_with_ray_train, train_and_save
 
 
-def fit(config: RunConfig, out_dir: Path, storage_path: str, artifacts: dict | None = None) -> str:
+def fit(
+    config: RunConfig, out_dir: Path, storage_path: str, artifacts: dict | None = None, trainer_callbacks=()
+) -> str:
     """Fine-tune ``config`` into ``out_dir`` (adapter/, metrics.json) where ``config.resources`` says;
-    returns which launcher ran it (``in_trial`` or ``ray_train``)."""
+    returns which launcher ran it (``in_trial`` or ``ray_train``). ``trainer_callbacks`` (a sweep trial's
+    early-stop probes, emray/train/probe.py) run in the trial's process only: a Ray Train worker's reports go
+    to its own Train controller, not to the Tune trial, so a worker-group fine-tune runs without them."""
     if config.resources.runs_in_trial():
-        fit_in_trial(config, out_dir, artifacts)
+        fit_in_trial(config, out_dir, artifacts, trainer_callbacks)
         return "in_trial"
     fit_with_ray_train(config, out_dir, storage_path, artifacts)
     return "ray_train"
