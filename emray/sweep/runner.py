@@ -27,6 +27,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from emray.sweep.capacity import check_capacity, cluster_nodes, trial_resources
 from emray.sweep.checks import check_adapter, check_judging, check_preflight, check_training
 from emray.sweep.pareto import read_result, write_results
 from emray.sweep.spec import OBJECTIVES, SweepSpec, Trial, expand_trials, make_trial
@@ -333,14 +334,6 @@ def trial_from_optuna(spec: SweepSpec, config: dict) -> Trial:
 
 
 # ---------------------------------------------------------------------------------------- sweep
-def trial_resources(spec: SweepSpec) -> dict[str, float]:
-    """What a Tune trial's actor holds. A trial that trains and evaluates in its own process holds the
-    worker's CPUs; one that only waits on its Ray Train worker group and evaluation task (which hold the
-    real resources) holds a token CPU share (Tune rejects an empty bundle), so it never starves them."""
-    res = spec.base.resources
-    return {"cpu": res.cpus_per_worker} if res.runs_in_trial() else {"cpu": 0.01}
-
-
 def _tuner(
     spec: SweepSpec, plan: Plan, sweep_dir: Path, artifacts: dict, judge: Any, resume: bool, dose_search: Any = None
 ):
@@ -662,6 +655,8 @@ def _run_sweep(spec: SweepSpec, resume: bool, address: str | None, sweep_dir: Pa
     started = time.time()
     ensure_ray(address)
     _catch_sigterm()
+    # a trial or stage larger than every node would wait, not fail (emray/sweep/capacity.py)
+    check_capacity(spec, cluster_nodes(), "the Ray cluster", has_stages=bool(plan.stages))
     artifacts = run_stages(spec, plan.trials)
     judge, stop_judge = start_judge(spec)
     dose_search = None
