@@ -592,7 +592,13 @@ def _stop_ray() -> None:
         print(f"[emray] stopping Ray: {type(err).__name__}: {err}", file=sys.stderr, flush=True)
 
 
+#: the signal the driver's handler last received: Ray's ``ray.get`` turns an exception raised by a
+#: signal handler during its wait into a plain KeyboardInterrupt, which would read as SIGINT
+_received: dict[str, int] = {}
+
+
 def _raise_terminated(signum, frame) -> None:
+    _received["signum"] = signum
     raise SweepTerminated(signum)
 
 
@@ -619,10 +625,11 @@ def run_sweep(spec: SweepSpec, resume: bool = False, address: str | None = None)
     previous_int = signal.getsignal(signal.SIGINT)
     with SweepLock(sweep_dir):
         try:
+            _received.clear()
             _catch_sigterm()
             return _run_sweep(spec, resume, address, sweep_dir, state)
         except KeyboardInterrupt as err:
-            signum = getattr(err, "signum", signal.SIGINT)
+            signum = getattr(err, "signum", None) or _received.pop("signum", signal.SIGINT)
             try:
                 _stop_ray()
             finally:
