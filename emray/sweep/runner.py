@@ -31,6 +31,7 @@ from emray.sweep.capacity import check_capacity, cluster_nodes, trial_resources
 from emray.sweep.checks import check_adapter, check_judging, check_preflight, check_training
 from emray.sweep.pareto import read_result, write_results
 from emray.sweep.spec import OBJECTIVES, SweepSpec, Trial, expand_trials, make_trial
+from emray.sweep.stage_failure import StageFailed, stage_failure
 from emray.train.progress import verbose
 
 RESULT_FILE = "result.json"
@@ -121,21 +122,32 @@ def _run_stage(cls_name: str, run, params) -> dict:
     return cls.build_stage(run, params)
 
 
-def run_stages(spec: SweepSpec, trials: list[Trial]) -> dict[str, dict]:
-    """Run every needed stage once as a Ray task; returns artifacts per trial key."""
+def run_stages(spec: SweepSpec, trials: list[Trial], sweep_dir: Path | None = None) -> dict[str, dict]:
+    """Run every needed stage once as a Ray task; returns artifacts per trial key. A stage that raises
+    leaves its reason in the artifacts of the trials that need it (emray/sweep/stage_failure.py)."""
     import ray
+
+    from emray.sweep.stage_failure import STAGE_FAILED, describe_stage_failure, record_stage_failure
 
     remote = ray.remote(num_cpus=spec.resources.cpus_for_stages, num_gpus=spec.resources.gpus_for_stages)(_run_stage)
     artifacts: dict[str, dict] = {t.key: {} for t in trials}
     pending: dict[str, Any] = {}
     owners: dict[str, list[str]] = {}
+    names: dict[str, str] = {}
     for key, cls, trial, params in stage_requests(trials):
         if key not in pending:
             print(f"[emray] stage {cls.stage_name}: {cls.stage_description(trial.run, params)}", flush=True)
             pending[key] = remote.remote(cls.name, trial.run, params)
+            names[key] = cls.stage_name
         owners.setdefault(key, []).append(trial.key)
+    labels = {t.key: t.label for t in trials}
     for key, ref in pending.items():
-        result = ray.get(ref)
+        try:
+            result = ray.get(ref)
+        except Exception as err:  # noqa: BLE001 - only the trials that need this stage fail
+            line = record_stage_failure(sweep_dir or Path("."), names[key], key, err, failure_reason(err))
+            print(describe_stage_failure(line, [labels[k] for k in owners[key]], len(trials) - len(owners[key])))
+            result = {STAGE_FAILED: line}
         for trial_key in owners[key]:
             artifacts[trial_key].update(result)
     return artifacts
@@ -287,6 +299,8 @@ def trial_trainable(
     record = read_finished(root, trial)
     if record is None:
         try:
+            if reason := stage_failure(artifacts.get(trial.key, {})):  # a search proposed it anyway
+                raise StageFailed(reason)
             record = run_trial_body(trial, root, artifacts.get(trial.key, {}), judge, wandb_cfg, train_storage)
         except BaseException as err:
             write_failure(root, trial, err)
@@ -381,7 +395,10 @@ def _tuner(
         search_alg, num_samples = make_searcher(dose_search, sweep_dir), len(plan.trials)
     else:
         search_alg, num_samples = None, 1
-        param_space = {"trial_key": tune.grid_search([t.key for t in plan.trials])}
+        # a trial whose stage failed is recorded failed already (_run_sweep), not started
+        param_space = {
+            "trial_key": tune.grid_search([t.key for t in plan.trials if not stage_failure(artifacts[t.key])])
+        }
     return tune.Tuner(
         trainable,
         param_space=param_space,
@@ -399,7 +416,9 @@ def _tuner(
             failure_config=tune.FailureConfig(max_failures=spec.resources.max_failures),
             callbacks=[
                 ProgressCallback(
-                    [] if optuna else plan.trials, sweep_dir, total=spec.search.num_samples if optuna else None
+                    [] if optuna else [t for t in plan.trials if not stage_failure(artifacts[t.key])],
+                    sweep_dir,
+                    total=spec.search.num_samples if optuna else None,
                 )
             ],
             verbose=1 if verbose() else 0,  # --verbose: Tune's own status lines too
@@ -664,7 +683,10 @@ def _run_sweep(spec: SweepSpec, resume: bool, address: str | None, sweep_dir: Pa
     _catch_sigterm()
     # a trial or stage larger than every node would wait, not fail (emray/sweep/capacity.py)
     check_capacity(spec, cluster_nodes(), "the Ray cluster", has_stages=bool(plan.stages))
-    artifacts = run_stages(spec, plan.trials)
+    artifacts = run_stages(spec, plan.trials, sweep_dir)
+    for trial in plan.trials:  # a trial whose stage failed never starts; its error.txt says why
+        if (reason := stage_failure(artifacts[trial.key])) and read_finished(sweep_dir, trial) is None:
+            write_failure(sweep_dir, trial, StageFailed(reason))
     judge, stop_judge = start_judge(spec)
     dose_search = None
     if spec.search.algorithm == "dose_search":
@@ -675,8 +697,8 @@ def _run_sweep(spec: SweepSpec, resume: bool, address: str | None, sweep_dir: Pa
     # that returns as if the unfinished trials had failed.
     os.environ["TUNE_DISABLE_SIGINT_HANDLER"] = "1"
     try:
-        tuner = _tuner(spec, plan, sweep_dir, artifacts, judge, resume, dose_search)
-        result_grid = tuner.fit()
+        runnable = any(not stage_failure(artifacts[t.key]) for t in plan.trials) or not plan.trials
+        result_grid = _tuner(spec, plan, sweep_dir, artifacts, judge, resume, dose_search).fit() if runnable else None
     finally:
         stop_judge()
     outcome = collect_outcome(spec, plan, sweep_dir, result_grid, cached)
