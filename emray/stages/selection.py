@@ -269,7 +269,12 @@ def ensure_selection(
     pool = load_safe_pool(path)
     candidates = cls.candidates(p, pool)  # the defense's own filter (Interleaving++ drops refusals)
     dropped = len(pool) - len(candidates)
-    check_pool(len(candidates), k, f"{defense_name} ({path}{f', {dropped} dropped by its filter' if dropped else ''})")
+    # k is sized for the data, not for max_steps: the trainer draws its batches from the whole shuffled
+    # mixed set, so a k sized for fewer rows would leave less than safe_fraction of what it reads safe.
+    sized = f"k = {k}: {p.safe_fraction:g} of the trial's largest fine-tune, {n_fine} rows, whatever its max_steps"
+    check_pool(
+        len(candidates), k, f"{defense_name} ({path}{f', {dropped} dropped by its filter' if dropped else ''}; {sized})"
+    )
     # the quantile is of the whole (label-filtered) pool, as the reference's top 5000 of its 100k rows
     top = min(top_count(len(pool), p.quantile, k), len(candidates))
 
