@@ -20,12 +20,12 @@ from pathlib import Path
 
 import pytest
 import yaml
-from conftest import ROOT, VLLM_PYTHON, needs_vllm
+from conftest import ROOT, SMOLLM2_SERVED, needs_vllm, smollm2_server_fixture
 
 pytestmark = [pytest.mark.vllm, needs_vllm]
 
 SPEC = ROOT / "sweeps" / "qwen2.5-7b-code.yaml"
-SERVED = "smollm2"
+SERVED = SMOLLM2_SERVED
 # Every arm type of the spec at one dose. persona runs the greedy extraction: the spec's reference
 # extraction keeps the pairs the judge scores, and SmolLM2 scores none of them (TooFewKept: 0 of 24).
 ALL_ARMS = (
@@ -98,24 +98,8 @@ def run_sweep(overrides: list[str], timeout: float) -> subprocess.CompletedProce
     )
 
 
-@pytest.fixture(scope="module")
-def judge_server(tmp_path_factory):
-    """SmolLM2-135M-Instruct on vLLM, the judge; with LoRA on, also the generator for ``eval.vllm.url``."""
-    from emray.eval.vllm_server import VLLMServer
-    from emray.models import resolve_model_path
-
-    running = VLLMServer.start(
-        str(VLLM_PYTHON),
-        resolve_model_path("smollm2-135m"),
-        served_name=SERVED,
-        dtype="float32",
-        max_model_len=2048,
-        max_lora_rank=32,  # the spec's lora.r
-        extra_args=["--enforce-eager"],  # no torch.compile warm-up (a minute per start here); same kernels
-        log_dir=tmp_path_factory.mktemp("rehearsal-judge-log"),
-    )
-    yield running
-    running.stop()
+# the judge; with LoRA on (the spec's lora.r), also the generator for ``eval.vllm.url``
+judge_server = smollm2_server_fixture("rehearsal-judge-log", max_lora_rank=32)
 
 
 def check_finished(out: subprocess.CompletedProcess, storage: Path, arms: list[str]) -> list[dict]:
