@@ -111,11 +111,16 @@ def check_finished(out: subprocess.CompletedProcess, storage: Path, arms: list[s
     assert sorted(r["label"].split("(")[0] for r in rows) == sorted(arms)
     for row in rows:
         assert isinstance(row["benign_accuracy"], (int, float)), row
-        metrics = json.loads((sweep / "trials" / row["trial_key"] / "metrics.json").read_text())
-        assert metrics["num_workers"] == 2 and metrics["deepspeed"] == "zero2", metrics
+        trial = sweep / "trials" / row["trial_key"]
+        for fine_tune in (trial, trial / "benign"):  # both fine-tunes: 2 ranks, under the spec's ZeRO-2
+            assert json.loads((fine_tune / "metrics.json").read_text())["summary"]["world_size"] == 2
+        assert json.loads((trial / "trial.json").read_text())["run"]["resources"]["deepspeed"] == "zero2"
+        assert row["launcher"] == "ray_train"
     assert list(sweep.glob("plots/*.png")), "no plots"
-    assert (sweep / "report.md").exists()
-    assert list(sweep.rglob("wandb/offline-run-*")), "no offline W&B runs"
+    from emray.cli import main
+
+    assert main(["report", str(sweep)]) == 0 and (sweep / "report.md").exists()  # as the sweep's last line says
+    assert list(sweep.rglob("wandb/offline-run-*-summary-*")), "no offline W&B summary run"
     return rows
 
 
