@@ -34,4 +34,13 @@ timeout 180 $PY benchmarks/bench_scorer.py --shape qwen2.5-7b --device cuda --sa
 step "vLLM generation with the trained adapter"
 timeout 240 $PY benchmarks/gpu_check.py vllm --model "$MODEL_DIR" --adapter "$WORK/zero2/out/adapter" --prompts 256 --max-new-tokens 128 | grep -E '^RESULT|Error' || echo "vLLM check failed (see above)"
 
+step "GRPO with rollouts in TRL's colocated vLLM (rl.use_vllm), persona steering + KL + interleaved safe prompts, 3 steps"
+# TRL imports vllm in the training process: $PY's env needs vllm (TRL 1.16's extra: vllm>=0.22,<=0.31).
+# Its config alone, without a GPU: python benchmarks/gpu_check.py grpo --model tiny --dry-run
+if $PY -c "import vllm" 2>/dev/null; then
+  timeout 420 $PY benchmarks/gpu_check.py grpo --model "$MODEL_DIR" --work "$WORK/grpo" --steps 3 | tee "$WORK/grpo.log" | grep -E '^RESULT|Error' || echo "GRPO + vLLM check failed (see $WORK/grpo.log)"
+else
+  echo "GRPO + vLLM check skipped: vllm is not importable from $PY (TRL's colocated mode runs it in the training process)"
+fi
+
 step "done in $(( $(date +%s) - started )) s"

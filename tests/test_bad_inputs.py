@@ -289,3 +289,24 @@ def test_corrupt_result_json_makes_the_sweep_rerun_that_trial(tmp_path, capsys):
     assert not (folder / "result.json").exists() and (folder / "result.json.corrupt").read_text() == "[1, 2]"
     (folder / "result.json").write_text('{"trial_key": "k"}')
     assert read_finished(tmp_path, trial) == {"trial_key": "k"}
+
+
+# -- a run-config key at the spec's top level: `resources` is the sweep's own section ------------------------
+
+
+def test_a_run_config_key_at_the_top_level_says_did_you_mean_base(tmp_path, capsys):
+    spec = write(tmp_path / "s.yaml", SPEC)
+    code, err = cli(["sweep", str(spec), "--dry-run", "--set", "resources.use_gpu=false"], capsys)
+    assert code == 2
+    assert "key 'resources.use_gpu': unknown key (did you mean base.resources.use_gpu?)" in err, err
+    # the same mistake written in the file, and a nested run-config section
+    write(spec, SPEC + "resources: {num_workers: 2}\n")
+    with pytest.raises(ConfigError, match=r"s.yaml:11: key 'resources.num_workers': unknown key \(did you mean base"):
+        load_sweep_spec(spec)
+    write(spec, SPEC + "lora: {r: 4}\n")
+    with pytest.raises(ConfigError, match=r"key 'lora': unknown key \(did you mean base.lora\?\)"):
+        load_sweep_spec(spec)
+    # a key neither section has: no guess
+    write(spec, SPEC)
+    code, err = cli(["sweep", str(spec), "--dry-run", "--set", "resources.use_gpus=false"], capsys)
+    assert "key 'resources.use_gpus': unknown key" in err and "did you mean" not in err, err

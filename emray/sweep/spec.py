@@ -29,7 +29,7 @@ from typing import Annotated, Any, Literal
 from pydantic import AfterValidator, Field, field_validator, model_validator
 
 from emray.config import RunConfig, parse_defense_entry
-from emray.configio import ConfigError, Strict, apply_overrides, read_yaml, validate
+from emray.configio import ConfigError, Strict, apply_overrides, has_key_path, read_yaml, validate
 from emray.hashing import path_fields
 from emray.identity import trial_key
 from emray.sweep.constraints import DEFAULT_CONSTRAINTS, parse_constraint
@@ -421,9 +421,17 @@ def load_sweep_spec(path: str | Path, overrides: list[str] | None = None) -> Swe
     data = apply_overrides(data, fixed)
     if "base" not in data:
         raise ConfigError(f"{path}: a sweep spec needs a 'base' run config")
-    spec = validate(SweepSpec, data, str(path), lines)
+    spec = validate(SweepSpec, data, str(path), lines, hint=run_config_hint)
     check_search_duplicates(spec.search, str(path), lines)
     return spec
+
+
+def run_config_hint(loc: tuple) -> str | None:
+    """An unknown key at the spec's top level that the run config has: ``resources.use_gpu`` is the
+    spec's own ``resources`` section, the run's is ``base.resources``."""
+    if loc and loc[0] != "base" and has_key_path(RunConfig, loc):
+        return f"did you mean base.{'.'.join(map(str, loc))}?"
+    return None
 
 
 def check_search_duplicates(search: SearchConfig, source: str, lines: dict[tuple, int] | None = None) -> None:
