@@ -239,6 +239,20 @@ def test_defaults_skip_a_criterion_the_sweep_lacks_but_a_stated_constraint_does_
         recommend_sweep(sweep, constraints=["benign_accuracy >= 0.5"])
 
 
+def test_no_recommendation_when_the_judge_scored_no_general_answer(tmp_path):
+    """The rehearsal's case: a judge too weak to score anything leaves general EM missing on every arm; the
+    default constraints must not drop it and recommend on the remaining criteria."""
+    sweep = write_results_dir(tmp_path)
+    for path in sweep.glob("trials/*/result.json"):
+        r = json.loads(path.read_text())
+        path.write_text(json.dumps({k: v for k, v in r.items() if not k.startswith("general_misalignment")}))
+    (decision,), _ = recommend_sweep(sweep)
+    assert decision.recommended is None
+    assert "general_misalignment <= 0.5 * none" in decision.constraints
+    assert any("no arm has general_misalignment" in n for n in decision.notes)
+    assert all(c.status == "missing" for v in decision.arms for c in v.checks if c.criterion == "general_misalignment")
+
+
 # ------------------------------------------------------------------------------ the spec section
 SPEC = """\
 name: t

@@ -233,6 +233,11 @@ def _closeness(objective: str, v: ArmVerdict) -> tuple:
     return (bool(v.stopped), -(v.min_margin if v.min_margin is not None else -math.inf), misses, _key(objective, v))
 
 
+#: criteria every trial's evaluation measures: without a value the judge scored nothing, and a default
+#: constraint on them is kept (no arm qualifies) rather than skipped as "not in this sweep"
+ALWAYS_MEASURED = frozenset({"general_misalignment"})
+
+
 def decide(
     rows: list[dict], constraints: list[Constraint], objective: str = "em", defaults: bool = False
 ) -> list[Decision]:
@@ -252,6 +257,15 @@ def decide(
             if not any(_number(a.get(c.criterion)) for a in model_arms):
                 if any(a.get("n_stopped") for a in model_arms):
                     kept.append(c)  # measured, but the trials that had it were stopped before the final evaluation
+                    continue
+                if c.criterion in ALWAYS_MEASURED:
+                    # every evaluation measures it, so no value means no answer was scored: dropping the
+                    # constraint would recommend an arm on the other criteria alone
+                    kept.append(c)
+                    notes.append(
+                        f"{c.text}: no arm has {c.criterion} (did the judge score no answer? see judge_scores and "
+                        "the unscored share); no arm can be recommended without it"
+                    )
                     continue
                 if not defaults:
                     raise ValueError(
