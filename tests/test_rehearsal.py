@@ -5,10 +5,10 @@ what cannot fit on a 2-core CPU machine changed by ``--set``: SmolLM2-135M for Q
 unscored; the point is the path). As the spec says: two Ray Train workers under DeepSpeed ZeRO-2 with
 checkpoints, ``eval.generator: vllm``, the benign fine-tunes, plots, the report, W&B offline.
 
-Both are in ``make test-slow`` (measured over the default run's 3 minutes, docs/cluster.md "Rehearsal
-test"): one arm, interleave_plus (the held-out-domain ensemble, pool scores, a selection), through one
-vLLM server that is both the judge and the generator (adapters hot-loaded); and every arm type with a
-vLLM server started per evaluation, the spec's own path.
+The default run keeps one arm, interleave_plus (the held-out-domain ensemble, pool scores, a selection),
+through one vLLM server that is both the judge and the generator (adapters hot-loaded); ``make test-slow``
+runs every arm type with a vLLM server started per evaluation, the spec's own path (docs/cluster.md
+"Rehearsal test" has both times).
 """
 
 from __future__ import annotations
@@ -125,7 +125,8 @@ def check_finished(out: subprocess.CompletedProcess, storage: Path, arms: list[s
     return rows
 
 
-@pytest.mark.slow  # over 3 min here: docs/cluster.md "Rehearsal test" has the measured time
+# In the default run: the one end-to-end test of the real-model spec (about 4-5 min here; docs/cluster.md
+# "Rehearsal test" has the measured time). The every-arm version below is make test-slow.
 def test_rehearsal_one_arm_every_stage_kind(shared_data, tmp_path, judge_server):
     """interleave_plus: ensemble fine-tunes, pool scores and a selection, then ZeRO-2 over 2 workers,
     generation from vLLM with the trial's adapter, the vLLM judge, the benign fine-tune, plots, report."""
