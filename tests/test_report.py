@@ -198,6 +198,32 @@ def test_markdown_report_has_the_table_intervals_and_every_plot(sweep):
     assert "in-domain incoherence ↓" in rates and all(c[-1] in "↑↓" for c in rates), rates
 
 
+def test_report_zip_unpacked_elsewhere_has_every_link_working(sweep, tmp_path):
+    """What a mailed report needs: report.zip, unpacked away from the sweep folder, holds both pages and
+    every file they link, so no link of either page is dead; and nothing else (no adapters)."""
+    import zipfile
+
+    main(["report", str(sweep)])
+    elsewhere = tmp_path / "inbox"
+    with zipfile.ZipFile(sweep / "report.zip") as zf:
+        zf.extractall(elsewhere)
+        names = zf.namelist()
+    (top,) = {n.split("/", 1)[0] for n in names}
+    root = elsewhere / top
+    # every <a href> of the page's markup and every Markdown link; each relative one must name a file in
+    # the unpacked folder (absolute ones, data: URIs and #anchors need nothing from it)
+    html_links = re.findall(r'<a [^>]*href="([^"]+)"', (root / "report.html").read_text())
+    md_links = re.findall(r"\]\(([^)\s]+)\)", (root / "report.md").read_text())
+    for page, links in (("report.html", html_links), ("report.md", md_links)):
+        relative = [link for link in links if ":" not in link and not link.startswith("#")]
+        assert relative, page
+        dead = [link for link in relative if not (root / link).is_file()]
+        assert not dead, (page, dead)
+    # the answers of every trial travel with it, the adapters do not
+    assert sum(n.endswith("eval/answers.jsonl") for n in names) == sum(len(s) for s in ARMS.values())
+    assert not [n for n in names if "adapter" in n]
+
+
 def test_the_html_page_has_every_figure_a_training_section_and_the_spec_collapsed(sweep):
     main(["report", str(sweep)])
     page = (sweep / "report.html").read_text()

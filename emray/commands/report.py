@@ -5,7 +5,7 @@ from __future__ import annotations
 
 def register(subparsers) -> None:
     parser = subparsers.add_parser(
-        "report", help="write SWEEP_DIR/report.html (self-contained, opens offline) and report.md"
+        "report", help="write SWEEP_DIR/report.html (self-contained, opens offline), report.md and report.zip (to mail)"
     )
     parser.add_argument("sweep_dir", help="the sweep's output folder, e.g. sweeps_out/toy")
     parser.set_defaults(func=run)
@@ -15,5 +15,7 @@ def run(args) -> int:
     from emray.sweep.report import write_report
 
     html_path, md_path = write_report(args.sweep_dir)
-    print(f"{html_path}\n{md_path}")
+    print(
+        f"{html_path}\n{md_path}\n{html_path.with_name('report.zip')}  (both pages and every file they link: mail this)"
+    )
     return 0

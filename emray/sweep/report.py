@@ -11,7 +11,10 @@ from __future__ import annotations
 import base64
 import html
 import json
+import re
 import time
+import zipfile
+from html.parser import HTMLParser
 from pathlib import Path
 
 from emray.sweep.pareto import (
@@ -214,8 +217,9 @@ narrower than the truth, and seeds show the rest. "Dominated by": arms at least 
 {"".join(figures)}
 <h2>Trials</h2>
 <p class="note">Each trial's answers with their judge scores, per-question rates, criteria and training log: files of
-the sweep folder, linked relative to it (they open where this page sits beside <code>trials/</code>; the rest of
-the page, figures included, is self-contained).</p>
+the sweep folder, linked relative to it (they open where this page sits beside <code>trials/</code>, and in
+<code>report.zip</code>, which holds this page with every file it links: mail that; the rest of the page,
+figures included, is self-contained).</p>
 {_trial_table_html(rows, sweep_dir, [r for r in rates if r in OBJECTIVES or r == "general_unscored_rate"])}
 <h2>Reproduce</h2>
 <pre>{html.escape(commands)}</pre>
@@ -359,4 +363,40 @@ def write_report(sweep_dir: str | Path) -> tuple[Path, Path]:
     html_path, md_path = sweep_dir / "report.html", sweep_dir / "report.md"
     html_path.write_text(render_html(sweep_dir, spec, rows, arms))
     md_path.write_text(render_markdown(sweep_dir, spec, rows, arms))
+    write_report_archive(sweep_dir)
     return html_path, md_path
+
+
+class _Links(HTMLParser):
+    """``<a href>`` / ``<img src>`` of a page (an HTML parser, not a regex: the inlined plotly script holds
+    ``href="`` in its own strings)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.targets: list[str] = []
+
+    def handle_starttag(self, tag, attrs):
+        self.targets += [v for k, v in attrs if k in ("href", "src") and v]
+
+
+def linked_files(page: str) -> list[str]:
+    """The sweep-folder files a report page links: relative targets of its tags, or of its Markdown links."""
+    parser = _Links()
+    parser.feed(page)
+    targets = parser.targets + re.findall(r"\]\(([^)\s]+)\)", page)
+    return sorted(dict.fromkeys(t for t in targets if ":" not in t and not t.startswith(("/", "#"))))
+
+
+def write_report_archive(sweep_dir: Path) -> Path:
+    """report.zip: the two report pages and every file they link, under one folder, so the page mailed as
+    one attachment and unpacked anywhere has working links (the page's own figures are inlined already;
+    its answer files and interactive plots are the sweep folder's, linked relative to it)."""
+    archive = sweep_dir / "report.zip"
+    top = f"{sweep_dir.resolve().name}-report"
+    names = ["report.html", "report.md"]
+    for page in names[:]:
+        names += [f for f in linked_files((sweep_dir / page).read_text()) if (sweep_dir / f).is_file()]
+    with zipfile.ZipFile(archive, "w", zipfile.ZIP_DEFLATED) as zf:
+        for name in dict.fromkeys(names):
+            zf.write(sweep_dir / name, f"{top}/{name}")
+    return archive
